@@ -1,0 +1,1 @@
+"""Thin Dagster asset and asset-check definitions over the science layer."""

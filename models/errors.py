@@ -1,0 +1,56 @@
+"""Typed errors raised by the science layer.
+
+Every error that a user can cause (a bad photo, no person) carries a stable code so the
+orchestration layer can mark the upload failed with a reason and the CLI can exit non-zero
+with a machine-readable answer. Permanent input errors are never retried.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    EMPTY_FILE = "EMPTY_FILE"
+    NOT_AN_IMAGE = "NOT_AN_IMAGE"
+    TRUNCATED_IMAGE = "TRUNCATED_IMAGE"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    DECOMPRESSION_BOMB = "DECOMPRESSION_BOMB"
+    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+    NO_PERSON = "NO_PERSON"
+    PERSON_TOO_SMALL = "PERSON_TOO_SMALL"
+    FIT_FAILED = "FIT_FAILED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+# Errors caused by the input itself: re-running the same input cannot succeed.
+PERMANENT_CODES = frozenset(
+    {
+        ErrorCode.EMPTY_FILE,
+        ErrorCode.NOT_AN_IMAGE,
+        ErrorCode.TRUNCATED_IMAGE,
+        ErrorCode.FILE_TOO_LARGE,
+        ErrorCode.DECOMPRESSION_BOMB,
+        ErrorCode.IMAGE_TOO_SMALL,
+        ErrorCode.NO_PERSON,
+        ErrorCode.PERSON_TOO_SMALL,
+        ErrorCode.FIT_FAILED,
+    }
+)
+
+
+class PipelineError(Exception):
+    """An error with a stable code and a human-readable message."""
+
+    def __init__(self, code: ErrorCode, message: str, step: str | None = None):
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.step = step
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in PERMANENT_CODES
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code.value, "message": self.message, "step": self.step}

@@ -1,0 +1,159 @@
+"""Decode an uploaded photo into a clean, upright, metadata-free RGB image.
+
+Pillow does the decoding. Its decompression-bomb guard stays on (configured through
+`max_pixels`, never disabled), EXIF orientation is applied so the person is upright, and
+the re-encoded PNG carries no EXIF/GPS/ICC/text metadata at all.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.errors import ErrorCode, PipelineError
+
+STEP = "photo"
+
+
+@dataclass(frozen=True)
+class PhotoLimits:
+    max_file_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 64_000_000  # decoded pixels; above this Pillow's bomb guard refuses
+    min_side: int = 64
+    max_side: int = 1024  # the normalised photo is downscaled to fit this
+
+
+@dataclass(frozen=True)
+class NormalisedPhoto:
+    image: np.ndarray  # (H, W, 3) uint8 RGB, upright
+    png: bytes  # lossless, metadata-free encoding of `image`
+    original_size: tuple[int, int]  # (w, h) after EXIF orientation, before downscaling
+    original_format: str
+    exif_rotated: bool
+    frames: int  # >1 for animated GIF / multi-page TIFF; only the first frame is used
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.image.shape[1]), int(self.image.shape[0]))
+
+
+def normalise_photo(data: bytes, limits: PhotoLimits = PhotoLimits()) -> NormalisedPhoto:
+    """Validate and normalise raw upload bytes, raising PipelineError with a typed code."""
+    if not data:
+        raise PipelineError(ErrorCode.EMPTY_FILE, "the uploaded file is empty", STEP)
+    if len(data) > limits.max_file_bytes:
+        raise PipelineError(
+            ErrorCode.FILE_TOO_LARGE,
+            f"the file is {len(data)} bytes; the limit is {limits.max_file_bytes}",
+            STEP,
+        )
+    image = _open_image(data, limits.max_pixels)
+    fmt = image.format or "unknown"
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    exif_rotated = _exif_orientation(image) not in (None, 1)
+    image = _decode_first_frame(image)
+    image = ImageOps.exif_transpose(image)
+    rgb = _to_rgb(image)
+    original_size = rgb.size
+    if min(original_size) < limits.min_side:
+        raise PipelineError(
+            ErrorCode.IMAGE_TOO_SMALL,
+            f"the image is {original_size[0]}x{original_size[1]} px; at least "
+            f"{limits.min_side} px per side is needed to find a person",
+            STEP,
+        )
+    rgb = _bound_size(rgb, limits.max_side)
+    return NormalisedPhoto(
+        image=np.asarray(rgb, dtype=np.uint8).copy(),
+        png=encode_png(np.asarray(rgb)),
+        original_size=original_size,
+        original_format=fmt,
+        exif_rotated=exif_rotated,
+        frames=frames,
+    )
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB/RGBA/L array with no ancillary metadata chunks."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _open_image(data: bytes, max_pixels: int) -> Image.Image:
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2  # Pillow raises above 2x this value
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise Image.DecompressionBombError("too many pixels")
+            return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PipelineError(
+            ErrorCode.DECOMPRESSION_BOMB,
+            f"the image declares more than {max_pixels} pixels and was refused ({exc})",
+            STEP,
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise PipelineError(
+            ErrorCode.NOT_AN_IMAGE, "the file is not an image format we can read", STEP
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # header read past the end of the data
+        raise PipelineError(
+            ErrorCode.TRUNCATED_IMAGE, f"the image data is incomplete or corrupt ({exc})", STEP
+        ) from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode_first_frame(image: Image.Image) -> Image.Image:
+    try:
+        image.seek(0)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PipelineError(
+            ErrorCode.TRUNCATED_IMAGE, f"the image data is incomplete or corrupt ({exc})", STEP
+        ) from exc
+    return image
+
+
+def _exif_orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(0x0112)
+    except (OSError, ValueError, SyntaxError, struct.error):  # malformed EXIF must not fail the upload
+        return None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (16-bit, palette, CMYK, grey, alpha) to 8-bit RGB; alpha composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / max(float(arr.max()), 1.0) if arr.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _bound_size(image: Image.Image, max_side: int) -> Image.Image:
+    scale = max_side / max(image.size)
+    if scale >= 1.0:
+        return image
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(new_size, Image.Resampling.LANCZOS)

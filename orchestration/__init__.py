@@ -1,0 +1,1 @@
+"""Orchestration layer: Dagster Definitions, resources, partitions, jobs and the CLI."""

@@ -1,0 +1,194 @@
+"""`avatarpipe` command line. Progress goes to stderr; `--json` prints exactly one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.catalogue import PIPELINE_VERSION
+from orchestration.settings import Settings, prepare_environment
+
+ASSET_ORDER = ("photo", "keypoints", "smplx_params", "mesh", "rigged_glb")
+SUBJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Ingested:
+    upload_id: str
+    subject_id: str
+    photo_key: str
+
+
+def new_upload_id() -> str:
+    return "u_" + secrets.token_hex(8)
+
+
+def new_subject_id() -> str:
+    return "s_" + secrets.token_hex(6)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout clean for the JSON answer, also from C libraries writing to fd 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def ingest_photo(settings: Settings, data: bytes, filename: str, subject_id: str | None) -> Ingested:
+    """Store the raw upload under the subject's prefix and register it in the metadata store."""
+    from storage.metadata_store import open_metadata_store
+    from storage.object_store import LocalObjectStore, artifact_key, sha256_hex
+
+    subject = subject_id or new_subject_id()
+    if not SUBJECT_ID_PATTERN.match(subject):
+        raise ValueError("subject ids may use letters, digits, '_' and '-' (at most 64)")
+    upload_id = new_upload_id()
+    suffix = Path(filename).suffix.lower().lstrip(".")
+    ext = suffix if re.fullmatch(r"[a-z0-9]{1,5}", suffix) else "bin"
+    key = artifact_key(subject, upload_id, "raw", sha256_hex(data), ext)
+    LocalObjectStore(settings.objects_dir).put_bytes(key, data)
+    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
+    try:
+        metadata.ensure_subject(subject)
+        metadata.create_upload(upload_id, subject, key, PIPELINE_VERSION)
+        metadata.append_audit("ingest", subject, upload_id, {"bytes": len(data)})
+    finally:
+        metadata.close()
+    return Ingested(upload_id=upload_id, subject_id=subject, photo_key=key)
+
+
+def run_avatar_job(settings: Settings, upload_id: str) -> str:
+    """Materialise the five assets for one partition in one run recorded in the instance."""
+    from dagster import DagsterInstance
+
+    from orchestration.definitions import AVATAR_JOB, build_definitions
+
+    defs = build_definitions(settings)
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("uploads", [upload_id])
+    job = defs.resolve_job_def(AVATAR_JOB)
+    result = job.execute_in_process(
+        partition_key=upload_id,
+        instance=instance,
+        raise_on_error=False,
+        tags={"avatarpipe/upload_id": upload_id, "avatarpipe/trigger": "cli"},
+    )
+    return result.run_id
+
+
+def summarise(settings: Settings, upload_id: str, run_id: str | None) -> dict[str, Any]:
+    """The `run --json` answer, built from the metadata store (the ledger), not from logs."""
+    from storage.metadata_store import open_metadata_store
+    from storage.object_store import LocalObjectStore
+
+    store = LocalObjectStore(settings.objects_dir)
+    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
+    try:
+        upload = metadata.get_upload(upload_id) or {}
+        docs = {doc["asset_key"]: doc for doc in metadata.artifacts_for_upload(upload_id)}
+    finally:
+        metadata.close()
+    artifacts, metrics, timings, versions = {}, {}, {}, {}
+    for asset in ASSET_ORDER:
+        doc = docs.get(asset)
+        if doc is None:
+            continue
+        artifacts[asset] = {
+            "uri": doc["uri"],
+            "path": store.local_path(doc["key"]),
+            "sha256": doc["sha256"],
+            "bytes": doc["bytes"],
+        }
+        metrics[asset] = doc.get("metrics", {})
+        timings[asset] = doc.get("compute_seconds")
+        versions.update(doc.get("model_versions", {}))
+    status = upload.get("status", "failed")
+    return {
+        "upload_id": upload_id,
+        "subject_id": upload.get("subject_id"),
+        "status": "ready" if status == "ready" else "failed",
+        "error": upload.get("error") if status != "ready" else None,
+        "artifacts": artifacts,
+        "metrics": metrics,
+        "checks": {},
+        "timings_s": timings,
+        "model_versions": versions,
+        "dagster_run_id": run_id,
+    }
+
+
+def _human_summary(summary: dict[str, Any], wall_s: float) -> str:
+    lines = [f"upload {summary['upload_id']} (subject {summary['subject_id']}): {summary['status']}"]
+    if summary["error"]:
+        err = summary["error"]
+        lines.append(f"  error {err.get('code')} at {err.get('step')}: {err.get('message')}")
+    glb = summary["artifacts"].get("rigged_glb")
+    if glb:
+        lines.append(f"  avatar GLB: {glb['path'] or glb['uri']} ({glb['bytes'] / 1e6:.2f} MB)")
+    fit = summary["metrics"].get("smplx_params", {})
+    if fit:
+        lines.append(
+            f"  fit: reprojection {fit.get('keypoint_reprojection_rel')} of body height, "
+            f"silhouette IoU {fit.get('silhouette_iou')}, framing {fit.get('framing')}"
+        )
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items() if v is not None)
+    lines.append(f"  steps: {timings}; total wall {wall_s:.1f}s; Dagster run {summary['dagster_run_id']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    prepare_environment(settings)
+    photo = Path(args.photo)
+    if not photo.is_file():
+        print(f"avatarpipe: no such file: {photo}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    with stdout_to_stderr():
+        ingested = ingest_photo(settings, photo.read_bytes(), photo.name, args.subject)
+        print(f"avatarpipe: upload {ingested.upload_id} registered; running {len(ASSET_ORDER)} steps")
+        run_id = run_avatar_job(settings, ingested.upload_id)
+        summary = summarise(settings, ingested.upload_id, run_id)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(_human_summary(summary, time.perf_counter() - start))
+    return 0 if summary["status"] == "ready" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avatarpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="turn one photo into a rigged GLB avatar")
+    run.add_argument("photo")
+    run.add_argument("--subject", help="subject id (letters, digits, _ and -); random if omitted")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,501 @@
+"""Pipeline metadata (subjects, uploads, artifact lineage, audit log) in MongoDB collections.
+
+Two backends behind the same pymongo API:
+
+* a real MongoDB (``pymongo.MongoClient(uri)``) when a URI is given;
+* otherwise an embedded montydb repository using its sqlite engine.
+
+Only the API subset both support is used (``insert_one``, ``find``/``find_one`` with
+``sort``, ``update_one``/``update_many`` with ``upsert``, ``$set``, ``$setOnInsert``,
+``$addToSet``). montydb implements updates as read-modify-write in Python over
+separate sqlite connections, which is neither thread-safe nor atomic across
+processes, so every embedded operation runs under a per-store thread lock plus an
+exclusive ``flock`` on a lock file in the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Self
+
+import pymongo
+import pymongo.errors
+
+SUBJECT_STATUSES = frozenset({"active", "erased"})
+UPLOAD_STATUSES = frozenset({"pending", "running", "ready", "failed", "erased"})
+COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log")
+
+_LOCK_FILE = ".avatarpipe.lock"
+# montydb's marker file naming the repository's storage engine.
+_MONTY_STORAGE_FILE = ".monty.storage"
+
+
+class InvalidTransition(ValueError):
+    """Raised when a status change is not allowed (nothing leaves "erased")."""
+
+
+class NotFound(KeyError):
+    """Raised when updating a subject or upload that does not exist."""
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    upload_id: str
+    subject_id: str
+    asset_key: str
+    uri: str
+    key: str
+    sha256: str
+    bytes: int
+    code_version: str
+    run_id: str | None
+    model_versions: dict[str, str] = field(default_factory=dict)
+    parent_ids: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, str] = field(default_factory=dict)  # name -> object key
+    compute_seconds: float | None = None
+
+    @property
+    def artifact_id(self) -> str:
+        return artifact_id(
+            self.upload_id, self.asset_key, self.sha256, self.code_version
+        )
+
+
+def artifact_id(upload_id: str, asset_key: str, sha256: str, code_version: str) -> str:
+    """Deterministic id so recording the same output twice is an upsert, not a duplicate."""
+    raw = f"{upload_id}|{asset_key}|{sha256}|{code_version}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def utcnow() -> datetime:
+    """Current UTC time truncated to milliseconds, the resolution BSON stores.
+
+    Truncating up front means a stored timestamp reads back equal to the one written.
+    """
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def _next_seq() -> int:
+    """Strictly increasing (per process) nanosecond stamp used to order audit events within one ms."""
+    global _last_seq
+    with _seq_lock:
+        _last_seq = max(time.time_ns(), _last_seq + 1)
+        return _last_seq
+
+
+class MetadataStore:
+    """Typed access to the avatarpipe collections. Build it with :func:`open_metadata_store`."""
+
+    def __init__(
+        self, client: Any, db_name: str, lock_path: Path | None = None
+    ) -> None:
+        self.client = client
+        self.db = client[db_name]
+        self.db_name = db_name
+        self.embedded = lock_path is not None
+        self._thread_lock = threading.RLock()
+        # flock is not reentrant: only the outermost _locked() takes and releases it.
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        if lock_path is not None:
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "embedded" if self.embedded else "mongodb"
+        return f"MetadataStore({kind}, db={self.db_name!r})"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock_fd is None:  # real MongoDB does its own concurrency control
+            yield
+            return
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _find(
+        self, collection: str, query: dict[str, Any], sort: list[tuple[str, int]]
+    ) -> list[dict]:
+        with self._locked():
+            return list(self.db[collection].find(query, sort=sort))
+
+    def _find_one(self, collection: str, query: dict[str, Any]) -> dict | None:
+        with self._locked():
+            return self.db[collection].find_one(query)
+
+    def _upsert(self, collection: str, _id: str, update: dict[str, Any]) -> dict:
+        """``update_one(..., upsert=True)`` that tolerates losing an insert race, then re-reads.
+
+        Two writers upserting the same new ``_id`` can both miss the match and one gets
+        DuplicateKeyError (real MongoDB documents this; montydb raises its own class);
+        retrying once turns it into a plain update.
+        """
+        coll = self.db[collection]
+        with self._locked():
+            try:
+                coll.update_one({"_id": _id}, update, upsert=True)
+            except Exception as exc:
+                if not _is_duplicate_key(exc):
+                    raise
+                coll.update_one({"_id": _id}, update, upsert=True)
+            doc = coll.find_one({"_id": _id})
+        assert doc is not None
+        return doc
+
+    # -- indexes / lifecycle ---------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes queries rely on. montydb has no indexes: its no-op is fine."""
+        specs = {
+            "artifacts": [[("upload_id", 1), ("asset_key", 1)]],
+            "uploads": [[("subject_id", 1)]],
+            "audit_log": [[("subject_id", 1), ("at", 1)]],
+        }
+        with self._locked():
+            for collection, indexes in specs.items():
+                for keys in indexes:
+                    try:
+                        self.db[collection].create_index(keys)
+                    except NotImplementedError:
+                        return
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- subjects ---------------------------------------------------------------------
+
+    def ensure_subject(self, subject_id: str, consent: dict | None = None) -> dict:
+        """Create the subject if missing; if ``consent`` is given it replaces the stored one.
+
+        Never changes ``status``: an erased subject stays erased.
+        """
+        now = utcnow()
+        on_insert: dict[str, Any] = {"status": "active", "created_at": now}
+        update: dict[str, Any] = {"$setOnInsert": on_insert}
+        if consent is None:
+            on_insert.update(consent={}, updated_at=now)
+        else:
+            update["$set"] = {"consent": dict(consent), "updated_at": now}
+        return self._upsert("subjects", subject_id, update)
+
+    def get_subject(self, subject_id: str) -> dict | None:
+        return self._find_one("subjects", {"_id": subject_id})
+
+    def set_subject_status(self, subject_id: str, status: str) -> dict:
+        if status not in SUBJECT_STATUSES:
+            raise ValueError(f"unknown subject status {status!r}")
+        subjects = self.db["subjects"]
+        with self._locked():
+            doc = subjects.find_one({"_id": subject_id})
+            if doc is None:
+                raise NotFound(subject_id)
+            if doc["status"] == "erased" and status != "erased":
+                raise InvalidTransition(f"subject {subject_id} is erased")
+            subjects.update_one(
+                {"_id": subject_id},
+                {"$set": {"status": status, "updated_at": utcnow()}},
+            )
+            return subjects.find_one({"_id": subject_id})
+
+    # -- uploads ----------------------------------------------------------------------
+
+    def create_upload(
+        self, upload_id: str, subject_id: str, photo_key: str, pipeline_version: str
+    ) -> dict:
+        """Create an upload in status "pending"; calling again returns the existing doc untouched.
+
+        Raises ValueError if the id already exists for a different subject or photo.
+        """
+        now = utcnow()
+        doc = self._upsert(
+            "uploads",
+            upload_id,
+            {
+                "$setOnInsert": {
+                    "subject_id": subject_id,
+                    "photo_key": photo_key,
+                    "status": "pending",
+                    "error": None,
+                    "pipeline_version": pipeline_version,
+                    "created_at": now,
+                    "updated_at": now,
+                    "dagster_run_ids": [],
+                }
+            },
+        )
+        if doc["subject_id"] != subject_id or doc["photo_key"] != photo_key:
+            raise ValueError(
+                f"upload {upload_id} already exists for subject {doc['subject_id']!r}, photo {doc['photo_key']!r}"
+            )
+        return doc
+
+    def set_upload_status(
+        self,
+        upload_id: str,
+        status: str,
+        error: dict | None = None,
+        run_id: str | None = None,
+    ) -> dict:
+        """Set status and error (``None`` clears it); record ``run_id`` once in ``dagster_run_ids``.
+
+        An erased upload cannot be moved to any other status, so a run that finishes
+        after an erasure cannot resurrect it.
+        """
+        if status not in UPLOAD_STATUSES:
+            raise ValueError(
+                f"unknown upload status {status!r}; expected one of {sorted(UPLOAD_STATUSES)}"
+            )
+        update: dict[str, Any] = {
+            "$set": {
+                "status": status,
+                "error": _normalise_error(error),
+                "updated_at": utcnow(),
+            }
+        }
+        if run_id is not None:
+            update["$addToSet"] = {"dagster_run_ids": run_id}
+        with self._locked():
+            uploads = self.db["uploads"]
+            if status == "erased":
+                result = uploads.update_one({"_id": upload_id}, update)
+            else:
+                result = uploads.update_one(
+                    {"_id": upload_id, "status": {"$ne": "erased"}}, update
+                )
+            if result.matched_count == 0:
+                if uploads.find_one({"_id": upload_id}) is None:
+                    raise NotFound(upload_id)
+                raise InvalidTransition(
+                    f"upload {upload_id} is erased; cannot set status {status!r}"
+                )
+            return uploads.find_one({"_id": upload_id})
+
+    def get_upload(self, upload_id: str) -> dict | None:
+        return self._find_one("uploads", {"_id": upload_id})
+
+    def list_uploads(
+        self, subject_id: str | None = None, status: str | None = None
+    ) -> list[dict]:
+        """Uploads, oldest first."""
+        query: dict[str, Any] = {}
+        if subject_id is not None:
+            query["subject_id"] = subject_id
+        if status is not None:
+            query["status"] = status
+        return self._find("uploads", query, [("created_at", 1), ("_id", 1)])
+
+    # -- artifacts --------------------------------------------------------------------
+
+    def record_artifact(self, rec: ArtifactRecord) -> str:
+        """Upsert the artifact and make it the current one for (upload_id, asset_key).
+
+        Recording an id that had been superseded makes it current again. The new doc
+        is written before older ones are marked superseded, so a crash in between
+        leaves two current docs (``current_artifact`` picks the newest) rather than none.
+        """
+        art_id = rec.artifact_id
+        now = utcnow()
+        fields = asdict(rec)
+        fields.update(superseded_by=None, updated_at=now)
+        with self._locked():
+            self._upsert(
+                "artifacts",
+                art_id,
+                {"$set": fields, "$setOnInsert": {"created_at": now}},
+            )
+            self.db["artifacts"].update_many(
+                {
+                    "upload_id": rec.upload_id,
+                    "asset_key": rec.asset_key,
+                    "superseded_by": None,
+                    "_id": {"$ne": art_id},
+                },
+                {"$set": {"superseded_by": art_id, "updated_at": now}},
+            )
+        return art_id
+
+    def current_artifact(self, upload_id: str, asset_key: str) -> dict | None:
+        docs = self._find(
+            "artifacts",
+            {"upload_id": upload_id, "asset_key": asset_key, "superseded_by": None},
+            [("updated_at", -1), ("created_at", -1), ("_id", -1)],
+        )
+        return docs[0] if docs else None
+
+    def artifacts_for_upload(
+        self, upload_id: str, include_superseded: bool = False
+    ) -> list[dict]:
+        """Artifacts of one upload, oldest first."""
+        query: dict[str, Any] = {"upload_id": upload_id}
+        if not include_superseded:
+            query["superseded_by"] = None
+        return self._find("artifacts", query, [("created_at", 1), ("_id", 1)])
+
+    def get_artifact(self, artifact_id: str) -> dict | None:
+        return self._find_one("artifacts", {"_id": artifact_id})
+
+    # -- audit log --------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        event: str,
+        subject_id: str | None,
+        upload_id: str | None,
+        details: dict | None = None,
+    ) -> None:
+        seq = _next_seq()
+        at = _EPOCH + timedelta(milliseconds=seq // 1_000_000)
+        doc = {
+            "_id": uuid.uuid4().hex,
+            "event": event,
+            "subject_id": subject_id,
+            "upload_id": upload_id,
+            "details": dict(details or {}),
+            "at": at,
+            "seq": seq,
+        }
+        with self._locked():
+            self.db["audit_log"].insert_one(doc)
+
+    def audit_for(self, subject_id: str) -> list[dict]:
+        """Audit events of one subject, oldest first."""
+        return self._find(
+            "audit_log", {"subject_id": subject_id}, [("at", 1), ("seq", 1)]
+        )
+
+
+def _normalise_error(error: dict | None) -> dict | None:
+    if error is None:
+        return None
+    missing = {"code", "message"} - error.keys()
+    if missing:
+        raise ValueError(
+            f"error dict needs keys code and message (missing {sorted(missing)})"
+        )
+    return {
+        "code": str(error["code"]),
+        "message": str(error["message"]),
+        "step": error.get("step"),
+    }
+
+
+def _is_duplicate_key(exc: Exception) -> bool:
+    if isinstance(exc, pymongo.errors.DuplicateKeyError):
+        return True
+    try:
+        from montydb.errors import DuplicateKeyError as MontyDuplicateKeyError
+    except ImportError:  # pragma: no cover - montydb is a hard dependency today
+        return False
+    return isinstance(exc, MontyDuplicateKeyError)
+
+
+def open_metadata_store(
+    uri: str | None, embedded_dir: Path, db_name: str = "avatarpipe"
+) -> MetadataStore:
+    """Connect to MongoDB at ``uri``, or open/create the embedded montydb repository at ``embedded_dir``."""
+    if uri:
+        client: Any = pymongo.MongoClient(uri, tz_aware=True)
+        return MetadataStore(client, db_name)
+    repository = Path(embedded_dir).expanduser().resolve()
+    repository.mkdir(parents=True, exist_ok=True)
+    lock_path = repository / _LOCK_FILE
+    store: MetadataStore | None = None
+    with _flock(lock_path):
+        client = _open_monty(repository)
+        try:
+            store = MetadataStore(client, db_name, lock_path=lock_path)
+            existing = set(store.db.list_collection_names())
+            for name in COLLECTIONS:
+                if name not in existing:
+                    # montydb's sqlite engine issues CREATE TABLE without IF NOT EXISTS on
+                    # first write, so two processes creating a collection at once can
+                    # fail; creating them all here, under the lock, avoids that race.
+                    store.db.create_collection(name)
+        except BaseException:
+            if store is not None:
+                store.close()
+            else:
+                client.close()
+            raise
+    return store
+
+
+def _open_monty(repository: Path) -> Any:
+    """Open a montydb sqlite repository, configuring it on first use.
+
+    montydb silently defaults a repository without its ``.monty.storage`` marker to the
+    flatfile engine, so the marker must be written (via ``set_storage``) before the
+    first ``MontyClient``. BSON is pinned on (pymongo ships ``bson``) so datetimes,
+    ints and nested documents round-trip exactly as they do on real MongoDB.
+    """
+    from montydb import MontyClient, set_storage
+
+    marker = repository / _MONTY_STORAGE_FILE
+    if not marker.is_file():
+        set_storage(
+            str(repository), storage="sqlite", use_bson=True, mongo_version="4.2"
+        )
+    engine = marker.read_text().strip()
+    if engine != "sqlite":
+        raise ValueError(
+            f"{repository} is a montydb repository using {engine!r}, expected 'sqlite'"
+        )
+    return MontyClient(str(repository), tz_aware=True)
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+__all__ = [
+    "COLLECTIONS",
+    "SUBJECT_STATUSES",
+    "UPLOAD_STATUSES",
+    "ArtifactRecord",
+    "InvalidTransition",
+    "MetadataStore",
+    "NotFound",
+    "artifact_id",
+    "open_metadata_store",
+    "utcnow",
+]

@@ -1,0 +1,42 @@
+"""Shared fixtures: isolated homes, bundled photos, the Anny model loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def standing_photo() -> Path:
+    return SAMPLES / "person_standing.png"
+
+
+@pytest.fixture(scope="session")
+def skiing_photo() -> Path:
+    return SAMPLES / "person_skiing.jpg"
+
+
+@pytest.fixture(scope="session")
+def anny_model():
+    from models.body_model import load_anny
+
+    return load_anny()
+
+
+@pytest.fixture
+def avatar_home(tmp_path, monkeypatch) -> Path:
+    """A fresh AVATARPIPE_HOME (and Dagster instance) per test; the model cache is shared."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("AVATARPIPE_HOME", str(home))
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return home

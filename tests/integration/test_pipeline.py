@@ -1,0 +1,110 @@
+"""The whole chain through a real Dagster instance, real object store and metadata store."""
+
+import numpy as np
+import pygltflib
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
+
+from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
+from orchestration.settings import Settings, prepare_environment
+from storage.metadata_store import open_metadata_store
+
+PARENTS = {
+    "photo": set(),
+    "keypoints": {"photo"},
+    "smplx_params": {"keypoints"},
+    "mesh": {"smplx_params", "photo", "keypoints"},
+    "rigged_glb": {"mesh", "smplx_params"},
+}
+
+
+@pytest.fixture
+def settings(avatar_home) -> Settings:
+    settings = Settings.from_env()
+    prepare_environment(settings)
+    return settings
+
+
+def _accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    accessor = gltf.accessors[index]
+    view = gltf.bufferViews[accessor.bufferView]
+    dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}[accessor.componentType]
+    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}[accessor.type]
+    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
+    return np.frombuffer(blob, dtype=dtype, count=accessor.count * width, offset=start).reshape(-1, width)
+
+
+def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
+    ingested = ingest_photo(settings, standing_photo.read_bytes(), standing_photo.name, "subject-a")
+    run_id = run_avatar_job(settings, ingested.upload_id)
+
+    # Dagster: one successful run for this partition, five materialisations of it.
+    instance = DagsterInstance.get()
+    run = instance.get_run_by_id(run_id)
+    assert run.status == DagsterRunStatus.SUCCESS
+    assert run.tags["dagster/partition"] == ingested.upload_id
+    assert ingested.upload_id in instance.get_dynamic_partitions("uploads")
+    for asset in ASSET_ORDER:
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[ingested.upload_id]), limit=5
+        ).records
+        assert len(records) == 1, asset
+        assert records[0].run_id == run_id
+
+    # Metadata store: upload ready, five current artifacts with the right parents.
+    metadata = open_metadata_store(None, settings.metadata_dir)
+    upload = metadata.get_upload(ingested.upload_id)
+    assert upload["status"] == "ready" and upload["error"] is None
+    docs = {d["asset_key"]: d for d in metadata.artifacts_for_upload(ingested.upload_id)}
+    assert set(docs) == set(ASSET_ORDER)
+    by_id = {d["_id"]: d["asset_key"] for d in docs.values()}
+    for asset, doc in docs.items():
+        assert {by_id[p] for p in doc["parent_ids"]} == PARENTS[asset]
+        assert doc["run_id"] == run_id and doc["code_version"]
+        assert doc["key"].startswith(f"subjects/subject-a/{ingested.upload_id}/{asset}/")
+    assert docs["smplx_params"]["model_versions"] == {"body_model": "1", "body_fitter": "1"}
+    events = [e["event"] for e in metadata.audit_for("subject-a")]
+    assert events.count("ingest") == 1 and events.count("materialise") == 5
+    metadata.close()
+
+    # The GLB: one skin with a real skeleton, 4 normalised influences, texture, animations.
+    summary = summarise(settings, ingested.upload_id, run_id)
+    assert summary["status"] == "ready"
+    glb_path = summary["artifacts"]["rigged_glb"]["path"]
+    gltf = pygltflib.GLTF2().load(glb_path)
+    blob = gltf.binary_blob()
+    assert len(gltf.skins) == 1 and len(gltf.skins[0].joints) >= 20
+    ibm = _accessor_array(gltf, blob, gltf.skins[0].inverseBindMatrices)
+    assert len(ibm) == len(gltf.skins[0].joints)
+    prim = gltf.meshes[0].primitives[0]
+    joints = _accessor_array(gltf, blob, prim.attributes.JOINTS_0)
+    weights = _accessor_array(gltf, blob, prim.attributes.WEIGHTS_0)
+    assert joints.shape[1] == 4 and joints.max() < len(gltf.skins[0].joints)
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6) and (weights >= 0).all()
+    assert len(gltf.images) == 1 and gltf.images[0].mimeType == "image/png"
+    image_view = gltf.bufferViews[gltf.images[0].bufferView]
+    start = image_view.byteOffset or 0
+    assert blob[start : start + 8] == b"\x89PNG\r\n\x1a\n"
+    assert len(gltf.animations) >= 1 and "photo_pose" in [a.name for a in gltf.animations]
+    positions = _accessor_array(gltf, blob, prim.attributes.POSITION)
+    assert abs(positions[:, 1].min()) < 1e-3 and 1.3 < positions[:, 1].max() < 2.2  # feet on y=0
+
+    # The mesh artifact is readable by trimesh and overlays the person in the photo.
+    import trimesh
+
+    mesh = trimesh.load(summary["artifacts"]["mesh"]["path"], force="mesh")
+    assert len(mesh.faces) == 27420 and mesh.visual.uv is not None
+    assert summary["metrics"]["smplx_params"]["silhouette_iou"] > 0.6
+
+
+def test_bad_upload_fails_cleanly_and_keeps_nothing(settings, tmp_path):
+    ingested = ingest_photo(settings, b"definitely not a photo", "notes.txt", "subject-b")
+    run_id = run_avatar_job(settings, ingested.upload_id)
+    instance = DagsterInstance.get()
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    summary = summarise(settings, ingested.upload_id, run_id)
+    assert summary["status"] == "failed"
+    assert summary["error"]["code"] == "NOT_AN_IMAGE" and summary["error"]["step"] == "photo"
+    assert summary["artifacts"] == {}
+    keys = list((settings.objects_dir / "subjects" / "subject-b").rglob("*"))
+    assert [p.parent.name for p in keys if p.is_file()] == ["raw"]  # only the upload itself

@@ -1,0 +1,375 @@
+"""The rigged GLB, checked from the file itself (real Anny, real pygltflib).
+
+The skinning check is independent of models.rigging's internals: it re-runs Anny for the same
+pose, parses the GLB's accessors and animation, skins the way a glTF viewer does and compares.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+from PIL import Image
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from models.body_model import PHENOTYPE_LABELS, anny_topology, load_anny
+from models.gltf_export import (
+    AnimationClip,
+    Skeleton,
+    SkinnedMeshData,
+    normalize_weights_float32,
+    write_glb,
+)
+from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar
+
+COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where a node_modules/gltf-validator would live
+TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+
+
+def _png(size: int = 64) -> bytes:
+    rng = np.random.default_rng(0)
+    img = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _test_pose(model) -> np.ndarray:
+    """Left arm raised in the frontal plane, right knee bent, plus a camera-ish root delta that the
+    avatar must ignore. local-ref deltas rotate about world-aligned Anny axes (Z up, facing -Y)."""
+    names = [n.split(":")[-1] for n in model.bone_labels]
+    pose = np.tile(np.eye(4), (len(names), 1, 1))
+    pose[names.index("LeftArm"), :3, :3] = Rotation.from_euler("y", -50, degrees=True).as_matrix()
+    pose[names.index("RightLeg"), :3, :3] = Rotation.from_euler("x", 60, degrees=True).as_matrix()
+    pose[names.index("LeftForeArm"), :3, :3] = Rotation.from_euler("z", 30, degrees=True).as_matrix()
+    pose[0, :3, :3] = Rotation.from_euler("x", 100, degrees=True).as_matrix()
+    pose[0, :3, 3] = (0.1, -0.3, 3.5)
+    return pose
+
+
+class ParsedGlb:
+    def __init__(self, glb: bytes) -> None:
+        self.gltf = pygltflib.GLTF2.load_from_bytes(glb)
+        self.blob = self.gltf.binary_blob()
+
+    def view_bytes(self, view_index: int) -> bytes:
+        view = self.gltf.bufferViews[view_index]
+        start = view.byteOffset or 0
+        return self.blob[start : start + view.byteLength]
+
+    def accessor(self, index: int) -> np.ndarray:
+        acc = self.gltf.accessors[index]
+        view = self.gltf.bufferViews[acc.bufferView]
+        assert view.byteStride in (None, 0), "writer packs tightly"
+        dtype = COMPONENT_DTYPES[acc.componentType]
+        width = TYPE_SIZES[acc.type]
+        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
+        data = np.frombuffer(self.blob, dtype=dtype, count=acc.count * width, offset=start)
+        return data.reshape(acc.count, width) if width > 1 else data
+
+    def animation(self, name: str) -> pygltflib.Animation:
+        return next(a for a in self.gltf.animations if a.name == name)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_anny()
+
+
+@pytest.fixture(scope="module")
+def pose(model) -> np.ndarray:
+    return _test_pose(model)
+
+
+@pytest.fixture(scope="module")
+def avatar(model, pose):
+    phenotype = {k: 0.5 for k in PHENOTYPE_LABELS}
+    return build_rigged_avatar(model, phenotype, pose, _png())
+
+
+@pytest.fixture(scope="module")
+def parsed(avatar) -> ParsedGlb:
+    return ParsedGlb(avatar.glb)
+
+
+def _primitive(parsed: ParsedGlb) -> pygltflib.Primitive:
+    assert len(parsed.gltf.meshes) == 1 and len(parsed.gltf.meshes[0].primitives) == 1
+    return parsed.gltf.meshes[0].primitives[0]
+
+
+def test_summary_fields(avatar):
+    assert avatar.joint_count == 52
+    assert avatar.vertex_count > 13718  # UV seams split some vertices
+    assert avatar.triangle_count == 27420
+    assert avatar.max_influences <= 4
+    assert avatar.max_weight_sum_error < 8e-7
+    assert avatar.animation_names == ["photo_pose", "idle"]
+    assert 1.4 < avatar.height_m < 2.1
+    assert avatar.skinning_error_max_m < 5e-3
+
+
+def test_skin_and_ibm(parsed):
+    gltf = parsed.gltf
+    assert len(gltf.skins) == 1
+    skin = gltf.skins[0]
+    assert len(skin.joints) >= 20
+    ibm = parsed.accessor(skin.inverseBindMatrices)
+    assert gltf.accessors[skin.inverseBindMatrices].type == "MAT4"
+    assert ibm.shape == (len(skin.joints), 16)
+    # Column-major: the bottom row (elements 3, 7, 11, 15) is exactly 0 0 0 1.
+    np.testing.assert_array_equal(ibm[:, [3, 7, 11, 15]], np.tile([0, 0, 0, 1], (len(ibm), 1)))
+    mesh_nodes = [i for i, n in enumerate(gltf.nodes) if n.mesh is not None]
+    assert len(mesh_nodes) == 1 and gltf.nodes[mesh_nodes[0]].skin == 0
+    node = gltf.nodes[mesh_nodes[0]]
+    assert node.translation is None and node.rotation is None and node.matrix is None
+    assert set(gltf.scenes[gltf.scene].nodes) == {skin.joints[0], mesh_nodes[0]}
+    assert gltf.asset.generator == "avatarpipe"
+    names = [gltf.nodes[j].name for j in skin.joints]
+    assert names[0] == "mixamorig:Hips" and "mixamorig:LeftForeArm" in names
+    for j in skin.joints:  # joint nodes: translation + unit rotation, no scale
+        n = gltf.nodes[j]
+        assert n.scale is None and n.matrix is None
+        assert abs(np.linalg.norm(n.rotation) - 1.0) < 1e-6
+
+
+def test_vertex_attributes(parsed):
+    prim = _primitive(parsed)
+    attrs = prim.attributes
+    assert attrs.JOINTS_0 is not None and attrs.WEIGHTS_0 is not None
+    joints = parsed.accessor(attrs.JOINTS_0)
+    weights = parsed.accessor(attrs.WEIGHTS_0)
+    assert joints.dtype == np.uint16 and weights.dtype == np.float32
+    assert weights.shape[1] == 4
+    np.testing.assert_allclose(weights.astype(np.float64).sum(axis=1), 1.0, atol=1e-6)
+    assert (weights >= 0).all() and ((weights > 0).sum(axis=1) <= 4).all()
+    assert (joints[weights == 0] == 0).all()
+    for k in range(4):  # no joint twice with non-zero weight
+        for m in range(k + 1, 4):
+            clash = (joints[:, k] == joints[:, m]) & (weights[:, k] > 0) & (weights[:, m] > 0)
+            assert not clash.any()
+    assert joints.max() < len(parsed.gltf.skins[0].joints)
+
+    pos_acc = parsed.gltf.accessors[attrs.POSITION]
+    assert pos_acc.min is not None and pos_acc.max is not None
+    positions = parsed.accessor(attrs.POSITION)
+    np.testing.assert_array_equal(positions.min(axis=0), np.float32(pos_acc.min))
+    np.testing.assert_array_equal(positions.max(axis=0), np.float32(pos_acc.max))
+    assert abs(pos_acc.min[1]) < 1e-3  # feet on the floor
+    assert 1.4 < pos_acc.max[1] - pos_acc.min[1] < 2.1
+    normals = parsed.accessor(attrs.NORMAL)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    uvs = parsed.accessor(attrs.TEXCOORD_0)
+    assert uvs.shape == (len(positions), 2)
+    indices = parsed.accessor(prim.indices)
+    assert indices.max() < len(positions)
+    for acc_index in (attrs.POSITION, attrs.NORMAL, attrs.TEXCOORD_0, attrs.JOINTS_0, attrs.WEIGHTS_0):
+        assert parsed.gltf.bufferViews[parsed.gltf.accessors[acc_index].bufferView].target == 34962
+    assert parsed.gltf.bufferViews[parsed.gltf.accessors[prim.indices].bufferView].target == 34963
+    assert all((v.byteOffset or 0) % 4 == 0 for v in parsed.gltf.bufferViews)
+
+
+def test_facing_and_winding(parsed):
+    """Facing +Z (the nose is the most forward point near the top) and outward CCW faces."""
+    prim = _primitive(parsed)
+    positions = parsed.accessor(prim.attributes.POSITION).astype(np.float64)
+    tris = positions[parsed.accessor(prim.indices).reshape(-1, 3)]
+    signed_volume = np.einsum("ij,ij->i", tris[:, 0], np.cross(tris[:, 1], tris[:, 2])).sum() / 6.0
+    assert signed_volume > 0.02  # a body is ~0.05-0.1 m^3; negative would mean inverted winding
+    head = positions[positions[:, 1] > positions[:, 1].max() - 0.2]
+    assert head[:, 2].max() > -head[:, 2].min()
+
+
+def test_embedded_texture_and_material(parsed):
+    gltf = parsed.gltf
+    assert len(gltf.images) == 1 and gltf.images[0].mimeType == "image/png"
+    assert parsed.view_bytes(gltf.images[0].bufferView).startswith(b"\x89PNG\r\n\x1a\n")
+    assert gltf.bufferViews[gltf.images[0].bufferView].target is None
+    material = gltf.materials[_primitive(parsed).material]
+    pbr = material.pbrMetallicRoughness
+    assert pbr.metallicFactor == 0.0 and pbr.baseColorTexture.index == 0
+    assert gltf.textures[0].source == 0 and gltf.samplers[gltf.textures[0].sampler].magFilter == 9729
+
+
+def test_animations_well_formed(parsed):
+    gltf = parsed.gltf
+    names = [a.name for a in gltf.animations]
+    assert "photo_pose" in names and "idle" in names
+    n_joints = len(gltf.skins[0].joints)
+    for anim in gltf.animations:
+        paths = [(c.target.node, c.target.path) for c in anim.channels]
+        assert sorted(n for n, p in paths if p == "rotation") == list(range(n_joints))
+        assert (0, "translation") in paths
+        for sampler in anim.samplers:
+            assert sampler.interpolation == "LINEAR"
+            times_acc = gltf.accessors[sampler.input]
+            assert times_acc.min is not None and times_acc.max is not None
+            times = parsed.accessor(sampler.input)
+            assert np.all(np.diff(times) > 0)
+            out = parsed.accessor(sampler.output)
+            assert len(out) == len(times)
+            if out.shape[1] == 4:
+                np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-6)
+                assert (np.sum(out[1:] * out[:-1], axis=1) >= 0).all()  # continuous signs
+        for view in {gltf.accessors[s.output].bufferView for s in anim.samplers}:
+            assert gltf.bufferViews[view].target is None
+
+
+def _animated_world(parsed: ParsedGlb, anim_name: str, key: int) -> np.ndarray:
+    """Global joint matrices at one key: bind TRS from the nodes, overridden by the channels."""
+    gltf = parsed.gltf
+    joints = gltf.skins[0].joints
+    trans = {j: np.array(gltf.nodes[j].translation or [0, 0, 0], float) for j in joints}
+    rot = {j: np.array(gltf.nodes[j].rotation or [0, 0, 0, 1], float) for j in joints}
+    anim = parsed.animation(anim_name)
+    for channel in anim.channels:
+        value = parsed.accessor(anim.samplers[channel.sampler].output)[key].astype(np.float64)
+        (rot if channel.target.path == "rotation" else trans)[channel.target.node] = value
+    parent = {c: p for p, n in enumerate(gltf.nodes) for c in (n.children or [])}
+    world: dict[int, np.ndarray] = {}
+    for j in joints:  # parents precede children
+        local = np.eye(4)
+        local[:3, :3] = Rotation.from_quat(rot[j]).as_matrix()
+        local[:3, 3] = trans[j]
+        world[j] = world[parent[j]] @ local if j in parent else local
+    return np.stack([world[j] for j in joints])
+
+
+def _skin(parsed: ParsedGlb, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prim = _primitive(parsed)
+    positions = parsed.accessor(prim.attributes.POSITION).astype(np.float64)
+    joints = parsed.accessor(prim.attributes.JOINTS_0).astype(np.int64)
+    weights = parsed.accessor(prim.attributes.WEIGHTS_0).astype(np.float64)
+    ibm = parsed.accessor(parsed.gltf.skins[0].inverseBindMatrices).astype(np.float64)
+    ibm = ibm.reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> row-major
+    skin = world @ ibm
+    per_vertex = np.einsum("vk,vkij->vij", weights, skin[joints])
+    skinned = np.einsum("vij,vj->vi", per_vertex[:, :3, :3], positions) + per_vertex[:, :3, 3]
+    return positions, skinned
+
+
+def test_bind_key_is_identity(parsed):
+    """At t=0 of photo_pose the skinned mesh equals the bind mesh (IBM consistent with nodes)."""
+    positions, skinned = _skin(parsed, _animated_world(parsed, "photo_pose", 0))
+    assert np.abs(skinned - positions).max() < 1e-4
+
+
+def test_photo_pose_reproduces_anny(model, pose, parsed):
+    """Skinning the GLB's photo_pose last key matches Anny's own posed vertices (root held at rest)."""
+    phenotype = {k: torch.tensor([0.5]) for k in PHENOTYPE_LABELS}
+    with torch.no_grad():
+        rest = model(
+            pose_parameters=torch.eye(4)[None, None].repeat(1, pose.shape[0], 1, 1),
+            phenotype_kwargs=phenotype,
+        )
+    rest_bones = rest["rest_bone_poses"][0].double().numpy()
+    rest_vertices = rest["rest_vertices"][0].double().numpy()
+    r0, h0 = rest_bones[0, :3, :3], rest_bones[0, :3, 3]
+    anny_pose = pose.copy()
+    anny_pose[0] = np.eye(4)  # local-ref root delta giving W0 = rest root pose: [R0 | R0 h0]
+    anny_pose[0, :3, :3], anny_pose[0, :3, 3] = r0, r0 @ h0
+    with torch.no_grad():
+        posed = (
+            model(
+                pose_parameters=torch.as_tensor(anny_pose, dtype=torch.float32)[None],
+                phenotype_kwargs=phenotype,
+            )["vertices"][0]
+            .double()
+            .numpy()
+        )
+
+    # Anny -> glTF: fixed rotation, translation read off the root joint node (root has no parent).
+    rc = ANNY_TO_GLTF_ROTATION
+    offset = np.array(parsed.gltf.nodes[parsed.gltf.skins[0].joints[0]].translation) - rc @ h0
+    positions, skinned = _skin(parsed, _animated_world(parsed, "photo_pose", -1))
+    dist, source = cKDTree(rest_vertices @ rc.T + offset).query(positions)
+    assert dist.max() < 1e-4  # every GLB vertex is an Anny rest vertex in the canonical frame
+    expected = posed[source] @ rc.T + offset
+
+    topo = anny_topology(model)
+    w = np.sort(topo["skin_weights"], axis=1)[:, ::-1]
+    pruned_loss = 1.0 - w[:, :4].sum(axis=1) / w.sum(axis=1)
+    keep = pruned_loss[source] < 0.01
+    err = np.linalg.norm(skinned - expected, axis=1)
+    assert keep.mean() > 0.99
+    assert err[keep].max() < 5e-3, f"max {err[keep].max():.2e} m"
+    assert err[keep].mean() < 1e-4
+    assert np.percentile(err, 99) < 5e-3
+    # The pose is non-trivial: some vertices moved a lot from the bind pose.
+    assert np.linalg.norm(skinned - positions, axis=1).max() > 0.2
+
+
+def test_idle_moves_gently_and_loops(parsed):
+    anim = parsed.animation("idle")
+    times = parsed.accessor(anim.samplers[0].input)
+    assert times[-1] - times[0] == pytest.approx(2.0)
+    positions, first = _skin(parsed, _animated_world(parsed, "idle", 0))
+    _, middle = _skin(parsed, _animated_world(parsed, "idle", len(times) // 2))
+    _, last = _skin(parsed, _animated_world(parsed, "idle", len(times) - 1))
+    motion = np.linalg.norm(middle - positions, axis=1).max()
+    assert 0.005 < motion < 0.1
+    assert np.abs(last - first).max() < 1e-4
+
+
+def test_writer_renormalises_weights_and_rejects_non_png():
+    w = np.array([[0.5, 0.3, 0.2, 0.0], [0.1, 0.1, 0.1, 0.1], [1e-3, 0.7, 0.3, 0.0]])
+    stored = normalize_weights_float32(w)
+    assert stored.dtype == np.float32
+    assert np.abs(stored.astype(np.float64).sum(axis=1) - 1.0).max() < 1e-7
+    mesh = SkinnedMeshData(
+        positions=np.zeros((3, 3), np.float32),
+        normals=np.tile([0, 0, 1], (3, 1)).astype(np.float32),
+        uvs=np.zeros((3, 2), np.float32),
+        indices=np.array([[0, 1, 2]], np.uint32),
+        joints=np.zeros((3, 4), np.uint16),
+        weights=np.tile([1, 0, 0, 0], (3, 1)).astype(np.float32),
+        texture_png=b"not a png",
+    )
+    skeleton = Skeleton(names=["root"], parents=[-1], bind_world=np.eye(4)[None])
+    clip = AnimationClip("c", np.array([0.0]), np.array([[[0, 0, 0, 1.0]]]), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="PNG"):
+        write_glb(mesh, skeleton, [clip])
+    mesh.texture_png = _png(4)
+    assert write_glb(mesh, skeleton, [clip]).startswith(b"glTF")
+
+
+def _node_validator() -> str | None:
+    node = shutil.which("node")
+    if node is None:
+        return None
+    probe = subprocess.run(
+        [node, "-e", "require('gltf-validator')"], check=False, capture_output=True, cwd=REPO_ROOT
+    )
+    return node if probe.returncode == 0 else None
+
+
+def test_khronos_validator(avatar):
+    """Zero errors from the Khronos glTF validator (npm `gltf-validator`), when installed."""
+    node = _node_validator()
+    if node is None:
+        pytest.skip("npm package gltf-validator not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "avatar.glb"
+        path.write_bytes(avatar.glb)
+        script = (
+            "const v=require('gltf-validator');const fs=require('fs');"
+            f"v.validateBytes(new Uint8Array(fs.readFileSync({json.dumps(str(path))})))"
+            ".then(r=>console.log(JSON.stringify(r.issues)))"
+            ".catch(e=>{console.error(e);process.exit(2);});"
+        )
+        result = subprocess.run(
+            [node, "-e", script], check=False, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+        )
+    assert result.returncode == 0, result.stderr
+    issues = json.loads(result.stdout)
+    errors = [m for m in issues["messages"] if m["severity"] == 0]
+    assert issues["numErrors"] == 0, errors[:10]
