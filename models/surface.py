@@ -76,7 +76,9 @@ def mesh_to_glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     return buffer.getvalue()
 
 
-def _pixel_triangles(vertices: np.ndarray, faces: np.ndarray, camera: Camera):
+def _pixel_triangles(
+    vertices: np.ndarray, faces: np.ndarray, camera: Camera
+) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-point pixel corners of the triangles fully in front of the camera, their ids."""
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)

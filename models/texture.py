@@ -3,11 +3,17 @@
 Every texel inside a UV triangle is mapped to its 3D surface point, projected into the
 photo and kept when the camera really sees it (embree ray test, front-facing, inside the
 person mask). The rest of the body still needs a believable colour, so unseen texels are
-filled from what was seen: the back of the torso and limbs gets the blurred photo colour
-at the same silhouette position (the front mirrored, which keeps shirt and trousers
-apart), everything else the mean observed colour of its body part. The seam between
-observed and made-up colour is feathered and colours are pushed over the empty texture
-area so texture filtering and mipmaps never pick up black at chart borders.
+made up from what was seen:
+
+- torso, limbs, hands, feet: the blurred photo colour at the same silhouette position,
+  i.e. the front mirrored onto the back, which keeps shirt and trousers apart;
+- head: the colours of the nearest seen head surface, so the back of the head continues
+  the hair seen on top and at the sides rather than averaging hair and face;
+- anything else, or everything when `back_fill` is off: the mean seen colour of the
+  texel's body part (Anny's UV segmentation), borrowed from a related part when needed.
+
+The seam between seen and made-up colour is feathered, and colours are pushed over the
+empty texture area so texture filtering and mipmaps never pick up black at chart borders.
 """
 
 from __future__ import annotations
@@ -56,9 +62,9 @@ class TextureConfig:
     grazing_cos: float = 0.15  # reject texels seen at grazing angles
     mask_threshold: int = 128
     mask_erode_px: int = 2  # keep background from bleeding in at the silhouette
-    mirror_fill: bool = True  # unseen backs get the (blurred) front colour behind them
-    mirror_blur_frac: float = 0.01  # photo blur for the mirror fill, fraction of image height
-    nearest_k: int = 16  # seen texels averaged per unseen head texel
+    back_fill: bool = True  # unseen backs continue the seen front (off: part means only)
+    mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
+    nearest_k: int = 16  # seen head texels averaged per unseen head vertex
     feather_frac: float = 1 / 256  # observed/filled transition width, fraction of `size`
     gutter: bool = True  # extend colours from the charts over all empty texels
 
@@ -114,7 +120,7 @@ def bake_texture(
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     labels = face_part_labels(uv, face_uv_idx)[raster.tri]
-    colours = _fill_unseen(colours, seen, labels, points, pixels, image, person, config)
+    colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
     return BakedTexture(
         image=_compose(raster, colours, observed, config),
@@ -344,28 +350,33 @@ def _fill_unseen(
     colours: np.ndarray,
     seen: np.ndarray,
     labels: np.ndarray,
-    points: np.ndarray,
     pixels: np.ndarray,
     image: np.ndarray,
     person: np.ndarray,
+    mesh: trimesh.Trimesh,
+    raster: UVRaster,
     config: TextureConfig,
 ) -> np.ndarray:
     """Colours (N,3) for all chart texels: observed ones kept, the others made up."""
     out = colours.copy()
     unseen = ~seen
     out[unseen] = _part_means(colours, seen, labels)[labels[unseen]]
-    if not (config.mirror_fill and seen.any()):
+    if not (config.back_fill and seen.any()):
         return out
-    names = part_names()
-    mirrorable = np.isin(labels, [names.index(n) for n in MIRROR_PARTS if n in names])
+    mirror = unseen & _has_part(labels, MIRROR_PARTS)
     h, w = person.shape
     x, y = pixels[:, 0], pixels[:, 1]
-    in_image = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-    take = unseen & mirrorable & in_image
-    out[take] = sample_bilinear(_person_colours(image, person, config), pixels[take])
-    head = np.isin(labels, [names.index(n) for n in HEAD_PARTS if n in names])
-    _fill_from_nearest_seen(out, seen & head, unseen & head, points, config)
+    mirror &= (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    out[mirror] = sample_bilinear(_person_colours(image, person, config), pixels[mirror])
+    head = _has_part(labels, HEAD_PARTS)
+    corners = mesh.faces[raster.tri]
+    _fill_from_nearest_seen(out, seen & head, unseen & head, corners, raster.bary, mesh, config)
     return out
+
+
+def _has_part(labels: np.ndarray, parts: tuple[str, ...]) -> np.ndarray:
+    names = part_names()
+    return np.isin(labels, [names.index(n) for n in parts if n in names])
 
 
 def _person_colours(image: np.ndarray, person: np.ndarray, config: TextureConfig) -> np.ndarray:
@@ -392,18 +403,30 @@ def _person_colours(image: np.ndarray, person: np.ndarray, config: TextureConfig
 
 
 def _fill_from_nearest_seen(
-    colours: np.ndarray, source: np.ndarray, target: np.ndarray, points: np.ndarray, config
+    colours: np.ndarray,
+    source: np.ndarray,
+    target: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    mesh: trimesh.Trimesh,
+    config: TextureConfig,
 ) -> None:
-    """Give `target` texels the mean colour of the nearest `source` texels on the surface.
+    """Colour `target` texels from the nearest `source` texels on the surface, in place.
 
     The back of a head then continues what its visible rim shows (hair on top, skin at
-    the ears and neck) instead of one average of face and hair.
+    the ears and neck) instead of one average of face and hair. Done per mesh vertex and
+    interpolated, which is fast and smooth.
     """
-    if source.sum() < config.nearest_k or not target.any():
+    sources = np.flatnonzero(source)
+    if len(sources) < config.nearest_k or not target.any():
         return
-    tree = cKDTree(points[source])
-    _, index = tree.query(points[target], k=config.nearest_k, workers=-1)
-    colours[target] = colours[source][index].mean(axis=1)
+    sources = sources[:: max(1, len(sources) // 20_000)]
+    points = np.einsum("nk,nkd->nd", bary[sources], mesh.vertices[corners[sources]])
+    wanted = np.unique(corners[target])
+    _, nearest = cKDTree(points).query(mesh.vertices[wanted], k=config.nearest_k)
+    per_vertex = np.zeros((len(mesh.vertices), 3), np.float32)
+    per_vertex[wanted] = colours[sources][nearest].mean(axis=1)
+    colours[target] = np.einsum("nk,nkd->nd", bary[target], per_vertex[corners[target]])
 
 
 def _part_means(colours: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -174,14 +174,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary["status"] == "ready" else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avatarpipe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _register_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="turn one photo into a rigged GLB avatar")
     run.add_argument("photo")
     run.add_argument("--subject", help="subject id (letters, digits, _ and -); random if omitted")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.set_defaults(func=cmd_run)
+
+
+# Each further command lives in orchestration/commands/<name>.py and exposes
+# `register(subparsers)`; list the module here.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="avatarpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _register_run(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"orchestration.commands.{module}").register(sub)
     return parser
 
 

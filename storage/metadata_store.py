@@ -67,9 +67,7 @@ class ArtifactRecord:
 
     @property
     def artifact_id(self) -> str:
-        return artifact_id(
-            self.upload_id, self.asset_key, self.sha256, self.code_version
-        )
+        return artifact_id(self.upload_id, self.asset_key, self.sha256, self.code_version)
 
 
 def artifact_id(upload_id: str, asset_key: str, sha256: str, code_version: str) -> str:
@@ -103,19 +101,17 @@ def _next_seq() -> int:
 class MetadataStore:
     """Typed access to the avatarpipe collections. Build it with :func:`open_metadata_store`."""
 
-    def __init__(
-        self, client: Any, db_name: str, lock_path: Path | None = None
-    ) -> None:
+    def __init__(self, client: Any, db_name: str, lock_path: Path | None = None) -> None:
         self.client = client
         self.db = client[db_name]
         self.db_name = db_name
         self.embedded = lock_path is not None
+        self._lock_path = lock_path
         self._thread_lock = threading.RLock()
         # flock is not reentrant: only the outermost _locked() takes and releases it.
         self._lock_depth = 0
         self._lock_fd: int | None = None
-        if lock_path is not None:
-            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_pid = os.getpid()
 
     def __enter__(self) -> Self:
         return self
@@ -129,10 +125,19 @@ class MetadataStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        if self._lock_fd is None:  # real MongoDB does its own concurrency control
+        if self._lock_path is None:  # real MongoDB does its own concurrency control
             yield
             return
+        if self._lock_pid != os.getpid():
+            # Forked child: the inherited fd shares its flock with the parent (so it would
+            # not exclude it) and the thread lock may be held by a thread that no longer exists.
+            self._thread_lock = threading.RLock()
+            self._lock_depth = 0
+            self._lock_fd = None
+            self._lock_pid = os.getpid()
         with self._thread_lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             if self._lock_depth == 0:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._lock_depth += 1
@@ -143,9 +148,7 @@ class MetadataStore:
                 if self._lock_depth == 0:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _find(
-        self, collection: str, query: dict[str, Any], sort: list[tuple[str, int]]
-    ) -> list[dict]:
+    def _find(self, collection: str, query: dict[str, Any], sort: list[tuple[str, int]]) -> list[dict]:
         with self._locked():
             return list(self.db[collection].find(query, sort=sort))
 
@@ -154,7 +157,15 @@ class MetadataStore:
             return self.db[collection].find_one(query)
 
     def _upsert(self, collection: str, _id: str, update: dict[str, Any]) -> dict:
-        """``update_one(..., upsert=True)`` that tolerates losing an insert race, then re-reads.
+        """:meth:`_upsert_no_read`, then return the resulting document."""
+        with self._locked():
+            self._upsert_no_read(collection, _id, update)
+            doc = self.db[collection].find_one({"_id": _id})
+        assert doc is not None
+        return doc
+
+    def _upsert_no_read(self, collection: str, _id: str, update: dict[str, Any]) -> None:
+        """``update_one({"_id": _id}, update, upsert=True)`` that tolerates losing an insert race.
 
         Two writers upserting the same new ``_id`` can both miss the match and one gets
         DuplicateKeyError (real MongoDB documents this; montydb raises its own class);
@@ -168,9 +179,6 @@ class MetadataStore:
                 if not _is_duplicate_key(exc):
                     raise
                 coll.update_one({"_id": _id}, update, upsert=True)
-            doc = coll.find_one({"_id": _id})
-        assert doc is not None
-        return doc
 
     # -- indexes / lifecycle ---------------------------------------------------------
 
@@ -233,9 +241,7 @@ class MetadataStore:
 
     # -- uploads ----------------------------------------------------------------------
 
-    def create_upload(
-        self, upload_id: str, subject_id: str, photo_key: str, pipeline_version: str
-    ) -> dict:
+    def create_upload(self, upload_id: str, subject_id: str, photo_key: str, pipeline_version: str) -> dict:
         """Create an upload in status "pending"; calling again returns the existing doc untouched.
 
         Raises ValueError if the id already exists for a different subject or photo.
@@ -276,9 +282,7 @@ class MetadataStore:
         after an erasure cannot resurrect it.
         """
         if status not in UPLOAD_STATUSES:
-            raise ValueError(
-                f"unknown upload status {status!r}; expected one of {sorted(UPLOAD_STATUSES)}"
-            )
+            raise ValueError(f"unknown upload status {status!r}; expected one of {sorted(UPLOAD_STATUSES)}")
         update: dict[str, Any] = {
             "$set": {
                 "status": status,
@@ -293,23 +297,17 @@ class MetadataStore:
             if status == "erased":
                 result = uploads.update_one({"_id": upload_id}, update)
             else:
-                result = uploads.update_one(
-                    {"_id": upload_id, "status": {"$ne": "erased"}}, update
-                )
+                result = uploads.update_one({"_id": upload_id, "status": {"$ne": "erased"}}, update)
             if result.matched_count == 0:
                 if uploads.find_one({"_id": upload_id}) is None:
                     raise NotFound(upload_id)
-                raise InvalidTransition(
-                    f"upload {upload_id} is erased; cannot set status {status!r}"
-                )
+                raise InvalidTransition(f"upload {upload_id} is erased; cannot set status {status!r}")
             return uploads.find_one({"_id": upload_id})
 
     def get_upload(self, upload_id: str) -> dict | None:
         return self._find_one("uploads", {"_id": upload_id})
 
-    def list_uploads(
-        self, subject_id: str | None = None, status: str | None = None
-    ) -> list[dict]:
+    def list_uploads(self, subject_id: str | None = None, status: str | None = None) -> list[dict]:
         """Uploads, oldest first."""
         query: dict[str, Any] = {}
         if subject_id is not None:
@@ -332,7 +330,7 @@ class MetadataStore:
         fields = asdict(rec)
         fields.update(superseded_by=None, updated_at=now)
         with self._locked():
-            self._upsert(
+            self._upsert_no_read(
                 "artifacts",
                 art_id,
                 {"$set": fields, "$setOnInsert": {"created_at": now}},
@@ -356,9 +354,7 @@ class MetadataStore:
         )
         return docs[0] if docs else None
 
-    def artifacts_for_upload(
-        self, upload_id: str, include_superseded: bool = False
-    ) -> list[dict]:
+    def artifacts_for_upload(self, upload_id: str, include_superseded: bool = False) -> list[dict]:
         """Artifacts of one upload, oldest first."""
         query: dict[str, Any] = {"upload_id": upload_id}
         if not include_superseded:
@@ -393,9 +389,7 @@ class MetadataStore:
 
     def audit_for(self, subject_id: str) -> list[dict]:
         """Audit events of one subject, oldest first."""
-        return self._find(
-            "audit_log", {"subject_id": subject_id}, [("at", 1), ("seq", 1)]
-        )
+        return self._find("audit_log", {"subject_id": subject_id}, [("at", 1), ("seq", 1)])
 
 
 def _normalise_error(error: dict | None) -> dict | None:
@@ -403,9 +397,7 @@ def _normalise_error(error: dict | None) -> dict | None:
         return None
     missing = {"code", "message"} - error.keys()
     if missing:
-        raise ValueError(
-            f"error dict needs keys code and message (missing {sorted(missing)})"
-        )
+        raise ValueError(f"error dict needs keys code and message (missing {sorted(missing)})")
     return {
         "code": str(error["code"]),
         "message": str(error["message"]),
@@ -423,9 +415,7 @@ def _is_duplicate_key(exc: Exception) -> bool:
     return isinstance(exc, MontyDuplicateKeyError)
 
 
-def open_metadata_store(
-    uri: str | None, embedded_dir: Path, db_name: str = "avatarpipe"
-) -> MetadataStore:
+def open_metadata_store(uri: str | None, embedded_dir: Path, db_name: str = "avatarpipe") -> MetadataStore:
     """Connect to MongoDB at ``uri``, or open/create the embedded montydb repository at ``embedded_dir``."""
     if uri:
         client: Any = pymongo.MongoClient(uri, tz_aware=True)
@@ -466,14 +456,10 @@ def _open_monty(repository: Path) -> Any:
 
     marker = repository / _MONTY_STORAGE_FILE
     if not marker.is_file():
-        set_storage(
-            str(repository), storage="sqlite", use_bson=True, mongo_version="4.2"
-        )
+        set_storage(str(repository), storage="sqlite", use_bson=True, mongo_version="4.2")
     engine = marker.read_text().strip()
     if engine != "sqlite":
-        raise ValueError(
-            f"{repository} is a montydb repository using {engine!r}, expected 'sqlite'"
-        )
+        raise ValueError(f"{repository} is a montydb repository using {engine!r}, expected 'sqlite'")
     return MontyClient(str(repository), tz_aware=True)
 
 

@@ -35,9 +35,7 @@ class StoredObject:
 
 
 class ObjectStore(Protocol):
-    def put_bytes(
-        self, key: str, data: bytes, content_type: str | None = None
-    ) -> StoredObject: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> StoredObject: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def stat(self, key: str) -> StoredObject: ...
@@ -90,15 +88,10 @@ def subject_prefix(subject_id: str) -> str:
 
 
 def upload_prefix(subject_id: str, upload_id: str) -> str:
-    return (
-        validate_key(subject_prefix(subject_id) + _segment("upload_id", upload_id))
-        + "/"
-    )
+    return validate_key(subject_prefix(subject_id) + _segment("upload_id", upload_id)) + "/"
 
 
-def artifact_key(
-    subject_id: str, upload_id: str, asset: str, sha256: str, ext: str
-) -> str:
+def artifact_key(subject_id: str, upload_id: str, asset: str, sha256: str, ext: str) -> str:
     """``subjects/{subject}/{upload}/{asset}/{sha256[:16]}.{ext}``; ``ext`` may have a leading dot."""
     digest = sha256.lower()
     if len(digest) < 16 or any(c not in "0123456789abcdef" for c in digest):
@@ -127,21 +120,15 @@ class LocalObjectStore:
 
     def _stored(self, key: str, digest: str, size: int) -> StoredObject:
         path = self._path(key)
-        return StoredObject(
-            key=key, uri=path.as_uri(), sha256=digest, bytes=size, path=str(path)
-        )
+        return StoredObject(key=key, uri=path.as_uri(), sha256=digest, bytes=size, path=str(path))
 
-    def put_bytes(
-        self, key: str, data: bytes, content_type: str | None = None
-    ) -> StoredObject:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> StoredObject:
         """Write ``data`` under ``key``. ``content_type`` is ignored by the local store."""
         path = self._path(key)
         for attempt in range(3):
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd, tmp = tempfile.mkstemp(
-                    dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-                )
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
                 break
             except FileNotFoundError:  # a concurrent delete pruned the fresh directory
                 if attempt == 2:

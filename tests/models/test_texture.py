@@ -157,7 +157,7 @@ def test_filled_colours_stay_within_observed_colours(baked: BakedTexture):
 
 
 def test_unseen_head_gets_the_mean_of_the_seen_head(scene: Scene):
-    config = TextureConfig(size=256, mirror_fill=False, feather_frac=0.5 / 256)
+    config = TextureConfig(size=256, back_fill=False, feather_frac=0.5 / 256)
     result = bake_texture(
         scene.vertices, scene.faces, scene.uv, scene.face_uv_idx, scene.camera,
         scene.photo, scene.mask, config,
@@ -175,6 +175,40 @@ def test_unseen_head_gets_the_mean_of_the_seen_head(scene: Scene):
     np.testing.assert_allclose(
         np.median(result.image[far].astype(float), axis=0), seen_head.mean(axis=0), atol=2.0
     )
+
+
+def test_unseen_back_continues_the_front(scene: Scene):
+    """Hair above the forehead, a red top, blue trousers: the back must follow suit."""
+    rows = np.nonzero((scene.mask > 0).any(axis=1))[0]
+    top, height = rows[0], rows[-1] - rows[0]
+    hair_end, waist = top + 0.08 * height, top + 0.45 * height  # hair down to the ears
+    band = np.arange(HEIGHT)[:, None]
+    photo = np.where(band < hair_end, 30, np.where(band < waist, 1, 2))[..., None]
+    photo = np.select(
+        [photo == 30, photo == 1, photo == 2],
+        [np.uint8([30, 30, 30]), np.uint8([200, 40, 40]), np.uint8([40, 40, 200])],
+    )
+    photo = np.broadcast_to(photo, (HEIGHT, WIDTH, 3)).astype(np.uint8)
+    size = 256
+    result = bake_texture(
+        scene.vertices, scene.faces, scene.uv, scene.face_uv_idx, scene.camera,
+        photo, scene.mask, TextureConfig(size=size),
+    )  # fmt: skip
+    raster = rasterise_uv(scene.uv, scene.face_uv_idx, size)
+    labels = face_part_labels(scene.uv, scene.face_uv_idx)[raster.tri]
+    points = np.einsum("nk,nkd->nd", raster.bary, scene.vertices[scene.faces[raster.tri]])
+    row = scene.camera.project(points)[:, 1]
+    colour = result.image.reshape(-1, 3)[raster.flat].astype(int)
+    unseen = ~result.observed.reshape(-1)[raster.flat]
+    body = unseen & (labels == part_names().index("body"))
+    upper = body & (row > hair_end + 0.1 * height) & (row < waist - 0.05 * height)
+    lower = body & (row > waist + 0.05 * height)
+    assert upper.sum() > 2000 and lower.sum() > 2000
+    assert (colour[upper, 0] > colour[upper, 2] + 100).mean() > 0.95  # red back of the top
+    assert (colour[lower, 2] > colour[lower, 0] + 100).mean() > 0.95  # blue back of the legs
+    crown = unseen & (labels == part_names().index("head")) & (row < top + 0.05 * height)
+    assert crown.sum() > 200
+    assert (colour[crown].max(axis=1) < 90).mean() > 0.9  # dark hair all round the crown
 
 
 def test_bake_accepts_a_boolean_mask(scene: Scene, baked: BakedTexture):

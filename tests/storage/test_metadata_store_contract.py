@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -49,9 +50,7 @@ class Backend:
             "from storage.metadata_store import open_metadata_store\n"
             f"store = open_metadata_store({self.uri!r}, Path({str(self.embedded_dir)!r}), db_name={self.db_name!r})\n"
         )
-        pythonpath = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        )
+        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         return subprocess.Popen(
             [sys.executable, "-c", prelude + code + "\nstore.close()\n", *args],
             stdout=subprocess.PIPE,
@@ -129,9 +128,7 @@ def _assert_utc(value: object) -> None:
 
 
 def test_ensure_subject_is_idempotent(store: MetadataStore) -> None:
-    first = store.ensure_subject(
-        "s1", consent={"processing": True, "version": "2024-01"}
-    )
+    first = store.ensure_subject("s1", consent={"processing": True, "version": "2024-01"})
     again = store.ensure_subject("s1")
 
     assert first["_id"] == "s1" and first["status"] == "active"
@@ -225,9 +222,7 @@ def test_upload_status_validation(store: MetadataStore) -> None:
     assert store.get_upload("u1")["status"] == "pending"
     assert store.get_upload("missing") is None
 
-    partial = store.set_upload_status(
-        "u1", "failed", error={"code": "E", "message": "m"}
-    )
+    partial = store.set_upload_status("u1", "failed", error={"code": "E", "message": "m"})
     assert partial["error"] == {"code": "E", "message": "m", "step": None}
 
 
@@ -250,9 +245,7 @@ def test_list_uploads_filters(store: MetadataStore) -> None:
     assert [u["_id"] for u in store.list_uploads()] == ["u1", "u2", "u3"]
     assert [u["_id"] for u in store.list_uploads(subject_id="s1")] == ["u1", "u2"]
     assert [u["_id"] for u in store.list_uploads(status="pending")] == ["u1", "u3"]
-    assert [u["_id"] for u in store.list_uploads(subject_id="s1", status="ready")] == [
-        "u2"
-    ]
+    assert [u["_id"] for u in store.list_uploads(subject_id="s1", status="ready")] == ["u2"]
     assert store.list_uploads(subject_id="nobody") == []
 
 
@@ -264,12 +257,7 @@ def test_record_artifact_is_idempotent(store: MetadataStore) -> None:
     first = store.record_artifact(rec)
     second = store.record_artifact(rec)
 
-    assert (
-        first
-        == second
-        == artifact_id("u1", "keypoints", "a" * 64, "kp-1")
-        == rec.artifact_id
-    )
+    assert first == second == artifact_id("u1", "keypoints", "a" * 64, "kp-1") == rec.artifact_id
     assert len(first) == 24
     assert len(store.artifacts_for_upload("u1", include_superseded=True)) == 1
 
@@ -288,9 +276,7 @@ def test_new_artifact_supersedes_previous(store: MetadataStore) -> None:
     other_asset = store.record_artifact(_record(asset_key="mesh", sha256="c" * 64))
     other_upload = store.record_artifact(_record(upload_id="u2"))
 
-    new = store.record_artifact(
-        _record(sha256="b" * 64, code_version="kp-2", run_id="run-2")
-    )
+    new = store.record_artifact(_record(sha256="b" * 64, code_version="kp-2", run_id="run-2"))
 
     assert new != old
     assert store.get_artifact(old)["superseded_by"] == new
@@ -301,9 +287,11 @@ def test_new_artifact_supersedes_previous(store: MetadataStore) -> None:
     assert store.current_artifact("u2", "keypoints")["_id"] == other_upload
 
     assert {a["_id"] for a in store.artifacts_for_upload("u1")} == {new, other_asset}
-    assert {
-        a["_id"] for a in store.artifacts_for_upload("u1", include_superseded=True)
-    } == {old, new, other_asset}
+    assert {a["_id"] for a in store.artifacts_for_upload("u1", include_superseded=True)} == {
+        old,
+        new,
+        other_asset,
+    }
 
     # Re-recording the current artifact changes nothing.
     store.record_artifact(_record(sha256="b" * 64, code_version="kp-2", run_id="run-2"))
@@ -364,9 +352,7 @@ def test_reopen_sees_same_data(backend: Backend) -> None:
     first = backend.open()
     first.ensure_subject("s1", consent={"ok": True})
     first.create_upload("u1", "s1", "k", "pipe-1")
-    first.set_upload_status(
-        "u1", "failed", error={"code": "E", "message": "m", "step": "x"}, run_id="r1"
-    )
+    first.set_upload_status("u1", "failed", error={"code": "E", "message": "m", "step": "x"}, run_id="r1")
     art = first.record_artifact(_record())
     first.append_audit("upload.created", "s1", "u1")
     first.close()
@@ -408,9 +394,7 @@ def test_other_process_reads_and_writes(backend: Backend) -> None:
     }
 
     upload = store.get_upload("u1")
-    assert upload["status"] == "ready" and upload["dagster_run_ids"] == [
-        "run-from-child"
-    ]
+    assert upload["status"] == "ready" and upload["dagster_run_ids"] == ["run-from-child"]
     assert [e["event"] for e in store.audit_for("s1")] == ["child.done"]
 
 
@@ -466,3 +450,25 @@ def test_ensure_indexes_is_idempotent(store: MetadataStore) -> None:
     store.ensure_indexes()
     store.ensure_subject("s1")
     assert store.get_subject("s1") is not None
+
+
+def _bump_run_ids(store: MetadataStore, name: str) -> None:
+    for i in range(10):
+        store.set_upload_status("u1", "running", run_id=f"{name}-{i}")
+
+
+def test_forked_children_stay_serialised(backend: Backend) -> None:
+    """A store opened before fork (e.g. a cached resource) must still exclude its forked copies."""
+    if backend.uri:
+        pytest.skip("fork safety concerns the embedded backend's file lock")
+    store = backend.open()
+    store.create_upload("u1", "s1", "k", "pipe-1")  # the lock fd now exists and would be inherited
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_bump_run_ids, args=(store, name)) for name in "ab"]
+    for child in children:
+        child.start()
+    _bump_run_ids(store, "parent")
+    for child in children:
+        child.join(timeout=120)
+        assert child.exitcode == 0
+    assert len(store.get_upload("u1")["dagster_run_ids"]) == 30

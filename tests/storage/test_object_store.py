@@ -21,9 +21,7 @@ def store(tmp_path: Path) -> LocalObjectStore:
 
 
 def _all_files(root: Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-    )
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def test_satisfies_protocol(store: LocalObjectStore) -> None:
@@ -59,11 +57,7 @@ def test_overwrite_replaces_content(store: LocalObjectStore) -> None:
     store.put_bytes("a/b.bin", b"one")
     second = store.put_bytes("a/b.bin", b"second")
     assert store.get_bytes("a/b.bin") == b"second"
-    assert (
-        store.stat("a/b.bin").sha256
-        == second.sha256
-        == hashlib.sha256(b"second").hexdigest()
-    )
+    assert store.stat("a/b.bin").sha256 == second.sha256 == hashlib.sha256(b"second").hexdigest()
 
 
 def test_empty_object(store: LocalObjectStore) -> None:
@@ -85,9 +79,7 @@ def test_missing_objects(store: LocalObjectStore) -> None:
     assert store.exists("dir") is False
 
 
-def test_failed_write_leaves_nothing_behind(
-    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_leaves_nothing_behind(store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.put_bytes("subjects/s1/keep.bin", b"keep")
 
     def boom(src: str, dst: str) -> None:
@@ -100,14 +92,10 @@ def test_failed_write_leaves_nothing_behind(
 
     assert not store.exists("subjects/s1/new.bin")
     assert list(store.list_keys()) == ["subjects/s1/keep.bin"]
-    assert _all_files(store.root) == [
-        "subjects/s1/keep.bin"
-    ]  # temp file was removed too
+    assert _all_files(store.root) == ["subjects/s1/keep.bin"]  # temp file was removed too
 
 
-def test_failed_overwrite_keeps_old_content(
-    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_overwrite_keeps_old_content(store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.put_bytes("a/obj.bin", b"old")
 
     def boom(src: str, dst: str) -> None:
@@ -156,17 +144,13 @@ def test_delete_prefix_removes_objects_and_empty_dirs(store: LocalObjectStore) -
     store.put_bytes(artifact_key("s1", "u1", "photo", "a" * 64, "png"), b"p")
     store.put_bytes(artifact_key("s1", "u1", "mesh", "b" * 64, "glb"), b"m")
     store.put_bytes(artifact_key("s1", "u2", "photo", "c" * 64, "png"), b"q")
-    store.put_bytes(
-        artifact_key("s10", "u9", "photo", "d" * 64, "png"), b"other subject"
-    )
+    store.put_bytes(artifact_key("s10", "u9", "photo", "d" * 64, "png"), b"other subject")
 
     assert store.delete_prefix(upload_prefix("s1", "u1")) == 2
     assert not (store.root / "subjects" / "s1" / "u1").exists()
     assert store.delete_prefix(subject_prefix("s1")) == 1
     assert not (store.root / "subjects" / "s1").exists()
-    assert list(store.list_keys()) == [
-        artifact_key("s10", "u9", "photo", "d" * 64, "png")
-    ]
+    assert list(store.list_keys()) == [artifact_key("s10", "u9", "photo", "d" * 64, "png")]
     assert store.delete_prefix(subject_prefix("s1")) == 0
     assert store.root.is_dir()
 
@@ -211,9 +195,7 @@ def test_invalid_prefixes_rejected(store: LocalObjectStore, prefix: str) -> None
         store.delete_prefix(prefix)
 
 
-def test_key_for_uri_rejects_foreign_uris(
-    store: LocalObjectStore, tmp_path: Path
-) -> None:
+def test_key_for_uri_rejects_foreign_uris(store: LocalObjectStore, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         store.key_for_uri("s3://bucket/key")
     with pytest.raises(ValueError):
@@ -231,10 +213,7 @@ def test_artifact_key_format() -> None:
         artifact_key("s_ab12", "u_cd34", "photo", sha, "png")
         == f"subjects/s_ab12/u_cd34/photo/{sha[:16]}.png"
     )
-    assert (
-        artifact_key("s", "u", "mesh", sha, ".glb")
-        == f"subjects/s/u/mesh/{sha[:16]}.glb"
-    )
+    assert artifact_key("s", "u", "mesh", sha, ".glb") == f"subjects/s/u/mesh/{sha[:16]}.glb"
     assert subject_prefix("s_ab12") == "subjects/s_ab12/"
     assert upload_prefix("s_ab12", "u_cd34") == "subjects/s_ab12/u_cd34/"
     assert artifact_key("s", "u", "a", sha, "png").startswith(upload_prefix("s", "u"))

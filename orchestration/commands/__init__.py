@@ -1,0 +1,1 @@
+"""`avatarpipe` subcommands beyond `run`; each module exposes `register(subparsers)`."""
