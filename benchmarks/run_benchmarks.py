@@ -34,6 +34,7 @@ class PhotoResult:
     glb_bytes: int | None = None
     run_wall_s: float | None = None
     error: str | None = None
+    load_avg_1m: float = 0.0
     reprojection_rel: float | None = None
     silhouette_iou: float | None = None
     framing: str | None = None
@@ -57,6 +58,7 @@ def benchmark_photo(photo: Path, home: Path) -> PhotoResult:
     _, _, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0
     wall = time.perf_counter() - start
+    load = os.getloadavg()[0]
     summary = json.loads(stdout)
     fit = summary["metrics"].get("smplx_params", {})
     glb = summary["artifacts"].get("rigged_glb")
@@ -69,6 +71,7 @@ def benchmark_photo(photo: Path, home: Path) -> PhotoResult:
         glb_bytes=glb["bytes"] if glb else None,
         run_wall_s=_run_wall_seconds(home, summary["dagster_run_id"]),
         error=(summary["error"] or {}).get("code"),
+        load_avg_1m=load,
         reprojection_rel=fit.get("keypoint_reprojection_rel"),
         silhouette_iou=fit.get("silhouette_iou"),
         framing=fit.get("framing") or summary["metrics"].get("keypoints", {}).get("framing"),
@@ -120,21 +123,31 @@ def render_markdown(results: list[PhotoResult]) -> str:
         + f" | {_median([r.wall_s for r in ok])} |",
         "",
         (
+            f"Machine load (1-minute load average) during the runs: median "
+            f"{statistics.median([r.load_avg_1m for r in results]):.1f} on {os.cpu_count()} cores; above "
+            f"{os.cpu_count()} the steps competed for CPU with other work and the times are inflated."
+        ),
+        "",
+        (
             "Dagster overhead is the run's wall time minus the five steps' compute; the CLI process adds "
             "interpreter start, imports (torch, MediaPipe, Dagster) and loading the cached Anny model."
         ),
         "",
         "## Per photo",
         "",
-        "| photo | status | framing | fit reprojection (rel) | silhouette IoU | total CLI s | peak RSS MB | GLB MB |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| photo | status | framing | fit reprojection (rel) | silhouette IoU | total CLI s "
+            "| peak RSS MB | GLB MB | load avg (1 min) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         glb = f"{r.glb_bytes / 1e6:.2f}" if r.glb_bytes else "–"
         status = r.status if not r.error else f"{r.status} ({r.error})"
         lines.append(
             f"| {r.photo} | {status} | {r.framing or '–'} | {r.reprojection_rel if r.reprojection_rel is not None else '–'} "
-            f"| {r.silhouette_iou if r.silhouette_iou is not None else '–'} | {r.wall_s:.1f} | {r.peak_rss_mb:.0f} | {glb} |"
+            f"| {r.silhouette_iou if r.silhouette_iou is not None else '–'} | {r.wall_s:.1f} | {r.peak_rss_mb:.0f} | {glb} "
+            f"| {r.load_avg_1m:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
