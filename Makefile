@@ -9,22 +9,62 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 SAMPLE := samples/person_standing.png
 
-.PHONY: demo test ui bench lint clean-home
+.PHONY: demo test ui bench eval lint clean-home clients infra-tools infra-synth
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch first, alone: the pinned CPU build (a combined resolve may pick the CUDA wheel)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,infra]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/avatarpipe run $(SAMPLE) --subject demo
 
-test: $(STAMP)
+# Client-side proof tools: Debian's chromium (headless three.js test) and the pinned npm
+# packages in clients/ (gltf-validator, three, playwright-core, gltfpack). Idempotent: apt-get
+# runs only when chromium is missing, npm ci only when package-lock.json changed.
+CLIENTS_STAMP := clients/node_modules/.installed
+CHROMIUM := $(firstword $(wildcard /usr/bin/chromium /usr/bin/chromium-browser))
+
+clients: $(CLIENTS_STAMP)
+ifeq ($(CHROMIUM),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+endif
+
+$(CLIENTS_STAMP): clients/package-lock.json
+	cd clients && npm ci --no-audit --no-fund
+	touch $(CLIENTS_STAMP)
+
+test: $(STAMP) clients infra-tools
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	AVATARPIPE_REQUIRE_CLIENTS=1 AVATARPIPE_REQUIRE_INFRA=1 $(PY) -m pytest -q
+
+# Infrastructure tooling (issue #8): the CDK CLI pinned in infra/package-lock.json, and
+# checkov in its own venv under .venv/tools (its pins clash with the app's: boto3, packaging).
+# The CDK app itself is Python (aws-cdk-lib, the `infra` extra); cfn-lint comes with it.
+INFRA_STAMP := infra/node_modules/.installed
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export CDK_DISABLE_CLI_TELEMETRY := true
+
+$(INFRA_STAMP): infra/package-lock.json
+	cd infra && npm ci --no-audit --no-fund
+	touch $(INFRA_STAMP)
+
+$(CHECKOV_STAMP): infra/requirements-scan.txt
+	test -d $(CHECKOV_VENV) || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r infra/requirements-scan.txt
+	touch $(CHECKOV_STAMP)
+
+infra-tools: $(STAMP) $(INFRA_STAMP) $(CHECKOV_STAMP)
+
+# Synthesise CloudFormation offline (no AWS account needed) into infra/cdk.out/.
+infra-synth: infra-tools
+	cd infra && npx --no-install cdk synth --app "$(abspath $(PY)) app.py" --quiet --no-notices
+	@echo "templates in infra/cdk.out/ ($$(ls infra/cdk.out/*.template.json))"
 
 ui: $(STAMP)
 	DAGSTER_HOME=$(AVATARPIPE_HOME)/dagster $(VENV)/bin/python -c "from orchestration.settings import Settings, prepare_environment; prepare_environment(Settings.from_env())"
@@ -32,6 +72,12 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_benchmarks.py
+
+# Body-fit evaluation (issue #3): development photos + synthetic ground truth; writes the
+# report, contact sheets and EVAL.md (numbers only; the sheets stay under AVATARPIPE_HOME).
+EVAL_SYNTHETIC ?= 30
+eval: $(STAMP)
+	$(VENV)/bin/avatarpipe eval --synthetic $(EVAL_SYNTHETIC) --out $(AVATARPIPE_HOME)/eval/latest --markdown EVAL.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
 
 import base64
+import io
 import json
 
 import numpy as np
@@ -13,20 +14,23 @@ from assets.steps import (
     StepContext,
     failure_guard,
     load_parent,
+    record_step_result,
     result_metadata,
     save_artifact,
     step_context,
     timed,
 )
-from models.body_model import anny_info, anny_topology, load_anny
-from models.fitting import BodyFit, FitConfig, fit_body, posed_vertices
+from models.body_model import load_anny
+from models.errors import ErrorCode, PipelineError
+from models.fitting import BodyFit
+from models.gltf_export import compress_glb
 from models.keypoints import DetectorConfig, Keypoints, detect_keypoints
 from models.photo import decode_png, encode_png, normalise_photo
+from models.render import preview_png
 from models.rigging import build_rigged_avatar
-from models.surface import mesh_to_glb_bytes, render_overlay, silhouette_iou, textured_mesh
-from models.texture import TextureConfig, bake_texture
+from ops.steps import FIT, KEYPOINTS, MASK, PHOTO, StepRequest
 
-RESOURCES = {"object_store", "metadata", "model_registry"}
+RESOURCES = {"object_store", "metadata", "model_registry", "compute"}
 GROUP = "avatar"
 
 
@@ -56,12 +60,25 @@ def _finish(step: StepContext, data: bytes, ext: str, parents: list[Parent], met
     return MaterializeResult(metadata=meta)
 
 
+def _raw_upload_bytes(step: StepContext, upload: dict) -> bytes:
+    """The raw upload, or a clear refusal once retention has removed it (downstream assets
+    keep working from the normalised `photo` artifact)."""
+    if upload.get("raw_deleted_at") is not None:
+        raise PipelineError(
+            ErrorCode.RAW_PHOTO_EXPIRED,
+            f"the raw upload was deleted by the retention policy on {upload['raw_deleted_at']:%Y-%m-%d}; "
+            "the normalised photo is kept, so reprocess the steps after `photo` instead",
+            "photo",
+        )
+    return step.store.get_bytes(upload["photo_key"])
+
+
 def _photo(context: AssetExecutionContext) -> MaterializeResult:
     step = step_context(context, "photo")
     step.metadata.set_upload_status(step.upload_id, "running", run_id=step.run_id)
     with failure_guard(step):
         upload = step.metadata.get_upload(step.upload_id)
-        raw = step.store.get_bytes(upload["photo_key"])
+        raw = _raw_upload_bytes(step, upload)
         with timed(step):
             photo = normalise_photo(raw)
         metrics = {
@@ -91,6 +108,7 @@ def _keypoints(context: AssetExecutionContext) -> MaterializeResult:
             "face_detected": kp.face is not None,
             "hands_detected": int(kp.left_hand is not None) + int(kp.right_hand is not None),
             "mask_fraction": round(float((kp.mask >= 128).mean()), 4),
+            "person_selection": kp.extra.get("selection", "full_image"),
         }
         return _finish(
             step, _json_bytes(kp.to_dict()), "json", [parent], metrics,
@@ -109,58 +127,81 @@ def _load_keypoints(step: StepContext) -> tuple[Parent, Keypoints]:
     return parent, Keypoints.from_dict(parent.json(), mask)
 
 
+def _launch_heavy_step(
+    context: AssetExecutionContext, step: StepContext, inputs: dict[str, tuple[str, str | None]]
+) -> MaterializeResult:
+    """Run a heavy step through the compute launcher: in-process, a Dagster Pipes subprocess
+    (the embedded default) or an ECS GPU task. The step reads its inputs from the object store
+    and writes its outputs there; the artifact document is recorded here.
+
+    `inputs` maps a step input name to (upstream asset, extra file or None).
+    """
+    parents: dict[str, Parent] = {}
+    keys: dict[str, str] = {}
+    for name, (asset_key, extra) in inputs.items():
+        doc = _current_doc(step, asset_key)
+        parents.setdefault(asset_key, Parent(doc=doc, data=b""))
+        keys[name] = doc["extra_files"][extra] if extra else doc["key"]
+    request = StepRequest(
+        step=step.asset_key,
+        upload_id=step.upload_id,
+        subject_id=step.subject_id,
+        inputs=keys,
+        params=step.model_params,
+        object_store=context.resources.object_store.config(),
+    )
+    compute = context.resources.compute
+    result, worker_meta = compute.run_step(context, request)
+    artifact_id, obj = record_step_result(step, result, list(parents.values()))
+    meta = result_metadata(step, artifact_id, obj, result.metrics)
+    meta |= {"device": result.device, "placement": compute.placement(step.asset_key)}
+    meta |= {k: v for k, v in worker_meta.items() if k == "AWS ECS Task URL"}
+    if result.preview_png:
+        meta["preview"] = _preview_markdown(result.preview_png, step.asset_key)
+    return MaterializeResult(metadata=meta)
+
+
+def _current_doc(step: StepContext, asset_key: str) -> dict:
+    doc = step.metadata.current_artifact(step.upload_id, asset_key)
+    if doc is None:
+        raise PipelineError(
+            ErrorCode.INTERNAL_ERROR,
+            f"upstream artifact {asset_key} is missing for this upload; materialise it first",
+            step.asset_key,
+        )
+    return doc
+
+
 def _smplx_params(context: AssetExecutionContext) -> MaterializeResult:
     step = step_context(context, "smplx_params")
     with failure_guard(step):
-        parent, kp = _load_keypoints(step)
-        fitter = dict(step.model_params["body_fitter"])
-        fitter["iters"] = tuple(fitter["iters"])
-        fitter["pose_prior"] = tuple(fitter["pose_prior"])
-        fitter["shape_prior"] = tuple(fitter["shape_prior"])
-        with timed(step):
-            model = load_anny()
-            fit = fit_body(kp, model, anny_info(), FitConfig(**fitter))
-            vertices = posed_vertices(model, fit)
-            faces = anny_topology(model)["faces"]
-            fit.metrics["silhouette_iou"] = round(silhouette_iou(vertices, faces, fit.camera, kp.mask), 4)
-        metrics = dict(fit.metrics) | {"framing": fit.framing}
-        metrics |= {f"phenotype_{k}": v for k, v in fit.phenotype.items()}
-        return _finish(step, _json_bytes(fit.to_dict()), "json", [parent], metrics)
+        return _launch_heavy_step(context, step, {KEYPOINTS: ("keypoints", None), MASK: ("keypoints", "mask")})
 
 
 def _mesh(context: AssetExecutionContext) -> MaterializeResult:
     step = step_context(context, "mesh")
     with failure_guard(step):
-        fit_parent = load_parent(step, "smplx_params")
-        photo_parent = load_parent(step, "photo")
-        kp_parent, kp = _load_keypoints(step)
-        fit = BodyFit.from_dict(fit_parent.json())
-        image = decode_png(photo_parent.data)
-        texture_size = int(step.model_params["reconstructor"].get("texture_size", 1024))
-        with timed(step):
-            model = load_anny()
-            topo = anny_topology(model)
-            vertices = posed_vertices(model, fit)
-            baked = bake_texture(
-                vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
-                TextureConfig(size=texture_size),
-            )  # fmt: skip
-            mesh = textured_mesh(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], baked.image)
-            glb = mesh_to_glb_bytes(mesh)
-            overlay = render_overlay(image, vertices, topo["faces"], fit.camera)
-        metrics = {
-            "vertex_count": len(mesh.vertices),
-            "face_count": len(mesh.faces),
-            "texture_size": texture_size,
-            "texture_coverage": round(float(baked.coverage), 4),
-            "silhouette_iou": round(silhouette_iou(vertices, topo["faces"], fit.camera, kp.mask), 4),
-            "height_m": round(float(np.ptp(vertices[:, 1])), 4),
-        }
-        return _finish(
-            step, glb, "glb", [fit_parent, photo_parent, kp_parent], metrics,
-            extra_files={"texture": (encode_png(baked.image), "png"), "overlay": (encode_png(overlay), "png")},
-            preview=_thumbnail(overlay),
+        return _launch_heavy_step(
+            context, step,
+            {FIT: ("smplx_params", None), PHOTO: ("photo", None),
+             KEYPOINTS: ("keypoints", None), MASK: ("keypoints", "mask")},
         )  # fmt: skip
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _load_offsets(step: StepContext) -> np.ndarray | None:
+    """The mesh's clothing offsets (V,3) in Anny's rest frame; None for a mesh made before
+    offsets existed (the rigged GLB is then the naked body, as it was)."""
+    doc = step.metadata.current_artifact(step.upload_id, "mesh")
+    if doc is None or "offsets" not in doc.get("extra_files", {}):
+        return None
+    data = load_parent(step, "mesh", extra_file="offsets").data
+    return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64)
 
 
 def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
@@ -170,8 +211,13 @@ def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
         texture_png = load_parent(step, "mesh", extra_file="texture").data
         fit_parent = load_parent(step, "smplx_params")
         fit = BodyFit.from_dict(fit_parent.json())
+        compress = bool(step.model_params["rigger"].get("compress", False))
         with timed(step):
-            avatar = build_rigged_avatar(load_anny(), fit.phenotype, fit.pose_parameters, texture_png)
+            avatar = build_rigged_avatar(
+                load_anny(), fit.phenotype, fit.pose_parameters, texture_png, _load_offsets(step)
+            )
+            preview = preview_png(avatar.glb)  # front + side, ray cast from the GLB itself
+            glb = compress_glb(avatar.glb) if compress else avatar.glb
         metrics = {
             "joint_count": avatar.joint_count,
             "vertex_count": avatar.vertex_count,
@@ -181,15 +227,26 @@ def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
             "animation_count": len(avatar.animation_names),
             "animations": ",".join(avatar.animation_names),
             "height_m": round(avatar.height_m, 4),
-            "glb_bytes": len(avatar.glb),
+            "glb_bytes": len(glb),
+            "glb_uncompressed_bytes": len(avatar.glb),
+            "compressed": compress,
+            "skinning_error_max_m": round(avatar.skinning_error_max_m, 6),
         }
-        result = _finish(step, avatar.glb, "glb", [mesh_parent, fit_parent], metrics)
-        step.metadata.set_upload_status(step.upload_id, "ready", run_id=step.run_id)
+        result = _finish(
+            step, glb, "glb", [mesh_parent, fit_parent], metrics,
+            extra_files={"preview": (preview, "png")}, preview=preview,
+        )  # fmt: skip
+        # Not "ready" yet: the blocking rigged_glb_quality check (assets/checks.py) marks the
+        # upload ready once the GLB passes its gate, or failed_quality when it does not.
         return result
 
 
 def build_avatar_assets(code_versions: dict[str, str]) -> list[AssetsDefinition]:
-    """The five assets with code versions derived from the production model versions."""
+    """The five assets with code versions derived from the production model versions; transient
+    step failures are retried by Dagster (`assets.steps.step_retry_policy`)."""
+    from assets.steps import step_retry_policy
+
+    retry_policy = step_retry_policy()
     specs = [
         ("photo", _photo, [], "Validated, upright, metadata-free RGB photo (PNG)."),
         ("keypoints", _keypoints, ["photo"], "MediaPipe Holistic landmarks (JSON) and person mask (PNG)."),
@@ -207,6 +264,7 @@ def build_avatar_assets(code_versions: dict[str, str]) -> list[AssetsDefinition]
             group_name=GROUP,
             description=description,
             kinds={"python"},
+            retry_policy=retry_policy,
         )(fn)
         for name, fn, deps, description in specs
     ]

@@ -6,17 +6,45 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import signal
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import AssetExecutionContext, Failure, MetadataValue
+from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MetadataValue, RetryPolicy
 
 from models.catalogue import ASSET_MODELS
 from models.errors import ErrorCode, PipelineError
+from ops.steps import StepResult
 from storage.metadata_store import ArtifactRecord, MetadataStore
-from storage.object_store import ObjectStore, StoredObject, artifact_key, sha256_hex
+from storage.object_store import ObjectStore, StoredObject, artifact_key, key_without_subject, sha256_hex
+from storage.retry import StoreUnavailable, with_retries
+
+# TEST-ONLY fault injection (tests/reliability): "<asset>:stored" SIGKILLs this process right
+# after the step's objects are written (before its `artifacts` document), "<asset>:recorded"
+# right after the document and audit event. Never set it outside tests.
+FAULT_KILL_ENV = "AVATARPIPE_FAULT_KILL_AT"
+STEP_RETRIES_ENV = "AVATARPIPE_STEP_RETRIES"
+STEP_RETRY_DELAY_ENV = "AVATARPIPE_STEP_RETRY_DELAY_S"
+
+_log = logging.getLogger(__name__)
+
+
+def step_retry_policy() -> RetryPolicy:
+    """Dagster's retry of a failed step: transient failures (STORE_UNAVAILABLE once the store's
+    own retries are spent, unexpected errors) get `AVATARPIPE_STEP_RETRIES` more attempts (2),
+    waits growing exponentially from `AVATARPIPE_STEP_RETRY_DELAY_S` (5 s) with +/- jitter.
+    Permanent input errors raise `Failure(allow_retries=False)` and bypass it."""
+    return RetryPolicy(
+        max_retries=int(os.environ.get(STEP_RETRIES_ENV) or 2),
+        delay=float(os.environ.get(STEP_RETRY_DELAY_ENV) or 5.0),
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
 
 
 @dataclass
@@ -31,6 +59,7 @@ class StepContext:
     model_params: dict[str, dict]
     code_version: str
     timer: dict[str, float] = field(default_factory=dict)
+    retries_left: int = 0  # Dagster RetryPolicy attempts still to come after this one
 
 
 @dataclass(frozen=True)
@@ -56,12 +85,25 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
         upload_id=upload_id,
         subject_id=upload["subject_id"],
         run_id=context.run_id,
-        store=context.resources.object_store.store(),
+        store=with_retries(context.resources.object_store.store()),  # transient errors: backoff
         metadata=metadata,
         model_versions={name: production[name].version for name in names},
         model_params={name: production[name].params for name in names},
         code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
+        retries_left=_retries_left(context),
     )
+
+
+def _retries_left(context: AssetExecutionContext) -> int:
+    policy = context.op_def.retry_policy
+    return max(0, policy.max_retries - context.retry_number) if policy else 0
+
+
+def fault_point(step: StepContext, point: str) -> None:
+    """TEST-ONLY: die like a lost machine (SIGKILL, no cleanup) at a step boundary when
+    `AVATARPIPE_FAULT_KILL_AT` names it (see `FAULT_KILL_ENV`)."""
+    if os.environ.get(FAULT_KILL_ENV) == f"{step.asset_key}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_parent(step: StepContext, asset_key: str, extra_file: str | None = None) -> Parent:
@@ -98,6 +140,24 @@ def save_artifact(
     obj = step.store.put_bytes(
         artifact_key(step.subject_id, step.upload_id, step.asset_key, digest, ext), data
     )
+    return record_stored_artifact(step, obj, extra_keys, parents, metrics), obj
+
+
+def record_step_result(step: StepContext, result: StepResult, parents: list[Parent]) -> tuple[str, StoredObject]:
+    """Record the `artifacts` document for outputs a compute-launched step already stored."""
+    obj = StoredObject(
+        key=result.key, uri=result.uri, sha256=result.sha256, bytes=result.bytes,
+        path=step.store.local_path(result.key),
+    )  # fmt: skip
+    step.timer["compute"] = result.compute_seconds
+    return record_stored_artifact(step, obj, result.extra_files, parents, result.metrics), obj
+
+
+def record_stored_artifact(
+    step: StepContext, obj: StoredObject, extra_keys: dict[str, str], parents: list[Parent], metrics: dict[str, Any]
+) -> str:
+    """The `artifacts` document and audit event for an object that is already stored."""
+    fault_point(step, "stored")
     artifact_id = step.metadata.record_artifact(
         ArtifactRecord(
             upload_id=step.upload_id,
@@ -110,6 +170,7 @@ def save_artifact(
             code_version=step.code_version,
             run_id=step.run_id,
             model_versions=step.model_versions,
+            lineage_model_versions=lineage_model_versions(step.model_versions, [p.doc for p in parents]),
             parent_ids=[p.doc["_id"] for p in parents],
             metrics=metrics,
             extra_files=extra_keys,
@@ -122,7 +183,16 @@ def save_artifact(
         step.upload_id,
         {"asset": step.asset_key, "artifact_id": artifact_id, "run_id": step.run_id},
     )
-    return artifact_id, obj
+    fault_point(step, "recorded")
+    return artifact_id
+
+
+def lineage_model_versions(own: dict[str, str], parent_docs: list[dict]) -> dict[str, str]:
+    """The model versions behind an artifact and everything it was computed from."""
+    lineage: dict[str, str] = {}
+    for doc in parent_docs:
+        lineage.update(doc.get("lineage_model_versions") or doc.get("model_versions") or {})
+    return dict(sorted((lineage | own).items()))
 
 
 @contextlib.contextmanager
@@ -136,30 +206,58 @@ def timed(step: StepContext, name: str = "compute") -> Iterator[None]:
 
 @contextlib.contextmanager
 def failure_guard(step: StepContext) -> Iterator[None]:
-    """Record why the upload failed and stop the run; input errors are never retried."""
+    """Record why a step failed and stop it with a typed reason.
+
+    Input errors (permanent codes) fail the upload and are never retried. Transient ones
+    (STORE_UNAVAILABLE once the store's own retries are spent, unexpected exceptions) keep the
+    upload `running` with the error while Dagster's RetryPolicy has attempts left and fail it
+    on the last one. What reaches Dagster's event log has the subject id redacted.
+    """
     try:
         yield
     except PipelineError as exc:
-        exc.step = exc.step or step.asset_key
-        step.metadata.set_upload_status(step.upload_id, "failed", error=exc.to_dict(), run_id=step.run_id)
-        raise Failure(
-            description=exc.message,
-            metadata={"error_code": exc.code.value, "step": exc.step},
-            allow_retries=not exc.permanent,
-        ) from exc
+        _fail(step, exc, exc)
+    except StoreUnavailable as exc:
+        _fail(step, PipelineError(ErrorCode.STORE_UNAVAILABLE, str(exc), step.asset_key), exc)
     except Failure:
         raise
-    except Exception as exc:
-        error = PipelineError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:500], step.asset_key)
-        step.metadata.set_upload_status(step.upload_id, "failed", error=error.to_dict(), run_id=step.run_id)
-        raise
+    except Exception as exc:  # noqa: BLE001 - every error becomes a typed Failure in _fail
+        message = redact(f"{type(exc).__name__}: {exc}", step)[:500]
+        _fail(step, PipelineError(ErrorCode.INTERNAL_ERROR, message, step.asset_key), exc)
+
+
+def redact(text: str, step: StepContext) -> str:
+    """Object keys name the subject (`subjects/{subject}/...`): keep it out of log lines."""
+    return text.replace(f"subjects/{step.subject_id}/", "subjects/<subject>/")
+
+
+def _fail(step: StepContext, error: PipelineError, cause: BaseException) -> None:
+    error.step = error.step or step.asset_key
+    retrying = not error.permanent and step.retries_left > 0
+    _record_status(step, "running" if retrying else "failed", error)
+    metadata: dict[str, Any] = {"error_code": error.code.value, "step": error.step}
+    if isinstance(cause, PipelineError):
+        raise Failure(description=error.message, metadata=metadata, allow_retries=not error.permanent) from cause
+    # an unexpected error: its traceback goes to Dagster redacted, not as the chained exception
+    metadata["traceback"] = MetadataValue.text(redact("".join(traceback.format_exception(cause)), step))
+    raise Failure(description=error.message, metadata=metadata, allow_retries=True) from None
+
+
+def _record_status(step: StepContext, status: str, error: PipelineError) -> None:
+    """Best effort: when the metadata store itself is what failed, the run's failure in Dagster
+    is the record (`avatarpipe resume` picks the upload up again)."""
+    try:
+        step.metadata.set_upload_status(step.upload_id, status, error=error.to_dict(), run_id=step.run_id)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what must propagate
+        _log.warning("could not record status %s for upload %s: %s", status, step.upload_id, type(exc).__name__)
 
 
 def result_metadata(step: StepContext, artifact_id: str, obj: StoredObject, metrics: dict) -> dict:
     """Dagster materialisation metadata: where the artifact is, what produced it, its metrics."""
     meta: dict[str, Any] = {
         "artifact_id": artifact_id,
-        "uri": MetadataValue.url(obj.uri) if obj.uri.startswith("http") else obj.uri,
+        # the key without its `subjects/{subject}/` head: no subject ids in Dagster's event log
+        "object": key_without_subject(obj.key),
         "sha256": obj.sha256,
         "bytes": obj.bytes,
         "compute_seconds": round(step.timer.get("compute", 0.0), 3),

@@ -5,10 +5,16 @@ goes through `load_anny()` so that one rig configuration - and therefore one ~79
 build - serves fitting, texturing and rigging alike. The `mixamo` rig preset is used
 everywhere: 52 conventionally named bones, at most 5 influences per vertex, portable to
 game engines and web clients.
+
+`BodyModel` is what the fitter drives (posable joints with roles, shape unknowns, keypoints in
+the label orders of `models.landmarks`, parameter (de)serialisation); `AnnyBody` implements it
+for Anny and `models.smplx_model.SmplxBody` for SMPL-X. `load_body_model()` picks SMPL-X when
+`SMPLX_MODEL_DIR` points at licensed SMPL-X files, Anny otherwise.
 """
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 from dataclasses import dataclass
@@ -66,3 +72,439 @@ def anny_topology(model: torch.nn.Module) -> dict[str, np.ndarray]:
         "skin_indices": model.vertex_bone_indices.detach().cpu().numpy().astype(np.int64),
         "skin_weights": model.vertex_bone_weights.detach().cpu().numpy().astype(np.float64),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# One interface for every body model the fitter can drive
+# ---------------------------------------------------------------------------------------------
+
+# Joint roles: what each posable joint is, so that priors and schedules are model independent.
+ROLES = (
+    "spine", "neck", "head", "clavicle", "upper_arm", "forearm", "hand", "finger",
+    "upper_leg", "lower_leg", "foot", "toe", "jaw", "eye",
+)  # fmt: skip
+
+
+@dataclass
+class BodyState:
+    """The unknowns of one body (batch 1), as tensors the fitter optimises.
+
+    The root's rotation is `base_rotation @ R(root_rotvec)`: `base_rotation` is a constant
+    (e.g. "upright, facing the camera") so that the optimised rotation vector stays small.
+    Points are produced in the OpenCV camera frame of the photo.
+    """
+
+    root_rotvec: torch.Tensor  # (3,)
+    translation: torch.Tensor  # (3,) metres
+    joint_rotvec: torch.Tensor  # (J, 3) axis-angle of each posable joint (model's own frames)
+    shape: torch.Tensor  # (S,) unconstrained shape unknowns
+    base_rotation: torch.Tensor  # (3, 3) constant
+
+    def root_rotation(self) -> torch.Tensor:
+        import roma
+
+        return self.base_rotation @ roma.rotvec_to_rotmat(self.root_rotvec)
+
+    def detached(self) -> BodyState:
+        return BodyState(*(t.detach().clone() for t in (
+            self.root_rotvec, self.translation, self.joint_rotvec, self.shape, self.base_rotation
+        )))  # fmt: skip
+
+
+@dataclass
+class BodyPoints:
+    """3D points of a posed body in the label orders of `models.landmarks` (batch dim dropped)."""
+
+    body: torch.Tensor  # (23, 3)
+    hands: torch.Tensor  # (2, 21, 3): left, right
+    face: torch.Tensor  # (8, 3)
+    vertices: torch.Tensor | None = None  # (n, 3) the silhouette vertex subset, when asked
+
+
+class BodyModel(abc.ABC):
+    """What the fitter needs from a parametric body model (Anny, SMPL-X).
+
+    Implementations are differentiable in every unknown of `BodyState` and cheap per call: the
+    fitter evaluates them a few hundred times per photo.
+    """
+
+    info: BodyModelInfo
+    joint_names: tuple[str, ...]  # posable joints, in `joint_rotvec` order
+    joint_roles: tuple[str, ...]  # one of ROLES per joint
+    shape_dim: int
+    facing_camera: np.ndarray  # (3,3) model frame -> camera frame, upright and facing the camera
+    turn_around: np.ndarray  # (3,3) 180 degrees about the model's vertical axis (model frame)
+    face_point_mask: np.ndarray  # (8,) bool: which FACE_LABELS this model provides
+
+    @property
+    @abc.abstractmethod
+    def faces(self) -> np.ndarray:
+        """(F, 3) triangles."""
+
+    @abc.abstractmethod
+    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
+        """Posed keypoints (and the silhouette vertex subset) in the camera frame."""
+
+    @abc.abstractmethod
+    def shape_cache(self, shape: torch.Tensor) -> object:
+        """Everything that depends only on the shape, for stages that keep the shape fixed."""
+
+    @abc.abstractmethod
+    def hinge_axes(self) -> dict[int, np.ndarray]:
+        """Joint index -> unit axis (joint's rotvec frame) about which a positive angle flexes
+        the joint naturally (elbows forward, knees backward)."""
+
+    @abc.abstractmethod
+    def posed_vertices(self, state: BodyState) -> np.ndarray:
+        """(V, 3) every vertex of the posed body, camera frame, float64."""
+
+    @abc.abstractmethod
+    def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
+        """(V, 3) the body in its rest pose (model frame), float64."""
+
+    @abc.abstractmethod
+    def rest_height(self, shape: torch.Tensor) -> float:
+        """Standing height of the rest body in metres."""
+
+    @abc.abstractmethod
+    def serialise(self, state: BodyState) -> dict:
+        """JSON-ready parameters in the model's own convention (what `smplx_params` stores)."""
+
+    @abc.abstractmethod
+    def deserialise(self, parameters: dict) -> BodyState:
+        """The inverse of `serialise` (up to the split between base and root rotation)."""
+
+    def initial_state(self) -> BodyState:
+        return BodyState(
+            root_rotvec=torch.zeros(3),
+            translation=torch.zeros(3),
+            joint_rotvec=torch.zeros(len(self.joint_names), 3),
+            shape=torch.zeros(self.shape_dim),
+            base_rotation=torch.as_tensor(self.facing_camera, dtype=torch.float32),
+        )
+
+
+
+def _anny_role(bone: str) -> str:
+    name = bone.split(":")[-1]
+    for key, role in (
+        ("HandThumb", "finger"), ("HandIndex", "finger"), ("HandMiddle", "finger"),
+        ("HandRing", "finger"), ("HandPinky", "finger"), ("Hand", "hand"), ("ForeArm", "forearm"),
+        ("Arm", "upper_arm"), ("Shoulder", "clavicle"), ("UpLeg", "upper_leg"), ("Leg", "lower_leg"),
+        ("ToeBase", "toe"), ("Foot", "foot"), ("Spine", "spine"), ("Neck", "neck"), ("Head", "head"),
+    ):  # fmt: skip
+        if key in name:
+            return role
+    raise ValueError(f"no role for Anny bone {bone!r}")
+
+
+def farthest_point_sample(points: np.ndarray, count: int) -> np.ndarray:
+    """Deterministic farthest-point sampling: `count` indices spread evenly over `points`."""
+    chosen = np.zeros(count, dtype=np.int64)
+    chosen[0] = int(np.argmin(points[:, 2]))  # start from the lowest point: reproducible
+    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
+    for i in range(1, count):
+        chosen[i] = int(np.argmax(dist))
+        dist = np.minimum(dist, np.linalg.norm(points - points[chosen[i]], axis=1))
+    return np.sort(chosen)
+
+
+def anny_face_vertex_ids(model: torch.nn.Module) -> dict[str, int]:
+    """Anny vertices for `models.landmarks.FACE_LABELS`, found on the default rest mesh.
+
+    Anny's body-part segmentation (a UV-space label image shipped with Anny) gives the head,
+    the eye cavities and the mouth cavity. On the rest mesh (Z up, facing -Y, subject's left +X):
+    the nose tip is the most frontal midline head vertex; the chin the lowest midline head
+    vertex in front of the neck; eye corners the innermost/outermost vertices of the front layer
+    of each eye cavity; mouth corners the outermost front vertices of the mouth cavity at the
+    height of its most frontal point (the lips).
+    """
+    return _anny_face_vertex_ids_cached(id(model), model)
+
+
+@functools.lru_cache(maxsize=2)
+def _anny_face_vertex_ids_cached(_key: int, model: torch.nn.Module) -> dict[str, int]:
+    import yaml
+    from anny.paths import get_anny_root_dir
+    from PIL import Image
+
+    root = get_anny_root_dir() / "data" / "segmentation"
+    colours = yaml.safe_load((root / "body_parts_segmentation.yaml").read_text())["colors"]
+    labels = np.asarray(Image.open(root / "body_parts_segmentation.png").convert("RGB"))
+    uv = model.texture_coordinates.detach().cpu().numpy()
+    centres = uv[model.face_texture_coordinate_indices.detach().cpu().numpy()].mean(axis=1)
+    h, w = labels.shape[:2]
+    u = np.clip(np.round(centres[:, 0] * w).astype(int), 0, w - 1)
+    v = np.clip(np.round((1.0 - centres[:, 1]) * h).astype(int), 0, h - 1)
+    face_colours = labels[v, u]
+    faces = model.faces.detach().cpu().numpy()
+    with torch.no_grad():
+        rest = model(phenotype_kwargs={})["rest_vertices"][0].double().cpu().numpy()
+
+    def region(name: str) -> np.ndarray:
+        return np.unique(faces[np.all(face_colours == np.asarray(colours[name]), axis=1)])
+
+    head = region("head")
+    midline = head[np.abs(rest[head, 0]) < 0.004]
+    nose = int(midline[np.argmin(rest[midline, 1])])
+    front = midline[(rest[midline, 1] < rest[nose, 1] + 0.06) & (rest[midline, 2] < rest[nose, 2])]
+    ids = {"nose_tip": nose, "chin": int(front[np.argmin(rest[front, 2])])}
+    for side, prefix in (("L", "left"), ("R", "right")):
+        cavity = region(f"eye_cavity.{side}")
+        layer = cavity[rest[cavity, 1] < rest[cavity, 1].min() + 0.012]
+        ids[f"{prefix}_eye_inner"] = int(layer[np.argmin(np.abs(rest[layer, 0]))])
+        ids[f"{prefix}_eye_outer"] = int(layer[np.argmax(np.abs(rest[layer, 0]))])
+    mouth = region("mouth_cavity")
+    lips = mouth[np.argmin(rest[mouth, 1])]
+    near = mouth[(np.abs(rest[mouth, 2] - rest[lips, 2]) < 0.01) & (rest[mouth, 1] < rest[lips, 1] + 0.025)]
+    ids["mouth_left"] = int(near[np.argmax(rest[near, 0])])
+    ids["mouth_right"] = int(near[np.argmin(rest[near, 0])])
+    return ids
+
+
+class AnnyBody(BodyModel):
+    """Anny behind the `BodyModel` interface, with a fast differentiable evaluator.
+
+    Anny's own forward skins all 13,718 vertices (~25 ms + ~20 ms backward on this CPU). The
+    fitter needs far less, so this class evaluates exactly the same model on what it needs:
+
+    - keypoints regressed from vertices are linear in the skinned vertices, which are linear
+      in the bone transforms T_j and in the blendshape coefficients c_a. Precomputing
+      A_kj = sum_v R_kv W_vj and B_kj(c) = sum_v R_kv W_vj v_rest_v(c) gives
+      keypoint_k = sum_j T_j[:3,:3] B_kj + A_kj T_j[:3,3] - identical to regressing the skinned
+      mesh (checked to < 0.1 mm in the tests);
+    - hand points are bone heads/tails, straight from Anny's forward kinematics;
+    - the silhouette term uses a farthest-point subset of the vertices, skinned directly.
+
+    Pose unknowns are axis-angle rotations of the 51 non-root bones in Anny's `local-ref`
+    parameterisation (world-aligned axes of the reference pose); shape unknowns are the six
+    phenotype values through a sigmoid, so they stay inside Anny's [0, 1] range.
+    """
+
+    SILHOUETTE_VERTICES = 1200
+
+    def __init__(self, model: torch.nn.Module):
+        import anny
+
+        from models.landmarks import ANNY_HAND_POINTS, BODY_LABELS, FACE_LABELS
+
+        self.model = model
+        self.info = anny_info()
+        bones = [str(b) for b in model.bone_labels]
+        self.bone_names = tuple(bones)
+        self.joint_names = tuple(bones[1:])
+        self.joint_roles = tuple(_anny_role(b) for b in self.joint_names)
+        self.shape_dim = len(PHENOTYPE_LABELS)
+        # Anny: Z up, facing -Y. Camera: y down, looking along +Z. Facing the camera = +90 deg about X.
+        self.facing_camera = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        self.turn_around = np.diag([-1.0, -1.0, 1.0])
+        self.face_point_mask = np.ones(len(FACE_LABELS), dtype=bool)
+        self._faces = model.faces.detach().cpu().numpy().astype(np.int64)
+
+        regressor = anny.KeypointsRegressor.coco(model, labels=list(BODY_LABELS))
+        face_ids = anny_face_vertex_ids(model)
+        n_vertices = model.template_vertices.shape[0]
+        face_weights = torch.zeros(len(FACE_LABELS), n_vertices, dtype=model.dtype)
+        for k, label in enumerate(FACE_LABELS):
+            face_weights[k, face_ids[label]] = 1.0
+        weights = torch.cat([regressor.regression_weights.detach(), face_weights])
+        self._n_body = len(BODY_LABELS)
+        self._skin = torch.zeros(n_vertices, len(bones), dtype=model.dtype).scatter_add_(
+            1, model.vertex_bone_indices.long(), model.vertex_bone_weights.to(model.dtype)
+        )
+        self._A, self._B0, self._Bs = self._regression_basis(weights)
+
+        self._hand_bones = torch.tensor([
+            [bones.index(f"mixamorig:{side}{ANNY_HAND_POINTS[label][0]}") for label in ANNY_HAND_POINTS]
+            for side in ("Left", "Right")
+        ])  # fmt: skip
+        self._hand_is_tail = torch.tensor([ANNY_HAND_POINTS[label][1] == "tail" for label in ANNY_HAND_POINTS])
+
+        with torch.no_grad():
+            rest = model(phenotype_kwargs={})
+        rest_np = rest["rest_vertices"][0].double().cpu().numpy()
+        self._sil_ids = torch.as_tensor(farthest_point_sample(rest_np, self.SILHOUETTE_VERTICES))
+        self._sil_template = model.template_vertices[self._sil_ids]
+        self._sil_blend = model.blendshapes[:, self._sil_ids]
+        self._sil_skin = self._skin[self._sil_ids]
+        heads, tails = rest["rest_bone_heads"][0].double(), rest["rest_bone_tails"][0].double()
+        self._rest_directions = (tails - heads).cpu().numpy()
+
+    # -- static data -------------------------------------------------------------------------
+
+    @property
+    def faces(self) -> np.ndarray:
+        return self._faces
+
+    @property
+    def silhouette_vertex_ids(self) -> np.ndarray:
+        return self._sil_ids.numpy()
+
+    def hinge_axes(self) -> dict[int, np.ndarray]:
+        forward = np.array([0.0, -1.0, 0.0])  # Anny faces -Y
+        axes: dict[int, np.ndarray] = {}
+        for j, role in enumerate(self.joint_roles):
+            if role not in ("forearm", "lower_leg"):
+                continue
+            direction = self._rest_directions[j + 1]
+            direction = direction / np.linalg.norm(direction)
+            towards = forward if role == "forearm" else -forward  # elbows flex forward, knees back
+            axis = np.cross(direction, towards)
+            axes[j] = axis / np.linalg.norm(axis)
+        return axes
+
+    def _regression_basis(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (K,J), B0 (K,J,3), Bs (A,K,J,3) for keypoints regressed with `weights` (K,V)."""
+        model = self.model
+        n_blend = model.blendshapes.shape[0]
+        A = torch.zeros(weights.shape[0], self._skin.shape[1], dtype=model.dtype)
+        B0 = torch.zeros(weights.shape[0], self._skin.shape[1], 3, dtype=model.dtype)
+        Bs = torch.zeros(n_blend, weights.shape[0], self._skin.shape[1], 3, dtype=model.dtype)
+        with torch.no_grad():
+            for k in range(weights.shape[0]):
+                used = torch.nonzero(weights[k]).flatten()
+                rw = weights[k, used, None] * self._skin[used]  # (U, J)
+                A[k] = rw.sum(0)
+                B0[k] = rw.T @ model.template_vertices[used]
+                Bs[:, k] = torch.einsum("uj,aud->ajd", rw, model.blendshapes[:, used])
+        return A.float(), B0.float(), Bs.float()
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def _coefficients(self, shape: torch.Tensor) -> torch.Tensor:
+        phenotype = torch.sigmoid(shape)[None]
+        empty = phenotype.new_zeros(1, 0)
+        return self.model._get_phenotype_blendshape_coefficients(phenotype, empty, empty)
+
+    def shape_cache(self, shape: torch.Tensor) -> dict[str, torch.Tensor]:
+        from anny.utils import kinematics
+
+        model = self.model
+        coeffs = self._coefficients(shape)
+        heads = model.template_bone_heads[None] + torch.einsum("ba,ajd->bjd", coeffs, model.bone_heads_blendshapes)
+        tails = model.template_bone_tails[None] + torch.einsum("ba,ajd->bjd", coeffs, model.bone_tails_blendshapes)
+        rest_poses = kinematics.get_bone_poses(
+            heads, tails, model.bone_rolls_rotmat, y_axis=model.y_axis, degenerate_rotation=model.degenerate_rotation
+        )
+        if model.root_identity_orientation:
+            rest_poses = torch.cat([_with_identity_rotation(rest_poses[:, :1]), rest_poses[:, 1:]], dim=1)
+        return {
+            "rest_poses": rest_poses,
+            "tails": tails[0],
+            "B": self._B0 + torch.einsum("a,akjd->kjd", coeffs[0], self._Bs),
+            "sil_rest": self._sil_template + torch.einsum("a,avd->vd", coeffs[0], self._sil_blend),
+        }
+
+    def pose_parameters(self, state: BodyState) -> torch.Tensor:
+        """(1, J, 4, 4) Anny `local-ref` pose parameters of `state`."""
+        import roma
+
+        n = len(self.bone_names)
+        root = torch.eye(4).expand(1, 4, 4).clone()
+        root[0, :3, :3] = state.root_rotation()
+        root[0, :3, 3] = state.translation
+        rest = torch.eye(4).expand(n - 1, 4, 4).clone()
+        rest[:, :3, :3] = roma.rotvec_to_rotmat(state.joint_rotvec)
+        return torch.cat([root, rest])[None]
+
+    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
+        cache = shape_cache if shape_cache is not None else self.shape_cache(state.shape)
+        transforms, poses = self.model.get_bone_transforms(self.pose_parameters(state), cache["rest_poses"])
+        T = transforms[0]
+        rot, trans = T[:, :3, :3], T[:, :3, 3]
+        regressed = torch.einsum("jxy,kjy->kx", rot, cache["B"]) + self._A @ trans
+        heads = poses[0, :, :3, 3]
+        tails = torch.einsum("jxy,jy->jx", rot, cache["tails"]) + trans
+        hands = torch.where(self._hand_is_tail[None, :, None], tails[self._hand_bones], heads[self._hand_bones])
+        vertices = None
+        if with_vertices:
+            blend = torch.einsum("vj,jxy->vxy", self._sil_skin, T[:, :3, :])
+            vertices = torch.einsum("vxy,vy->vx", blend[:, :, :3], cache["sil_rest"]) + blend[:, :, 3]
+        return BodyPoints(
+            body=regressed[: self._n_body], hands=hands, face=regressed[self._n_body :], vertices=vertices
+        )
+
+    def phenotype(self, shape: torch.Tensor) -> dict[str, float]:
+        values = torch.sigmoid(shape.detach()).cpu().numpy()
+        return {label: round(float(v), 5) for label, v in zip(PHENOTYPE_LABELS, values, strict=True)}
+
+    def _forward(self, state: BodyState) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.model(
+                pose_parameters=self.pose_parameters(state.detached()),
+                phenotype_kwargs=torch.sigmoid(state.shape.detach())[None],
+            )
+
+    def posed_vertices(self, state: BodyState) -> np.ndarray:
+        return self._forward(state)["vertices"][0].double().cpu().numpy()
+
+    def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            out = self.model(phenotype_kwargs=torch.sigmoid(shape.detach())[None])
+        return out["rest_vertices"][0].double().cpu().numpy()
+
+    def rest_height(self, shape: torch.Tensor) -> float:
+        return float(np.ptp(self.rest_vertices(shape)[:, 2]))
+
+    def bone_heads(self, state: BodyState) -> np.ndarray:
+        """(J, 3) posed bone heads (camera frame): the skeleton used for joint errors."""
+        return self._forward(state)["bone_poses"][0, :, :3, 3].double().cpu().numpy()
+
+    def serialise(self, state: BodyState) -> dict:
+        params = self.pose_parameters(state.detached())[0].cpu().numpy().astype(np.float64)
+        return {
+            "phenotype": self.phenotype(state.shape),
+            "pose_parameterization": "local-ref",
+            "bone_names": list(self.bone_names),
+            "pose_parameters": params,
+        }
+
+    def deserialise(self, parameters: dict) -> BodyState:
+        import roma
+
+        pose = torch.as_tensor(np.asarray(parameters["pose_parameters"]), dtype=torch.float32)
+        phenotype = parameters["phenotype"]
+        values = torch.tensor([float(np.clip(phenotype[k], 1e-4, 1 - 1e-4)) for k in PHENOTYPE_LABELS])
+        return BodyState(
+            root_rotvec=roma.rotmat_to_rotvec(_orthonormal(pose[0, :3, :3])),
+            translation=pose[0, :3, 3].clone(),
+            joint_rotvec=roma.rotmat_to_rotvec(_orthonormal(pose[1:, :3, :3])),
+            shape=torch.logit(values),
+            base_rotation=torch.eye(3),
+        )
+
+
+def _with_identity_rotation(poses: torch.Tensor) -> torch.Tensor:
+    out = poses.clone()
+    out[..., :3, :3] = torch.eye(3, dtype=poses.dtype)
+    return out
+
+
+def _orthonormal(rot: torch.Tensor) -> torch.Tensor:
+    import roma
+
+    return roma.special_procrustes(rot)
+
+
+@functools.lru_cache(maxsize=2)
+def anny_body(cache_dir: str | None = None) -> AnnyBody:
+    """The Anny body model behind the `BodyModel` interface (built once per process)."""
+    return AnnyBody(load_anny(cache_dir))
+
+
+SMPLX_ENV = "SMPLX_MODEL_DIR"
+
+
+def configured_body_model_name(smplx_model_dir: str | None = None) -> str:
+    """`smplx` when licensed SMPL-X files are configured (argument or SMPLX_MODEL_DIR), else `anny`."""
+    return "smplx" if (smplx_model_dir or os.environ.get(SMPLX_ENV)) else "anny"
+
+
+def load_body_model(smplx_model_dir: str | None = None) -> BodyModel:
+    """Anny by default; SMPL-X when `smplx_model_dir` or $SMPLX_MODEL_DIR points at SMPL-X files."""
+    path = smplx_model_dir or os.environ.get(SMPLX_ENV)
+    if path:
+        from models.smplx_model import load_smplx_body
+
+        return load_smplx_body(path)
+    return anny_body()

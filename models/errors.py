@@ -20,6 +20,13 @@ class ErrorCode(str, Enum):
     NO_PERSON = "NO_PERSON"
     PERSON_TOO_SMALL = "PERSON_TOO_SMALL"
     FIT_FAILED = "FIT_FAILED"
+    RAW_PHOTO_EXPIRED = "RAW_PHOTO_EXPIRED"
+    UNSUPPORTED_BODY_MODEL = "UNSUPPORTED_BODY_MODEL"
+    QUALITY_GATE_FAILED = "QUALITY_GATE_FAILED"  # a blocking (ERROR) quality expectation failed
+    # transient / operational (not caused by the input; retried or resumable)
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # object or metadata store still failing after retries
+    ARTIFACT_MISSING = "ARTIFACT_MISSING"  # `fsck --repair` found an artifact's object gone
+    UPLOAD_BUSY = "UPLOAD_BUSY"  # another live runner holds the upload's lease (CLI answer only)
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -35,6 +42,9 @@ PERMANENT_CODES = frozenset(
         ErrorCode.NO_PERSON,
         ErrorCode.PERSON_TOO_SMALL,
         ErrorCode.FIT_FAILED,
+        ErrorCode.QUALITY_GATE_FAILED,
+        ErrorCode.RAW_PHOTO_EXPIRED,
+        ErrorCode.UNSUPPORTED_BODY_MODEL,
     }
 )
 

@@ -1,87 +1,115 @@
-"""SMPLify-X-style fit of the Anny body model to 2D keypoints.
+"""SMPLify-X-style fit of a parametric body model (Anny by default, SMPL-X when configured).
 
-Unknowns: 6 phenotype values (through a sigmoid, so they stay in Anny's [0, 1] range),
-the root orientation and translation in the camera frame, and axis-angle rotations of the
-non-finger bones in Anny's `local-ref` parameterisation. The camera is a fixed pinhole with
-the principal point at the image centre (world frame = OpenCV camera frame, R = I, t = 0).
+Camera: a fixed pinhole with the principal point at the image centre and focal length
+`focal_scale` x the longer image side; the world frame is the OpenCV camera frame (R = I,
+t = 0), so the body's root rotation and translation carry its placement.
 
-Stages, as in SMPLify-X: (1) depth from torso size, (2) root orientation + translation on
-torso points, (3) body pose + shape with strong priors, (4) refinement with weaker priors.
-The data term is a confidence-weighted Geman-McClure penalty on pixel residuals normalised
-by the person's height in the image, so it is resolution independent.
+Stages (L-BFGS with a strong-Wolfe line search, as SMPLify-X; seeded and single-threaded, so
+the same input gives the same fit):
+
+0. init: depth from the ratio of the model's 3D torso length to the 2D one (shoulder width or
+   face size when the hips are out of view); facing the camera, or turned around when the
+   left shoulder appears on the image left; both are tried when the shoulders nearly overlap.
+1. global: root orientation + translation on the torso points.
+2. body: + body pose and shape on every usable body keypoint, strong priors, and the limb
+   directions of MediaPipe's metric 3D landmarks (robust), which pick the depth side of limbs.
+3. refine: + the silhouette term against the person mask, weaker priors, a smaller robust
+   scale (the Geman-McClure rho shrinks stage by stage: far-off limbs are pulled in first).
+4. hands/face: finger, wrist, neck and head rotations on MediaPipe's hand and face landmarks,
+   where they were detected.
+
+The data term is a confidence-weighted Geman-McClure penalty on 2D residuals normalised by
+the person's height in the image (hands and face: by their own size), so it is resolution
+independent. Priors: per-role pose prior, joint-angle limits, elbow/knee hinge prior, shape
+prior (see `models.priors`). Joints without evidence stay at the rest pose: legs out of view,
+toes, fingers of undetected hands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-import roma
 import torch
 
-from models.body_model import PHENOTYPE_LABELS, BodyModelInfo
+from models.body_model import AnnyBody, BodyModel, BodyModelInfo, BodyState
 from models.camera import Camera
 from models.errors import ErrorCode, PipelineError
 from models.keypoints import POSE_INDEX, Keypoints
+from models.landmarks import (
+    BODY_LABELS,
+    FACE_POINTS,
+    HAND_LABELS,
+    LEG_LABELS,
+    LIMBS,
+    MEDIAPIPE_BODY,
+    TORSO_LABELS,
+)
+from models.priors import (
+    ROLE_ANGLE_LIMITS,
+    SilhouetteTerm,
+    gmof,
+    hinge_prior,
+    joint_limit_prior,
+    keypoint_term,
+    pose_prior,
+    shape_prior,
+)
 
 STEP = "smplx_params"
-FITTER_ID = "smplifyx-anny-adam"
+FITTER_ID = "smplifyx-lbfgs-v2"
+STAGES = ("global", "body", "refine", "hands_face")
+MIN_VISIBILITY = 0.3
 
-# Anny's COCO-style regressor label -> MediaPipe Pose landmark name, and a per-point weight.
-# MediaPipe hips sit higher and wider than anatomical hip joints: down-weighted.
-ANNY_TO_MEDIAPIPE: dict[str, tuple[str, float]] = {
-    "nose": ("nose", 1.0),
-    "left_eye": ("left_eye", 0.5),
-    "right_eye": ("right_eye", 0.5),
-    "left_ear": ("left_ear", 0.5),
-    "right_ear": ("right_ear", 0.5),
-    "left_shoulder": ("left_shoulder", 1.0),
-    "right_shoulder": ("right_shoulder", 1.0),
-    "left_elbow": ("left_elbow", 1.0),
-    "right_elbow": ("right_elbow", 1.0),
-    "left_wrist": ("left_wrist", 1.0),
-    "right_wrist": ("right_wrist", 1.0),
-    "left_hip": ("left_hip", 0.3),
-    "right_hip": ("right_hip", 0.3),
-    "left_knee": ("left_knee", 1.0),
-    "right_knee": ("right_knee", 1.0),
-    "left_ankle": ("left_ankle", 1.0),
-    "right_ankle": ("right_ankle", 1.0),
-    "left_big_toe": ("left_foot_index", 0.5),
-    "right_big_toe": ("right_foot_index", 0.5),
-    "left_heel": ("left_heel", 0.5),
-    "right_heel": ("right_heel", 0.5),
-}
-TORSO_POINTS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
-LEG_POINTS = (
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-    "left_big_toe", "right_big_toe", "left_heel", "right_heel",
-)  # fmt: skip
-
-# Anny faces -Y with Z up; the camera looks along +Z with y down. A person facing the camera
-# is Anny's rest frame rotated +90 degrees about X.
-FACING_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
-TORSO_HEIGHT_M = 0.50  # mid-shoulder to mid-hip of an average adult
+# Pose prior weight per joint role, relative to the stage's pose prior weight.
+ROLE_PRIOR: dict[str, float] = {
+    "spine": 4.0, "neck": 2.0, "head": 1.0, "clavicle": 8.0, "upper_arm": 0.5, "forearm": 0.5,
+    "hand": 2.0, "finger": 2.0, "upper_leg": 0.5, "lower_leg": 0.5, "foot": 2.0, "toe": 10.0,
+    "jaw": 10.0, "eye": 10.0,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class FitConfig:
     focal_scale: float = 1.2  # focal length = focal_scale * max(image w, h)
-    iters: tuple[int, int, int] = (40, 110, 60)  # stage 2, 3, 4
-    lr: float = 0.03
-    gmof_rho: float = 0.05  # fraction of person height
-    pose_prior: tuple[float, float, float] = (0.0, 2e-2, 5e-3)
-    shape_prior: tuple[float, float, float] = (0.0, 1e-2, 2e-3)
-    hand_prior_scale: float = 20.0
+    iters: tuple[int, int, int, int] = (12, 30, 60, 12)  # L-BFGS iterations per stage (STAGES)
+    lr: float = 1.0  # L-BFGS step length (the line search scales it)
+    gmof_rho: float = 0.05  # Geman-McClure scale, as a fraction of the normalising length
+    rho_schedule: tuple[float, float, float, float] = (4.0, 4.0, 2.0, 1.0)  # x gmof_rho per stage
+    pose_prior: tuple[float, float, float] = (2e-2, 6e-3, 6e-3)  # body, refine, hands/face stages
+    shape_prior: tuple[float, float, float] = (1e-2, 3e-3, 3e-3)
+    angle_prior: float = 5e-2  # elbow/knee hinge prior
+    limit_prior: float = 1.0  # joint angle limits
+    silhouette_weight: float = 10.0  # refine stage
+    limb_weight: float = 1.0  # limb directions vs MediaPipe's 3D landmarks (body stage)
+    limb_rho: float = 0.6  # Geman-McClure scale of the limb direction term (unit-vector distance)
+    hand_weight: float = 0.5
+    face_weight: float = 0.5
+    detail_rho: float = 0.5  # Geman-McClure scale of the hand and face terms (fraction of their size)
     seed: int = 0
+
+    @staticmethod
+    def from_params(params: dict) -> FitConfig:
+        """From registry parameters (JSON lists become tuples); unknown keys raise TypeError."""
+        names = {f.name for f in fields(FitConfig)}
+        unknown = set(params) - names
+        if unknown:
+            raise TypeError(f"unknown body_fitter parameters: {sorted(unknown)}")
+        return FitConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+
+    def to_params(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass
 class BodyFit:
     body_model: BodyModelInfo
-    phenotype: dict[str, float]
-    pose_parameters: np.ndarray  # (J, 4, 4) Anny local-ref, root holds camera-frame pose
+    phenotype: dict[str, float]  # Anny's six shape values ({} for SMPL-X: see `parameters`)
+    pose_parameters: np.ndarray | None  # Anny: (J, 4, 4) local-ref, root = camera-frame pose
     bone_names: list[str]
     camera: Camera
     metrics: dict[str, float]
@@ -89,263 +117,523 @@ class BodyFit:
     framing: str
     fitter: str = FITTER_ID
     config: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)  # model-specific (SMPL-X: betas, poses, transl)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "body_model": self.body_model.to_dict(),
             "fitter": self.fitter,
             "camera": self.camera.to_dict(),
             "phenotype": self.phenotype,
-            "pose_parameterization": "local-ref",
             "bone_names": self.bone_names,
-            "pose_parameters": np.round(self.pose_parameters, 6).tolist(),
             "metrics": self.metrics,
             "loss_history": self.loss_history,
             "framing": self.framing,
             "config": self.config,
         }
+        if self.pose_parameters is not None:
+            data["pose_parameterization"] = "local-ref"
+            data["pose_parameters"] = np.round(self.pose_parameters, 6).tolist()
+        if self.parameters:
+            data["parameters"] = self.parameters
+        return data
 
     @staticmethod
     def from_dict(data: dict) -> BodyFit:
         bm = data["body_model"]
+        pose = data.get("pose_parameters")
         return BodyFit(
             body_model=BodyModelInfo(name=bm["name"], version=bm["version"], rig=bm["rig"]),
-            phenotype={k: float(v) for k, v in data["phenotype"].items()},
-            pose_parameters=np.asarray(data["pose_parameters"], dtype=np.float64),
-            bone_names=list(data["bone_names"]),
+            phenotype={k: float(v) for k, v in data.get("phenotype", {}).items()},
+            pose_parameters=None if pose is None else np.asarray(pose, dtype=np.float64),
+            bone_names=list(data.get("bone_names", [])),
             camera=Camera.from_dict(data["camera"]),
             metrics=dict(data["metrics"]),
             loss_history={k: list(v) for k, v in data["loss_history"].items()},
             framing=data["framing"],
             fitter=data.get("fitter", FITTER_ID),
             config=data.get("config", {}),
+            parameters=data.get("parameters", {}),
         )
+
+    def model_parameters(self) -> dict:
+        """What `BodyModel.deserialise` reads."""
+        if self.body_model.name == "anny":
+            return {"phenotype": self.phenotype, "pose_parameters": self.pose_parameters}
+        return self.parameters
 
 
 @dataclass
-class _Targets:
-    points: torch.Tensor  # (K, 2) pixels, in Anny regressor order
-    weights: torch.Tensor  # (K,) confidence * point weight, 0 where unusable
-    labels: list[str]
+class FitTargets:
+    """2D targets in pixels, in the label orders of `models.landmarks`."""
+
+    body: torch.Tensor  # (23, 2)
+    body_weights: torch.Tensor  # (23,) visibility * point weight, 0 where unusable
     person_height_px: float
+    hands: torch.Tensor  # (2, 21, 2) left, right
+    hand_weights: torch.Tensor  # (2, 21)
+    hand_scale_px: torch.Tensor  # (2,)
+    face: torch.Tensor  # (8, 2)
+    face_weights: torch.Tensor  # (8,)
+    face_scale_px: float
+    world: torch.Tensor | None = None  # (23, 3) MediaPipe's metric 3D landmarks (camera axes)
+    limb_weights: torch.Tensor | None = None  # (len(LIMBS),) 0 where a limb is not usable
+
+
+def as_body_model(model) -> BodyModel:
+    """A `BodyModel`; a bare Anny torch module (what older callers pass) is wrapped once."""
+    if isinstance(model, BodyModel):
+        return model
+    return _wrap_anny(model)
+
+
+@functools.lru_cache(maxsize=2)
+def _wrap_anny(model: torch.nn.Module) -> AnnyBody:
+    return AnnyBody(model)
 
 
 def fit_body(
-    keypoints: Keypoints, model: torch.nn.Module, info: BodyModelInfo, config: FitConfig = FitConfig()
+    keypoints: Keypoints, model, info: BodyModelInfo | None = None, config: FitConfig = FitConfig()
 ) -> BodyFit:
-    """Fit shape, pose and placement to the detected keypoints; deterministic for a given input."""
-    import anny
+    """Fit shape, pose and placement to the detected keypoints; deterministic for a given input.
 
-    torch.manual_seed(config.seed)
+    `model` is a `BodyModel` (see `models.body_model.load_body_model`) or Anny's torch module.
+    """
+    body = as_body_model(model)
     w, h = keypoints.image_size
     camera = Camera.from_focal(config.focal_scale * max(w, h), w, h)
-    regressor = anny.KeypointsRegressor.coco(model)
-    targets = _build_targets(keypoints, list(regressor.labels))
-    if float((targets.weights > 0).sum()) < 4:
-        raise PipelineError(
-            ErrorCode.FIT_FAILED, "too few body keypoints are visible to fit a body", STEP
-        )
-    problem = _FitProblem(model, regressor, camera, targets, keypoints.framing, config)
-    history = problem.run()
-    fit_params = problem.pose_parameters().detach()
-    with torch.no_grad():
-        out = model(pose_parameters=fit_params, phenotype_kwargs=problem.phenotype())
-        projected = problem.project(regressor(out))[0]
+    targets = build_targets(keypoints, body)
+    if float((targets.body_weights > 0).sum()) < 4:
+        raise PipelineError(ErrorCode.FIT_FAILED, "too few body keypoints are visible to fit a body", STEP)
+    with _single_thread():
+        torch.manual_seed(config.seed)
+        problem = _FitProblem(body, camera, targets, keypoints, config)
+        history = problem.run()
+        state = problem.state.detached()
+        projected = problem.project(body.points(state).body)
     metrics = {
-        "keypoint_reprojection_rel": _reprojection_rel(projected, targets),
+        "keypoint_reprojection_rel": reprojection_rel(projected, targets),
         "fit_seconds": round(problem.seconds, 3),
-        "iterations": int(sum(config.iters)),
-        "final_loss": float(history["stage4"][-1]) if history.get("stage4") else float("nan"),
+        "iterations": problem.evaluations,
+        "final_loss": history[STAGES[2]][-1] if history.get(STAGES[2]) else float("nan"),
+        "hands_fitted": int((targets.hand_weights.sum(dim=1) > 0).sum()),
+        "face_fitted": bool(targets.face_weights.sum() > 0),
+        "body_height_m": round(body.rest_height(state.shape), 4),
     }
-    if not np.isfinite(metrics["keypoint_reprojection_rel"]):
+    if not np.isfinite(metrics["keypoint_reprojection_rel"]) or not torch.isfinite(state.translation).all():
         raise PipelineError(ErrorCode.FIT_FAILED, "the body fit diverged", STEP)
-    phenotype = problem.phenotype()[0].detach().numpy()
+    vertices = body.posed_vertices(state)
+    if (vertices[:, 2] <= 0).any():
+        raise PipelineError(ErrorCode.FIT_FAILED, "the fitted body crosses the camera plane", STEP)
+    from models.surface import silhouette_iou
+
+    metrics["silhouette_iou"] = round(silhouette_iou(vertices, body.faces, camera, keypoints.mask), 4)
+    serialised = body.serialise(state)
+    is_anny = body.info.name == "anny"
     return BodyFit(
-        body_model=info,
-        phenotype={label: round(float(v), 5) for label, v in zip(PHENOTYPE_LABELS, phenotype)},
-        pose_parameters=fit_params[0].numpy().astype(np.float64),
-        bone_names=list(model.bone_labels),
+        body_model=body.info,
+        phenotype=serialised["phenotype"] if is_anny else {},
+        pose_parameters=serialised["pose_parameters"] if is_anny else None,
+        bone_names=list(serialised.get("bone_names", body.joint_names)),
         camera=camera,
         metrics=metrics,
         loss_history=history,
         framing=keypoints.framing,
-        config={"focal_scale": config.focal_scale, "iters": list(config.iters), "lr": config.lr},
+        config=config.to_params(),
+        parameters={} if is_anny else serialised,
     )
 
 
-def posed_vertices(model: torch.nn.Module, fit: BodyFit) -> np.ndarray:
+def fitted_state(model, fit: BodyFit) -> BodyState:
+    return as_body_model(model).deserialise(fit.model_parameters())
+
+
+def posed_vertices(model, fit: BodyFit) -> np.ndarray:
     """Vertices (V, 3) of the fitted body in the photo's world (= camera) frame."""
-    with torch.no_grad():
-        out = model(
-            pose_parameters=torch.as_tensor(fit.pose_parameters, dtype=torch.float32)[None],
-            phenotype_kwargs={k: float(v) for k, v in fit.phenotype.items()},
-        )
-    return out["vertices"][0].numpy().astype(np.float64)
+    if fit.body_model.name == "anny" and not isinstance(model, BodyModel):
+        with torch.no_grad():
+            out = model(
+                pose_parameters=torch.as_tensor(fit.pose_parameters, dtype=torch.float32)[None],
+                phenotype_kwargs={k: float(v) for k, v in fit.phenotype.items()},
+            )
+        return out["vertices"][0].numpy().astype(np.float64)
+    body = as_body_model(model)
+    if body.info.name != fit.body_model.name:
+        raise ValueError(f"the fit is of {fit.body_model.name}, the model is {body.info.name}")
+    return body.posed_vertices(body.deserialise(fit.model_parameters()))
 
 
-def _build_targets(keypoints: Keypoints, labels: list[str]) -> _Targets:
-    points = np.zeros((len(labels), 2))
-    weights = np.zeros(len(labels))
-    legs_visible = keypoints.framing == "full_body"
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def build_targets(keypoints: Keypoints, body: BodyModel | None = None) -> FitTargets:
+    """2D targets and weights from MediaPipe's landmarks (see `models.landmarks`)."""
     w, h = keypoints.image_size
-    for k, label in enumerate(labels):
-        if label not in ANNY_TO_MEDIAPIPE:
+    legs_visible = keypoints.framing == "full_body"
+    points = np.zeros((len(BODY_LABELS), 2))
+    weights = np.zeros(len(BODY_LABELS))
+    for k, label in enumerate(BODY_LABELS):
+        if label not in MEDIAPIPE_BODY:
             continue
-        mp_name, point_weight = ANNY_TO_MEDIAPIPE[label]
-        x, y, _, vis = keypoints.pose[POSE_INDEX[mp_name]]
+        name, point_weight = MEDIAPIPE_BODY[label]
+        x, y, _, vis = keypoints.pose[POSE_INDEX[name]]
         inside = 0 <= x < w and 0 <= y < h
-        if not inside or vis < 0.3 or (label in LEG_POINTS and not legs_visible):
+        # legs: only from full-body photos, or a knee that is clearly in view
+        leg_ok = legs_visible or (label in ("left_knee", "right_knee") and vis >= 0.5)
+        if not inside or vis < MIN_VISIBILITY or (label in LEG_LABELS and not leg_ok):
             continue
         points[k] = (x, y)
         weights[k] = vis * point_weight
     _, y0, _, y1 = keypoints.person_bbox
-    return _Targets(
-        points=torch.as_tensor(points, dtype=torch.float32),
-        weights=torch.as_tensor(weights, dtype=torch.float32),
-        labels=labels,
+    hands, hand_weights, hand_scale = _hand_targets(keypoints)
+    face, face_weights, face_scale = _face_targets(keypoints)
+    if body is not None:
+        face_weights = face_weights * body.face_point_mask
+    world, limb_weights = _world_targets(keypoints, weights)
+    return FitTargets(
+        body=torch.as_tensor(points, dtype=torch.float32),
+        body_weights=torch.as_tensor(weights, dtype=torch.float32),
         person_height_px=max(float(y1 - y0), 1.0),
+        hands=torch.as_tensor(hands, dtype=torch.float32),
+        hand_weights=torch.as_tensor(hand_weights, dtype=torch.float32),
+        hand_scale_px=torch.as_tensor(hand_scale, dtype=torch.float32),
+        face=torch.as_tensor(face, dtype=torch.float32),
+        face_weights=torch.as_tensor(face_weights, dtype=torch.float32),
+        face_scale_px=face_scale,
+        world=world,
+        limb_weights=limb_weights,
     )
 
 
-def _reprojection_rel(projected: torch.Tensor, targets: _Targets) -> float:
-    used = targets.weights > 0
+def _world_targets(keypoints: Keypoints, body_weights: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """MediaPipe's 3D landmarks in label order, and a weight per limb: the smaller visibility of
+    its ends, only for limbs whose ends are used as 2D targets."""
+    if keypoints.pose_world is None or len(keypoints.pose_world) < 33:
+        return None, None
+    world = np.zeros((len(BODY_LABELS), 3))
+    for k, label in enumerate(BODY_LABELS):
+        if label in MEDIAPIPE_BODY:
+            world[k] = keypoints.pose_world[POSE_INDEX[MEDIAPIPE_BODY[label][0]]]
+    weights = []
+    for a, b in LIMBS:
+        ia, ib = BODY_LABELS.index(a), BODY_LABELS.index(b)
+        used = body_weights[ia] > 0 and body_weights[ib] > 0
+        vis = min(keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[a][0]], 3], keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[b][0]], 3])
+        weights.append(float(vis) if used else 0.0)
+    return torch.as_tensor(world, dtype=torch.float32), torch.as_tensor(weights, dtype=torch.float32)
+
+
+def _inside(points: np.ndarray, w: int, h: int) -> np.ndarray:
+    return (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
+
+
+def _hand_targets(keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w, h = keypoints.image_size
+    points = np.zeros((2, len(HAND_LABELS), 2))
+    weights = np.zeros((2, len(HAND_LABELS)))
+    scale = np.ones(2)
+    for side, (hand, wrist) in enumerate(
+        ((keypoints.left_hand, "left_wrist"), (keypoints.right_hand, "right_wrist"))
+    ):
+        if hand is None or keypoints.pose[POSE_INDEX[wrist], 3] < MIN_VISIBILITY:
+            continue
+        points[side] = hand[:, :2]
+        weights[side] = _inside(hand[:, :2], w, h).astype(float)
+        scale[side] = max(float(np.ptp(hand[:, :2], axis=0).max()), 10.0)
+    return points, weights, scale
+
+
+def _face_targets(keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray, float]:
+    w, h = keypoints.image_size
+    points = np.zeros((len(FACE_POINTS), 2))
+    if keypoints.face is None or len(keypoints.face) <= max(i for i, _ in FACE_POINTS.values()):
+        return points, np.zeros(len(FACE_POINTS)), 1.0
+    idx = [i for i, _ in FACE_POINTS.values()]
+    points = keypoints.face[idx, :2]
+    scale = max(float(np.ptp(keypoints.face[:, 1])), 10.0)
+    return points, _inside(points, w, h).astype(float), scale
+
+
+def reprojection_rel(projected: torch.Tensor, targets: FitTargets) -> float:
+    """Median 2D error of the used body keypoints / the person's height in the image."""
+    used = targets.body_weights > 0
     if not bool(used.any()):
         return float("nan")
-    err = torch.linalg.norm(projected[used] - targets.points[used], dim=-1)
+    err = torch.linalg.norm(projected[used] - targets.body[used], dim=-1)
     return round(float(err.median()) / targets.person_height_px, 5)
 
 
-def _gmof(residual_sq: torch.Tensor, rho: float) -> torch.Tensor:
-    return residual_sq * rho**2 / (residual_sq + rho**2)
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """Small tensors: one thread is faster than two and makes reductions reproducible."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _side(name: str) -> str:
+    lower = name.lower().split(":")[-1]
+    if lower.startswith("left"):
+        return "left"
+    if lower.startswith("right"):
+        return "right"
+    return ""
 
 
 class _FitProblem:
     """The optimisation state and the staged schedule."""
 
-    def __init__(self, model, regressor, camera: Camera, targets: _Targets, framing: str, config: FitConfig):
-        self.model = model
-        self.regressor = regressor
+    def __init__(self, body: BodyModel, camera: Camera, targets: FitTargets, keypoints: Keypoints, config: FitConfig):
+        self.body = body
         self.targets = targets
         self.config = config
-        self.framing = framing
         self.K = torch.as_tensor(camera.K, dtype=torch.float32)
-        n_bones = len(model.bone_labels)
-        self.body_rotvec = torch.zeros(n_bones - 1, 3, requires_grad=True)
-        self.root_rotvec = torch.zeros(3, requires_grad=True)
-        self.translation = torch.zeros(3, requires_grad=True)
-        self.shape_logits = torch.zeros(len(PHENOTYPE_LABELS), requires_grad=True)
-        self.base_rotation = torch.as_tensor(_initial_orientation(targets), dtype=torch.float32)
-        self.prior_weights = self._bone_prior_weights(list(model.bone_labels)[1:])
+        self.state = body.initial_state()
+        for tensor in (self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape):
+            tensor.requires_grad_(True)
+        roles = body.joint_roles
+        self.role_weights = torch.as_tensor([ROLE_PRIOR[r] for r in roles], dtype=torch.float32)
+        self.limits = torch.as_tensor([ROLE_ANGLE_LIMITS[r] for r in roles], dtype=torch.float32)
+        hinges = body.hinge_axes()
+        self.hinge_joints = torch.as_tensor(sorted(hinges), dtype=torch.long)
+        self.hinge_axes = torch.as_tensor(np.array([hinges[j] for j in sorted(hinges)]).reshape(-1, 3), dtype=torch.float32)
+        self.silhouette = SilhouetteTerm(keypoints.mask, targets.person_height_px, rho=config.gmof_rho)
+        self.body_mask = self._body_joint_mask()
+        self.detail_mask = self._detail_joint_mask()
+        self.limb_ends = torch.as_tensor([[BODY_LABELS.index(a), BODY_LABELS.index(b)] for a, b in LIMBS])
         self.seconds = 0.0
+        self.evaluations = 0
 
-    def _bone_prior_weights(self, names: list[str]) -> torch.Tensor:
-        weights = []
-        for name in names:
-            weight = 1.0
-            if "Hand" in name and not name.endswith("Hand"):
-                weight = self.config.hand_prior_scale * 10  # fingers: no evidence, keep rest
-            elif name.endswith("Hand") or "Toe" in name or "Foot" in name or self.framing != "full_body" and ("Leg" in name or "UpLeg" in name):
-                weight = self.config.hand_prior_scale
-            weights.append(weight)
-        return torch.as_tensor(weights, dtype=torch.float32)
+    # -- which joints move ---------------------------------------------------------------------
 
-    def phenotype(self) -> torch.Tensor:
-        return torch.sigmoid(self.shape_logits)[None]
+    def _used(self, label: str) -> bool:
+        return bool(self.targets.body_weights[BODY_LABELS.index(label)] > 0)
 
-    def pose_parameters(self) -> torch.Tensor:
-        n = self.body_rotvec.shape[0] + 1
-        params = torch.eye(4).repeat(1, n, 1, 1)
-        root = self.base_rotation @ roma.rotvec_to_rotmat(self.root_rotvec)
-        params[0, 0, :3, :3] = root
-        params[0, 0, :3, 3] = self.translation
-        params[0, 1:, :3, :3] = roma.rotvec_to_rotmat(self.body_rotvec)
-        return params
+    def _body_joint_mask(self) -> torch.Tensor:
+        """Joints the body stages may move: no fingers, wrists or toes; a leg joint only when
+        the keypoint at its far end is in view."""
+        needs = {
+            "upper_leg": ("knee",),
+            "lower_leg": ("ankle", "heel"),
+            "foot": ("big_toe", "heel"),
+        }
+        mask = []
+        for name, role in zip(self.body.joint_names, self.body.joint_roles, strict=True):
+            side = _side(name)
+            if role in ("finger", "hand", "toe", "jaw", "eye"):
+                mask.append(0.0)
+            elif role in needs:
+                mask.append(float(any(self._used(f"{side}_{end}") for end in needs[role])))
+            else:
+                mask.append(1.0)
+        return torch.as_tensor(mask)[:, None]
+
+    def _detail_joint_mask(self) -> torch.Tensor:
+        """Joints of the hands/face stage: fingers and wrist of each detected hand; neck and
+        head when face landmarks are available."""
+        hand_seen = {"left": bool(self.targets.hand_weights[0].sum() > 0), "right": bool(self.targets.hand_weights[1].sum() > 0)}
+        face_seen = bool(self.targets.face_weights.sum() > 0)
+        mask = []
+        for name, role in zip(self.body.joint_names, self.body.joint_roles, strict=True):
+            if role in ("finger", "hand"):
+                mask.append(float(hand_seen.get(_side(name), False)))
+            elif role in ("neck", "head"):
+                mask.append(float(face_seen))
+            else:
+                mask.append(0.0)
+        return torch.as_tensor(mask)[:, None]
+
+    # -- terms ---------------------------------------------------------------------------------
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
         uvw = points @ self.K.T
         return uvw[..., :2] / uvw[..., 2:3].clamp(min=1e-3)
 
-    def keypoints3d(self) -> torch.Tensor:
-        out = self.model(pose_parameters=self.pose_parameters(), phenotype_kwargs=self.phenotype())
-        return self.regressor(out)
+    def _masked_state(self, joint_mask: torch.Tensor) -> BodyState:
+        s = self.state
+        rotvec = s.joint_rotvec * joint_mask + s.joint_rotvec.detach() * (1.0 - joint_mask)
+        return BodyState(s.root_rotvec, s.translation, rotvec, s.shape, s.base_rotation)
 
-    def data_term(self, keypoints3d: torch.Tensor, point_mask: torch.Tensor) -> torch.Tensor:
-        residual = (self.project(keypoints3d)[0] - self.targets.points) / self.targets.person_height_px
-        weights = self.targets.weights * point_mask
-        return (weights**2 * _gmof((residual**2).sum(-1), self.config.gmof_rho)).sum() / 0.05**2
+    def rho(self, stage: str) -> float:
+        return self.config.gmof_rho * self.config.rho_schedule[STAGES.index(stage)]
+
+    def body_term(self, body_points: torch.Tensor, weights: torch.Tensor, stage: str) -> torch.Tensor:
+        t = self.targets
+        rho = self.rho(stage)
+        # in units of the base rho: the quadratic regime is the same at every stage
+        unit = self.config.gmof_rho**2
+        return keypoint_term(self.project(body_points), t.body, weights, t.person_height_px, rho) / unit
+
+    def limb_term(self, body_points: torch.Tensor) -> torch.Tensor:
+        """Squared distance between unit limb directions of the model and of MediaPipe's 3D
+        landmarks (both in camera axes)."""
+        t = self.targets
+        if t.world is None or t.limb_weights is None or float(t.limb_weights.sum()) == 0:
+            return body_points.new_zeros(())
+        model = body_points[self.limb_ends[:, 1]] - body_points[self.limb_ends[:, 0]]
+        seen = t.world[self.limb_ends[:, 1]] - t.world[self.limb_ends[:, 0]]
+        model = model / model.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        seen = seen / seen.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        # robust: MediaPipe's depth is a guess that is sometimes wrong by far
+        return (t.limb_weights * gmof(((model - seen) ** 2).sum(-1), self.config.limb_rho) / self.config.limb_rho**2).sum()
+
+    def priors(self, state: BodyState, stage: int) -> torch.Tensor:
+        c = self.config
+        prior = c.pose_prior[stage] * pose_prior(state.joint_rotvec, self.role_weights)
+        prior = prior + c.limit_prior * joint_limit_prior(state.joint_rotvec, self.limits)
+        prior = prior + c.angle_prior * hinge_prior(state.joint_rotvec, self.hinge_joints, self.hinge_axes)
+        return prior + c.shape_prior[stage] * shape_prior(state.shape)
+
+    # -- schedule ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, list[float]]:
         start = time.perf_counter()
-        self._initialise_translation()
-        torso = torch.as_tensor(
-            [1.0 if label in TORSO_POINTS or label in ("nose",) else 0.0 for label in self.targets.labels]
-        )
-        everything = torch.ones(len(self.targets.labels))
-        history = {
-            "stage2": self._stage([self.root_rotvec, self.translation], torso, 0, self.config.iters[0]),
-            "stage3": self._stage(
-                [self.root_rotvec, self.translation, self.body_rotvec, self.shape_logits],
-                everything, 1, self.config.iters[1],
-            ),
-            "stage4": self._stage(
-                [self.root_rotvec, self.translation, self.body_rotvec, self.shape_logits],
-                everything, 2, self.config.iters[2],
-            ),
-        }  # fmt: skip
+        history = {stage: [] for stage in STAGES}
+        cache = self.body.shape_cache(self.state.shape.detach())
+        history["global"] = self._global_stage(cache)
+        everything = self.targets.body_weights
+
+        def body_loss(stage: int, silhouette: bool) -> torch.Tensor:
+            state = self._masked_state(self.body_mask)
+            pts = self.body.points(state, with_vertices=silhouette)
+            loss = self.body_term(pts.body, everything, STAGES[stage + 1]) + self.priors(state, stage)
+            if not silhouette:  # MediaPipe's depth picks the limbs' direction; 2D and mask refine it
+                loss = loss + self.config.limb_weight * self.limb_term(pts.body)
+            if silhouette:
+                loss = loss + self.config.silhouette_weight * self.silhouette(self.project(pts.vertices))
+            return loss
+
+        params = [self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape]
+        history["body"] = self._lbfgs(params, lambda: body_loss(0, False), self.config.iters[1])
+        history["refine"] = self._lbfgs(params, lambda: body_loss(1, True), self.config.iters[2])
+        if float(self.detail_mask.sum()) > 0:
+            history["hands_face"] = self._detail_stage()
         self.seconds = time.perf_counter() - start
         return history
 
-    def _stage(self, params: list[torch.Tensor], point_mask: torch.Tensor, stage: int, iters: int) -> list[float]:
-        optimiser = torch.optim.Adam(params, lr=self.config.lr)
-        pose_w = self.config.pose_prior[stage]
-        shape_w = self.config.shape_prior[stage]
+    def _global_stage(self, cache: dict) -> list[float]:
+        """Root orientation + translation on the torso, from each plausible initial facing."""
+        torso = torch.as_tensor([1.0 if label in TORSO_LABELS else 0.0 for label in BODY_LABELS])
+        weights = self.targets.body_weights * torso
+        if float((weights > 0).sum()) < 3:  # head/shoulders: use the face points too
+            head = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder")
+            weights = self.targets.body_weights * torch.as_tensor([float(lb in head) for lb in BODY_LABELS])
+        best: tuple[float, BodyState, list[float]] | None = None
+        for base in self._initial_orientations():
+            with torch.no_grad():
+                self.state.base_rotation = torch.as_tensor(base, dtype=torch.float32)
+                self.state.root_rotvec.zero_()
+                self._initialise_translation(cache)
+
+            def loss() -> torch.Tensor:
+                pts = self.body.points(self.state, cache)
+                return self.body_term(pts.body, weights, "global")
+
+            losses = self._lbfgs([self.state.root_rotvec, self.state.translation], loss, self.config.iters[0])
+            if best is None or losses[-1] < best[0]:
+                best = (losses[-1], self.state.detached(), losses)
+        assert best is not None
+        with torch.no_grad():
+            self.state.base_rotation = best[1].base_rotation
+            self.state.root_rotvec.copy_(best[1].root_rotvec)
+            self.state.translation.copy_(best[1].translation)
+        return best[2]
+
+    def _detail_stage(self) -> list[float]:
+        t = self.targets
+        cache = self.body.shape_cache(self.state.shape.detach())
+        # hands and face are normalised by their own size, and MediaPipe's hand and face landmarks
+        # are coherent shapes: nearly least squares, so that a wrongly turned hand is pulled round
+        rho = self.config.detail_rho
+
+        def loss() -> torch.Tensor:
+            state = self._masked_state(self.detail_mask)
+            pts = self.body.points(state, cache)
+            value = self.body_term(pts.body, t.body_weights, "hands_face") + self.priors(state, 2)
+            hands = self.project(pts.hands)
+            for side in range(2):
+                if float(t.hand_weights[side].sum()) > 0:
+                    value = value + self.config.hand_weight / rho**2 * keypoint_term(
+                        hands[side], t.hands[side], t.hand_weights[side], float(t.hand_scale_px[side]), rho
+                    )
+            if float(t.face_weights.sum()) > 0:
+                value = value + self.config.face_weight / rho**2 * keypoint_term(
+                    self.project(pts.face), t.face, t.face_weights, t.face_scale_px, rho
+                )
+            return value
+
+        return self._lbfgs([self.state.joint_rotvec], loss, self.config.iters[3])
+
+    def _lbfgs(self, params: list[torch.Tensor], loss_fn, iterations: int) -> list[float]:
+        if iterations <= 0:
+            return []
+        optimiser = torch.optim.LBFGS(
+            params, lr=self.config.lr, max_iter=iterations, max_eval=int(iterations * 1.5),
+            history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9,
+        )  # fmt: skip
         losses: list[float] = []
-        for _ in range(iters):
+
+        def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            loss = self.data_term(self.keypoints3d(), point_mask)
-            loss = loss + pose_w * (self.prior_weights[:, None] * self.body_rotvec**2).sum()
-            loss = loss + shape_w * (self.shape_logits**2).sum()
+            loss = loss_fn()
             loss.backward()
-            optimiser.step()
+            self.evaluations += 1
             losses.append(round(float(loss.detach()), 6))
+            return loss
+
+        optimiser.step(closure)
         return losses
 
+    # -- initialisation ------------------------------------------------------------------------
+
+    def _initial_orientations(self) -> list[np.ndarray]:
+        """Facing the camera, or turned around when the left shoulder is on the image left;
+        both when the shoulders nearly overlap (a side view)."""
+        facing = self.body.facing_camera
+        turned = facing @ self.body.turn_around
+        t = self.targets
+        left, right = BODY_LABELS.index("left_shoulder"), BODY_LABELS.index("right_shoulder")
+        if not (t.body_weights[left] > 0 and t.body_weights[right] > 0):
+            return [facing]
+        dx = float(t.body[left, 0] - t.body[right, 0])
+        if abs(dx) < 0.06 * t.person_height_px:
+            return [facing, turned]
+        return [facing] if dx > 0 else [turned]
+
     @torch.no_grad()
-    def _initialise_translation(self) -> None:
-        """Depth from the ratio of 3D to 2D torso length; x, y from the torso centre ray."""
-        labels = self.targets.labels
-        idx = {label: labels.index(label) for label in TORSO_POINTS}
-        pts2d, weights = self.targets.points, self.targets.weights
-        kp3d = self.keypoints3d()[0]
-        fx = float(self.K[0, 0])
+    def _initialise_translation(self, cache: dict) -> None:
+        """Depth from the ratio of 3D to 2D torso size; x, y from the torso centre's ray."""
+        t = self.targets
+        kp3d = self.body.points(self.state, cache).body
+        pts2d, weights = t.body, t.body_weights
+        idx = {label: BODY_LABELS.index(label) for label in BODY_LABELS}
         shoulders = [idx["left_shoulder"], idx["right_shoulder"]]
         hips = [idx["left_hip"], idx["right_hip"]]
-        have_torso = bool((weights[shoulders] > 0).all() and (weights[hips] > 0).all())
-        if have_torso:
+        fx = float(self.K[0, 0])
+        if bool((weights[shoulders] > 0).all() and (weights[hips] > 0).all()):
             length_2d = float(torch.linalg.norm(pts2d[shoulders].mean(0) - pts2d[hips].mean(0)))
-            anchor_2d = pts2d[shoulders + hips].mean(0)
-            anchor_3d = kp3d[shoulders + hips].mean(0)
-            length_3d = TORSO_HEIGHT_M
-        else:  # head / upper body: use shoulder width, else the person's bbox height as head size
-            valid = weights > 0
-            anchor_2d = (pts2d[valid] * weights[valid, None]).sum(0) / weights[valid].sum()
-            anchor_3d = (kp3d[valid] * weights[valid, None]).sum(0) / weights[valid].sum()
-            if bool((weights[shoulders] > 0).all()):
-                length_2d = float(torch.linalg.norm(pts2d[shoulders[0]] - pts2d[shoulders[1]]))
-                length_3d = float(torch.linalg.norm(kp3d[shoulders[0]] - kp3d[shoulders[1]]))
-            else:
-                length_2d, length_3d = self.targets.person_height_px, 0.35
+            length_3d = float(torch.linalg.norm(kp3d[shoulders].mean(0) - kp3d[hips].mean(0)))
+            anchor = shoulders + hips
+        elif bool((weights[shoulders] > 0).all()):
+            length_2d = float(torch.linalg.norm(pts2d[shoulders[0]] - pts2d[shoulders[1]]))
+            length_3d = float(torch.linalg.norm(kp3d[shoulders[0]] - kp3d[shoulders[1]]))
+            anchor = shoulders
+        else:
+            anchor = [int(i) for i in torch.nonzero(weights > 0).flatten()]
+            length_2d = t.person_height_px
+            length_3d = 0.35  # a head and neck
+        anchor_2d = (pts2d[anchor] * weights[anchor, None]).sum(0) / weights[anchor].sum()
+        anchor_3d = (kp3d[anchor] * weights[anchor, None]).sum(0) / weights[anchor].sum()
         depth = fx * length_3d / max(length_2d, 1.0)
         ray = torch.linalg.solve(self.K, torch.cat([anchor_2d, torch.ones(1)]))
-        self.translation.copy_(ray * depth - anchor_3d)
-
-
-def _initial_orientation(targets: _Targets) -> np.ndarray:
-    """Facing the camera, or turned 180 degrees when the left shoulder appears on the image left."""
-    labels = targets.labels
-    left, right = labels.index("left_shoulder"), labels.index("right_shoulder")
-    pts, weights = targets.points.numpy(), targets.weights.numpy()
-    if weights[left] > 0 and weights[right] > 0 and pts[left, 0] < pts[right, 0] - 5:
-        turn = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])  # 180 about Anny's Z
-        return FACING_CAMERA @ turn
-    return FACING_CAMERA
+        self.state.translation.copy_(ray * depth - (anchor_3d - self.state.translation))

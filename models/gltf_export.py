@@ -15,11 +15,18 @@ module only packs it, following the glTF 2.0 skinning rules strictly:
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pygltflib
 from scipy.spatial.transform import Rotation
+
+from models.errors import ErrorCode, PipelineError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_INFLUENCES = 4
@@ -392,3 +399,51 @@ def write_glb(
     gltf.buffers.append(pygltflib.Buffer(byteLength=len(bb.blob)))
     gltf.set_binary_blob(bytes(bb.blob))
     return b"".join(gltf.save_to_bytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional compression (opt-in: clients must set up a meshopt decoder)
+# ---------------------------------------------------------------------------------------------
+
+GLTFPACK_ENV = "AVATARPIPE_GLTFPACK"
+# Where `make test` / `npm ci` in clients/ puts the pinned gltfpack (npm package, WebAssembly).
+_CLIENTS_BIN = Path(__file__).resolve().parent.parent / "clients" / "node_modules" / ".bin"
+
+
+def find_gltfpack() -> str | None:
+    """The gltfpack executable: $AVATARPIPE_GLTFPACK, the repo's clients/ install, or PATH."""
+    configured = os.environ.get(GLTFPACK_ENV)
+    if configured:
+        return configured
+    local = _CLIENTS_BIN / "gltfpack"
+    if local.exists():
+        return str(local)
+    return shutil.which("gltfpack")
+
+
+def compress_glb(glb: bytes, gltfpack: str | None = None, timeout_s: float = 120.0) -> bytes:
+    """Mesh and animation data compressed with meshoptimizer's gltfpack (`-cc`):
+    EXT_meshopt_compression + KHR_mesh_quantization, which three.js, Babylon.js and Unity's
+    glTFast decode with the meshopt decoder. Node names, the skin, materials and animation
+    names are kept; the texture is passed through unchanged."""
+    tool = gltfpack or find_gltfpack()
+    if tool is None:
+        raise PipelineError(
+            ErrorCode.INTERNAL_ERROR,
+            "GLB compression was requested but gltfpack is not installed: run `make clients` "
+            f"(npm ci in clients/) or set {GLTFPACK_ENV}",
+        )
+    with tempfile.TemporaryDirectory(prefix="avatarpipe-gltfpack-") as tmp:
+        source, target = Path(tmp) / "in.glb", Path(tmp) / "out.glb"
+        source.write_bytes(glb)
+        # -kn keeps named nodes (the joints' names), -km keeps materials, -ke keeps extras
+        result = subprocess.run(
+            [tool, "-i", str(source), "-o", str(target), "-cc", "-kn", "-km", "-ke"],
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or not target.exists():
+            raise PipelineError(
+                ErrorCode.INTERNAL_ERROR,
+                f"gltfpack failed ({result.returncode}): {(result.stderr or result.stdout).strip()[:300]}",
+            )
+        return target.read_bytes()

@@ -8,6 +8,7 @@ the re-encoded PNG carries no EXIF/GPS/ICC/text metadata at all.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -20,12 +21,36 @@ from models.errors import ErrorCode, PipelineError
 STEP = "photo"
 
 
+MAX_UPLOAD_BYTES_ENV = "AVATARPIPE_MAX_UPLOAD_BYTES"
+MAX_IMAGE_PIXELS_ENV = "AVATARPIPE_MAX_IMAGE_PIXELS"
+
+
 @dataclass(frozen=True)
 class PhotoLimits:
     max_file_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 64_000_000  # decoded pixels; above this Pillow's bomb guard refuses
     min_side: int = 64
     max_side: int = 1024  # the normalised photo is downscaled to fit this
+
+    @staticmethod
+    def from_env() -> PhotoLimits:
+        """The defaults, overridden by `AVATARPIPE_MAX_UPLOAD_BYTES` / `AVATARPIPE_MAX_IMAGE_PIXELS`
+        (positive integers; the bomb guard can be tightened or loosened, never switched off)."""
+        defaults = PhotoLimits()
+        return PhotoLimits(
+            max_file_bytes=_positive_int_env(MAX_UPLOAD_BYTES_ENV, defaults.max_file_bytes),
+            max_pixels=_positive_int_env(MAX_IMAGE_PIXELS_ENV, defaults.max_pixels),
+        )
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,8 +67,14 @@ class NormalisedPhoto:
         return (int(self.image.shape[1]), int(self.image.shape[0]))
 
 
-def normalise_photo(data: bytes, limits: PhotoLimits = PhotoLimits()) -> NormalisedPhoto:
-    """Validate and normalise raw upload bytes, raising PipelineError with a typed code."""
+def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> NormalisedPhoto:
+    """Validate and normalise raw upload bytes, raising PipelineError with a typed code.
+
+    Without explicit ``limits`` the configured ones apply (:meth:`PhotoLimits.from_env`).
+    Animated GIFs and multi-page TIFFs are accepted: the first frame is used and ``frames``
+    says how many there were.
+    """
+    limits = limits or PhotoLimits.from_env()
     if not data:
         raise PipelineError(ErrorCode.EMPTY_FILE, "the uploaded file is empty", STEP)
     if len(data) > limits.max_file_bytes:

@@ -6,6 +6,14 @@ Canonical placement (the choice every consumer of the GLB relies on):
   phenotype, with Anny's rest bone poses (`rest_bone_poses`) as bind matrices. The rest pose is
   what Anny's skin weights were authored for, so it skins best, and an A-pose retargets cleanly.
   The photo pose is not baked into the mesh; it is delivered as the `photo_pose` animation.
+- The bind mesh is the **clothed** rest surface `rest_vertices + D` when clothing offsets D
+  (models.clothing, SMPL+D) are given: same topology, so Anny's skin weights apply unchanged
+  (top 4 influences per vertex, renormalised).
+- Clips: `photo_pose` (1 s, bind -> photo pose), `idle` (2 s breathing loop), `wave` (2.4 s,
+  right hand) and `walk` (1.1 s in-place stride), all rotations layered on the bind pose, so
+  they play on any avatar of this rig. Anny also ships a MakeHuman walk cycle
+  (`data/mpfb2/walkcycles`), but it drives MPFB's IK controllers (foot/hand IK targets, pole
+  bones) that the mixamo rig does not have, so the walk here is built from gait curves.
 - One rigid transform C maps Anny's frame (Z up, facing -Y, subject's left +X) to glTF's (Y up,
   facing +Z, left +X): (x, y, z) -> (x, z, -y), then translates so that the rest mesh's feet are
   on y = 0 and the root (hips) is at x = z = 0. Mesh and bind matrices get the same C, so
@@ -50,6 +58,10 @@ PRUNE_LOSS_TOLERANCE = 0.01
 
 IDLE_SECONDS = 2.0
 IDLE_KEYS = 31  # 15 keys/s; LINEAR interpolation of a slow sine is visually smooth
+WAVE_SECONDS = 2.4
+WAVE_KEYS = 49  # 20 keys/s: three waves need finer keys
+WALK_SECONDS = 1.1
+WALK_KEYS = 34  # 30 keys/s
 
 
 @dataclass(frozen=True)
@@ -253,25 +265,110 @@ def _bone_index(names: list[str], short: str) -> int | None:
     return None
 
 
-def idle_clip(bind_world: np.ndarray, names: list[str], parents: list[int]) -> AnimationClip:
-    """A seamless 2 s breathing/sway loop: small world-axis rotations about bone heads added to
-    the bind pose. A world rotation D at bone j becomes the local change B_j^T D B_j (B_j the
-    bind world rotation), so it reads as intended whatever the bone's own axes are."""
-    times = np.linspace(0.0, IDLE_SECONDS, IDLE_KEYS)
-    phase = 2.0 * np.pi * times / IDLE_SECONDS
-    waves = {"sin": np.sin(phase), "breath": 0.5 - 0.5 * np.cos(phase)}
+def layered_clip(
+    name: str,
+    times: np.ndarray,
+    bind_world: np.ndarray,
+    names: list[str],
+    parents: list[int],
+    rotations: list[tuple[str, tuple[float, float, float], np.ndarray]],
+    root_offset: np.ndarray | None = None,
+) -> AnimationClip:
+    """A clip of rotations about world axes (bind frame) layered on the bind pose.
+
+    `rotations` holds (bone without "mixamorig:", axis, degrees per key). A world rotation D
+    at bone j becomes the local change B_j^T D B_j (B_j: the bind world rotation), so it reads
+    as intended whatever the bone's own axes are, and children follow their parents.
+    `root_offset` (T,3) moves the root (metres, glTF frame). Unknown bones are skipped.
+    """
     bind_local = local_from_world(bind_world, parents)
     local = np.repeat(bind_local[None], len(times), axis=0)
-    for bone, axis, amplitude, wave in _IDLE_MOTIONS:
+    for bone, axis, degrees in rotations:
         j = _bone_index(names, bone)
         if j is None:
             continue
         b = bind_world[j, :3, :3]
-        for t, w in enumerate(waves[wave]):
-            d = _axis_angle(axis, amplitude * w)
-            local[t, j, :3, :3] = local[t, j, :3, :3] @ (b.T @ d @ b)
-    world = world_from_local(local, parents)
-    return clip_from_world_poses("idle", times, world, parents)
+        for t, angle in enumerate(np.broadcast_to(degrees, times.shape)):
+            local[t, j, :3, :3] = local[t, j, :3, :3] @ (b.T @ _axis_angle(axis, float(angle)) @ b)
+    if root_offset is not None:
+        local[:, 0, :3, 3] += root_offset
+    return clip_from_world_poses(name, times, world_from_local(local, parents), parents)
+
+
+def idle_clip(bind_world: np.ndarray, names: list[str], parents: list[int]) -> AnimationClip:
+    """A seamless 2 s breathing/sway loop."""
+    times = np.linspace(0.0, IDLE_SECONDS, IDLE_KEYS)
+    phase = 2.0 * np.pi * times / IDLE_SECONDS
+    waves = {"sin": np.sin(phase), "breath": 0.5 - 0.5 * np.cos(phase)}
+    rotations = [(bone, axis, amplitude * waves[wave]) for bone, axis, amplitude, wave in _IDLE_MOTIONS]
+    return layered_clip("idle", times, bind_world, names, parents, rotations)
+
+
+# Axes in the glTF frame: +X the avatar's left, +Y up, +Z forward. About +X, a negative angle
+# swings a hanging limb forward; about +Z, a negative angle raises the right arm sideways.
+X_AXIS, Y_AXIS, Z_AXIS = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+
+
+def walk_clip(bind_world: np.ndarray, names: list[str], parents: list[int]) -> AnimationClip:
+    """An in-place walk loop (one stride of two steps in 1.1 s), from textbook sagittal gait
+    curves: hips swing +-25 degrees, the knee flexes up to ~55 degrees in swing and stays
+    nearly straight in stance, arms swing against the legs, the spine counter-rotates and the
+    body is highest when the legs pass each other."""
+    times = np.linspace(0.0, WALK_SECONDS, WALK_KEYS)
+    phase = 2.0 * np.pi * times / WALK_SECONDS  # left leg forward at phase pi/2
+    left, right = np.sin(phase), np.sin(phase + np.pi)
+    left_swing = np.clip(np.cos(phase), 0.0, None) ** 2  # knee flexion during the left swing
+    right_swing = np.clip(np.cos(phase + np.pi), 0.0, None) ** 2
+    rotations = [
+        ("LeftUpLeg", X_AXIS, -25.0 * left),
+        ("RightUpLeg", X_AXIS, -25.0 * right),
+        ("LeftLeg", X_AXIS, 5.0 + 50.0 * left_swing),
+        ("RightLeg", X_AXIS, 5.0 + 50.0 * right_swing),
+        ("LeftFoot", X_AXIS, -10.0 * left_swing + 5.0 * left),
+        ("RightFoot", X_AXIS, -10.0 * right_swing + 5.0 * right),
+        ("LeftArm", X_AXIS, 18.0 * left),  # each arm swings with the opposite leg...
+        ("RightArm", X_AXIS, 18.0 * right),
+        ("LeftArm", Z_AXIS, -35.0),  # ...after coming down from the A-pose to the sides
+        ("RightArm", Z_AXIS, 35.0),
+        ("LeftForeArm", X_AXIS, -12.0 + 8.0 * left),
+        ("RightForeArm", X_AXIS, -12.0 + 8.0 * right),
+        ("Spine1", Y_AXIS, 4.0 * left),
+        ("Spine2", Y_AXIS, 3.0 * left),
+        ("Neck", Y_AXIS, -5.0 * left),  # the head keeps looking ahead
+    ]
+    bob = np.zeros((len(times), 3))
+    bob[:, 1] = 0.015 * (np.cos(2.0 * phase) - 1.0)  # down at heel strike, up at mid stance
+    return layered_clip("walk", times, bind_world, names, parents, rotations, bob)
+
+
+def wave_clip(bind_world: np.ndarray, names: list[str], parents: list[int]) -> AnimationClip:
+    """Raise the right hand and wave three times, then lower it (a 2.4 s loop)."""
+    times = np.linspace(0.0, WAVE_SECONDS, WAVE_KEYS)
+    # raise over the first 0.4 s, lower over the last 0.4 s (smoothstep), wave in between
+    up = np.clip(np.minimum(times, WAVE_SECONDS - times) / 0.4, 0.0, 1.0)
+    up = up * up * (3.0 - 2.0 * up)
+    wave = np.sin(2.0 * np.pi * 3.0 * (times - 0.4) / (WAVE_SECONDS - 0.8)) * (up > 0.999)
+    rotations = [
+        ("RightArm", Z_AXIS, -95.0 * up),
+        ("RightArm", X_AXIS, -15.0 * up),  # a little in front of the body
+        ("RightForeArm", Z_AXIS, -45.0 * up + 20.0 * wave),
+        ("RightHand", Z_AXIS, 10.0 * wave),
+        ("Head", Z_AXIS, 4.0 * up),  # a slight tilt towards the hand
+        ("Spine2", Z_AXIS, 2.0 * up),
+    ]
+    return layered_clip("wave", times, bind_world, names, parents, rotations)
+
+
+def animation_clips(
+    bind_world: np.ndarray, posed_world: np.ndarray, names: list[str], parents: list[int]
+) -> list[AnimationClip]:
+    """`photo_pose` first (it is what the photo shows), then the preview library."""
+    return [
+        photo_pose_clip(bind_world, posed_world, parents),
+        idle_clip(bind_world, names, parents),
+        wave_clip(bind_world, names, parents),
+        walk_clip(bind_world, names, parents),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,19 +411,30 @@ def bone_hierarchy(model) -> tuple[list[str], list[int]]:
 
 
 def build_rigged_avatar(
-    model, phenotype: dict[str, float], pose_parameters: np.ndarray, texture_png: bytes
+    model,
+    phenotype: dict[str, float],
+    pose_parameters: np.ndarray,
+    texture_png: bytes,
+    offsets: np.ndarray | None = None,
 ) -> RiggedAvatar:
     """Rigged, textured GLB of the fitted body (see the module docstring for the placement).
 
-    Animations: `photo_pose` (bind -> fitted photo pose over 1 s) and `idle` (2 s loop)."""
+    `offsets` (V,3), in Anny's rest frame, turn the body into the clothed surface
+    (models.clothing, SMPL+D): the bind mesh is `rest_vertices + offsets`, skinned with the
+    body's own weights. Animations: `photo_pose` (bind -> fitted photo pose over 1 s), `idle`,
+    `wave` and `walk` (loops). Compression is a separate, opt-in step (`compress_glb`).
+    """
     body = evaluate_anny(model, phenotype, np.asarray(pose_parameters))
     topo = anny_topology(model)
-    c = canonical_transform(body.rest_vertices, body.rest_bone_poses[0, :3, 3])
+    offsets = np.zeros_like(body.rest_vertices) if offsets is None else np.asarray(offsets, np.float64)
+    if offsets.shape != body.rest_vertices.shape:
+        raise ValueError(f"offsets must be {body.rest_vertices.shape}, got {offsets.shape}")
+    c = canonical_transform(body.rest_vertices + offsets, body.rest_bone_poses[0, :3, 3])
 
     names, parents = bone_hierarchy(model)
     skeleton = Skeleton(names=names, parents=parents, bind_world=c[None] @ body.rest_bone_poses)
 
-    rest = _apply(c, body.rest_vertices)
+    rest = _apply(c, body.rest_vertices + offsets)
     normals = vertex_normals(rest, topo["faces"])
     src, uvs, faces = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
     joints, weights, loss = top_influences(topo["skin_indices"], topo["skin_weights"])
@@ -339,11 +447,12 @@ def build_rigged_avatar(
         weights=weights[src].astype(np.float32),
         texture_png=texture_png,
     )
-    photo = photo_pose_clip(skeleton.bind_world, c[None] @ body.posed_bone_poses, parents)
-    clips = [photo, idle_clip(skeleton.bind_world, names, parents)]
+    clips = animation_clips(skeleton.bind_world, c[None] @ body.posed_bone_poses, names, parents)
     glb = write_glb(mesh, skeleton, clips)
 
-    errors = _reproduction_errors(mesh, skeleton, photo, _apply(c, body.posed_vertices)[src], loss[src])
+    # Anny's own skinning of the clothed rest surface into the photo pose, for the check.
+    expected = skin_with_anny(body, topo, offsets)
+    errors = _reproduction_errors(mesh, skeleton, clips[0], _apply(c, expected)[src], loss[src])
     return RiggedAvatar(
         glb=glb,
         joint_count=len(names),
@@ -356,6 +465,15 @@ def build_rigged_avatar(
         skinning_error_mean_m=float(errors.mean()),
         skinning_error_max_m=float(errors.max()),
     )
+
+
+def skin_with_anny(body: AnnyPosedBody, topo: dict[str, np.ndarray], offsets: np.ndarray) -> np.ndarray:
+    """Anny's linear blend skinning (all its influences) of `rest + offsets` into the photo
+    pose; with zero offsets this is exactly Anny's posed output."""
+    transforms = body.posed_bone_poses @ np.linalg.inv(body.rest_bone_poses)
+    blended = np.einsum("vk,vkij->vij", topo["skin_weights"], transforms[topo["skin_indices"]])
+    rest = body.rest_vertices + offsets
+    return np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
 
 
 def _max_weight_sum_error(weights: np.ndarray) -> float:

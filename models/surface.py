@@ -92,13 +92,26 @@ def _pixel_triangles(
     return fixed[faces[keep]], keep
 
 
-def project_silhouette(vertices: np.ndarray, faces: np.ndarray, camera: Camera) -> np.ndarray:
-    """(h,w) bool: pixels covered by any projected triangle."""
+def project_silhouette(
+    vertices: np.ndarray, faces: np.ndarray, camera: Camera, closed: bool = False
+) -> np.ndarray:
+    """(h,w) bool: pixels covered by any projected triangle.
+
+    `closed=True` promises a closed, consistently wound (counter-clockwise outside) surface
+    such as the body model: its silhouette is the union of the triangles facing the camera,
+    so the back-facing half is skipped (twice as fast).
+    """
     w, h = camera.image_size
     canvas = np.zeros((h, w), np.uint8)
+    tris = _pixel_triangles(vertices, faces, camera)[0]
+    if closed:
+        # image y points down: a triangle facing the camera has a negative signed area
+        e1 = (tris[:, 1] - tris[:, 0]).astype(np.int64)
+        e2 = (tris[:, 2] - tris[:, 0]).astype(np.int64)
+        tris = tris[e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] <= 0]
     # one convex fill per triangle: cv2.fillPoly over many polygons uses an even-odd rule,
     # which would punch holes where triangles overlap
-    for tri in _pixel_triangles(vertices, faces, camera)[0]:
+    for tri in tris:
         cv2.fillConvexPoly(canvas, tri, 1, lineType=cv2.LINE_8, shift=_SHIFT)
     return canvas.astype(bool)
 

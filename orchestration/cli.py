@@ -13,10 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.catalogue import PIPELINE_VERSION
 from orchestration.settings import Settings, prepare_environment
+
+if TYPE_CHECKING:
+    from storage.object_store import ObjectStore
 
 ASSET_ORDER = ("photo", "keypoints", "smplx_params", "mesh", "rigged_glb")
 SUBJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -52,10 +55,9 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def ingest_photo(settings: Settings, data: bytes, filename: str, subject_id: str | None) -> Ingested:
-    """Store the raw upload under the subject's prefix and register it in the metadata store."""
-    from storage.metadata_store import open_metadata_store
-    from storage.object_store import LocalObjectStore, artifact_key, sha256_hex
+def plan_ingest(data: bytes, filename: str, subject_id: str | None) -> Ingested:
+    """Choose the ids and the raw key (content addressed) of a new upload; nothing is written."""
+    from storage.object_store import artifact_key, sha256_hex
 
     subject = subject_id or new_subject_id()
     if not SUBJECT_ID_PATTERN.match(subject):
@@ -64,24 +66,63 @@ def ingest_photo(settings: Settings, data: bytes, filename: str, subject_id: str
     suffix = Path(filename).suffix.lower().lstrip(".")
     ext = suffix if re.fullmatch(r"[a-z0-9]{1,5}", suffix) else "bin"
     key = artifact_key(subject, upload_id, "raw", sha256_hex(data), ext)
-    LocalObjectStore(settings.objects_dir).put_bytes(key, data)
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
-        metadata.ensure_subject(subject)
-        metadata.create_upload(upload_id, subject, key, PIPELINE_VERSION)
-        metadata.append_audit("ingest", subject, upload_id, {"bytes": len(data)})
-    finally:
-        metadata.close()
     return Ingested(upload_id=upload_id, subject_id=subject, photo_key=key)
 
 
-def run_avatar_job(settings: Settings, upload_id: str) -> str:
-    """Materialise the five assets for one partition in one run recorded in the instance."""
-    from dagster import DagsterInstance
+def register_upload(settings: Settings, ingested: Ingested, details: dict[str, Any]) -> None:
+    """Record the subject, the `uploads` document (pending) and the `ingest` audit event."""
+    from storage.metadata_store import open_metadata_store
+
+    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
+    try:
+        metadata.ensure_subject(ingested.subject_id)
+        metadata.create_upload(ingested.upload_id, ingested.subject_id, ingested.photo_key, PIPELINE_VERSION)
+        metadata.append_audit("ingest", ingested.subject_id, ingested.upload_id, details)
+    finally:
+        metadata.close()
+
+
+def ingest_photo(
+    settings: Settings, data: bytes, filename: str, subject_id: str | None, store: ObjectStore | None = None
+) -> Ingested:
+    """Store the raw upload under the subject's prefix (the configured object store: local or
+    S3) and register it in the metadata store."""
+    from storage.object_store import object_store_from_config
+    from storage.retry import with_retries
+
+    ingested = plan_ingest(data, filename, subject_id)
+    store = with_retries(store or object_store_from_config(settings.object_store_config()))
+    store.put_bytes(ingested.photo_key, data)
+    register_upload(settings, ingested, {"bytes": len(data)})
+    return ingested
+
+
+def run_avatar_job(settings: Settings, upload_id: str, wait_s: float = 0.0) -> str:
+    """Materialise the five assets for one partition in one run recorded in the instance,
+    holding the upload's lease meanwhile (`orchestration/leases.py`); raises
+    `storage.lease.UploadBusy` if another live runner holds it for more than ``wait_s``."""
+    from orchestration.leases import upload_lease
+
+    with upload_lease(settings, upload_id, wait_s=wait_s) as lease:
+        return execute_avatar_job(settings, upload_id, run_id=lease.run_id)
+
+
+def execute_avatar_job(
+    settings: Settings,
+    upload_id: str,
+    *,
+    asset_selection: list[str] | None = None,
+    run_id: str | None = None,
+    trigger: str = "cli",
+    defs: Any = None,
+) -> str:
+    """One in-process run of the avatar job (or of ``asset_selection`` and their checks) for one
+    partition, without the lease: callers hold it (`run_avatar_job`, `avatarpipe resume`)."""
+    from dagster import AssetKey, DagsterInstance
 
     from orchestration.definitions import AVATAR_JOB, build_definitions
 
-    defs = build_definitions(settings)
+    defs = defs or build_definitions(settings)
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("uploads", [upload_id])
     job = defs.resolve_job_def(AVATAR_JOB)
@@ -89,7 +130,9 @@ def run_avatar_job(settings: Settings, upload_id: str) -> str:
         partition_key=upload_id,
         instance=instance,
         raise_on_error=False,
-        tags={"avatarpipe/upload_id": upload_id, "avatarpipe/trigger": "cli"},
+        run_id=run_id,
+        asset_selection=[AssetKey(a) for a in asset_selection] if asset_selection else None,
+        tags={"avatarpipe/upload_id": upload_id, "avatarpipe/trigger": trigger},
     )
     return result.run_id
 
@@ -97,13 +140,14 @@ def run_avatar_job(settings: Settings, upload_id: str) -> str:
 def summarise(settings: Settings, upload_id: str, run_id: str | None) -> dict[str, Any]:
     """The `run --json` answer, built from the metadata store (the ledger), not from logs."""
     from storage.metadata_store import open_metadata_store
-    from storage.object_store import LocalObjectStore
+    from storage.object_store import object_store_from_config
 
-    store = LocalObjectStore(settings.objects_dir)
+    store = object_store_from_config(settings.object_store_config())  # `path` is None on S3
     metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
     try:
         upload = metadata.get_upload(upload_id) or {}
         docs = {doc["asset_key"]: doc for doc in metadata.artifacts_for_upload(upload_id)}
+        validations = metadata.latest_validations(upload_id, run_id=run_id)
     finally:
         metadata.close()
     artifacts, metrics, timings, versions = {}, {}, {}, {}
@@ -121,14 +165,24 @@ def summarise(settings: Settings, upload_id: str, run_id: str | None) -> dict[st
         timings[asset] = doc.get("compute_seconds")
         versions.update(doc.get("model_versions", {}))
     status = upload.get("status", "failed")
+    if status not in ("ready", "failed_quality"):
+        status = "failed"
+    checks = {
+        name: {
+            "passed": doc["passed"],
+            "severity": doc["severity"],
+            "failed_expectations": doc["failed_expectations"],
+        }
+        for name, doc in validations.items()
+    }
     return {
         "upload_id": upload_id,
         "subject_id": upload.get("subject_id"),
-        "status": "ready" if status == "ready" else "failed",
+        "status": status,
         "error": upload.get("error") if status != "ready" else None,
         "artifacts": artifacts,
         "metrics": metrics,
-        "checks": {},
+        "checks": checks,
         "timings_s": timings,
         "model_versions": versions,
         "dagster_run_id": run_id,
@@ -149,6 +203,12 @@ def _human_summary(summary: dict[str, Any], wall_s: float) -> str:
             f"  fit: reprojection {fit.get('keypoint_reprojection_rel')} of body height, "
             f"silhouette IoU {fit.get('silhouette_iou')}, framing {fit.get('framing')}"
         )
+    if summary["checks"]:
+        verdicts = [
+            f"{name} " + ("pass" if c["passed"] else f"{c['severity']} ({', '.join(f['name'] for f in c['failed_expectations'])})")
+            for name, c in summary["checks"].items()
+        ]
+        lines.append(f"  quality: {'; '.join(verdicts)}")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items() if v is not None)
     lines.append(f"  steps: {timings}; total wall {wall_s:.1f}s; Dagster run {summary['dagster_run_id']}")
     return "\n".join(lines)
@@ -184,7 +244,10 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 
 # Each further command lives in orchestration/commands/<name>.py and exposes
 # `register(subparsers)`; list the module here.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "quality_report", "ingest", "models", "reprocess", "eval", "fsck", "resume",
+    "erase", "audit", "verify_erasure", "purge_raw",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,33 +5,55 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job
 
 from assets.avatar import build_avatar_assets
+from assets.checks import build_quality_checks
 from assets.partitions import uploads_partitions
-from orchestration.registry import asset_code_versions, builtin_production_versions
+from ops.raw_retention import raw_retention_job, raw_retention_schedule
+from ops.retention import retention_job, retention_schedule
+from orchestration.compute import launcher_from_settings
+from orchestration.jobs_erasure import erase_subject
+from orchestration.registry import RegistryLocation, asset_code_versions, load_production_versions
 from orchestration.resources import MetadataStoreResource, ModelRegistryResource, ObjectStoreResource
+from orchestration.sensors import build_model_upgrade_sensor
+from orchestration.sensors_ingest import build_ingest_sensors, upload_queue_from_settings
 from orchestration.settings import Settings, prepare_environment
 
 AVATAR_JOB = "avatar_job"
+REPROCESS_JOB = "reprocess_job"
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     prepare_environment(settings)
-    avatar_assets = build_avatar_assets(asset_code_versions(builtin_production_versions()))
+    registry = RegistryLocation.for_settings(settings)
+    production = load_production_versions(registry)  # MLflow `production` aliases (snapshot-cached)
+    avatar_assets = build_avatar_assets(asset_code_versions(production))
     avatar_job = define_asset_job(
         AVATAR_JOB,
+        # an asset selection includes the assets' checks: the quality gates run in the job
         selection=AssetSelection.assets(*avatar_assets),
         partitions_def=uploads_partitions,
         description="Photo to rigged GLB for one upload partition.",
     )
+    reprocess_job = define_asset_job(
+        REPROCESS_JOB,
+        selection=AssetSelection.assets(*avatar_assets),
+        partitions_def=uploads_partitions,
+        description="Rebuild one upload from its first asset a model upgrade made stale (runs select a subset).",
+    )
     return Definitions(
         assets=avatar_assets,
-        jobs=[avatar_job],
+        asset_checks=build_quality_checks(),
+        jobs=[avatar_job, reprocess_job, retention_job, raw_retention_job, erase_subject],
+        schedules=[retention_schedule, raw_retention_schedule(settings.raw_retention_days)],
+        sensors=[*build_ingest_sensors(AVATAR_JOB), build_model_upgrade_sensor(REPROCESS_JOB)],
         resources={
-            "object_store": ObjectStoreResource(root=str(settings.objects_dir)),
+            "object_store": ObjectStoreResource.from_config(settings.object_store_config()),
             "metadata": MetadataStoreResource(
                 uri=settings.mongodb_uri, embedded_dir=str(settings.metadata_dir)
             ),
-            "model_registry": ModelRegistryResource(),
+            "model_registry": ModelRegistryResource.pinned(registry, production),
+            "compute": launcher_from_settings(settings),
+            "upload_queue": upload_queue_from_settings(settings),
         },
     )
 

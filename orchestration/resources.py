@@ -2,25 +2,58 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from orchestration.registry import ModelVersion, builtin_production_versions
+from orchestration.registry import ModelVersion, RegistryLocation, load_production_versions
 from storage.metadata_store import MetadataStore, open_metadata_store
-from storage.object_store import LocalObjectStore, ObjectStore
+from storage.object_store import LocalObjectStore, ObjectStore, object_store_from_config
 
 _METADATA_CONNECTIONS: dict[tuple[str | None, str], MetadataStore] = {}
 
 
 class ObjectStoreResource(ConfigurableResource):
-    """Local directory store (embedded default); S3 comes in through configuration."""
+    """Local directory store (embedded default), or S3 when `s3_bucket` is set (see
+    `Settings.object_store_config`: `AVATARPIPE_S3_BUCKET`, `AWS_ENDPOINT_URL`, ...)."""
 
     root: str
+    s3_bucket: str | None = None
+    s3_uploads_bucket: str | None = None
+    kms_key_id: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    presign_expiry_s: int = 900
+
+    @classmethod
+    def from_config(cls, config: dict) -> ObjectStoreResource:
+        """From `Settings.object_store_config()` (or any `object_store_from_config` dict)."""
+        if config.get("kind", "local") == "local":
+            return cls(root=config["root"])
+        fields = {k: v for k, v in config.items() if k not in ("kind", "bucket")}
+        return cls(root="", s3_bucket=config["bucket"], **fields)
+
+    def config(self) -> dict:
+        """Plain data for `storage.object_store.object_store_from_config` (e.g. for a Pipes worker)."""
+        if not self.s3_bucket:
+            return {"kind": "local", "root": str(Path(self.root).expanduser().resolve())}
+        return {
+            "kind": "s3",
+            "bucket": self.s3_bucket,
+            "uploads_bucket": self.s3_uploads_bucket,
+            "kms_key_id": self.kms_key_id,
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "presign_expiry_s": self.presign_expiry_s,
+        }
 
     def store(self) -> ObjectStore:
-        return LocalObjectStore(Path(self.root))
+        if not self.s3_bucket:
+            return LocalObjectStore(Path(self.root))
+        return object_store_from_config(self.config())
 
 
 class MetadataStoreResource(ConfigurableResource):
@@ -37,11 +70,50 @@ class MetadataStoreResource(ConfigurableResource):
 
 
 class ModelRegistryResource(ConfigurableResource):
-    """Production versions of the model-bearing steps."""
+    """The MLflow model registry of the model-bearing steps.
+
+    `pinned_json` holds the production versions the code location was built from (its asset
+    code versions derive from them), so every step of a run uses exactly the versions - and
+    parameters - that its code version names, even if `production` moves mid-run.
+    `current_production()` reads the registry afresh (for the model upgrade sensor).
+    """
+
+    tracking_uri: str
+    artifact_location: str | None = None
+    local_dir: str | None = None
+    schema_cache: str | None = None
+    pinned_json: str = ""
+
+    @classmethod
+    def pinned(
+        cls, location: RegistryLocation, production: Mapping[str, ModelVersion]
+    ) -> ModelRegistryResource:
+        return cls(
+            tracking_uri=location.tracking_uri,
+            artifact_location=location.artifact_location,
+            local_dir=str(location.local_dir) if location.local_dir else None,
+            schema_cache=str(location.schema_cache) if location.schema_cache else None,
+            pinned_json=json.dumps({name: mv.to_dict() for name, mv in production.items()}, sort_keys=True),
+        )
+
+    def location(self) -> RegistryLocation:
+        return RegistryLocation(
+            tracking_uri=self.tracking_uri,
+            artifact_location=self.artifact_location,
+            local_dir=Path(self.local_dir) if self.local_dir else None,
+            schema_cache=Path(self.schema_cache) if self.schema_cache else None,
+        )
 
     @cached_property
     def _production(self) -> dict[str, ModelVersion]:
-        return builtin_production_versions()
+        if not self.pinned_json:
+            return load_production_versions(self.location())
+        return {name: ModelVersion.from_dict(data) for name, data in json.loads(self.pinned_json).items()}
 
     def production_versions(self) -> dict[str, ModelVersion]:
+        """The versions this code location runs (pinned when the definitions were loaded)."""
         return self._production
+
+    def current_production(self) -> dict[str, ModelVersion]:
+        """What `production` points at now (snapshot-cached: no MLflow import unless it changed)."""
+        return load_production_versions(self.location())

@@ -31,9 +31,14 @@ from typing import Any, Self
 import pymongo
 import pymongo.errors
 
+from storage.retry import retrying_database
+
 SUBJECT_STATUSES = frozenset({"active", "erased"})
-UPLOAD_STATUSES = frozenset({"pending", "running", "ready", "failed", "erased"})
-COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log")
+# "failed_quality": a blocking (ERROR) quality check failed, so nothing downstream of the failed
+# artifact was built; the failed expectations are in `validations`.
+UPLOAD_STATUSES = frozenset({"pending", "running", "ready", "failed", "failed_quality", "erased"})
+COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log", "validations", "erasures")
+VALIDATION_SEVERITIES = frozenset({"ERROR", "WARN"})
 
 _LOCK_FILE = ".avatarpipe.lock"
 # montydb's marker file naming the repository's storage engine.
@@ -64,10 +69,42 @@ class ArtifactRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, str] = field(default_factory=dict)  # name -> object key
     compute_seconds: float | None = None
+    # every model version in this artifact's lineage: its own `model_versions` plus its
+    # parents' lineage ("which avatars were built with body_fitter 1" is one query)
+    lineage_model_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def artifact_id(self) -> str:
         return artifact_id(self.upload_id, self.asset_key, self.sha256, self.code_version)
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """One quality-check run on one artifact (one document in ``validations``).
+
+    ``passed`` is False when any expectation failed; ``severity`` is then "ERROR" if a blocking
+    expectation failed, else "WARN". ``results`` holds every expectation's outcome (name,
+    severity, success, observed value) so pass rates can be aggregated without GX;
+    ``gx_result_json`` is Great Expectations' own validation result, for Data Docs.
+    """
+
+    upload_id: str
+    subject_id: str
+    asset_key: str
+    artifact_id: str | None
+    check_name: str
+    suite_name: str
+    suite_sha: str
+    run_id: str | None
+    passed: bool
+    severity: str | None
+    blocking: bool = True
+    failed_expectations: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    statistics: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gx_result_json: str | None = None
+    duration_s: float | None = None
 
 
 def artifact_id(upload_id: str, asset_key: str, sha256: str, code_version: str) -> str:
@@ -103,7 +140,8 @@ class MetadataStore:
 
     def __init__(self, client: Any, db_name: str, lock_path: Path | None = None) -> None:
         self.client = client
-        self.db = client[db_name]
+        # every collection operation is retried on transient errors (storage/retry.py)
+        self.db = retrying_database(client[db_name])
         self.db_name = db_name
         self.embedded = lock_path is not None
         self._lock_path = lock_path
@@ -185,9 +223,11 @@ class MetadataStore:
     def ensure_indexes(self) -> None:
         """Create the indexes queries rely on. montydb has no indexes: its no-op is fine."""
         specs = {
-            "artifacts": [[("upload_id", 1), ("asset_key", 1)]],
+            "artifacts": [[("upload_id", 1), ("asset_key", 1)], [("asset_key", 1), ("superseded_by", 1)],
+                          [("superseded_at", 1)]],
             "uploads": [[("subject_id", 1)]],
             "audit_log": [[("subject_id", 1), ("at", 1)]],
+            "validations": [[("upload_id", 1), ("created_at", 1)], [("asset_key", 1), ("created_at", 1)]],
         }
         with self._locked():
             for collection, indexes in specs.items():
@@ -307,6 +347,13 @@ class MetadataStore:
     def get_upload(self, upload_id: str) -> dict | None:
         return self._find_one("uploads", {"_id": upload_id})
 
+    def mark_raw_photo_deleted(self, upload_id: str, reason: str) -> dict:
+        """Record that the raw upload bytes were removed (data minimisation); the key stays for audit."""
+        now = utcnow()
+        return self._upsert(
+            "uploads", upload_id, {"$set": {"raw_deleted_at": now, "raw_deleted_reason": reason, "updated_at": now}}
+        )
+
     def list_uploads(self, subject_id: str | None = None, status: str | None = None) -> list[dict]:
         """Uploads, oldest first."""
         query: dict[str, Any] = {}
@@ -315,6 +362,47 @@ class MetadataStore:
         if status is not None:
             query["status"] = status
         return self._find("uploads", query, [("created_at", 1), ("_id", 1)])
+
+    # -- upload leases (one writer per upload; see storage/lease.py) --------------------
+
+    def acquire_upload_lease(self, upload_id: str, holder: dict[str, Any], ttl_s: float) -> dict | None:
+        """Take the upload's lease for ``holder`` (a dict with a unique ``token``) if it is free,
+        expired, or already held by that token; return the lease, or None when another holder
+        has it. One conditional ``update_one``: atomic on MongoDB, and under the store lock on
+        the embedded store. Raises NotFound for an unknown upload."""
+        if not holder.get("token"):
+            raise ValueError("a lease holder needs a token")
+        now = utcnow()
+        lease = {**holder, "acquired_at": now, "expires_at": now + timedelta(seconds=ttl_s)}
+        free = {"$or": [{"lease": None}, {"lease.expires_at": {"$lte": now}}, {"lease.token": holder["token"]}]}
+        with self._locked():
+            uploads = self.db["uploads"]
+            result = uploads.update_one({"_id": upload_id, **free}, {"$set": {"lease": lease}})
+            if result.matched_count:
+                return lease
+            if uploads.find_one({"_id": upload_id}) is None:
+                raise NotFound(upload_id)
+            return None
+
+    def renew_upload_lease(self, upload_id: str, token: str, ttl_s: float) -> bool:
+        """Push the lease's expiry ``ttl_s`` into the future; False if ``token`` no longer holds it."""
+        expires = utcnow() + timedelta(seconds=ttl_s)
+        with self._locked():
+            result = self.db["uploads"].update_one(
+                {"_id": upload_id, "lease.token": token}, {"$set": {"lease.expires_at": expires}}
+            )
+        return result.matched_count == 1
+
+    def release_upload_lease(self, upload_id: str, token: str) -> bool:
+        """Drop the lease if ``token`` holds it (also used to break a dead holder's lease)."""
+        with self._locked():
+            result = self.db["uploads"].update_one({"_id": upload_id, "lease.token": token}, {"$set": {"lease": None}})
+        return result.matched_count == 1
+
+    def upload_lease(self, upload_id: str) -> dict | None:
+        """The current lease of an upload (possibly expired), or None."""
+        doc = self.get_upload(upload_id)
+        return (doc or {}).get("lease")
 
     # -- artifacts --------------------------------------------------------------------
 
@@ -328,7 +416,7 @@ class MetadataStore:
         art_id = rec.artifact_id
         now = utcnow()
         fields = asdict(rec)
-        fields.update(superseded_by=None, updated_at=now)
+        fields.update(superseded_by=None, superseded_at=None, updated_at=now)
         with self._locked():
             self._upsert_no_read(
                 "artifacts",
@@ -342,7 +430,7 @@ class MetadataStore:
                     "superseded_by": None,
                     "_id": {"$ne": art_id},
                 },
-                {"$set": {"superseded_by": art_id, "updated_at": now}},
+                {"$set": {"superseded_by": art_id, "superseded_at": now, "updated_at": now}},
             )
         return art_id
 
@@ -361,8 +449,34 @@ class MetadataStore:
             query["superseded_by"] = None
         return self._find("artifacts", query, [("created_at", 1), ("_id", 1)])
 
+    def all_artifacts(self) -> list[dict]:
+        """Every artifact document, superseded ones too, by upload (for `avatarpipe fsck`)."""
+        return self._find("artifacts", {}, [("upload_id", 1), ("created_at", 1), ("_id", 1)])
+
     def get_artifact(self, artifact_id: str) -> dict | None:
         return self._find_one("artifacts", {"_id": artifact_id})
+
+    def outdated_artifacts(self, model: str, version: str, asset_keys: list[str]) -> list[dict]:
+        """Current artifacts of ``asset_keys`` not recorded with ``model`` at ``version``: what
+        promoting that version makes stale. Sorted by upload, then age."""
+        query = {
+            "superseded_by": None,
+            "asset_key": {"$in": list(asset_keys)},
+            f"model_versions.{model}": {"$ne": str(version)},
+        }
+        return self._find("artifacts", query, [("upload_id", 1), ("created_at", 1), ("_id", 1)])
+
+    def superseded_artifacts(self, before: datetime) -> list[dict]:
+        """Artifacts superseded before ``before`` (retention candidates), sorted by upload."""
+        query = {"superseded_by": {"$ne": None}, "superseded_at": {"$lt": before}}
+        return self._find("artifacts", query, [("upload_id", 1), ("superseded_at", 1), ("_id", 1)])
+
+    def delete_artifacts(self, artifact_ids: list[str]) -> int:
+        """Delete artifact documents (their objects are the caller's to delete first)."""
+        if not artifact_ids:
+            return 0
+        with self._locked():
+            return self.db["artifacts"].delete_many({"_id": {"$in": list(artifact_ids)}}).deleted_count
 
     # -- audit log --------------------------------------------------------------------
 
@@ -390,6 +504,136 @@ class MetadataStore:
     def audit_for(self, subject_id: str) -> list[dict]:
         """Audit events of one subject, oldest first."""
         return self._find("audit_log", {"subject_id": subject_id}, [("at", 1), ("seq", 1)])
+
+    def audit_events(self, event: str) -> list[dict]:
+        """Audit events of one kind (also those about no subject, e.g. model promotions), oldest first."""
+        return self._find("audit_log", {"event": event}, [("at", 1), ("seq", 1)])
+
+
+    # -- validations (quality checks) ---------------------------------------------------
+
+    def record_validation(self, rec: ValidationRecord) -> str:
+        """Insert one validation document (one per check run, never overwritten); returns its id."""
+        if rec.passed != (rec.severity is None):
+            raise ValueError("a passed validation has no severity; a failed one has ERROR or WARN")
+        if rec.severity is not None and rec.severity not in VALIDATION_SEVERITIES:
+            raise ValueError(f"unknown severity {rec.severity!r}; expected one of {sorted(VALIDATION_SEVERITIES)}")
+        doc = {"_id": uuid.uuid4().hex, **asdict(rec), "created_at": utcnow(), "seq": _next_seq()}
+        with self._locked():
+            self.db["validations"].insert_one(doc)
+        return doc["_id"]
+
+    def find_validations(
+        self,
+        *,
+        upload_id: str | None = None,
+        subject_id: str | None = None,
+        asset_key: str | None = None,
+        check_name: str | None = None,
+        artifact_id: str | None = None,
+        run_id: str | None = None,
+        passed: bool | None = None,
+        severity: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict]:
+        """Validation documents matching every given filter, oldest first.
+
+        ``since`` is inclusive, ``until`` exclusive (``created_at``). "All avatars whose GLB
+        failed a blocking check last week" is
+        ``find_validations(asset_key="rigged_glb", severity="ERROR", since=week_ago)``.
+        """
+        query: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "upload_id": upload_id,
+                "subject_id": subject_id,
+                "asset_key": asset_key,
+                "check_name": check_name,
+                "artifact_id": artifact_id,
+                "run_id": run_id,
+                "passed": passed,
+                "severity": severity,
+            }.items()
+            if value is not None
+        }
+        window: dict[str, datetime] = {}
+        if since is not None:
+            window["$gte"] = since
+        if until is not None:
+            window["$lt"] = until
+        if window:
+            query["created_at"] = window
+        return self._find("validations", query, [("created_at", 1), ("seq", 1)])
+
+    def latest_validations(self, upload_id: str, run_id: str | None = None) -> dict[str, dict]:
+        """The newest validation of each check of an upload (of one run if ``run_id`` is given)."""
+        latest: dict[str, dict] = {}
+        for doc in self.find_validations(upload_id=upload_id, run_id=run_id):
+            latest[doc["check_name"]] = doc  # oldest first: the last one wins
+        return latest
+
+    # -- erasure (right to erasure; see ops/erasure.py) -----------------------------------
+
+    def collection_names(self) -> list[str]:
+        """Every collection of the database (also ones other code may add later)."""
+        with self._locked():
+            return sorted(self.db.list_collection_names())
+
+    def iter_documents(self, collection: str) -> list[dict]:
+        """Every document of one collection (for the erasure scan; not for hot paths)."""
+        return self._find(collection, {}, [("_id", 1)])
+
+    def delete_documents(self, collection: str, ids: list[Any]) -> int:
+        """Delete documents of any collection by ``_id``."""
+        if not ids:
+            return 0
+        with self._locked():
+            return self.db[collection].delete_many({"_id": {"$in": list(ids)}}).deleted_count
+
+    def delete_subject_documents(self, subject_id: str, upload_ids: list[str]) -> dict[str, int]:
+        """Delete the subject, its uploads, artifacts and validations; returns counts per collection.
+
+        Matches by subject id *or* upload id so documents written with only one of them go too.
+        """
+        by_owner: dict[str, Any] = {"$or": [{"subject_id": subject_id}, {"upload_id": {"$in": list(upload_ids)}}]}
+        counts: dict[str, int] = {}
+        with self._locked():
+            for collection in ("artifacts", "validations"):
+                counts[collection] = self.db[collection].delete_many(by_owner).deleted_count
+            uploads = {"$or": [{"subject_id": subject_id}, {"_id": {"$in": list(upload_ids)}}]}
+            counts["uploads"] = self.db["uploads"].delete_many(uploads).deleted_count
+            counts["subjects"] = self.db["subjects"].delete_many({"_id": subject_id}).deleted_count
+        return counts
+
+    def pseudonymise_audit(self, doc_ids: list[str], subject_hash: str) -> int:
+        """Rewrite audit events to carry only the salted subject hash: subject id, upload id and
+        details are dropped; event name, time and order stay (the history's shape survives)."""
+        if not doc_ids:
+            return 0
+        update = {"$set": {"subject_id": None, "upload_id": None, "details": {}, "subject_hash": subject_hash}}
+        with self._locked():
+            return self.db["audit_log"].update_many({"_id": {"$in": list(doc_ids)}}, update).modified_count
+
+    def append_pseudonymous_audit(self, event: str, subject_hash: str, details: dict | None = None) -> None:
+        """An audit event about an erased subject: only its salted hash, never its id."""
+        seq = _next_seq()
+        doc = {"_id": uuid.uuid4().hex, "event": event, "subject_id": None, "upload_id": None,
+               "subject_hash": subject_hash, "details": dict(details or {}),
+               "at": _EPOCH + timedelta(milliseconds=seq // 1_000_000), "seq": seq}  # fmt: skip
+        with self._locked():
+            self.db["audit_log"].insert_one(doc)
+
+    def audit_for_hash(self, subject_hash: str) -> list[dict]:
+        """Pseudonymised audit events of an erased subject, oldest first."""
+        return self._find("audit_log", {"subject_hash": subject_hash}, [("at", 1), ("seq", 1)])
+
+    def get_erasure(self, erasure_id: str) -> dict | None:
+        return self._find_one("erasures", {"_id": erasure_id})
+
+    def update_erasure(self, erasure_id: str, update: dict[str, Any]) -> dict:
+        """Upsert the erasure document (``update`` is a MongoDB update document)."""
+        return self._upsert("erasures", erasure_id, update)
 
 
 def _normalise_error(error: dict | None) -> dict | None:
@@ -477,10 +721,12 @@ __all__ = [
     "COLLECTIONS",
     "SUBJECT_STATUSES",
     "UPLOAD_STATUSES",
+    "VALIDATION_SEVERITIES",
     "ArtifactRecord",
     "InvalidTransition",
     "MetadataStore",
     "NotFound",
+    "ValidationRecord",
     "artifact_id",
     "open_metadata_store",
     "utcnow",

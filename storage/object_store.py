@@ -101,6 +101,13 @@ def artifact_key(subject_id: str, upload_id: str, asset: str, sha256: str, ext: 
     return validate_key(key)
 
 
+def key_without_subject(key: str) -> str:
+    """`{upload}/{asset}/{file}` for `subjects/{subject}/...` keys: safe for logs and Dagster
+    metadata, which outlive an erasure, so no subject id may appear there."""
+    parts = key.split("/", 2)
+    return parts[2] if len(parts) == 3 and parts[0] == "subjects" else key
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -229,6 +236,33 @@ class LocalObjectStore:
     def local_path(self, key: str) -> str | None:
         return str(self._path(key))
 
+    def incomplete_writes(self) -> list[tuple[str, float]]:
+        """Temp files of writes that never reached their rename (the writer died): relative
+        paths and modification times. `avatarpipe fsck` reports and removes old ones."""
+        found: list[tuple[str, float]] = []
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = Path(dirpath) / name
+                    try:
+                        found.append((path.relative_to(self.root).as_posix(), path.stat().st_mtime))
+                    except FileNotFoundError:  # renamed or removed meanwhile
+                        continue
+        return sorted(found)
+
+    def remove_incomplete_write(self, relative_path: str) -> bool:
+        """Delete one temp file listed by :meth:`incomplete_writes` (nothing else)."""
+        name = relative_path.rsplit("/", 1)[-1]
+        if not (name.startswith(".") and name.endswith(".tmp")) or ".." in relative_path.split("/"):
+            raise ValueError(f"not an incomplete write: {relative_path!r}")
+        path = self.root / relative_path
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._prune_empty_dirs(path.parent)
+        return True
+
     def _prune_empty_dirs(self, directory: Path) -> None:
         while directory != self.root and self.root in directory.parents:
             try:
@@ -250,3 +284,57 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- raw uploads and store selection (production path, issue #8) ----------------------
+
+RAW_ASSET = "raw"  # asset segment of raw upload keys: subjects/{subject}/{upload}/raw/{name}
+
+
+@dataclass(frozen=True)
+class RawUploadRef:
+    subject_id: str
+    upload_id: str
+    key: str
+
+
+def parse_raw_upload_key(key: str) -> RawUploadRef | None:
+    """``subjects/{subject}/{upload}/raw/{name}`` -> its subject and upload ids, else None."""
+    try:
+        validate_key(key)
+    except ValueError:
+        return None
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] != "subjects" or parts[3] != RAW_ASSET:
+        return None
+    return RawUploadRef(subject_id=parts[1], upload_id=parts[2], key=key)
+
+
+def is_raw_upload_key(key: str) -> bool:
+    return parse_raw_upload_key(key) is not None
+
+
+def raw_upload_key(subject_id: str, upload_id: str, ext: str, sha256: str | None = None) -> str:
+    """Key of a raw upload: content addressed when the bytes are known, else ``original.{ext}``
+    (a browser uploading through a presigned URL is given the key before it sends anything)."""
+    if sha256:
+        return artifact_key(subject_id, upload_id, RAW_ASSET, sha256, ext)
+    ext = _segment("ext", ext.lstrip("."))
+    return validate_key(f"{upload_prefix(subject_id, upload_id)}{RAW_ASSET}/original.{ext}")
+
+
+def object_store_from_config(config: dict) -> ObjectStore:
+    """Build the store a configuration names: ``{"kind": "local", "root": ...}`` or
+    ``{"kind": "s3", "bucket": ..., ...}`` (fields of :class:`storage.s3_store.S3StoreConfig`).
+
+    Plain data on purpose: the Pipes worker receives this dict from the orchestrator.
+    """
+    kind = config.get("kind", "local")
+    if kind == "local":
+        return LocalObjectStore(Path(config["root"]))
+    if kind == "s3":
+        from storage.s3_store import S3ObjectStore, S3StoreConfig
+
+        fields = {k: v for k, v in config.items() if k != "kind"}
+        return S3ObjectStore(S3StoreConfig(**fields))
+    raise ValueError(f"unknown object store kind {kind!r}; expected 'local' or 's3'")

@@ -50,6 +50,8 @@ def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
         ).records
         assert len(records) == 1, asset
         assert records[0].run_id == run_id
+        if asset in ("smplx_params", "mesh"):  # heavy steps: a Dagster Pipes worker process by default
+            assert records[0].asset_materialization.metadata["placement"].value == "subprocess"
 
     # Metadata store: upload ready, five current artifacts with the right parents.
     metadata = open_metadata_store(None, settings.metadata_dir)
@@ -95,6 +97,23 @@ def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
     mesh = trimesh.load(summary["artifacts"]["mesh"]["path"], force="mesh")
     assert len(mesh.faces) == 27420 and mesh.visual.uv is not None
     assert summary["metrics"]["smplx_params"]["silhouette_iou"] > 0.6
+
+    # Clothing offsets bring the surface closer to the person mask than the naked fit.
+    mesh_metrics = summary["metrics"]["mesh"]
+    assert mesh_metrics["silhouette_iou"] > mesh_metrics["silhouette_iou_naked"]
+    assert 0.2 < mesh_metrics["texture_coverage"] < 0.7
+    # A front + side preview rendered from the GLB is stored next to it.
+    metadata = open_metadata_store(None, settings.metadata_dir)
+    glb_doc = metadata.current_artifact(ingested.upload_id, "rigged_glb")
+    metadata.close()
+    assert "preview" in glb_doc["extra_files"]
+
+    # Both GLBs pass the Khronos glTF validator with zero errors.
+    from pathlib import Path
+
+    from tests.clients import harness
+
+    harness.assert_valid(Path(glb_path), Path(summary["artifacts"]["mesh"]["path"]))
 
 
 def test_bad_upload_fails_cleanly_and_keeps_nothing(settings, tmp_path):

@@ -48,6 +48,10 @@ def test_fit_reprojects_keypoints_and_overlays_the_mask(standing, standing_fit, 
     _, kp = standing
     fit = standing_fit
     assert fit.metrics["keypoint_reprojection_rel"] < 0.02
+    assert 0.7 < fit.metrics["silhouette_iou"] <= 1.0  # the naked body inside a hoodie
+    assert set(fit.loss_history) == {"global", "body", "refine", "hands_face"}
+    assert all(len(v) > 0 for k, v in fit.loss_history.items() if k != "hands_face")
+    assert fit.loss_history["refine"][-1] < fit.loss_history["refine"][0]
     assert set(fit.phenotype) == {"gender", "age", "muscle", "weight", "height", "proportions"}
     assert all(0.0 <= v <= 1.0 for v in fit.phenotype.values())
     vertices = posed_vertices(anny_model, fit)
@@ -68,4 +72,7 @@ def test_fit_is_deterministic_and_serialisable(standing, standing_fit, anny_mode
     restored = BodyFit.from_dict(standing_fit.to_dict())
     assert restored.camera.image_size == standing_fit.camera.image_size
     assert np.allclose(restored.pose_parameters, standing_fit.pose_parameters, atol=1e-5)
-    assert len(restored.loss_history["stage4"]) == standing_fit.config["iters"][2]
+    assert restored.loss_history == standing_fit.loss_history
+    assert restored.metrics == standing_fit.metrics and restored.body_model.name == "anny"
+    # the serialised parameters rebuild the same body
+    assert np.allclose(posed_vertices(anny_model, restored), posed_vertices(anny_model, standing_fit), atol=1e-5)

@@ -1,0 +1,1 @@
+"""The avatarpipe CDK stack and its parts."""

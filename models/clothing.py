@@ -1,0 +1,435 @@
+"""Clothed geometry beyond the body model: per-vertex offsets along normals (SMPL+D).
+
+The naked fitted body misses what a person looks like in a photo: hair volume, a hood, a
+puffer jacket, a skirt. SMPL+D-style, the clothed surface is the body model's rest surface
+plus per-vertex offsets D, posed by the same linear blend skinning (LBS):
+
+    clothed_rest  = rest_vertices + D,        D_v = s_v * n_v  (n_v: rest-surface normal)
+    clothed_posed = LBS(clothed_rest)         (same skin weights, same topology, same UVs)
+
+so the rigged GLB skins the clothed surface with the body's own weights, and the posed
+surface in the photo frame is exactly `posed_body + s_v * (A_v n_v)` (A_v: the vertex's
+blended bone transform, LBS is linear in the rest position).
+
+The scalars s_v are fitted so the projected clothed surface matches the person mask, with
+one photo as the only evidence (numpy + scipy on the CPU, about a second):
+
+- spill: every vertex projecting outside the mask is pulled in, through the mask's
+  distance transform sampled (bilinearly) at the projected vertex;
+- coverage: mask pixels the current surface leaves uncovered pull a rim vertex (seen
+  edge-on, on the silhouette's outline, whose outline moves towards the pixel when it grows)
+  robustly (Geman-McClure), only within the reach its limit allows and with a cap on how
+  many pixels one vertex answers for, so a held bag or ski pole cannot drag the surface;
+- smoothness: the graph Laplacian quadratic form over mesh edges (s^T L s), so offsets
+  spread from the rim over the cross-section like cloth rather than spiking, plus a
+  small magnitude prior that keeps unseen areas near the body;
+- limits: each vertex has a range [-inward, outward] by body part (Anny's UV body part
+  segmentation): zero on hands, face and eyes so they stay clean, small on feet, larger on
+  the scalp (hair) and the legs (skirts, wide trousers).
+
+Every data residual depends on one vertex's offset, so the Gauss-Newton normal equations are
+a diagonal plus the Laplacian: a sparse solve per round (SuperLU), a few rounds with fresh
+correspondences, offsets clipped to their limits after each.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
+from scipy.spatial import cKDTree
+
+from models.camera import Camera
+from models.surface import project_silhouette, silhouette_iou
+from models.texture import face_part_labels, part_names, sample_bilinear
+
+# Anny's frame: Z up, facing -Y.
+_ANNY_FORWARD = np.array([0.0, -1.0, 0.0])
+_ZERO_PARTS = ("hand.L", "hand.R", "eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R",
+               "eye_cavity.L", "eye_cavity.R", "mouth_cavity", "tongue")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClothingConfig:
+    """Offset limits (metres, along the rest normal) and the optimisation schedule."""
+
+    enabled: bool = True
+    body_out_m: float = 0.08  # torso, arms: jackets, hoods, sleeves
+    legs_out_m: float = 0.10  # below the hips: skirts, wide trousers
+    scalp_out_m: float = 0.10  # hair volume on top, sides and back of the head
+    feet_out_m: float = 0.02  # shoes
+    inward_m: float = 0.02  # a body fitted slightly too wide may shrink this much
+    face_m: float = 0.0  # face, hands, eyes: kept as the body model made them
+    limit_smoothing_iters: int = 8  # limits blend over a few rings at part borders
+    rounds: int = 10  # Gauss-Newton rounds, each with fresh correspondences
+    damping: float = 1e-4  # Levenberg-Marquardt style damping per vertex
+    spill_weight: float = 1.0
+    coverage_weight: float = 1.0
+    smooth_weight: float = 3e-5  # per edge, offsets in cm, data terms in person heights
+    magnitude_weight: float = 1e-7
+    rim_cos: float = 0.35  # |cos(normal, view)| below this counts as seen edge-on
+    rim_band_px: float = 2.5  # a rim vertex projects this close to the silhouette outline
+    gmof_rho: float = 0.03  # robust scale of coverage residuals, fraction of person height
+    max_coverage_pixels: int = 4000
+    pull_cap: float = 4.0  # pixels' worth of pull one vertex can receive
+    candidates: int = 8  # nearest rim vertices considered per uncovered pixel
+    min_pull_cos: float = 0.7  # the pixel must lie within ~45 degrees of the vertex's outward motion
+    mask_threshold: int = 128
+    seed: int = 0
+
+
+@dataclass
+class ClothingFit:
+    """Fitted offsets and the surfaces they give."""
+
+    normal_offsets: np.ndarray  # (V,) s_v, metres along the rest normal
+    offsets: np.ndarray  # (V,3) D in Anny's rest frame
+    rest_vertices: np.ndarray  # (V,3) clothed rest surface, Anny frame
+    posed_vertices: np.ndarray  # (V,3) clothed surface in the photo's world frame
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Body:
+    rest: np.ndarray  # (V,3) Anny rest vertices
+    rest_normals: np.ndarray  # (V,3)
+    posed: np.ndarray  # (V,3) LBS(rest) in the photo frame
+    posed_dirs: np.ndarray  # (V,3) A_v n_v: how a unit normal offset moves the posed vertex
+
+
+def evaluate_body(
+    model: torch.nn.Module, phenotype: dict[str, float], pose_parameters: np.ndarray, faces: np.ndarray
+) -> _Body:
+    """Anny's rest and posed surfaces plus the per-vertex skinning of a normal offset."""
+    with torch.no_grad():
+        out = model(
+            pose_parameters=torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None],
+            phenotype_kwargs={k: float(v) for k, v in phenotype.items()},
+        )
+    rest = out["rest_vertices"][0].double().numpy()
+    bones = out["bone_poses"][0].double().numpy() @ np.linalg.inv(out["rest_bone_poses"][0].double().numpy())
+    indices = model.vertex_bone_indices.detach().cpu().numpy().astype(np.int64)
+    weights = model.vertex_bone_weights.detach().cpu().numpy().astype(np.float64)
+    blended = np.einsum("vk,vkij->vij", weights, bones[indices])  # (V,4,4) per-vertex LBS
+    posed = np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
+    normals = rest_normals(rest, faces)
+    dirs = np.einsum("vij,vj->vi", blended[:, :3, :3], normals)
+    return _Body(rest=rest, rest_normals=normals, posed=posed, posed_dirs=dirs)
+
+
+def rest_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Unit area-weighted vertex normals of the rest surface."""
+    normals = trimesh.Trimesh(vertices=vertices, faces=faces, process=False).vertex_normals
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+def offset_limits(
+    rest: np.ndarray,
+    normals: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray,
+    face_uv_idx: np.ndarray,
+    config: ClothingConfig = ClothingConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex (inward, outward) offset bounds in metres, both >= 0.
+
+    Parts come from Anny's UV segmentation; the face is the front of the head below the
+    hairline (forward-facing normals, lower than 8 cm under the crown), the legs everything
+    below the crotch. Limits are smoothed over a few edge rings so the surface has no step at
+    part borders, then hard zeros are put back where the surface must stay untouched.
+    """
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    n_vertices = len(rest)
+    face_out = np.full(len(faces), config.body_out_m)
+    face_in = np.full(len(faces), config.inward_m)
+    is_part = {name: labels == names.index(name) for name in names}
+    feet = is_part.get("foot.L", False) | is_part.get("foot.R", False)
+    face_out[feet] = config.feet_out_m
+    face_in[feet] = 0.0
+    zero_faces = np.zeros(len(faces), bool)
+    for name in _ZERO_PARTS:
+        zero_faces |= is_part.get(name, np.zeros(len(faces), bool))
+
+    height = rest[:, 2].max() - rest[:, 2].min()
+    crotch = _crotch_height(rest, height)
+    centroid = rest[faces].mean(axis=1)
+    face_out[(centroid[:, 2] < crotch) & ~feet] = config.legs_out_m
+
+    head = is_part.get("head", np.zeros(len(faces), bool))
+    crown = rest[:, 2].max()
+    face_normal = normals[faces].mean(axis=1)
+    forward = face_normal @ _ANNY_FORWARD
+    is_face = head & (forward > 0.2) & (centroid[:, 2] < crown - 0.08)
+    face_out[head] = config.scalp_out_m
+    face_in[head] = 0.0
+    zero_faces |= is_face
+
+    out = _faces_to_vertices_min(faces, face_out, n_vertices)
+    inward = _faces_to_vertices_min(faces, face_in, n_vertices)
+    zero = np.zeros(n_vertices, bool)
+    zero[faces[zero_faces].ravel()] = True
+    out[zero], inward[zero] = config.face_m, 0.0
+    edges = mesh_edges(faces)
+    for _ in range(config.limit_smoothing_iters):
+        out = _neighbour_mean(out, edges)
+        inward = _neighbour_mean(inward, edges)
+        out[zero], inward[zero] = config.face_m, 0.0
+    return inward, out
+
+
+def _crotch_height(rest: np.ndarray, height: float) -> float:
+    """Height where the legs part: the highest level at which no vertex lies on the midline."""
+    bottom = rest[:, 2].min()
+    near_mid = np.abs(rest[:, 0]) < 0.015
+    levels = rest[near_mid, 2]
+    levels = levels[levels > bottom + 0.2 * height]  # ignore the feet
+    return float(levels.min()) if len(levels) else bottom + 0.45 * height
+
+
+def _faces_to_vertices_min(faces: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.inf)
+    np.minimum.at(out, faces.ravel(), np.repeat(values, 3))
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """Unique undirected edges (E,2) of a triangle mesh."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    return np.unique(np.sort(e, axis=1), axis=0)
+
+
+def _neighbour_mean(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    total = values.copy()
+    count = np.ones(len(values))
+    np.add.at(total, edges[:, 0], values[edges[:, 1]])
+    np.add.at(total, edges[:, 1], values[edges[:, 0]])
+    np.add.at(count, edges.ravel(), 1.0)
+    return total / count
+
+
+# --- the fit ----------------------------------------------------------------------------
+
+
+def fit_clothing(
+    model: torch.nn.Module,
+    phenotype: dict[str, float],
+    pose_parameters: np.ndarray,
+    camera: Camera,
+    mask: np.ndarray,
+    topology: dict[str, np.ndarray],
+    config: ClothingConfig = ClothingConfig(),
+) -> ClothingFit:
+    """Normal offsets that make the posed surface's silhouette match the person mask."""
+    start = time.perf_counter()
+    faces = topology["faces"]
+    body = evaluate_body(model, phenotype, pose_parameters, faces)
+    person = _binary(mask, config.mask_threshold)
+    naked_iou = silhouette_iou(body.posed, faces, camera, person)
+    if not config.enabled or not person.any():
+        s = np.zeros(len(body.rest))
+    else:
+        inward, outward = offset_limits(
+            body.rest, body.rest_normals, faces, topology["uv"], topology["face_uv_idx"], config
+        )
+        s = _optimise(body, faces, camera, person, inward, outward, config)
+    posed = body.posed + s[:, None] * body.posed_dirs
+    clothed_iou = silhouette_iou(posed, faces, camera, person)
+    metrics = {
+        "silhouette_iou_naked": round(naked_iou, 4),
+        "silhouette_iou": round(clothed_iou, 4),
+        "offset_mean_m": round(float(np.abs(s).mean()), 5),
+        "offset_max_out_m": round(float(s.max()), 4),
+        "offset_max_in_m": round(float(-s.min()), 4),
+        "clothing_seconds": round(time.perf_counter() - start, 3),
+    }
+    offsets = s[:, None] * body.rest_normals
+    return ClothingFit(
+        normal_offsets=s.astype(np.float32),
+        offsets=offsets,
+        rest_vertices=body.rest + offsets,
+        posed_vertices=posed,
+        metrics=metrics,
+    )
+
+
+def _binary(mask: np.ndarray, threshold: int) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    return mask if mask.dtype == bool else mask >= threshold
+
+
+class _Problem:
+    """Energy terms in the normal offsets s, with analytic derivatives (numpy).
+
+    Pixel distances are in units of the person's height in the image, so the weights do not
+    depend on the photo's resolution.
+    """
+
+    def __init__(self, body: _Body, faces: np.ndarray, camera: Camera, person: np.ndarray,
+                 outward: np.ndarray, config: ClothingConfig) -> None:  # fmt: skip
+        self.config = config
+        self.camera = camera
+        self.faces = faces
+        self.person = person
+        self.base = body.posed
+        self.dirs = body.posed_dirs
+        self.outward = outward
+        rows = np.flatnonzero(person.any(axis=1))
+        self.scale = float(max(rows[-1] - rows[0], 1)) if len(rows) else float(person.shape[0])
+        self.edges = mesh_edges(faces)
+        self.spill, self.spill_dx, self.spill_dy = _spill_field(person, self.scale)
+        # the silhouette outline can move at most by the vertex's largest offset
+        depth = camera.to_camera(body.posed)[:, 2]
+        self.reach_px = camera.K[0, 0] * outward / np.maximum(depth, 1e-3) + config.rim_band_px + 1.0
+        self.targets = np.zeros((0, 2))
+        self.target_vertex = np.zeros(0, np.int64)
+
+    def project(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (V,2) of the offset surface and their derivative d pixel / d s (V,2)."""
+        k, rot = self.camera.K, self.camera.R
+        cam = (self.base + s[:, None] * self.dirs) @ rot.T + self.camera.t
+        dcam = self.dirs @ rot.T
+        den = cam @ k[2]
+        den = np.where(np.abs(den) < 1e-6, 1e-6, den)
+        pixels = np.stack([cam @ k[0], cam @ k[1]], axis=1) / den[:, None]
+        dden = dcam @ k[2]
+        dpix = (np.stack([dcam @ k[0], dcam @ k[1]], axis=1) - pixels * dden[:, None]) / den[:, None]
+        return pixels, dpix
+
+    def refresh(self, s: np.ndarray) -> None:
+        """Coverage correspondences from the current surface: uncovered mask pixel -> rim vertex."""
+        posed = self.base + s[:, None] * self.dirs
+        silhouette = project_silhouette(posed, self.faces, self.camera, closed=True)
+        ys, xs = np.nonzero(self.person & ~silhouette)
+        rim = self._rim_vertices(posed, silhouette)
+        self.targets, self.target_vertex = np.zeros((0, 2)), np.zeros(0, np.int64)
+        if len(xs) == 0 or len(rim) == 0:
+            return
+        if len(xs) > self.config.max_coverage_pixels:
+            pick = np.random.default_rng(self.config.seed).choice(
+                len(xs), self.config.max_coverage_pixels, replace=False
+            )
+            xs, ys = xs[pick], ys[pick]
+        pixels = np.stack([xs, ys], axis=1).astype(np.float64)
+        projected, velocity = self.project(s)
+        k = min(self.config.candidates, len(rim))
+        dist, nearest = cKDTree(projected[rim]).query(pixels, k=k)
+        dist, vertex = dist.reshape(len(pixels), k), rim[nearest.reshape(len(pixels), k)]
+        # a pixel can only be reached by growing a vertex whose outline moves towards it
+        towards = pixels[:, None, :] - projected[vertex]
+        direction = velocity[vertex]
+        cos = np.einsum("pkd,pkd->pk", towards, direction) / np.maximum(
+            np.linalg.norm(towards, axis=2) * np.linalg.norm(direction, axis=2), 1e-9
+        )
+        ok = (dist <= self.reach_px[vertex]) & ((cos >= self.config.min_pull_cos) | (dist < 1.5))
+        first = np.argmax(ok, axis=1)  # nearest acceptable candidate
+        found = ok[np.arange(len(pixels)), first]
+        self.targets = pixels[found]
+        self.target_vertex = vertex[np.arange(len(pixels)), first][found]
+
+    def _rim_vertices(self, posed: np.ndarray, silhouette: np.ndarray) -> np.ndarray:
+        """Vertices that may move outwards, seen edge-on, projecting onto the silhouette outline."""
+        view = self.camera.center_world - posed
+        cos = np.einsum("nd,nd->n", self.dirs, view) / np.maximum(
+            np.linalg.norm(self.dirs, axis=1) * np.linalg.norm(view, axis=1), 1e-12
+        )
+        edge_on = np.flatnonzero((np.abs(cos) < self.config.rim_cos) & (self.outward > 0))
+        if len(edge_on) == 0:
+            return edge_on
+        inner = cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        distance = cv2.distanceTransform((~(silhouette & ~inner)).astype(np.uint8), cv2.DIST_L2, 3)
+        px = self.camera.project(posed[edge_on])
+        h, w = silhouette.shape
+        inside = (px[:, 0] >= 0) & (px[:, 0] <= w - 1) & (px[:, 1] >= 0) & (px[:, 1] <= h - 1)
+        rows = np.clip(np.round(px[:, 1]).astype(np.int64), 0, h - 1)
+        cols = np.clip(np.round(px[:, 0]).astype(np.int64), 0, w - 1)
+        return edge_on[inside & (distance[rows, cols] <= self.config.rim_band_px)]
+
+    def data_terms(self, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Data energy with its gradient and Gauss-Newton diagonal (each residual depends on
+        one vertex's offset only, so J^T J is diagonal)."""
+        c = self.config
+        n = len(s)
+        pixels, dpix = self.project(s)
+        grad = np.zeros(n)
+        hess = np.zeros(n)
+        # spill: squared distance outside the mask, per vertex
+        f = _bilinear(self.spill, pixels)
+        jac = _bilinear(self.spill_dx, pixels) * dpix[:, 0] + _bilinear(self.spill_dy, pixels) * dpix[:, 1]
+        energy = c.spill_weight * float(np.sum(f * f)) / n
+        grad += c.spill_weight * 2.0 * f * jac / n
+        hess += c.spill_weight * 2.0 * jac * jac / n
+        # coverage: Geman-McClure distance from uncovered mask pixels to their rim vertex,
+        # minimised as iteratively reweighted least squares
+        if len(self.target_vertex):
+            v = self.target_vertex
+            delta = (pixels[v] - self.targets) / self.scale
+            r2 = np.einsum("nd,nd->n", delta, delta)
+            rho2 = c.gmof_rho**2
+            # a vertex answers for at most `pull_cap` pixels' worth, so a large object the
+            # person holds (a bag, a pole) cannot drag one vertex with hundreds of pixels
+            count = np.bincount(v, minlength=n)[v].astype(np.float64)
+            share = np.minimum(1.0, c.pull_cap / count)
+            energy_pairs = rho2 * r2 / (r2 + rho2) * share
+            weight = c.coverage_weight * share * rho2 * rho2 / (r2 + rho2) ** 2 / n
+            energy += c.coverage_weight * float(np.sum(energy_pairs)) / n
+            jv = dpix[v] / self.scale
+            grad += np.bincount(v, weights=2.0 * weight * np.einsum("nd,nd->n", delta, jv), minlength=n)
+            hess += np.bincount(v, weights=2.0 * weight * np.einsum("nd,nd->n", jv, jv), minlength=n)
+        return energy, grad, hess
+
+    def prior_matrix(self, n: int) -> sparse.csr_matrix:
+        """Hessian of the smoothness (graph Laplacian) and magnitude priors, offsets in cm."""
+        a, b = self.edges[:, 0], self.edges[:, 1]
+        adjacency = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+        adjacency = adjacency + adjacency.T
+        laplacian = sparse.diags(np.asarray(adjacency.sum(axis=1)).ravel()) - adjacency
+        c = self.config
+        return (2.0 / (1e-4 * n)) * (c.smooth_weight * laplacian + c.magnitude_weight * sparse.identity(n))
+
+
+def _spill_field(person: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distance to the person mask (0 on it) in person heights, and its x / y derivatives."""
+    outside = cv2.distanceTransform((~person).astype(np.uint8), cv2.DIST_L2, 5).astype(np.float32)
+    # a vertex on the outline projects up to a pixel off the rasterised mask: no pull there
+    outside = np.maximum(outside - 1.0, 0.0) / scale
+    dy, dx = np.gradient(outside)
+    return outside, dx.astype(np.float32), dy.astype(np.float32)
+
+
+def _bilinear(field: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Bilinear samples of a float32 image at (N,2) x,y positions; 0 outside the image, where
+    the photo says nothing about the person."""
+    out = sample_bilinear(field[..., None], pixels.astype(np.float32))[:, 0]
+    h, w = field.shape
+    x, y = pixels[:, 0], pixels[:, 1]
+    return np.where((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1), out, 0.0).astype(np.float64)
+
+
+def _optimise(body: _Body, faces: np.ndarray, camera: Camera, person: np.ndarray,
+              inward: np.ndarray, outward: np.ndarray, config: ClothingConfig) -> np.ndarray:  # fmt: skip
+    """Gauss-Newton rounds: refresh correspondences, solve the sparse normal equations
+    (diagonal data term + Laplacian prior), clip to the limits."""
+    problem = _Problem(body, faces, camera, person, outward, config)
+    n = len(body.rest)
+    prior = problem.prior_matrix(n).tocsc()
+    s = np.zeros(n)
+    for _ in range(config.rounds):
+        problem.refresh(s)
+        _, grad, hess = problem.data_terms(s)
+        grad = grad + prior @ s
+        system = (prior + sparse.diags(hess + config.damping / n)).tocsc()
+        s = np.clip(s - spsolve(system, grad), -inward, outward)
+    return s

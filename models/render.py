@@ -1,0 +1,147 @@
+"""Preview images of an avatar GLB: front and side views, ray cast on the CPU.
+
+Reads the GLB itself (positions, normals, UVs, indices and the base colour texture of its
+first primitive, bind pose), casts one ray per pixel with embree through an orthographic
+camera, and shades the hit with the texture colour under a headlight plus a little sky
+light. No GPU, no window system: a preview that shows what a client would load.
+(models/eval_render.py is a different tool: OpenCV painter's renders for fit evaluation.)
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pygltflib
+import trimesh
+from PIL import Image
+from trimesh.ray.ray_pyembree import RayMeshIntersector
+
+from models.texture import sample_bilinear
+
+_COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
+_TYPE_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+BACKGROUND = np.array([236, 238, 242], np.float32)
+UNTEXTURED = np.array([200, 205, 220], np.float32)
+
+# (name, direction the camera looks along, image-up) in glTF axes (Y up, avatar facing +Z)
+VIEWS = {
+    "front": (np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])),
+    "side": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),  # the avatar's left side
+}
+
+
+@dataclass
+class GlbMesh:
+    positions: np.ndarray  # (N,3) float64, glTF frame
+    normals: np.ndarray  # (N,3) unit
+    uvs: np.ndarray | None  # (N,2) glTF convention (origin top-left)
+    faces: np.ndarray  # (F,3) int64
+    texture: np.ndarray | None  # (H,W,3) uint8
+
+
+def read_glb_mesh(glb: bytes) -> GlbMesh:
+    """The first primitive of the first mesh of an uncompressed GLB, in its bind pose."""
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    blob = gltf.binary_blob() or b""
+    if gltf.extensionsRequired:
+        raise ValueError(f"cannot preview a GLB that requires {gltf.extensionsRequired}")
+    primitive = gltf.meshes[0].primitives[0]
+    attrs = primitive.attributes
+    positions = _accessor(gltf, blob, attrs.POSITION).astype(np.float64)
+    if primitive.indices is not None:
+        faces = _accessor(gltf, blob, primitive.indices).astype(np.int64).reshape(-1, 3)
+    else:
+        faces = np.arange(len(positions)).reshape(-1, 3)
+    if attrs.NORMAL is not None:
+        normals = _accessor(gltf, blob, attrs.NORMAL).astype(np.float64)
+    else:
+        normals = trimesh.Trimesh(positions, faces, process=False).vertex_normals
+    uvs = _accessor(gltf, blob, attrs.TEXCOORD_0).astype(np.float64) if attrs.TEXCOORD_0 is not None else None
+    return GlbMesh(positions, normals, uvs, faces, _base_colour_texture(gltf, blob, primitive))
+
+
+def _accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    acc = gltf.accessors[index]
+    view = gltf.bufferViews[acc.bufferView]
+    dtype = np.dtype(_COMPONENT_DTYPES[acc.componentType])
+    width = _TYPE_WIDTH[acc.type]
+    start = (view.byteOffset or 0) + (acc.byteOffset or 0)
+    stride = view.byteStride or dtype.itemsize * width
+    raw = np.frombuffer(blob, np.uint8, count=stride * (acc.count - 1) + dtype.itemsize * width, offset=start)
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(acc.count, dtype.itemsize * width), strides=(stride, 1))
+    data = np.ascontiguousarray(rows).view(dtype).reshape(acc.count, width)
+    if acc.normalized and dtype.kind == "u":
+        data = data.astype(np.float64) / np.iinfo(dtype).max
+    return data
+
+
+def _base_colour_texture(gltf: pygltflib.GLTF2, blob: bytes, primitive) -> np.ndarray | None:
+    if primitive.material is None:
+        return None
+    pbr = gltf.materials[primitive.material].pbrMetallicRoughness
+    if pbr is None or pbr.baseColorTexture is None:
+        return None
+    image = gltf.images[gltf.textures[pbr.baseColorTexture.index].source]
+    view = gltf.bufferViews[image.bufferView]
+    start = view.byteOffset or 0
+    data = blob[start : start + view.byteLength]
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def render_view(mesh: GlbMesh, view: str, height: int = 512, margin: float = 0.05) -> np.ndarray:
+    """(height, width, 3) uint8 orthographic render of the mesh from one of `VIEWS`."""
+    forward, up = VIEWS[view]
+    right = np.cross(forward, up)
+    lo, hi = mesh.positions.min(axis=0), mesh.positions.max(axis=0)
+    centre = (lo + hi) / 2.0
+    extent_up = float((hi - lo) @ np.abs(up))
+    extent_right = float((hi - lo) @ np.abs(right))
+    pixel = extent_up * (1.0 + 2.0 * margin) / height
+    width = int(np.ceil(extent_right * (1.0 + 2.0 * margin) / pixel / 8.0) * 8)
+    rows, cols = np.mgrid[0:height, 0:width]
+    x = (cols.ravel() + 0.5 - width / 2.0) * pixel
+    y = (height / 2.0 - rows.ravel() - 0.5) * pixel
+    depth = float(np.abs(hi - lo).max()) * 2.0 + 1.0
+    origins = centre + np.outer(x, right) + np.outer(y, up) - depth * forward
+    directions = np.broadcast_to(forward, origins.shape)
+    tri_mesh = trimesh.Trimesh(mesh.positions, mesh.faces, process=False)
+    tri, ray, points = RayMeshIntersector(tri_mesh).intersects_id(
+        origins, directions, multiple_hits=False, return_locations=True
+    )
+    image = np.tile(BACKGROUND, (height * width, 1))
+    if len(ray):
+        bary = trimesh.triangles.points_to_barycentric(tri_mesh.triangles[tri], points)
+        corners = mesh.faces[tri]
+        normal = np.einsum("nk,nkd->nd", bary, mesh.normals[corners])
+        normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+        albedo = _albedo(mesh, corners, bary)
+        headlight = np.clip(-(normal @ forward), 0.0, 1.0)
+        sky = 0.5 + 0.5 * (normal @ up)
+        image[ray] = albedo * (0.25 + 0.65 * headlight + 0.15 * sky)[:, None]
+    return np.clip(np.round(image), 0, 255).astype(np.uint8).reshape(height, width, 3)
+
+
+def _albedo(mesh: GlbMesh, corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    if mesh.texture is None or mesh.uvs is None:
+        return np.tile(UNTEXTURED, (len(corners), 1))
+    uv = np.einsum("nk,nkd->nd", bary, mesh.uvs[corners])
+    h, w = mesh.texture.shape[:2]
+    pixels = np.stack([np.mod(uv[:, 0], 1.0) * w - 0.5, np.mod(uv[:, 1], 1.0) * h - 0.5], axis=1)
+    return sample_bilinear(mesh.texture, pixels.astype(np.float32))
+
+
+def render_preview(glb: bytes, height: int = 512) -> np.ndarray:
+    """Front and side views of a GLB side by side, (height, W, 3) uint8."""
+    mesh = read_glb_mesh(glb)
+    views = [render_view(mesh, name, height) for name in ("front", "side")]
+    gap = np.tile(BACKGROUND.astype(np.uint8), (height, 8, 1))
+    return np.concatenate([views[0], gap, views[1]], axis=1)
+
+
+def preview_png(glb: bytes, height: int = 512) -> bytes:
+    """`render_preview` encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(render_preview(glb, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

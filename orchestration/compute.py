@@ -1,0 +1,226 @@
+"""Compute launcher: where a heavy step runs, chosen by configuration, never by code edits.
+
+* ``inprocess`` — in the Dagster step's own process (`ops.steps.execute_step`);
+* ``subprocess`` — `python -m ops.worker` through Dagster's `PipesSubprocessClient`
+  (the embedded default: a crash or OOM in the science cannot take the run worker down);
+* ``ecs`` — the same worker as an ECS task through `dagster_aws.pipes.PipesECSClient`: a GPU
+  task (`resourceRequirements` GPU=1) on the GPU capacity provider, or, with ``ecs_gpu``
+  off, the CPU fallback. Pipes messages come back through CloudWatch Logs (`awslogs`).
+
+Only the steps named in ``heavy_steps`` leave the process; any other step runs in-process.
+Every mode returns the same `StepResult`: the outputs are already in the object store, and the
+caller records the `artifacts` document.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from dagster import ConfigurableResource, MaterializeResult
+from pydantic import Field
+
+from models.errors import ErrorCode, PipelineError
+from ops.steps import StepRequest, StepResult, execute_step, step_spec, thumbnail_png
+from ops.worker import ERROR_MESSAGE, RESULT_MESSAGE, select_device
+from storage.object_store import object_store_from_config
+
+MODES = ("inprocess", "subprocess", "ecs")
+DEFAULT_HEAVY_STEPS = ["smplx_params", "mesh"]
+WORKER_MODULE = "ops.worker"
+
+
+class ComputeLauncherResource(ConfigurableResource):
+    """Runs a heavy step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
+
+    mode: str = Field(default="subprocess", description="inprocess | subprocess | ecs")
+    heavy_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_HEAVY_STEPS))
+    # subprocess mode
+    worker_python: str = Field(default_factory=lambda: sys.executable)
+    worker_env: dict[str, str] = Field(default_factory=dict)
+    # ecs mode
+    region: str | None = None
+    endpoint_url: str | None = None
+    ecs_cluster: str | None = None
+    ecs_task_definition: str | None = None  # the GPU worker task definition
+    ecs_cpu_task_definition: str | None = None  # CPU fallback (default: the same definition)
+    ecs_container: str = "worker"
+    ecs_command: list[str] = Field(default_factory=lambda: ["python", "-m", WORKER_MODULE])
+    ecs_gpu: bool = True
+    ecs_gpu_capacity_provider: str | None = None
+    ecs_cpu_capacity_provider: str | None = None  # None with ecs_gpu off = Fargate
+    ecs_subnets: list[str] = Field(default_factory=list)
+    ecs_security_groups: list[str] = Field(default_factory=list)
+    ecs_poll_seconds: int = 6
+    ecs_max_polls: int = 1200  # 2 h at 6 s: a fit takes minutes, a stuck task must not hang forever
+
+    # -- what runs where -------------------------------------------------------------------
+
+    def is_heavy(self, step: str) -> bool:
+        return self.mode != "inprocess" and step in self.heavy_steps
+
+    def placement(self, step: str) -> str:
+        return self.mode if self.is_heavy(step) else "inprocess"
+
+    def run_step(self, context: Any, request: StepRequest) -> tuple[StepResult, dict[str, Any]]:
+        """Run one step for one upload; returns its result and the materialisation metadata the
+        worker reported (empty in-process). A bad input raises `PipelineError` with its code."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown compute mode {self.mode!r}; expected one of {MODES}")
+        step_spec(request.step)  # unknown steps fail before anything is launched
+        placement = self.placement(request.step)
+        context.log.info(f"compute: step {request.step} runs {placement}")
+        if placement == "inprocess":
+            store = object_store_from_config(request.object_store)
+            return execute_step(request, store, device=select_device()), {}
+        if placement == "subprocess":
+            invocation = self._run_subprocess(context, request)
+        else:
+            invocation = self._run_ecs(context, request)
+        result, metadata = _parse_invocation(invocation, request)
+        return _with_preview(result, request), metadata
+
+    # -- subprocess ------------------------------------------------------------------------
+
+    def worker_command(self) -> list[str]:
+        return [self.worker_python, "-m", WORKER_MODULE]
+
+    def _run_subprocess(self, context: Any, request: StepRequest):
+        from dagster import PipesSubprocessClient
+
+        client = PipesSubprocessClient(env=dict(self.worker_env))
+        return client.run(context=context, command=self.worker_command(), extras=request.to_dict())
+
+    # -- ecs -------------------------------------------------------------------------------
+
+    def ecs_api(self) -> Any:
+        """The boto3 ECS client (tests substitute one that also runs the container locally)."""
+        import boto3
+
+        return boto3.client("ecs", region_name=self.region, endpoint_url=self.endpoint_url)
+
+    def logs_api(self) -> Any:
+        import boto3
+
+        return boto3.client("logs", region_name=self.region, endpoint_url=self.endpoint_url)
+
+    def run_task_params(self, request: StepRequest) -> dict[str, Any]:
+        """`ecs.run_task` arguments for one step (PipesECSClient adds the Pipes env vars and tags)."""
+        if not self.ecs_cluster or not self.ecs_task_definition:
+            raise ValueError("ecs mode needs ecs_cluster and ecs_task_definition")
+        override: dict[str, Any] = {
+            "name": self.ecs_container,
+            "command": list(self.ecs_command),
+            "environment": [
+                {"name": "AVATARPIPE_STEP", "value": request.step},
+                {"name": "AVATARPIPE_UPLOAD_ID", "value": request.upload_id},
+            ],
+        }
+        params: dict[str, Any] = {
+            "cluster": self.ecs_cluster,
+            "count": 1,
+            "startedBy": f"avatarpipe/{request.step}",
+            "overrides": {"containerOverrides": [override]},
+            "tags": [
+                {"key": "avatarpipe:step", "value": request.step},
+                {"key": "avatarpipe:upload_id", "value": request.upload_id},
+            ],
+        }
+        if self.ecs_gpu:
+            params["taskDefinition"] = self.ecs_task_definition
+            override["resourceRequirements"] = [{"type": "GPU", "value": "1"}]
+            provider = self.ecs_gpu_capacity_provider
+        else:
+            params["taskDefinition"] = self.ecs_cpu_task_definition or self.ecs_task_definition
+            provider = self.ecs_cpu_capacity_provider
+        if provider:
+            params["capacityProviderStrategy"] = [{"capacityProvider": provider, "weight": 1, "base": 0}]
+        elif self.ecs_gpu:
+            raise ValueError("GPU tasks need ecs_gpu_capacity_provider (Fargate has no GPUs)")
+        else:
+            params["launchType"] = "FARGATE"
+        if self.ecs_subnets:
+            params["networkConfiguration"] = {
+                "awsvpcConfiguration": {
+                    "subnets": list(self.ecs_subnets),
+                    "securityGroups": list(self.ecs_security_groups),
+                    "assignPublicIp": "DISABLED",
+                }
+            }
+        return params
+
+    def _run_ecs(self, context: Any, request: StepRequest):
+        from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesECSClient
+        from dagster_aws.pipes.clients.utils import WaiterConfig
+
+        client = PipesECSClient(
+            client=self.ecs_api(),
+            message_reader=PipesCloudWatchMessageReader(client=self.logs_api()),
+        )
+        return client.run(
+            context=context,
+            run_task_params=self.run_task_params(request),  # ty: ignore[invalid-argument-type]
+            extras=request.to_dict(),
+            pipes_container_name=self.ecs_container,
+            waiter_config=WaiterConfig(Delay=self.ecs_poll_seconds, MaxAttempts=self.ecs_max_polls),
+        )
+
+
+def _parse_invocation(invocation: Any, request: StepRequest) -> tuple[StepResult, dict[str, Any]]:
+    """The worker's answer: a typed error becomes `PipelineError`; otherwise its `StepResult`."""
+    messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
+    for message in messages:
+        if ERROR_MESSAGE in message:
+            error = message[ERROR_MESSAGE]
+            try:
+                code = ErrorCode(error.get("code"))
+            except ValueError:
+                code = ErrorCode.INTERNAL_ERROR
+            raise PipelineError(code, str(error.get("message")), error.get("step") or request.step)
+    results = [m[RESULT_MESSAGE] for m in messages if RESULT_MESSAGE in m]
+    if len(results) != 1:
+        raise PipelineError(
+            ErrorCode.INTERNAL_ERROR,
+            f"the worker for {request.step} finished without reporting a result",
+            request.step,
+        )
+    metadata: dict[str, Any] = {}
+    for reported in invocation.get_results():
+        if isinstance(reported, MaterializeResult) and reported.metadata:
+            metadata.update(reported.metadata)
+    metadata.update(invocation.metadata)  # e.g. "AWS ECS Task URL"
+    return StepResult.from_dict(results[0]), metadata
+
+
+def _with_preview(result: StepResult, request: StepRequest) -> StepResult:
+    """Remote steps do not ship pictures through Pipes: thumbnail the stored preview source."""
+    extra = step_spec(request.step).preview_extra
+    if not extra or extra not in result.extra_files:
+        return result
+    from dataclasses import replace
+
+    from models.photo import decode_png
+
+    store = object_store_from_config(request.object_store)
+    png = store.get_bytes(result.extra_files[extra])
+    return replace(result, preview_png=thumbnail_png(decode_png(png)))
+
+
+def launcher_from_settings(settings: Any) -> ComputeLauncherResource:
+    """The launcher the environment asks for (`AVATARPIPE_COMPUTE_MODE`, `AVATARPIPE_ECS_*`)."""
+    aws = settings.aws
+    return ComputeLauncherResource(
+        mode=aws.compute_mode,
+        heavy_steps=list(aws.heavy_steps),
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
+        ecs_cluster=aws.ecs_cluster,
+        ecs_task_definition=aws.ecs_task_definition,
+        ecs_cpu_task_definition=aws.ecs_cpu_task_definition,
+        ecs_container=aws.ecs_container,
+        ecs_gpu=aws.ecs_gpu,
+        ecs_gpu_capacity_provider=aws.ecs_gpu_capacity_provider,
+        ecs_cpu_capacity_provider=aws.ecs_cpu_capacity_provider,
+        ecs_subnets=list(aws.ecs_subnets),
+        ecs_security_groups=list(aws.ecs_security_groups),
+    )

@@ -1,0 +1,93 @@
+"""Smoke test of the evaluation harness on one real photo and one synthetic sample."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.evaluation import list_photos, run_evaluation, summarise
+from models.synthetic import generate_sample, pa_error_mm, procrustes_align
+
+
+def test_procrustes_removes_rotation_scale_and_translation():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(17, 3))
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    moved = 1.7 * truth @ rotation.T + np.array([3.0, -1.0, 2.0])
+    assert np.allclose(procrustes_align(moved, truth), truth, atol=1e-9)
+    assert pa_error_mm(moved, truth) < 1e-6
+    noisy = truth + rng.normal(scale=0.01, size=truth.shape)
+    assert 5.0 < pa_error_mm(noisy, truth) < 20.0  # ~1 cm noise -> ~1.5 cm mean error
+
+
+def test_synthetic_samples_are_reproducible(anny_model):
+    from models.body_model import anny_body
+
+    body = anny_body()
+    a, b = generate_sample(body, 3), generate_sample(body, 3)
+    assert np.array_equal(a.image, b.image) and np.allclose(a.joints, b.joints)
+    assert a.image.shape == (768, 512, 3) and 0.1 < a.silhouette.mean() < 0.5
+    assert 1.4 < a.height_m < 2.1 and a.joints.shape == (17, 3)
+    assert not np.array_equal(generate_sample(body, 4).image, a.image)
+
+
+def test_harness_on_one_photo_and_one_synthetic_sample(tmp_path, standing_photo, anny_model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(standing_photo, photos / "standing.png")
+    shutil.copy(standing_photo, photos / "same_again.png")  # identical files count once
+    (photos / "MANIFEST.csv").write_text("file,framing,people_count\nstanding.png,full-body,1\n")
+    assert len(list_photos([photos])) == 1
+
+    report = run_evaluation([photos], synthetic=1, out_dir=tmp_path / "out", seed=5)
+
+    (photo,) = report.photos
+    assert photo.status == "fitted"
+    assert (photo.photo, photo.aliases) == ("same_again.png", ["standing.png"])  # sorted; manifest by alias
+    assert photo.framing == "full_body" and photo.expected_framing == "full-body" and photo.people_count == 1
+    assert 0.0 < photo.keypoint_reprojection_rel < 0.02
+    assert 0.7 < photo.silhouette_iou <= 1.0 and photo.clothed_silhouette_iou >= photo.silhouette_iou - 0.02
+    assert photo.fit_seconds > 0 and photo.keypoints_seconds > 0
+    (sample,) = report.synthetic
+    assert sample.status == "fitted" and sample.framing == "full_body"
+    assert 0.0 < sample.pa_mpjpe_mm < 150.0 and 0.0 < sample.pa_pve_mm < 200.0
+    assert 0.6 < sample.iou_true_silhouette <= 1.0 and sample.height_error_mm >= 0.0
+    # report files: JSON with the summary and targets, Markdown, contact sheets a person can look at
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["summary"]["photos_fitted"] == 1 and data["summary"]["synthetic_fitted"] == 1
+    assert set(data["targets"]) == {
+        "photos_median_silhouette_iou_full_body", "photos_median_keypoint_reprojection_rel",
+        "synthetic_median_pa_mpjpe_mm", "photos_max_fit_seconds",
+    }  # fmt: skip
+    assert data["targets"]["photos_median_keypoint_reprojection_rel"]["met"] is True
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "PA-MPJPE" in markdown and "same_again.png (= standing.png)" in markdown
+    sheet = np.asarray(Image.open(tmp_path / "out" / "contact_sheet.png"))
+    assert sheet.shape[0] >= 256 and sheet.shape[1] >= 3 * 150  # photo | overlay | avatar
+    assert (tmp_path / "out" / "synthetic_sheet.png").is_file()
+
+
+def test_summary_flags_missed_targets():
+    from models.evaluation import PhotoResult, SyntheticResult
+
+    photos = [PhotoResult(photo=f"{i}.png", status="fitted", framing="full_body", keypoint_reprojection_rel=0.01,
+                          silhouette_iou=iou, fit_seconds=2.0) for i, iou in enumerate((0.7, 0.8, 0.9))]  # fmt: skip
+    photos.append(PhotoResult(photo="x.png", status="NO_PERSON"))
+    synthetic = [SyntheticResult(seed=0, status="fitted", pa_mpjpe_mm=70.0)]
+    summary, targets = summarise(photos, synthetic)
+    assert summary["photos_failed"] == {"x.png": "NO_PERSON"}
+    assert targets["photos_median_silhouette_iou_full_body"] == {"target": ">= 0.85", "value": 0.8, "met": False}
+    assert targets["synthetic_median_pa_mpjpe_mm"]["met"] is False
+    assert targets["photos_median_keypoint_reprojection_rel"]["met"] is True
+
+
+def test_cli_registers_eval(monkeypatch):
+    from orchestration.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--photos", "x", "--synthetic", "2", "--json"])
+    assert args.command == "eval" and args.photos == ["x"] and args.synthetic == 2 and args.json
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--synthetic", "many"])
