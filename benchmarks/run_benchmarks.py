@@ -129,8 +129,11 @@ def render_markdown(results: list[PhotoResult]) -> str:
         ),
         "",
         (
-            "Dagster overhead is the run's wall time minus the five steps' compute; the CLI process adds "
-            "interpreter start, imports (torch, MediaPipe, Dagster) and loading the cached Anny model."
+            "Dagster overhead is the run's wall time minus the five assets' recorded compute: it includes the "
+            "three Great Expectations asset checks (≈ 5 s of GX import and validation in all) and Dagster's "
+            "step orchestration. `smplx_params` and `mesh` run as Dagster Pipes worker subprocesses, so their "
+            "times include the worker process's start-up (torch and Anny imports). The CLI process adds interpreter "
+            "start, imports (torch, MediaPipe, Dagster) and loading the cached Anny model."
         ),
         "",
         "## Per photo",
