@@ -3,7 +3,6 @@
 
 import base64
 import io
-import json
 
 import numpy as np
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
@@ -24,31 +23,19 @@ from models.body_model import load_anny
 from models.errors import ErrorCode, PipelineError
 from models.fitting import BodyFit
 from models.gltf_export import compress_glb
-from models.keypoints import DetectorConfig, Keypoints, detect_keypoints
+from models.keypoints import DetectorConfig, detect_keypoints
 from models.photo import decode_png, encode_png, normalise_photo
 from models.render import preview_png
 from models.rigging import build_rigged_avatar
-from ops.steps import FIT, KEYPOINTS, MASK, PHOTO, StepRequest
+from ops.steps import FIT, KEYPOINTS, MASK, PHOTO, StepRequest, json_bytes, thumbnail_png
 
 RESOURCES = {"object_store", "metadata", "model_registry", "compute"}
 GROUP = "avatar"
 
 
-def _json_bytes(data: dict) -> bytes:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
-
-
 def _preview_markdown(png: bytes, title: str) -> MetadataValue:
     encoded = base64.b64encode(png).decode()
     return MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
-
-
-def _thumbnail(rgb: np.ndarray, max_side: int = 320) -> bytes:
-    from PIL import Image
-
-    image = Image.fromarray(rgb)
-    image.thumbnail((max_side, max_side))
-    return encode_png(np.asarray(image))
 
 
 def _finish(step: StepContext, data: bytes, ext: str, parents: list[Parent], metrics: dict,
@@ -90,7 +77,7 @@ def _photo(context: AssetExecutionContext) -> MaterializeResult:
             "exif_rotated": photo.exif_rotated,
             "frames": photo.frames,
         }
-        return _finish(step, photo.png, "png", [], metrics, preview=_thumbnail(photo.image))
+        return _finish(step, photo.png, "png", [], metrics, preview=thumbnail_png(photo.image))
 
 
 def _keypoints(context: AssetExecutionContext) -> MaterializeResult:
@@ -111,20 +98,9 @@ def _keypoints(context: AssetExecutionContext) -> MaterializeResult:
             "person_selection": kp.extra.get("selection", "full_image"),
         }
         return _finish(
-            step, _json_bytes(kp.to_dict()), "json", [parent], metrics,
+            step, json_bytes(kp.to_dict()), "json", [parent], metrics,
             extra_files={"mask": (encode_png(kp.mask), "png")},
         )  # fmt: skip
-
-
-def _load_keypoints(step: StepContext) -> tuple[Parent, Keypoints]:
-    parent = load_parent(step, "keypoints")
-    mask_png = load_parent(step, "keypoints", extra_file="mask").data
-    import io
-
-    from PIL import Image
-
-    mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L"))
-    return parent, Keypoints.from_dict(parent.json(), mask)
 
 
 def _launch_heavy_step(
@@ -186,12 +162,6 @@ def _mesh(context: AssetExecutionContext) -> MaterializeResult:
             {FIT: ("smplx_params", None), PHOTO: ("photo", None),
              KEYPOINTS: ("keypoints", None), MASK: ("keypoints", "mask")},
         )  # fmt: skip
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _load_offsets(step: StepContext) -> np.ndarray | None:
