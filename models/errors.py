@@ -20,6 +20,7 @@ class ErrorCode(str, Enum):
     NO_PERSON = "NO_PERSON"
     PERSON_TOO_SMALL = "PERSON_TOO_SMALL"
     FIT_FAILED = "FIT_FAILED"
+    INVALID_HINT = "INVALID_HINT"  # an uploader's body hint (build, height, age group) out of range
     RAW_PHOTO_EXPIRED = "RAW_PHOTO_EXPIRED"
     UNSUPPORTED_BODY_MODEL = "UNSUPPORTED_BODY_MODEL"
     QUALITY_GATE_FAILED = "QUALITY_GATE_FAILED"  # a blocking (ERROR) quality expectation failed
@@ -42,6 +43,7 @@ PERMANENT_CODES = frozenset(
         ErrorCode.NO_PERSON,
         ErrorCode.PERSON_TOO_SMALL,
         ErrorCode.FIT_FAILED,
+        ErrorCode.INVALID_HINT,
         ErrorCode.QUALITY_GATE_FAILED,
         ErrorCode.RAW_PHOTO_EXPIRED,
         ErrorCode.UNSUPPORTED_BODY_MODEL,

@@ -46,6 +46,10 @@ TARGETS = {
     "photos_median_keypoint_reprojection_rel": ("<=", 0.03),
     "synthetic_median_pa_mpjpe_mm": ("<=", 60.0),
     "photos_max_fit_seconds": ("<=", 5.0),
+    # issue #12: a body that matches the person
+    "synthetic_median_gender_error": ("<=", 0.15),
+    "synthetic_median_age_error": ("<=", 0.15),
+    "synthetic_median_hinted_height_error_mm": ("<=", 30.0),
 }
 
 
@@ -62,6 +66,8 @@ class PhotoResult:
     silhouette_iou: float | None = None  # the fitted (naked) body, as in smplx_params
     clothed_silhouette_iou: float | None = None  # with the clothing offsets, as in the mesh step
     body_height_m: float | None = None
+    phenotype: dict[str, float] = field(default_factory=dict)
+    phenotype_source: dict[str, str] = field(default_factory=dict)
     keypoints_seconds: float | None = None
     fit_seconds: float | None = None
     iterations: int | None = None
@@ -90,6 +96,10 @@ class SyntheticResult:
     keypoint_reprojection_rel: float | None = None
     fit_seconds: float | None = None
     focal_scale: float | None = None
+    true_phenotype: dict[str, float] = field(default_factory=dict)
+    fitted_phenotype: dict[str, float] = field(default_factory=dict)
+    phenotype_error: dict[str, float] = field(default_factory=dict)  # |fitted - true| per value
+    hinted_height_error_mm: float | None = None  # refitted with the true height as a hint
 
 
 @dataclass
@@ -174,6 +184,8 @@ def evaluate_photo(
     result.keypoint_reprojection_rel = fit.metrics["keypoint_reprojection_rel"]
     result.silhouette_iou = fit.metrics["silhouette_iou"]
     result.body_height_m = fit.metrics["body_height_m"]
+    result.phenotype = dict(fit.phenotype)
+    result.phenotype_source = {k: v.get("source", "") for k, v in fit.phenotype_estimate.items()}
     result.iterations = fit.metrics["iterations"]
     clothing = _clothing(body, fit, keypoints)
     if clothing is not None:
@@ -239,15 +251,19 @@ def _face_colours_from_texture(texture: np.ndarray, uv: np.ndarray, face_uv: np.
 
 
 def evaluate_synthetic(
-    seed: int, body: AnnyBody, fit_config: FitConfig, detector_config: DetectorConfig
+    seed: int, body: AnnyBody, fit_config: FitConfig, detector_config: DetectorConfig, with_height_hint: bool = True
 ) -> tuple[SyntheticResult, np.ndarray | None]:
-    """Generate sample `seed`, run detector + fitter on its image, compare with the truth."""
+    """Generate sample `seed`, run detector + fitter on its image, compare with the truth; then
+    (`with_height_hint`) refit with the true height as the uploader's hint and measure the
+    height error again."""
+    from models.fitting import BodyHints
     from models.surface import project_silhouette
     from models.synthetic import EVAL_JOINTS, generate_sample, pa_error_mm
 
     sample = generate_sample(body, seed)
     result = SyntheticResult(seed=seed, status="fitted", true_height_m=round(sample.height_m, 4),
-                             focal_scale=round(sample.focal_scale, 3))  # fmt: skip
+                             focal_scale=round(sample.focal_scale, 3),
+                             true_phenotype={k: round(v, 4) for k, v in sample.phenotype.items()})  # fmt: skip
     try:
         keypoints = detect_keypoints(sample.image, detector_config)
         start = time.perf_counter()
@@ -271,10 +287,36 @@ def evaluate_synthetic(
     result.iou_true_silhouette = round(float(np.logical_and(silhouette, sample.silhouette).sum() / max(union, 1)), 4)
     result.silhouette_iou = fit.metrics["silhouette_iou"]
     result.keypoint_reprojection_rel = fit.metrics["keypoint_reprojection_rel"]
+    result.fitted_phenotype = {k: round(float(v), 4) for k, v in fit.phenotype.items()}
+    result.phenotype_error = {
+        k: round(abs(float(fit.phenotype[k]) - v), 4) for k, v in sample.phenotype.items() if k in fit.phenotype
+    }
+    if with_height_hint:
+        hinted = fit_body(keypoints, body, None, fit_config, hints=BodyHints(height_cm=sample.height_m * 100.0))
+        hinted_height = body.rest_height(fitted_state(body, hinted).shape)
+        result.hinted_height_error_mm = round(abs(hinted_height - sample.height_m) * 1000.0, 1)
     from models.surface import render_overlay
 
     overlay = render_overlay(sample.image, vertices, body.faces, fit.camera)
     return result, np.hstack([sample.image, overlay])
+
+
+def phenotype_summary(synthetic: list[SyntheticResult]) -> dict:
+    """Median absolute error per phenotype value, and the child/adult split (Anny age < 0.5 is
+    a child: the anchors are child 0.33, young adult 0.67)."""
+    out: dict = {}
+    for label in ("gender", "age", "muscle", "weight", "height", "proportions"):
+        out[f"synthetic_median_{label}_error"] = _median(s.phenotype_error.get(label) for s in synthetic)
+    children = [s for s in synthetic if s.true_phenotype.get("age", 1.0) < 0.5 and s.fitted_phenotype]
+    adults = [s for s in synthetic if s.true_phenotype.get("age", 0.0) >= 0.5 and s.fitted_phenotype]
+    out["synthetic_children_recognised"] = f"{sum(s.fitted_phenotype['age'] < 0.5 for s in children)}/{len(children)}"
+    out["synthetic_adults_recognised"] = f"{sum(s.fitted_phenotype['age'] >= 0.5 for s in adults)}/{len(adults)}"
+    sided = [s for s in synthetic if s.fitted_phenotype and abs(s.true_phenotype.get("gender", 0.5) - 0.5) > 0.2]
+    out["synthetic_build_side_correct"] = (
+        f"{sum((s.fitted_phenotype['gender'] - 0.5) * (s.true_phenotype['gender'] - 0.5) > 0 for s in sided)}/{len(sided)}"
+    )
+    out["synthetic_median_hinted_height_error_mm"] = _median(s.hinted_height_error_mm for s in synthetic)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +353,7 @@ def summarise(photos: list[PhotoResult], synthetic: list[SyntheticResult]) -> tu
         "synthetic_median_height_error_mm": _median(s.height_error_mm for s in syn),
         "synthetic_median_iou_true_silhouette": _median(s.iou_true_silhouette for s in syn),
         "synthetic_median_fit_seconds": _median(s.fit_seconds for s in syn),
+        **phenotype_summary(syn),
     }
     targets = {}
     for key, (op, threshold) in TARGETS.items():

@@ -105,6 +105,41 @@ class FitConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+BUILDS = ("masculine", "feminine", "neutral")
+AGE_GROUPS = ("child", "adult")
+
+
+@dataclass(frozen=True)
+class BodyHints:
+    """What the uploader says about the person (all optional); a hint always wins over the
+    estimate from the photo."""
+
+    build: str | None = None  # masculine | feminine | neutral
+    height_cm: float | None = None
+    age_group: str | None = None  # child | adult
+
+    def __post_init__(self) -> None:
+        if self.build is not None and self.build not in BUILDS:
+            raise PipelineError(ErrorCode.INVALID_HINT, f"build must be one of {', '.join(BUILDS)}", STEP)
+        if self.age_group is not None and self.age_group not in AGE_GROUPS:
+            raise PipelineError(ErrorCode.INVALID_HINT, f"age group must be one of {', '.join(AGE_GROUPS)}", STEP)
+        if self.height_cm is not None and not (50.0 <= float(self.height_cm) <= 250.0):
+            raise PipelineError(ErrorCode.INVALID_HINT, "height must be between 50 and 250 cm", STEP)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @staticmethod
+    def from_dict(data: dict | None) -> BodyHints:
+        data = data or {}
+        height = data.get("height_cm")
+        return BodyHints(
+            build=data.get("build") or None,
+            height_cm=None if height in (None, "") else float(height),
+            age_group=data.get("age_group") or None,
+        )
+
+
 @dataclass
 class BodyFit:
     body_model: BodyModelInfo
@@ -118,6 +153,9 @@ class BodyFit:
     fitter: str = FITTER_ID
     config: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)  # model-specific (SMPL-X: betas, poses, transl)
+    # per phenotype value: {"value", "source": "hint" | "estimated" | "prior", "confidence"}
+    phenotype_estimate: dict[str, dict] = field(default_factory=dict)
+    hints: dict = field(default_factory=dict)  # the uploader's hints the fit honoured
 
     def to_dict(self) -> dict:
         data = {
@@ -136,6 +174,10 @@ class BodyFit:
             data["pose_parameters"] = np.round(self.pose_parameters, 6).tolist()
         if self.parameters:
             data["parameters"] = self.parameters
+        if self.phenotype_estimate:
+            data["phenotype_estimate"] = self.phenotype_estimate
+        if self.hints:
+            data["hints"] = self.hints
         return data
 
     @staticmethod
@@ -154,6 +196,8 @@ class BodyFit:
             fitter=data.get("fitter", FITTER_ID),
             config=data.get("config", {}),
             parameters=data.get("parameters", {}),
+            phenotype_estimate=dict(data.get("phenotype_estimate", {})),
+            hints=dict(data.get("hints", {})),
         )
 
     def model_parameters(self) -> dict:
@@ -193,7 +237,11 @@ def _wrap_anny(model: torch.nn.Module) -> AnnyBody:
 
 
 def fit_body(
-    keypoints: Keypoints, model, info: BodyModelInfo | None = None, config: FitConfig = FitConfig()
+    keypoints: Keypoints,
+    model,
+    info: BodyModelInfo | None = None,
+    config: FitConfig = FitConfig(),
+    hints: BodyHints | None = None,
 ) -> BodyFit:
     """Fit shape, pose and placement to the detected keypoints; deterministic for a given input.
 

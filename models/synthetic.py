@@ -82,10 +82,18 @@ def random_pose(body: AnnyBody, rng: np.random.Generator) -> torch.Tensor:
     return torch.as_tensor(rotvec, dtype=torch.float32)
 
 
+CHILD_SHARE = 0.25  # of the synthetic subjects
+
+
 def random_phenotype(rng: np.random.Generator) -> dict[str, float]:
-    values = {k: float(rng.uniform(0.1, 0.9)) for k in ("gender", "muscle", "weight", "proportions")}
-    values["height"] = float(rng.uniform(0.25, 0.75))
-    values["age"] = float(rng.uniform(0.45, 0.9))  # adults
+    """Builds across the whole gender axis (0 male .. 1 female), heights from short to tall,
+    adults (age 0.55-0.95; 0.67 is Anny's young adult) and a quarter children (age 0.2-0.45;
+    0.33 is Anny's child anchor)."""
+    values = {k: float(rng.uniform(0.1, 0.9)) for k in ("muscle", "weight", "proportions")}
+    values["gender"] = float(rng.uniform(0.0, 1.0))
+    values["height"] = float(rng.uniform(0.15, 0.85))
+    child = rng.random() < CHILD_SHARE
+    values["age"] = float(rng.uniform(0.2, 0.45) if child else rng.uniform(0.55, 0.95))
     return values
 
 
