@@ -49,6 +49,13 @@ from models.landmarks import (
     MEDIAPIPE_BODY,
     TORSO_LABELS,
 )
+from models.phenotype import (
+    PHENOTYPE_LABELS,
+    PhenotypeEstimate,
+    estimate_phenotype,
+    measure_evidence,
+    solve_height_value,
+)
 from models.priors import (
     ROLE_ANGLE_LIMITS,
     SilhouetteTerm,
@@ -91,6 +98,7 @@ class FitConfig:
     face_weight: float = 0.5
     detail_rho: float = 0.5  # Geman-McClure scale of the hand and face terms (fraction of their size)
     seed: int = 0
+    evidence_weight: float = 30.0  # shape prior weight x (1 + this x confidence) on estimated values
 
     @staticmethod
     def from_params(params: dict) -> FitConfig:
@@ -253,11 +261,21 @@ def fit_body(
     targets = build_targets(keypoints, body)
     if float((targets.body_weights > 0).sum()) < 4:
         raise PipelineError(ErrorCode.FIT_FAILED, "too few body keypoints are visible to fit a body", STEP)
+    hints = hints or BodyHints()
+    is_anny = body.info.name == "anny"
+    estimate = None
+    if is_anny:
+        evidence = measure_evidence(
+            keypoints.pose, keypoints.pose_world, keypoints.face, keypoints.mask, keypoints.extra.get("face_attributes")
+        )
+        estimate = estimate_phenotype(evidence, hints.to_dict())
     with _single_thread():
         torch.manual_seed(config.seed)
-        problem = _FitProblem(body, camera, targets, keypoints, config)
+        problem = _FitProblem(body, camera, targets, keypoints, config, estimate)
         history = problem.run()
         state = problem.state.detached()
+        if is_anny and hints.height_cm is not None:
+            state = _with_height(body, state, hints.height_cm / 100.0)
         projected = problem.project(body.points(state).body)
     metrics = {
         "keypoint_reprojection_rel": reprojection_rel(projected, targets),
@@ -277,7 +295,6 @@ def fit_body(
 
     metrics["silhouette_iou"] = round(silhouette_iou(vertices, body.faces, camera, keypoints.mask), 4)
     serialised = body.serialise(state)
-    is_anny = body.info.name == "anny"
     return BodyFit(
         body_model=body.info,
         phenotype=serialised["phenotype"] if is_anny else {},
@@ -289,7 +306,27 @@ def fit_body(
         framing=keypoints.framing,
         config=config.to_params(),
         parameters={} if is_anny else serialised,
+        phenotype_estimate=estimate.record(serialised["phenotype"]) if estimate is not None else {},
+        hints=hints.to_dict(),
     )
+
+
+def _with_height(body: BodyModel, state: BodyState, height_m: float) -> BodyState:
+    """`state` with the `height` value solved for a rest body `height_m` tall, the other values
+    kept; scaled about the camera centre (translation x the height ratio), so that its image
+    barely changes."""
+    index = PHENOTYPE_LABELS.index("height")
+    before = body.rest_height(state.shape)
+
+    def height_of(value: float) -> float:
+        shape = state.shape.clone()
+        shape[index] = _logit([value])[0]
+        return body.rest_height(shape)
+
+    shape = state.shape.clone()
+    shape[index] = _logit([solve_height_value(height_of, height_m)])[0]
+    ratio = body.rest_height(shape) / max(before, 1e-6)
+    return BodyState(state.root_rotvec, state.translation * ratio, state.joint_rotvec, shape, state.base_rotation)
 
 
 def fitted_state(model, fit: BodyFit) -> BodyState:
@@ -429,6 +466,11 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _logit(values: list[float]) -> torch.Tensor:
+    clipped = np.clip(np.asarray(values, dtype=np.float64), 1e-3, 1.0 - 1e-3)
+    return torch.as_tensor(np.log(clipped / (1.0 - clipped)), dtype=torch.float32)
+
+
 def _side(name: str) -> str:
     lower = name.lower().split(":")[-1]
     if lower.startswith("left"):
@@ -441,14 +483,36 @@ def _side(name: str) -> str:
 class _FitProblem:
     """The optimisation state and the staged schedule."""
 
-    def __init__(self, body: BodyModel, camera: Camera, targets: FitTargets, keypoints: Keypoints, config: FitConfig):
+    def __init__(
+        self,
+        body: BodyModel,
+        camera: Camera,
+        targets: FitTargets,
+        keypoints: Keypoints,
+        config: FitConfig,
+        estimate: PhenotypeEstimate | None = None,
+    ):
         self.body = body
         self.targets = targets
         self.config = config
+        self.estimate = estimate
         self.K = torch.as_tensor(camera.K, dtype=torch.float32)
         self.state = body.initial_state()
+        # the shape prior: its centre (Anny: the estimated phenotype), a weight per value
+        self.shape_centre = torch.zeros(body.shape_dim)
+        self.shape_weights = torch.ones(body.shape_dim)
+        free = torch.ones(body.shape_dim)
+        if estimate is not None:
+            self.shape_centre = _logit([estimate.centre[k] for k in PHENOTYPE_LABELS])
+            self.shape_weights = torch.as_tensor(
+                [1.0 + config.evidence_weight * estimate.confidence[k] for k in PHENOTYPE_LABELS], dtype=torch.float32
+            )
+            free = torch.as_tensor([0.0 if estimate.fixed()[k] else 1.0 for k in PHENOTYPE_LABELS])
+            self.state.shape = self.shape_centre.clone()
         for tensor in (self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape):
             tensor.requires_grad_(True)
+        if bool((free < 1).any()):  # hinted values are held where the uploader put them
+            self.state.shape.register_hook(lambda grad: grad * free)
         roles = body.joint_roles
         self.role_weights = torch.as_tensor([ROLE_PRIOR[r] for r in roles], dtype=torch.float32)
         self.limits = torch.as_tensor([ROLE_ANGLE_LIMITS[r] for r in roles], dtype=torch.float32)
@@ -540,13 +604,13 @@ class _FitProblem:
         prior = c.pose_prior[stage] * pose_prior(state.joint_rotvec, self.role_weights)
         prior = prior + c.limit_prior * joint_limit_prior(state.joint_rotvec, self.limits)
         prior = prior + c.angle_prior * hinge_prior(state.joint_rotvec, self.hinge_joints, self.hinge_axes)
-        return prior + c.shape_prior[stage] * shape_prior(state.shape)
+        return prior + c.shape_prior[stage] * shape_prior(state.shape, self.shape_centre, self.shape_weights)
 
     # -- schedule ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, list[float]]:
         start = time.perf_counter()
-        history = {stage: [] for stage in STAGES}
+        history: dict[str, list[float]] = {stage: [] for stage in STAGES}
         cache = self.body.shape_cache(self.state.shape.detach())
         history["global"] = self._global_stage(cache)
         everything = self.targets.body_weights

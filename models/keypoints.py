@@ -15,7 +15,7 @@ import numpy as np
 from models.errors import ErrorCode, PipelineError
 
 STEP = "keypoints"
-DETECTOR_ID = "mediapipe-holistic-0.10.14-people-v2"  # v2: person selection, mask cleanup
+DETECTOR_ID = "mediapipe-holistic-0.10.14-people-v3"  # v2: person selection, mask cleanup; v3: face attributes
 
 # MediaPipe Pose landmark indices used by framing and fitting.
 POSE_INDEX = {
@@ -201,6 +201,11 @@ def detect_keypoints(image: np.ndarray, config: DetectorConfig = DetectorConfig(
         },
     )
     keypoints.framing = classify_framing(keypoints, config.visibility_threshold)
+    from models.phenotype import face_attributes
+
+    attributes = face_attributes(image, keypoints.face)
+    if attributes is not None:  # the fit's build and age evidence (see models.phenotype)
+        keypoints.extra["face_attributes"] = attributes
     return keypoints
 
 

@@ -9,7 +9,8 @@
 - `joint_limit_prior`: a soft bound on each joint's rotation angle, per role.
 - `hinge_prior`: elbows and knees bend one way only, about one axis (SMPLify's angle prior,
   generalised: wrong-direction bending, over-bending and off-axis rotation are penalised).
-- `shape_prior`: squared shape unknowns (pull towards the model's mean shape).
+- `shape_prior`: weighted squared shape unknowns, pulled towards a centre (the model's mean
+  shape, or for Anny the phenotype estimated from the photo; see `models.phenotype`).
 - `SilhouetteTerm`: the projected body against the person mask, without a differentiable
   renderer: body points outside the mask pay their distance to it (a distance transform,
   sampled bilinearly), and mask contour points pay their distance to the nearest projected
@@ -70,8 +71,11 @@ def hinge_prior(
     return (10.0 * wrong_way + (off_axis**2).sum(-1)).sum()
 
 
-def shape_prior(shape: torch.Tensor) -> torch.Tensor:
-    return (shape**2).sum()
+def shape_prior(shape: torch.Tensor, centre: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_i (s_i - c_i)^2: towards `centre` (default the model's mean shape, 0), each
+    unknown with its own weight (default 1)."""
+    offset = shape if centre is None else shape - centre
+    return (offset**2 if weights is None else weights * offset**2).sum()
 
 
 class SilhouetteTerm:

