@@ -88,10 +88,16 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
         store=with_retries(context.resources.object_store.store()),  # transient errors: backoff
         metadata=metadata,
         model_versions={name: production[name].version for name in names},
-        model_params={name: production[name].params for name in names},
+        model_params={name: production[name].params for name in names} | _body_hints(asset_key, upload),
         code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
         retries_left=_retries_left(context),
     )
+
+
+def _body_hints(asset_key: str, upload: dict) -> dict[str, dict]:
+    """The uploader's body hints travel to the fit with the model parameters (issue 12)."""
+    hints = upload.get("body_hints")
+    return {"body_hints": dict(hints)} if asset_key == "smplx_params" and hints else {}
 
 
 def _retries_left(context: AssetExecutionContext) -> int:

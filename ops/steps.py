@@ -160,11 +160,12 @@ def load_keypoints(keypoints_json: bytes, mask_png: bytes):
 def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict]) -> StepOutput:
     """keypoints (+ person mask) -> body fit JSON; same computation as the `smplx_params` asset."""
     from models.body_model import load_body_model
-    from models.fitting import FitConfig, fit_body
+    from models.fitting import BodyHints, FitConfig, fit_body
 
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
     body = load_body_model()  # Anny; SMPL-X when SMPLX_MODEL_DIR points at its files
-    fit = fit_body(kp, body, body.info, FitConfig.from_params(params.get("body_fitter", {})))
+    hints = BodyHints.from_dict(params.get("body_hints"))  # the uploader's, from the uploads document
+    fit = fit_body(kp, body, body.info, FitConfig.from_params(params.get("body_fitter", {})), hints)
     metrics = dict(fit.metrics) | {"framing": fit.framing, "body_model": fit.body_model.name}
     metrics |= {f"phenotype_{k}": v for k, v in fit.phenotype.items()}
     return StepOutput(data=json_bytes(fit.to_dict()), ext="json", metrics=metrics)

@@ -69,21 +69,29 @@ def plan_ingest(data: bytes, filename: str, subject_id: str | None) -> Ingested:
     return Ingested(upload_id=upload_id, subject_id=subject, photo_key=key)
 
 
-def register_upload(settings: Settings, ingested: Ingested, details: dict[str, Any]) -> None:
-    """Record the subject, the `uploads` document (pending) and the `ingest` audit event."""
+def register_upload(settings: Settings, ingested: Ingested, details: dict[str, Any], hints: dict | None = None) -> None:
+    """Record the subject, the `uploads` document (pending, with the uploader's body hints) and
+    the `ingest` audit event."""
     from storage.metadata_store import open_metadata_store
 
     metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
     try:
         metadata.ensure_subject(ingested.subject_id)
         metadata.create_upload(ingested.upload_id, ingested.subject_id, ingested.photo_key, PIPELINE_VERSION)
+        if hints:  # read by the fit step (assets.steps.step_context)
+            metadata._upsert_no_read("uploads", ingested.upload_id, {"$set": {"body_hints": hints}})
         metadata.append_audit("ingest", ingested.subject_id, ingested.upload_id, details)
     finally:
         metadata.close()
 
 
 def ingest_photo(
-    settings: Settings, data: bytes, filename: str, subject_id: str | None, store: ObjectStore | None = None
+    settings: Settings,
+    data: bytes,
+    filename: str,
+    subject_id: str | None,
+    store: ObjectStore | None = None,
+    hints: dict | None = None,
 ) -> Ingested:
     """Store the raw upload under the subject's prefix (the configured object store: local or
     S3) and register it in the metadata store."""
@@ -93,8 +101,26 @@ def ingest_photo(
     ingested = plan_ingest(data, filename, subject_id)
     store = with_retries(store or object_store_from_config(settings.object_store_config()))
     store.put_bytes(ingested.photo_key, data)
-    register_upload(settings, ingested, {"bytes": len(data)})
+    register_upload(settings, ingested, {"bytes": len(data)}, hints)
     return ingested
+
+
+def add_hint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The uploader's optional body hints (`models.fitting.BodyHints`); a hint always wins."""
+    parser.add_argument("--build", choices=["masculine", "feminine", "neutral"], help="body build hint")
+    parser.add_argument("--height-cm", type=float, help="standing height hint in cm (50-250)")
+    parser.add_argument("--age-group", choices=["child", "adult"], help="age group hint")
+
+
+def hints_from_args(args: argparse.Namespace) -> dict:
+    """Validated hints as stored on the `uploads` document; raises PipelineError(INVALID_HINT)."""
+    from models.fitting import BodyHints
+
+    return BodyHints(
+        build=getattr(args, "build", None),
+        height_cm=getattr(args, "height_cm", None),
+        age_group=getattr(args, "age_group", None),
+    ).to_dict()
 
 
 def run_avatar_job(settings: Settings, upload_id: str, wait_s: float = 0.0) -> str:
@@ -221,9 +247,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not photo.is_file():
         print(f"avatarpipe: no such file: {photo}", file=sys.stderr)
         return 2
+    from models.errors import PipelineError
+
+    try:
+        hints = hints_from_args(args)
+    except PipelineError as err:
+        print(f"avatarpipe: {err.message}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     with stdout_to_stderr():
-        ingested = ingest_photo(settings, photo.read_bytes(), photo.name, args.subject)
+        ingested = ingest_photo(settings, photo.read_bytes(), photo.name, args.subject, hints=hints)
         print(f"avatarpipe: upload {ingested.upload_id} registered; running {len(ASSET_ORDER)} steps")
         run_id = run_avatar_job(settings, ingested.upload_id)
         summary = summarise(settings, ingested.upload_id, run_id)
@@ -239,6 +272,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("photo")
     run.add_argument("--subject", help="subject id (letters, digits, _ and -); random if omitted")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_hint_arguments(run)
     run.set_defaults(func=cmd_run)
 
 

@@ -81,8 +81,14 @@ def ingest_via_presigned_put(settings: Settings, data: bytes, filename: str, sub
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from orchestration.cli import ingest_photo
+    from models.errors import PipelineError
+    from orchestration.cli import hints_from_args, ingest_photo
 
+    try:
+        hints = hints_from_args(args)
+    except PipelineError as err:
+        print(f"avatarpipe: {err.message}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     prepare_environment(settings)
     photo = Path(args.photo)
@@ -94,9 +100,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         with stdout_to_stderr():
             if s3:
+                if hints:
+                    print("avatarpipe: body hints are not carried on the presigned S3 upload path yet", file=sys.stderr)
                 ingested = ingest_via_presigned_put(settings, data, photo.name, args.subject)
             else:
-                ingested = ingest_photo(settings, data, photo.name, args.subject)
+                ingested = ingest_photo(settings, data, photo.name, args.subject, hints=hints)
     except ValueError as exc:
         print(f"avatarpipe: {exc}", file=sys.stderr)
         return 2
@@ -127,4 +135,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("photo")
     parser.add_argument("--subject", help="subject id (letters, digits, _ and -); random if omitted")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    from orchestration.cli import add_hint_arguments
+
+    add_hint_arguments(parser)
     parser.set_defaults(func=cmd_ingest)

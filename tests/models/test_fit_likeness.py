@@ -1,0 +1,126 @@
+"""Issue 12: a body that matches the person - phenotype evidence, hints, height (real models)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.body_model import anny_info
+from models.errors import ErrorCode, PipelineError
+from models.fitting import BodyFit, BodyHints, fit_body
+from models.keypoints import detect_keypoints
+from models.phenotype import (
+    ADULT_AGE,
+    CHILD_AGE,
+    PHENOTYPE_LABELS,
+    estimate_phenotype,
+    solve_height_value,
+    years_to_age_value,
+)
+from models.photo import normalise_photo
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "photos"
+
+
+def _keypoints(path: Path):
+    if not path.is_file():
+        pytest.skip(f"development photo {path.name} not available")
+    return detect_keypoints(normalise_photo(path.read_bytes()).image)
+
+
+@pytest.fixture(scope="module")
+def standing_kp(standing_photo):
+    return _keypoints(standing_photo)
+
+
+@pytest.fixture(scope="module")
+def skiing_kp(skiing_photo):
+    return _keypoints(skiing_photo)
+
+
+def test_without_evidence_the_prior_is_an_adult():
+    estimate = estimate_phenotype({})
+    assert estimate.centre["age"] == ADULT_AGE and estimate.source["age"] == "prior"
+    assert estimate.centre["gender"] == 0.5 and estimate.confidence["gender"] == 0.0
+    assert set(estimate.source) == set(PHENOTYPE_LABELS)
+
+
+def test_evidence_moves_build_and_age():
+    womanly = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.30, "waist_hip_ratio": 0.9})
+    manly = estimate_phenotype({"face_p_female": 0.1, "shoulder_hip_ratio": 1.50, "waist_hip_ratio": 1.3})
+    assert womanly.centre["gender"] > 0.85 and manly.centre["gender"] < 0.15
+    assert womanly.source["gender"] == "estimated" and womanly.confidence["gender"] > 0.7
+    child = estimate_phenotype({"face_age_years": 8.0, "face_age_confidence": 0.8, "face_torso_ratio": 0.55})
+    assert child.centre["age"] < 0.45 and child.source["age"] == "estimated"
+    # conflicting cues: less confident than agreeing ones
+    mixed = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.55})
+    assert mixed.confidence["gender"] < womanly.confidence["gender"]
+
+
+def test_a_hint_always_wins():
+    estimate = estimate_phenotype(
+        {"face_p_female": 0.95, "face_age_years": 30.0, "face_age_confidence": 1.0},
+        {"build": "masculine", "age_group": "child", "height_cm": 120.0},
+    )
+    assert estimate.centre["gender"] == 0.05 and estimate.centre["age"] == CHILD_AGE
+    assert estimate.fixed() == {"gender": True, "age": True, "muscle": False, "weight": False, "height": True,
+                                "proportions": False}  # fmt: skip
+    assert estimate.confidence["gender"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"build": "broad"}, {"age_group": "teen"}, {"height_cm": 20.0}, {"height_cm": 400.0}]
+)
+def test_invalid_hints_are_typed_errors(kwargs):
+    with pytest.raises(PipelineError) as err:
+        BodyHints(**kwargs)
+    assert err.value.code == ErrorCode.INVALID_HINT and err.value.permanent
+
+
+def test_hints_roundtrip():
+    hints = BodyHints(build="feminine", height_cm=165.0)
+    assert BodyHints.from_dict(hints.to_dict()) == hints
+    assert BodyHints.from_dict({"height_cm": ""}) == BodyHints() and BodyHints.from_dict(None) == BodyHints()
+
+
+def test_age_years_follow_annys_anchors():
+    assert years_to_age_value(11.0) == pytest.approx(1 / 3)
+    assert years_to_age_value(25.0) == pytest.approx(2 / 3)
+    assert years_to_age_value(0.5) == 0.0 and years_to_age_value(120.0) == 1.0
+
+
+def test_height_value_is_solved_by_bisection():
+    value = solve_height_value(lambda v: 1.4 + 0.6 * v, 1.7)
+    assert value == pytest.approx(0.5, abs=1e-4)
+    assert solve_height_value(lambda v: 1.4 + 0.6 * v, 3.0) == 1.0  # out of reach: clamped
+
+
+def test_hinted_fit_holds_build_and_matches_height(standing_kp, anny_model):
+    hints = BodyHints(build="feminine", height_cm=171.0, age_group="adult")
+    fit = fit_body(standing_kp, anny_model, anny_info(), hints=hints)
+    assert fit.phenotype["gender"] == pytest.approx(0.95, abs=1e-3)
+    assert fit.phenotype["age"] == pytest.approx(ADULT_AGE, abs=1e-3)
+    assert abs(fit.metrics["body_height_m"] - 1.71) < 0.005
+    assert fit.phenotype_estimate["height"]["source"] == "hint"
+    assert fit.hints == hints.to_dict()
+    assert fit.metrics["keypoint_reprojection_rel"] < 0.03  # the rescaled body still fits the photo
+    again = BodyFit.from_dict(fit.to_dict())
+    assert again.phenotype_estimate == fit.phenotype_estimate and again.hints == fit.hints
+
+
+def test_photos_move_the_phenotype(standing_kp, skiing_kp, anny_model):
+    """The bundled man standing and the woman skiing: different builds, both adults."""
+    man = fit_body(standing_kp, anny_model, anny_info())
+    woman = fit_body(skiing_kp, anny_model, anny_info())
+    assert man.phenotype["gender"] < 0.5 < woman.phenotype["gender"]
+    assert man.phenotype["age"] > 0.5 and woman.phenotype["age"] > 0.5
+    assert man.phenotype_estimate["gender"]["source"] == "estimated"
+    assert all(0.0 <= v["confidence"] <= 1.0 for v in man.phenotype_estimate.values())
+
+
+def test_children_are_recognised(anny_model):
+    kp = _keypoints(SHARED / "child_02.jpg")
+    fit = fit_body(kp, anny_model, anny_info())
+    assert fit.phenotype["age"] < 0.5 and fit.phenotype_estimate["age"]["source"] == "estimated"
+    heights = np.array([fit.metrics["body_height_m"]])
+    assert (heights < 1.6).all()  # a child's body, not a small adult's
