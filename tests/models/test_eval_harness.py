@@ -61,7 +61,14 @@ def test_harness_on_one_photo_and_one_synthetic_sample(tmp_path, standing_photo,
     assert set(data["targets"]) == {
         "photos_median_silhouette_iou_full_body", "photos_median_keypoint_reprojection_rel",
         "synthetic_median_pa_mpjpe_mm", "photos_max_fit_seconds",
+        # issue 12
+        "synthetic_median_gender_error", "synthetic_median_age_error", "synthetic_median_hinted_height_error_mm",
     }  # fmt: skip
+    # per-phenotype errors against the truth; a height hint makes the height exact
+    assert set(sample.phenotype_error) == {"gender", "age", "muscle", "weight", "height", "proportions"}
+    assert all(0.0 <= e <= 1.0 for e in sample.phenotype_error.values())
+    assert sample.hinted_height_error_mm is not None and sample.hinted_height_error_mm <= 30.0
+    assert set(photo.phenotype_source) == set(photo.phenotype) and "gender" in photo.phenotype
     assert data["targets"]["photos_median_keypoint_reprojection_rel"]["met"] is True
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "PA-MPJPE" in markdown and "same_again.png (= standing.png)" in markdown
