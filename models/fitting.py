@@ -254,14 +254,44 @@ def fit_body(
     """Fit shape, pose and placement to the detected keypoints; deterministic for a given input.
 
     `model` is a `BodyModel` (see `models.body_model.load_body_model`) or Anny's torch module.
+    A fit that fails (too few confident keypoints, divergence, a body through the camera plane)
+    is retried from the other initialisations of `FIT_ATTEMPTS` before FIT_FAILED is raised:
+    portraits turned away from the camera have few confident landmarks and ambiguous facing.
     """
     body = as_body_model(model)
+    hints = hints or BodyHints()
+    failure: PipelineError | None = None
+    for number, attempt in enumerate(FIT_ATTEMPTS, start=1):
+        try:
+            fit = _fit_once(keypoints, body, config, hints, attempt)
+        except PipelineError as err:
+            if err.code != ErrorCode.FIT_FAILED:
+                raise
+            failure = failure or err
+            continue
+        fit.metrics["fit_attempts"] = number
+        return fit
+    assert failure is not None
+    raise failure
+
+
+@dataclass(frozen=True)
+class FitAttempt:
+    """One initialisation of the fit: which keypoints count and which facings are tried."""
+
+    min_visibility: float = MIN_VISIBILITY
+    both_facings: bool = False  # try facing the camera and turned away, whatever the shoulders say
+
+
+FIT_ATTEMPTS = (FitAttempt(), FitAttempt(both_facings=True), FitAttempt(min_visibility=0.1, both_facings=True))
+
+
+def _fit_once(keypoints: Keypoints, body: BodyModel, config: FitConfig, hints: BodyHints, attempt: FitAttempt) -> BodyFit:
     w, h = keypoints.image_size
     camera = Camera.from_focal(config.focal_scale * max(w, h), w, h)
-    targets = build_targets(keypoints, body)
+    targets = build_targets(keypoints, body, attempt.min_visibility)
     if float((targets.body_weights > 0).sum()) < 4:
         raise PipelineError(ErrorCode.FIT_FAILED, "too few body keypoints are visible to fit a body", STEP)
-    hints = hints or BodyHints()
     is_anny = body.info.name == "anny"
     estimate = None
     if is_anny:
@@ -271,7 +301,7 @@ def fit_body(
         estimate = estimate_phenotype(evidence, hints.to_dict())
     with _single_thread():
         torch.manual_seed(config.seed)
-        problem = _FitProblem(body, camera, targets, keypoints, config, estimate)
+        problem = _FitProblem(body, camera, targets, keypoints, config, estimate, attempt.both_facings)
         history = problem.run()
         state = problem.state.detached()
         if is_anny and hints.height_cm is not None:
@@ -353,7 +383,7 @@ def posed_vertices(model, fit: BodyFit) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_targets(keypoints: Keypoints, body: BodyModel | None = None) -> FitTargets:
+def build_targets(keypoints: Keypoints, body: BodyModel | None = None, min_visibility: float = MIN_VISIBILITY) -> FitTargets:
     """2D targets and weights from MediaPipe's landmarks (see `models.landmarks`)."""
     w, h = keypoints.image_size
     legs_visible = keypoints.framing == "full_body"
@@ -367,7 +397,7 @@ def build_targets(keypoints: Keypoints, body: BodyModel | None = None) -> FitTar
         inside = 0 <= x < w and 0 <= y < h
         # legs: only from full-body photos, or a knee that is clearly in view
         leg_ok = legs_visible or (label in ("left_knee", "right_knee") and vis >= 0.5)
-        if not inside or vis < MIN_VISIBILITY or (label in LEG_LABELS and not leg_ok):
+        if not inside or vis < min_visibility or (label in LEG_LABELS and not leg_ok):
             continue
         points[k] = (x, y)
         weights[k] = vis * point_weight
@@ -491,8 +521,10 @@ class _FitProblem:
         keypoints: Keypoints,
         config: FitConfig,
         estimate: PhenotypeEstimate | None = None,
+        both_facings: bool = False,
     ):
         self.body = body
+        self.both_facings = both_facings
         self.targets = targets
         self.config = config
         self.estimate = estimate
@@ -714,6 +746,8 @@ class _FitProblem:
         facing = self.body.facing_camera
         turned = facing @ self.body.turn_around
         t = self.targets
+        if self.both_facings:
+            return [facing, turned]
         left, right = BODY_LABELS.index("left_shoulder"), BODY_LABELS.index("right_shoulder")
         if not (t.body_weights[left] > 0 and t.body_weights[right] > 0):
             return [facing]

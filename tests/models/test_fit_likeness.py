@@ -124,3 +124,36 @@ def test_children_are_recognised(anny_model):
     assert fit.phenotype["age"] < 0.5 and fit.phenotype_estimate["age"]["source"] == "estimated"
     heights = np.array([fit.metrics["body_height_m"]])
     assert (heights < 1.6).all()  # a child's body, not a small adult's
+
+
+def test_a_fit_that_fails_retries_from_other_initialisations(standing_kp, anny_model):
+    """Few confident landmarks (a portrait turned away): the first attempts have too few
+    keypoints; the last one, with low-visibility landmarks and both facings, still fits."""
+    import copy
+
+    from models.keypoints import POSE_INDEX
+
+    kp = copy.deepcopy(standing_kp)
+    kp.pose[:, 3] = 0.2
+    for name in ("nose", "left_shoulder", "right_shoulder"):
+        kp.pose[POSE_INDEX[name], 3] = 0.9
+    fit = fit_body(kp, anny_model, anny_info())
+    assert fit.metrics["fit_attempts"] == 3 and fit.metrics["keypoint_reprojection_rel"] < 0.05
+    kp.pose[:, 3] = 0.0  # nothing usable at all: still a typed error after every attempt
+    with pytest.raises(PipelineError) as err:
+        fit_body(kp, anny_model, anny_info())
+    assert err.value.code == ErrorCode.FIT_FAILED
+
+
+def test_the_standing_central_person_beats_a_bigger_one_cut_by_the_edge():
+    from models.keypoints import PersonCandidate
+
+    size = (1000, 700)
+
+    def person(x: float, radius: float) -> PersonCandidate:
+        return PersonCandidate(hip_centre=(x, 400.0), radius=radius, face_centre=(x, 400.0 - radius),
+                               face_size=radius / 4, score=0.9, source="pose")  # fmt: skip
+
+    central, at_edge = person(500.0, 250.0), person(60.0, 290.0)  # the edge one is 16 % bigger
+    assert central.prominence(size) > at_edge.prominence(size)
+    assert person(500.0, 250.0).prominence(size) < person(500.0, 300.0).prominence(size)  # bigger wins
