@@ -502,7 +502,44 @@ def markdown_report(report: EvalReport) -> str:
         ),
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + likeness_lines(report))
+
+
+def likeness_lines(report: EvalReport) -> list[str]:
+    """The phenotype per photo (with each value's source) and the synthetic phenotype errors."""
+    s = report.summary
+    lines = [
+        "## Body likeness (issue 12)",
+        "",
+        "Anny's `gender` is 0 male .. 1 female; `age` 0.33 child, 0.67 young adult, 1.0 old.",
+        "",
+        "| photo | gender (source) | age (source) | weight | body height m |",
+        "|---|---|---|---|---|",
+    ]
+    for p in report.photos:
+        if not p.phenotype:
+            continue
+        src = p.phenotype_source
+        lines.append(
+            f"| {p.photo} | {p.phenotype['gender']:.2f} ({src.get('gender', '-')}) | "
+            f"{p.phenotype['age']:.2f} ({src.get('age', '-')}) | {p.phenotype['weight']:.2f} | {_fmt(p.body_height_m, 2)} |"
+        )
+    errors = ", ".join(
+        f"{label} {_fmt(s.get(f'synthetic_median_{label}_error'), 3)}"
+        for label in ("gender", "age", "muscle", "weight", "height", "proportions")
+    )
+    lines += [
+        "",
+        (
+            f"Synthetic median absolute phenotype error: {errors}. Children recognised (age < 0.5) "
+        f"{s.get('synthetic_children_recognised')}, adults {s.get('synthetic_adults_recognised')}, build on the "
+        f"right side of 0.5 {s.get('synthetic_build_side_correct')} (subjects with |gender - 0.5| > 0.2); "
+        f"height error {_fmt(s.get('synthetic_median_height_error_mm'), 1)} mm without a hint, "
+            f"{_fmt(s.get('synthetic_median_hinted_height_error_mm'), 1)} mm with the true height as a hint."
+        ),
+        "",
+    ]
+    return lines
 
 
 def run_evaluation(

