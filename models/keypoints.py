@@ -106,17 +106,11 @@ class PersonCandidate:
     source: str  # "pose" | "face"
 
     def prominence(self, size: tuple[int, int]) -> float:
-        """Who a person would pick: body size, discounted by up to 40 % towards the left and
-        right edges (and 10 % towards top and bottom), and by how much of the body's circle lies
-        beyond the side edges (someone cut off at the edge, or sitting there, is rarely the
-        subject). The biggest central person wins; of two equally big people the more central."""
+        """Body size, discounted by up to 25 % towards the image corners: the biggest person
+        wins, and of two equally big people the more central one."""
         w, h = size
-        dx = abs(self.hip_centre[0] - w / 2) / max(w / 2, 1.0)
-        dy = abs(self.hip_centre[1] - h / 2) / max(h / 2, 1.0)
-        centrality = 1.0 - 0.4 * min(float(dx), 1.0) - 0.1 * min(float(dy), 1.0)
-        left, right = self.hip_centre[0] - self.radius, self.hip_centre[0] + self.radius
-        inside = (min(right, w) - max(left, 0.0)) / max(2.0 * self.radius, 1e-6)
-        return self.radius * centrality * (0.5 + 0.5 * float(np.clip(inside, 0.0, 1.0)))
+        off = np.hypot(self.hip_centre[0] - w / 2, self.hip_centre[1] - h / 2) / max(np.hypot(w, h) / 2, 1.0)
+        return self.radius * (1.0 - 0.25 * min(float(off), 1.0))
 
 
 @dataclass
