@@ -302,14 +302,12 @@ def _fit_once(keypoints: Keypoints, body: BodyModel, config: FitConfig, hints: B
         estimate = estimate_phenotype(evidence, hints.to_dict())
     with _single_thread():
         torch.manual_seed(config.seed)
-        problem = _FitProblem(body, camera, targets, keypoints, config, estimate, attempt.both_facings)
+        height_m = None if hints.height_cm is None else hints.height_cm / 100.0
+        problem = _FitProblem(body, camera, targets, keypoints, config, estimate, attempt.both_facings, height_m)
         history = problem.run()
         state = problem.state.detached()
-        if is_anny and hints.height_cm is not None:
-            state = _with_height(body, state, hints.height_cm / 100.0)
-        elif is_anny:  # no hint: a typical height for the build (a photo alone cannot tell)
-            typical = typical_height_m(body.serialise(state)["phenotype"])
-            state = state if typical is None else _with_height(body, state, typical)
+        if is_anny and height_m is not None:  # exact again after refine moved the other values
+            state = _with_height(body, state, height_m)
         projected = problem.project(body.points(state).body)
     metrics = {
         "keypoint_reprojection_rel": reprojection_rel(projected, targets),
@@ -526,6 +524,7 @@ class _FitProblem:
         config: FitConfig,
         estimate: PhenotypeEstimate | None = None,
         both_facings: bool = False,
+        height_target_m: float | None = None,
     ):
         self.body = body
         self.both_facings = both_facings
@@ -547,8 +546,10 @@ class _FitProblem:
             self.state.shape = self.shape_centre.clone()
         for tensor in (self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape):
             tensor.requires_grad_(True)
-        if bool((free < 1).any()):  # hinted values are held where the uploader put them
-            self.state.shape.register_hook(lambda grad: grad * free)
+        # hinted values are held where the uploader put them (and the height once it is set)
+        self.free = free
+        self.state.shape.register_hook(lambda grad: grad * self.free)
+        self.height_target_m = height_target_m
         roles = body.joint_roles
         self.role_weights = torch.as_tensor([ROLE_PRIOR[r] for r in roles], dtype=torch.float32)
         self.limits = torch.as_tensor([ROLE_ANGLE_LIMITS[r] for r in roles], dtype=torch.float32)
@@ -663,11 +664,29 @@ class _FitProblem:
 
         params = [self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape]
         history["body"] = self._lbfgs(params, lambda: body_loss(0, False), self.config.iters[1])
+        self._set_height()
         history["refine"] = self._lbfgs(params, lambda: body_loss(1, True), self.config.iters[2])
         if float(self.detail_mask.sum()) > 0:
             history["hands_face"] = self._detail_stage()
         self.seconds = time.perf_counter() - start
         return history
+
+    @torch.no_grad()
+    def _set_height(self) -> None:
+        """Anny only: before the refine stage, the `height` value for the hinted height (or a
+        typical adult height for the build so far), placement scaled to match; the value is then
+        held, so the refine stage fits pose and placement to the body of that height."""
+        if self.estimate is None:
+            return
+        target = self.height_target_m
+        if target is None:
+            target = typical_height_m(self.body.serialise(self.state.detached())["phenotype"])
+        if target is None:
+            return
+        moved = _with_height(self.body, self.state.detached(), target)
+        self.state.shape.copy_(moved.shape)
+        self.state.translation.copy_(moved.translation)
+        self.free[PHENOTYPE_LABELS.index("height")] = 0.0
 
     def _global_stage(self, cache: dict) -> list[float]:
         """Root orientation + translation on the torso, from each plausible initial facing."""
