@@ -444,7 +444,13 @@ class AnnyBody(BodyModel):
         return out["rest_vertices"][0].double().cpu().numpy()
 
     def rest_height(self, shape: torch.Tensor) -> float:
-        return float(np.ptp(self.rest_vertices(shape)[:, 2]))
+        """Standing height: the rest mesh is the template plus the phenotype's blendshapes (what
+        Anny's forward returns as `rest_vertices`, without its posing and skinning: cheaper, and
+        the fit solves heights by bisection)."""
+        with torch.no_grad():
+            coeffs = self._coefficients(shape.detach())[0]
+            z = self.model.template_vertices[:, 2] + torch.einsum("a,av->v", coeffs, self.model.blendshapes[:, :, 2])
+        return float(z.max() - z.min())
 
     def bone_heads(self, state: BodyState) -> np.ndarray:
         """(J, 3) posed bone heads (camera frame): the skeleton used for joint errors."""
