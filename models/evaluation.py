@@ -3,8 +3,8 @@
 - Real photos (the development set, bundled samples): per photo the keypoint and fit
   metrics (`keypoint_reprojection_rel`, `silhouette_iou`), framing and people count (against
   `MANIFEST.csv` when the folder has one) and the time of each step; a contact sheet PNG with,
-  per photo, the photo | the fitted body over it | the avatar (the rest-pose body with the
-  texture baked from the photo, seen from the front).
+  per photo, the photo | the fitted body over it | the avatar (the rigged GLB at rest, front
+  and side, rendered from the GLB itself with `models.render`).
 - Synthetic ground truth (`models.synthetic`): Anny bodies with known shape, pose and camera,
   rendered and run through the same detector and fitter. Errors after Procrustes alignment
   (PA-MPJPE over 17 joints, PA-PVE over all vertices) in mm, the rest height error in mm, and
@@ -208,9 +208,9 @@ def _clothing(body: BodyModel, fit: BodyFit, keypoints: Keypoints):
 def _fit_panels(
     image: np.ndarray, keypoints: Keypoints, fit: BodyFit, body: BodyModel, clothing=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The fitted body over the photo, and the avatar seen from the front in its rest pose:
-    for Anny, the clothed surface with the texture baked from the photo (what the mesh and
-    rigged_glb steps make); for other models, the plain body."""
+    """The fitted body over the photo, and the avatar in its rest pose: for Anny, the rigged GLB
+    (clothed surface, texture baked from the photo: what the mesh and rigged_glb steps make)
+    rendered from the front and the side; for other models, the plain body from the front."""
     from models.eval_render import look_at_front, render_mesh
     from models.surface import render_overlay
 
@@ -228,11 +228,28 @@ def _fit_panels(
         surface = clothing.posed_vertices if clothing is not None else vertices
         rest = clothing.rest_vertices if clothing is not None else rest
         baked = bake_texture(surface, body.faces, uv, face_uv, fit.camera, image, keypoints.mask, TextureConfig(size=512))
+        glb_views = _rigged_glb_views(body, fit, baked.image, clothing)
+        if glb_views is not None:
+            return overlay, glb_views
         colours = _face_colours_from_texture(baked.image, uv, face_uv)
     size = (round(PANEL_HEIGHT * 0.6) * 2, PANEL_HEIGHT * 2)
     points, camera = look_at_front(rest, body.facing_camera, size)
     avatar, _ = render_mesh(points, body.faces, camera, colours, background=np.full((size[1], size[0], 3), 235, np.uint8))
     return overlay, avatar
+
+
+def _rigged_glb_views(body: AnnyBody, fit: BodyFit, texture: np.ndarray, clothing) -> np.ndarray | None:
+    """The rigged GLB the pipeline would deliver, at rest, front | side, rendered from the GLB
+    itself (`models.render`): what a client shows, the issue-12 contact sheet."""
+    from models.photo import encode_png
+    from models.render import read_glb_mesh, render_view
+    from models.rigging import build_rigged_avatar
+
+    offsets = clothing.offsets if clothing is not None else None
+    avatar = build_rigged_avatar(body.model, fit.phenotype, fit.pose_parameters, encode_png(texture), offsets)
+    mesh = read_glb_mesh(avatar.glb)
+    views = [render_view(mesh, view, PANEL_HEIGHT * 2) for view in ("front", "side")]
+    return np.hstack(views).astype(np.uint8)
 
 
 def _face_colours_from_texture(texture: np.ndarray, uv: np.ndarray, face_uv: np.ndarray) -> np.ndarray:
