@@ -419,6 +419,9 @@ def contact_sheet(rows: list[tuple[PhotoResult, PhotoPanels]], path: Path) -> Pa
         if result.status == "fitted":
             text += (f"IoU {result.silhouette_iou:.3f}  reproj {result.keypoint_reprojection_rel:.4f}  "
                      f"fit {result.fit_seconds:.1f}s")  # fmt: skip
+            if result.phenotype:
+                text += (f"  build {result.phenotype['gender']:.2f} age {result.phenotype['age']:.2f} "
+                         f"{_fmt(result.body_height_m, 2)} m")  # fmt: skip
         else:
             text += result.status
         cv2.putText(caption, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
