@@ -69,7 +69,7 @@ from models.priors import (
 )
 
 STEP = "smplx_params"
-FITTER_ID = "smplifyx-lbfgs-v2"
+FITTER_ID = "smplifyx-lbfgs-v3"  # v3: phenotype evidence, hints, height, retries (issue 12)
 STAGES = ("global", "body", "refine", "hands_face")
 MIN_VISIBILITY = 0.3
 
