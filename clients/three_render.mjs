@@ -2,8 +2,12 @@
 // entirely offline: every request is answered from local files by a Playwright route.
 //
 // Usage: node three_render.mjs GLB clip:time [clip:time ...] [--screenshot-dir DIR]
-//   ("bind" as the clip renders the bind pose). Prints one JSON object on stdout:
-//   {load: {...}, frames: [{clip, time, pixels, width, height, mask}], console: [...]}
+//          [--clips CLIPS.json] [--probe]
+//   ("bind" as the clip renders the bind pose). --clips adds clips (a JSON list of
+//   {name, tracks: [{name, type, times, values}]}, bound by node name as any three.js app
+//   binds a Mixamo clip); --probe adds skinned-mesh measurements to each frame.
+//   Prints one JSON object on stdout:
+//   {load: {...}, added: [...], frames: [{clip, time, pixels, width, height, mask, probe?}], console: [...]}
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import path from "node:path";
@@ -18,6 +22,15 @@ if (shotAt >= 0) {
   screenshotDir = args[shotAt + 1];
   args.splice(shotAt, 2);
 }
+let clipsPath = null;
+const clipsAt = args.indexOf("--clips");
+if (clipsAt >= 0) {
+  clipsPath = args[clipsAt + 1];
+  args.splice(clipsAt, 2);
+}
+const probeAt = args.indexOf("--probe");
+const withProbe = probeAt >= 0;
+if (withProbe) args.splice(probeAt, 1);
 const [glbPath, ...frameSpecs] = args;
 if (!glbPath || frameSpecs.length === 0) {
   console.error("usage: node three_render.mjs GLB clip:time [clip:time ...] [--screenshot-dir DIR]");
@@ -69,18 +82,27 @@ try {
   await page.goto(`${ORIGIN}/harness/index.html`);
   await page.waitForFunction(() => window.avatarHarness && window.avatarHarness.ready, null, { timeout: 30000 });
   const load = await page.evaluate((url) => window.avatarHarness.load(url), `${ORIGIN}/avatar.glb`);
+  const added = [];
+  if (clipsPath) {
+    for (const spec of JSON.parse(await readFile(clipsPath, "utf8"))) {
+      added.push(await page.evaluate((s) => window.avatarHarness.addClip(s), spec));
+    }
+  }
   const frames = [];
   for (const spec of frameSpecs) {
     const cut = spec.lastIndexOf(":");
     const clip = spec.slice(0, cut);
     const time = Number(spec.slice(cut + 1));
     const frame = await page.evaluate(([c, t]) => window.avatarHarness.render(c === "bind" ? null : c, t), [clip, time]);
+    if (withProbe) {
+      frame.probe = await page.evaluate(([c, t]) => window.avatarHarness.probe(c === "bind" ? null : c, t), [clip, time]);
+    }
     frames.push({ clip, time, ...frame });
     if (screenshotDir) {
       await page.locator("canvas").screenshot({ path: path.join(screenshotDir, `${clip}_${time}.png`) });
     }
   }
-  console.log(JSON.stringify({ load, frames, console: messages }));
+  console.log(JSON.stringify({ load, added, frames, console: messages }));
 } catch (error) {
   console.log(JSON.stringify({ error: String(error && error.stack || error), console: messages }));
   process.exitCode = 1;
