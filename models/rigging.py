@@ -30,6 +30,7 @@ Canonical placement (the choice every consumer of the GLB relies on):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 import trimesh
 
 from models.body_model import anny_topology
+from models.face_blendshapes import FaceTargets, expression_weights, face_targets, fitted_offsets
 from models.gltf_export import (
     MAX_INFLUENCES,
     AnimationClip,
@@ -401,6 +403,96 @@ def animation_clips(
 
 
 # ---------------------------------------------------------------------------------------------
+# Face: ARKit blendshapes as morph targets
+# ---------------------------------------------------------------------------------------------
+
+BLINK_SECONDS = 4.0
+BLINK_KEYS = 81  # 20 keys/s: a blink lasts ~0.2 s
+TALK_SECONDS = 2.0
+TALK_KEYS = 41
+
+
+def gltf_face_targets(model, rest_vertices: np.ndarray) -> FaceTargets:
+    """The 52 ARKit targets fitted to this avatar's face, in the glTF frame."""
+    targets = face_targets(model)
+    template = model.template_vertices.detach().cpu().double().numpy()
+    fitted = fitted_offsets(targets, template, rest_vertices)
+    return FaceTargets(names=targets.names, offsets=fitted @ ANNY_TO_GLTF_ROTATION.T)
+
+
+def _blink_curve(times: np.ndarray, at: tuple[float, ...], half_width: float = 0.08) -> np.ndarray:
+    """1 at each blink time, falling linearly to 0 within half_width seconds."""
+    return np.clip(1.0 - np.min(np.abs(times[:, None] - np.array(at)[None]), axis=1) / half_width, 0.0, 1.0)
+
+
+def blink_weights(names: list[str], times: np.ndarray) -> np.ndarray:
+    """Two blinks (the second a double blink) in a 4 s loop, both eyes."""
+    weights = np.zeros((len(times), len(names)))
+    curve = _blink_curve(times, (1.0, 2.9, 3.25))
+    for eye in ("eyeBlinkLeft", "eyeBlinkRight"):
+        weights[:, names.index(eye)] = curve
+    return weights
+
+
+def talk_weights(names: list[str], times: np.ndarray) -> np.ndarray:
+    """A 2 s loop of speech-like mouth shapes: the jaw opening 3-4 times a second with
+    alternating rounded (funnel/pucker) and spread (stretch) lips, and one blink."""
+    phase = 2.0 * np.pi * times / TALK_SECONDS
+    weights = np.zeros((len(times), len(names)))
+    syllables = np.clip(np.sin(7.0 * phase), 0.0, None) * (0.6 + 0.4 * np.sin(phase) ** 2)
+    rounded = np.clip(np.sin(2.0 * phase), 0.0, None)
+    spread = np.clip(-np.sin(2.0 * phase), 0.0, None)
+    weights[:, names.index("jawOpen")] = 0.45 * syllables
+    weights[:, names.index("mouthFunnel")] = 0.5 * rounded * syllables
+    weights[:, names.index("mouthPucker")] = 0.3 * rounded * (1.0 - syllables)
+    for side in ("Left", "Right"):
+        weights[:, names.index(f"mouthStretch{side}")] = 0.4 * spread * syllables
+        weights[:, names.index(f"eyeBlink{side}")] = _blink_curve(times, (1.3,))
+    weights[-1] = weights[0]  # seamless loop
+    return weights
+
+
+def _held_bind(name: str, times: np.ndarray, base: AnimationClip) -> AnimationClip:
+    """The bind pose (first key of `base`) held over `times`."""
+    return AnimationClip(
+        name=name,
+        times=times.astype(np.float32),
+        local_rotations=np.repeat(base.local_rotations[:1], len(times), axis=0),
+        root_translations=np.repeat(base.root_translations[:1], len(times), axis=0),
+    )
+
+
+def with_face_clips(
+    clips: list[AnimationClip], names: list[str], expression: np.ndarray
+) -> list[AnimationClip]:
+    """Morph weights for every clip (so a clip never inherits another's face): the photo's
+    expression in `photo_pose` (held) and `photo_transition` (neutral -> expression), neutral in
+    the body clips; then the face idles `blink` and `talk` on the held bind pose."""
+    out = []
+    for clip in clips:
+        t = len(clip.times)
+        if clip.name == "photo_pose":
+            weights = np.repeat(expression[None], t, axis=0)
+        elif clip.name == "photo_transition":
+            weights = np.linspace(0.0, 1.0, t)[:, None] * expression[None]
+        else:
+            weights = np.zeros((t, len(names)))
+        out.append(dataclasses.replace(clip, morph_weights=weights))
+    transition = next(c for c in clips if c.name == "photo_transition")
+    blink_t = np.linspace(0.0, BLINK_SECONDS, BLINK_KEYS)
+    talk_t = np.linspace(0.0, TALK_SECONDS, TALK_KEYS)
+    out.append(
+        dataclasses.replace(
+            _held_bind("blink", blink_t, transition), morph_weights=blink_weights(names, blink_t)
+        )
+    )
+    out.append(
+        dataclasses.replace(_held_bind("talk", talk_t, transition), morph_weights=talk_weights(names, talk_t))
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Verification: skin the glTF data exactly as a viewer would
 # ---------------------------------------------------------------------------------------------
 
@@ -445,6 +537,7 @@ def build_rigged_avatar(
     pose_parameters: np.ndarray,
     texture_png: bytes,
     offsets: np.ndarray | None = None,
+    expression: dict[str, float] | None = None,
 ) -> RiggedAvatar:
     """Rigged, textured GLB of the fitted body (see the module docstring for the placement).
 
@@ -452,6 +545,9 @@ def build_rigged_avatar(
     (models.clothing, SMPL+D): the bind mesh is `rest_vertices + offsets`, skinned with the
     body's own weights. Animations: `photo_pose` (bind -> fitted photo pose over 1 s), `idle`,
     `wave` and `walk` (loops). Compression is a separate, opt-in step (`compress_glb`).
+    The face carries ARKit's 52 blendshapes as morph targets (models.face_blendshapes), animated
+    by `blink` and `talk`; `expression` ({ARKit name: weight}, optional: absent -> neutral) is the
+    photo's expression, held in `photo_pose`.
     """
     body = evaluate_anny(model, phenotype, np.asarray(pose_parameters))
     topo = anny_topology(model)
@@ -469,6 +565,7 @@ def build_rigged_avatar(
         short_name(n): m[:3, 3] for n, m in zip(bind.skeleton.names, bind.skeleton.bind_world, strict=True)
     }
     joints, weights, loss = export_skin_weights(topo, bind.vertices, heads)
+    face = gltf_face_targets(model, body.rest_vertices)
     mesh = SkinnedMeshData(
         positions=bind.vertices[src].astype(np.float32),
         normals=normals[src].astype(np.float32),
@@ -477,9 +574,12 @@ def build_rigged_avatar(
         joints=joints[src],
         weights=weights[src].astype(np.float32),
         texture_png=texture_png,
+        morph_targets=face.offsets[:, src].astype(np.float32),
+        target_names=face.names,
     )
     photo_world = bind.from_anny_frames(c[None] @ body.posed_bone_poses)
     clips = animation_clips(bind.skeleton.bind_world, photo_world, bind.skeleton.names, bind.skeleton.parents)
+    clips = with_face_clips(clips, face.names, expression_weights(face.names, expression))
     glb = write_glb(mesh, bind.skeleton, clips)
 
     # Anny's own skinning of the clothed rest surface into the photo pose, for the check.
@@ -628,7 +728,11 @@ def clip_edge_stretch(mesh: SkinnedMeshData, skeleton: Skeleton, clip: Animation
     bind_len = np.maximum(np.linalg.norm(pos[edges[:, 0]] - pos[edges[:, 1]], axis=1), 1e-6)
     ibm = rigid_inverse(np.asarray(skeleton.bind_world, np.float64))
     worst = 0.0
-    for key in range(len(clip.times)):
+    pose_keys = np.concatenate(
+        [clip.local_rotations.reshape(len(clip.times), -1), clip.root_translations], axis=1
+    )
+    _, distinct = np.unique(pose_keys, axis=0, return_index=True)  # a held pose is skinned once
+    for key in sorted(distinct):
         world = clip_world_matrices(clip, key, skeleton)
         v = linear_blend_skinning(pos, mesh.joints, mesh.weights.astype(np.float64), world, ibm)
         ratio = np.linalg.norm(v[edges[:, 0]] - v[edges[:, 1]], axis=1) / bind_len

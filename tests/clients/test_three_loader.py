@@ -29,7 +29,7 @@ def test_loads_skinned_avatar_with_clips(plain):
     assert len(load["bones"]) == 65  # Mixamo's skeleton, end bones included
     assert "mixamorigHips" in load["bones"]  # three.js strips ':' from node names
     clips = {c["name"]: c["duration"] for c in load["clips"]}
-    assert set(clips) == {"photo_pose", "photo_transition", "idle", "wave", "walk"}
+    assert set(clips) == {"photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"}
     assert clips["walk"] > 0.5 and clips["wave"] > 1.0
     assert not [m for m in plain["console"] if m.startswith(("error", "pageerror"))], plain["console"]
 

@@ -25,7 +25,7 @@ from models.gltf_export import (
 )
 from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar, split_uv_seams
 
-CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk"]
+CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
 SKINNING_MEAN_TOLERANCE_M = 5e-4
 SKINNING_MAX_TOLERANCE_M = 0.02
 COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
@@ -72,6 +72,11 @@ class ParsedGlb:
         start = (view.byteOffset or 0) + (acc.byteOffset or 0)
         data = np.frombuffer(self.blob, dtype=dtype, count=acc.count * width, offset=start)
         return data.reshape(acc.count, width) if width > 1 else data
+
+    def accessor_like(self, view_index: int, dtype, count: int, width: int) -> np.ndarray:
+        """`count` rows of `width` values of `dtype` at the start of a bufferView (sparse data)."""
+        data = np.frombuffer(self.view_bytes(view_index), dtype=dtype, count=count * width)
+        return data.reshape(count, width) if width > 1 else data
 
     def animation(self, name: str) -> pygltflib.Animation:
         return next(a for a in self.gltf.animations if a.name == name)
@@ -209,6 +214,7 @@ def test_animations_well_formed(parsed):
     for anim in gltf.animations:
         paths = [(c.target.node, c.target.path) for c in anim.channels]
         assert sorted(n for n, p in paths if p == "rotation") == list(range(n_joints))
+        assert [p for _, p in paths].count("weights") == 1  # every clip sets the face
         assert (0, "translation") in paths
         for sampler in anim.samplers:
             assert sampler.interpolation == "LINEAR"
@@ -217,8 +223,9 @@ def test_animations_well_formed(parsed):
             times = parsed.accessor(sampler.input)
             assert np.all(np.diff(times) > 0)
             out = parsed.accessor(sampler.output)
-            assert len(out) == len(times)
-            if out.shape[1] == 4:
+            morphs = len(gltf.meshes[0].weights or [])
+            assert len(out) == len(times) * (morphs if out.ndim == 1 else 1)  # weights: keys x targets
+            if out.ndim == 2 and out.shape[1] == 4:
                 np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-6)
                 assert (np.sum(out[1:] * out[:-1], axis=1) >= 0).all()  # continuous signs
         for view in {gltf.accessors[s.output].bufferView for s in anim.samplers}:
