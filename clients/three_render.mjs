@@ -9,12 +9,9 @@
 //   Prints one JSON object on stdout:
 //   {load: {...}, added: [...], frames: [{clip, time, pixels, width, height, mask, probe?}], console: [...]}
 import { readFile } from "node:fs/promises";
-import { existsSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { ORIGIN, chromiumPath, localFiles, openOfflinePage } from "./offline_page.mjs";
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 let screenshotDir = null;
 const shotAt = args.indexOf("--screenshot-dir");
@@ -37,48 +34,13 @@ if (!glbPath || frameSpecs.length === 0) {
   process.exit(2);
 }
 
-const executablePath = process.env.CHROMIUM_PATH || ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find(existsSync);
-if (!executablePath) {
+if (!chromiumPath()) {
   console.error("no Chromium found: install Debian's chromium (make clients) or set CHROMIUM_PATH");
   process.exit(3);
 }
 
-const ORIGIN = "http://avatarpipe.test";
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".glb": "model/gltf-binary", ".wasm": "application/wasm" };
-function localFile(url) {
-  const p = decodeURIComponent(new URL(url).pathname);
-  if (p === "/avatar.glb") return glbPath;
-  if (p.startsWith("/three/")) return path.join(here, "node_modules", "three", p.slice("/three/".length));
-  if (p.startsWith("/harness/")) return path.join(here, "harness", p.slice("/harness/".length));
-  return null;
-}
-
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-  ],
-});
-const messages = [];
+const { browser, page, messages } = await openOfflinePage(localFiles({ "/avatar.glb": glbPath }));
 try {
-  const page = await browser.newPage();
-  page.on("console", (m) => messages.push(`${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => messages.push(`pageerror: ${e.message}`));
-  await page.route("**/*", async (route) => {
-    const file = localFile(route.request().url());
-    if (!file || !existsSync(file)) return route.fulfill({ status: 404, body: "not found" });
-    const type = TYPES[path.extname(file)] || "application/octet-stream";
-    return route.fulfill({ status: 200, contentType: type, body: await readFile(file) });
-  });
   await page.goto(`${ORIGIN}/harness/index.html`);
   await page.waitForFunction(() => window.avatarHarness && window.avatarHarness.ready, null, { timeout: 30000 });
   const load = await page.evaluate((url) => window.avatarHarness.load(url), `${ORIGIN}/avatar.glb`);

