@@ -651,9 +651,11 @@ def mixamo_bind(
 # "Crotch" is the point between the thighs, below the hip joints by half their spacing.
 WEIGHT_SMOOTHING: tuple[tuple[tuple[str, ...], float], ...] = (
     (("LeftArm", "RightArm", "LeftUpLeg", "RightUpLeg", "Crotch"), 0.12),
-    (("LeftForeArm", "RightForeArm", "LeftLeg", "RightLeg"), 0.08),
+    (("LeftForeArm", "RightForeArm", "LeftLeg", "RightLeg"), 0.12),
     # X Bot's ankle sits higher above the toes than Anny's: Mixamo clips bend the toes ~30 deg
     (("LeftToeBase", "RightToeBase"), 0.08),
+    # hair and collar offsets around the neck tear when the photo pose tilts the head
+    (("Neck",), 0.11),
 )
 WEIGHT_SMOOTHING_ITERATIONS = 40
 
