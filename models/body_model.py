@@ -142,9 +142,7 @@ class BodyModel(abc.ABC):
         """(F, 3) triangles."""
 
     @abc.abstractmethod
-    def points(
-        self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False
-    ) -> BodyPoints:
+    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
         """Posed keypoints (and the silhouette vertex subset) in the camera frame."""
 
     @abc.abstractmethod
@@ -184,6 +182,7 @@ class BodyModel(abc.ABC):
             shape=torch.zeros(self.shape_dim),
             base_rotation=torch.as_tensor(self.facing_camera, dtype=torch.float32),
         )
+
 
 
 def _anny_role(bone: str) -> str:
@@ -319,9 +318,7 @@ class AnnyBody(BodyModel):
             [bones.index(f"mixamorig:{side}{ANNY_HAND_POINTS[label][0]}") for label in ANNY_HAND_POINTS]
             for side in ("Left", "Right")
         ])  # fmt: skip
-        self._hand_is_tail = torch.tensor(
-            [ANNY_HAND_POINTS[label][1] == "tail" for label in ANNY_HAND_POINTS]
-        )
+        self._hand_is_tail = torch.tensor([ANNY_HAND_POINTS[label][1] == "tail" for label in ANNY_HAND_POINTS])
 
         with torch.no_grad():
             rest = model(phenotype_kwargs={})
@@ -384,18 +381,10 @@ class AnnyBody(BodyModel):
 
         model = self.model
         coeffs = self._coefficients(shape)
-        heads = model.template_bone_heads[None] + torch.einsum(
-            "ba,ajd->bjd", coeffs, model.bone_heads_blendshapes
-        )
-        tails = model.template_bone_tails[None] + torch.einsum(
-            "ba,ajd->bjd", coeffs, model.bone_tails_blendshapes
-        )
+        heads = model.template_bone_heads[None] + torch.einsum("ba,ajd->bjd", coeffs, model.bone_heads_blendshapes)
+        tails = model.template_bone_tails[None] + torch.einsum("ba,ajd->bjd", coeffs, model.bone_tails_blendshapes)
         rest_poses = kinematics.get_bone_poses(
-            heads,
-            tails,
-            model.bone_rolls_rotmat,
-            y_axis=model.y_axis,
-            degenerate_rotation=model.degenerate_rotation,
+            heads, tails, model.bone_rolls_rotmat, y_axis=model.y_axis, degenerate_rotation=model.degenerate_rotation
         )
         if model.root_identity_orientation:
             rest_poses = torch.cat([_with_identity_rotation(rest_poses[:, :1]), rest_poses[:, 1:]], dim=1)
@@ -418,9 +407,7 @@ class AnnyBody(BodyModel):
         rest[:, :3, :3] = roma.rotvec_to_rotmat(state.joint_rotvec)
         return torch.cat([root, rest])[None]
 
-    def points(
-        self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False
-    ) -> BodyPoints:
+    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
         cache = shape_cache if shape_cache is not None else self.shape_cache(state.shape)
         transforms, poses = self.model.get_bone_transforms(self.pose_parameters(state), cache["rest_poses"])
         T = transforms[0]
@@ -428,9 +415,7 @@ class AnnyBody(BodyModel):
         regressed = torch.einsum("jxy,kjy->kx", rot, cache["B"]) + self._A @ trans
         heads = poses[0, :, :3, 3]
         tails = torch.einsum("jxy,jy->jx", rot, cache["tails"]) + trans
-        hands = torch.where(
-            self._hand_is_tail[None, :, None], tails[self._hand_bones], heads[self._hand_bones]
-        )
+        hands = torch.where(self._hand_is_tail[None, :, None], tails[self._hand_bones], heads[self._hand_bones])
         vertices = None
         if with_vertices:
             blend = torch.einsum("vj,jxy->vxy", self._sil_skin, T[:, :3, :])

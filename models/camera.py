@@ -18,7 +18,9 @@ class Camera:
 
     @staticmethod
     def from_focal(focal_px: float, width: int, height: int) -> Camera:
-        K = np.array([[focal_px, 0.0, width / 2.0], [0.0, focal_px, height / 2.0], [0.0, 0.0, 1.0]])
+        K = np.array(
+            [[focal_px, 0.0, width / 2.0], [0.0, focal_px, height / 2.0], [0.0, 0.0, 1.0]]
+        )
         return Camera(K=K, R=np.eye(3), t=np.zeros(3), image_size=(int(width), int(height)))
 
     def to_camera(self, points_world: np.ndarray) -> np.ndarray:

@@ -29,9 +29,7 @@ def default_model_specs() -> dict[str, ModelSpec]:
             ModelSpec("keypoint_detector", DETECTOR_ID, asdict(DetectorConfig())),
             ModelSpec("body_model", "anny-0.6.2", {"rig": "mixamo"}),
             ModelSpec("body_fitter", FITTER_ID, _jsonable(asdict(FitConfig()))),
-            ModelSpec(
-                "reconstructor", "clothed-projective-texture-v1", {"texture_size": 1024, "clothing": True}
-            ),
+            ModelSpec("reconstructor", "clothed-projective-texture-v1", {"texture_size": 1024, "clothing": True}),
             ModelSpec("rigger", "anny-mixamo-gltf-v1", {"max_influences": 4, "compress": False}),
         )
     }
@@ -63,9 +61,7 @@ def validate_params(name: str, implementation: str, params: dict) -> None:
     if name == "keypoint_detector":
         config = DetectorConfig(**params)
         if config.model_complexity != 1:
-            raise ValueError(
-                "model_complexity must be 1: only the full pose model ships in the MediaPipe wheel"
-            )
+            raise ValueError("model_complexity must be 1: only the full pose model ships in the MediaPipe wheel")
         for key in ("min_detection_confidence", "visibility_threshold", "min_person_height_frac"):
             if not 0.0 <= getattr(config, key) <= 1.0:
                 raise ValueError(f"{key} must be within [0, 1]")

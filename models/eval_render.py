@@ -59,9 +59,7 @@ def render_mesh(
 
     canvas = np.zeros((h * s, w * s, 3), np.uint8)
     if background is not None:
-        canvas = cv2.resize(
-            np.asarray(background, dtype=np.uint8), (w * s, h * s), interpolation=cv2.INTER_LINEAR
-        )
+        canvas = cv2.resize(np.asarray(background, dtype=np.uint8), (w * s, h * s), interpolation=cv2.INTER_LINEAR)
     coverage = np.zeros((h * s, w * s), np.uint8)
     fixed = np.round((pixels + 0.5) * s - 0.5) * (1 << _SHIFT)
     fixed = np.clip(fixed, -(2**28), 2**28).astype(np.int32)
@@ -77,9 +75,7 @@ def render_mesh(
     return canvas, coverage >= 128
 
 
-def look_at_front(
-    vertices: np.ndarray, facing_camera: np.ndarray, size: tuple[int, int], fill: float = 0.9
-) -> tuple[np.ndarray, Camera]:
+def look_at_front(vertices: np.ndarray, facing_camera: np.ndarray, size: tuple[int, int], fill: float = 0.9) -> tuple[np.ndarray, Camera]:
     """Vertices moved into a camera frame that shows the body from the front, centred and
     filling `fill` of the image height; the camera for them."""
     w, h = size

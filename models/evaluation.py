@@ -149,11 +149,7 @@ class PhotoPanels:
 
 
 def evaluate_photo(
-    path: Path,
-    body: BodyModel,
-    fit_config: FitConfig,
-    detector_config: DetectorConfig,
-    with_panels: bool = True,
+    path: Path, body: BodyModel, fit_config: FitConfig, detector_config: DetectorConfig, with_panels: bool = True
 ) -> tuple[PhotoResult, PhotoPanels]:
     """Detect, fit and measure one photo (and draw its contact sheet panels)."""
     result = PhotoResult(photo=path.name, status="fitted")
@@ -194,9 +190,7 @@ def _clothing(body: BodyModel, fit: BodyFit, keypoints: Keypoints):
     from models.body_model import anny_topology
     from models.clothing import fit_clothing
 
-    return fit_clothing(
-        body.model, fit.phenotype, fit.pose_parameters, fit.camera, keypoints.mask, anny_topology(body.model)
-    )
+    return fit_clothing(body.model, fit.phenotype, fit.pose_parameters, fit.camera, keypoints.mask, anny_topology(body.model))
 
 
 def _fit_panels(
@@ -221,15 +215,11 @@ def _fit_panels(
         face_uv = model.face_texture_coordinate_indices.detach().cpu().numpy().astype(np.int64)
         surface = clothing.posed_vertices if clothing is not None else vertices
         rest = clothing.rest_vertices if clothing is not None else rest
-        baked = bake_texture(
-            surface, body.faces, uv, face_uv, fit.camera, image, keypoints.mask, TextureConfig(size=512)
-        )
+        baked = bake_texture(surface, body.faces, uv, face_uv, fit.camera, image, keypoints.mask, TextureConfig(size=512))
         colours = _face_colours_from_texture(baked.image, uv, face_uv)
     size = (round(PANEL_HEIGHT * 0.6) * 2, PANEL_HEIGHT * 2)
     points, camera = look_at_front(rest, body.facing_camera, size)
-    avatar, _ = render_mesh(
-        points, body.faces, camera, colours, background=np.full((size[1], size[0], 3), 235, np.uint8)
-    )
+    avatar, _ = render_mesh(points, body.faces, camera, colours, background=np.full((size[1], size[0], 3), 235, np.uint8))
     return overlay, avatar
 
 
@@ -278,9 +268,7 @@ def evaluate_synthetic(
     result.pa_pve_mm = round(pa_error_mm(vertices, sample.vertices), 1)
     result.fitted_height_m = round(fitted_height, 4)
     result.height_error_mm = round(abs(fitted_height - sample.height_m) * 1000.0, 1)
-    result.iou_true_silhouette = round(
-        float(np.logical_and(silhouette, sample.silhouette).sum() / max(union, 1)), 4
-    )
+    result.iou_true_silhouette = round(float(np.logical_and(silhouette, sample.silhouette).sum() / max(union, 1)), 4)
     result.silhouette_iou = fit.metrics["silhouette_iou"]
     result.keypoint_reprojection_rel = fit.metrics["keypoint_reprojection_rel"]
     from models.surface import render_overlay
@@ -313,9 +301,7 @@ def summarise(photos: list[PhotoResult], synthetic: list[SyntheticResult]) -> tu
         "photos_median_silhouette_iou_full_body": _median(p.silhouette_iou for p in full),
         "photos_median_clothed_silhouette_iou_full_body": _median(p.clothed_silhouette_iou for p in full),
         "photos_median_fit_seconds": _median(p.fit_seconds for p in fitted),
-        "photos_max_fit_seconds": max(
-            (p.fit_seconds for p in fitted if p.fit_seconds is not None), default=None
-        ),
+        "photos_max_fit_seconds": max((p.fit_seconds for p in fitted if p.fit_seconds is not None), default=None),
         "photos_median_keypoints_seconds": _median(p.keypoints_seconds for p in photos),
         "synthetic": len(synthetic),
         "synthetic_fitted": len(syn),

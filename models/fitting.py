@@ -307,9 +307,7 @@ def build_targets(keypoints: Keypoints, body: BodyModel | None = None) -> FitTar
     )
 
 
-def _world_targets(
-    keypoints: Keypoints, body_weights: np.ndarray
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _world_targets(keypoints: Keypoints, body_weights: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """MediaPipe's 3D landmarks in label order, and a weight per limb: the smaller visibility of
     its ends, only for limbs whose ends are used as 2D targets."""
     if keypoints.pose_world is None or len(keypoints.pose_world) < 33:
@@ -322,10 +320,7 @@ def _world_targets(
     for a, b in LIMBS:
         ia, ib = BODY_LABELS.index(a), BODY_LABELS.index(b)
         used = body_weights[ia] > 0 and body_weights[ib] > 0
-        vis = min(
-            keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[a][0]], 3],
-            keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[b][0]], 3],
-        )
+        vis = min(keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[a][0]], 3], keypoints.pose[POSE_INDEX[MEDIAPIPE_BODY[b][0]], 3])
         weights.append(float(vis) if used else 0.0)
     return torch.as_tensor(world, dtype=torch.float32), torch.as_tensor(weights, dtype=torch.float32)
 
@@ -398,29 +393,20 @@ def _side(name: str) -> str:
 class _FitProblem:
     """The optimisation state and the staged schedule."""
 
-    def __init__(
-        self, body: BodyModel, camera: Camera, targets: FitTargets, keypoints: Keypoints, config: FitConfig
-    ):
+    def __init__(self, body: BodyModel, camera: Camera, targets: FitTargets, keypoints: Keypoints, config: FitConfig):
         self.body = body
         self.targets = targets
         self.config = config
         self.K = torch.as_tensor(camera.K, dtype=torch.float32)
         self.state = body.initial_state()
-        for tensor in (
-            self.state.root_rotvec,
-            self.state.translation,
-            self.state.joint_rotvec,
-            self.state.shape,
-        ):
+        for tensor in (self.state.root_rotvec, self.state.translation, self.state.joint_rotvec, self.state.shape):
             tensor.requires_grad_(True)
         roles = body.joint_roles
         self.role_weights = torch.as_tensor([ROLE_PRIOR[r] for r in roles], dtype=torch.float32)
         self.limits = torch.as_tensor([ROLE_ANGLE_LIMITS[r] for r in roles], dtype=torch.float32)
         hinges = body.hinge_axes()
         self.hinge_joints = torch.as_tensor(sorted(hinges), dtype=torch.long)
-        self.hinge_axes = torch.as_tensor(
-            np.array([hinges[j] for j in sorted(hinges)]).reshape(-1, 3), dtype=torch.float32
-        )
+        self.hinge_axes = torch.as_tensor(np.array([hinges[j] for j in sorted(hinges)]).reshape(-1, 3), dtype=torch.float32)
         self.silhouette = SilhouetteTerm(keypoints.mask, targets.person_height_px, rho=config.gmof_rho)
         self.body_mask = self._body_joint_mask()
         self.detail_mask = self._detail_joint_mask()
@@ -455,10 +441,7 @@ class _FitProblem:
     def _detail_joint_mask(self) -> torch.Tensor:
         """Joints of the hands/face stage: fingers and wrist of each detected hand; neck and
         head when face landmarks are available."""
-        hand_seen = {
-            "left": bool(self.targets.hand_weights[0].sum() > 0),
-            "right": bool(self.targets.hand_weights[1].sum() > 0),
-        }
+        hand_seen = {"left": bool(self.targets.hand_weights[0].sum() > 0), "right": bool(self.targets.hand_weights[1].sum() > 0)}
         face_seen = bool(self.targets.face_weights.sum() > 0)
         mask = []
         for name, role in zip(self.body.joint_names, self.body.joint_roles, strict=True):
@@ -502,11 +485,7 @@ class _FitProblem:
         model = model / model.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         seen = seen / seen.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         # robust: MediaPipe's depth is a guess that is sometimes wrong by far
-        return (
-            t.limb_weights
-            * gmof(((model - seen) ** 2).sum(-1), self.config.limb_rho)
-            / self.config.limb_rho**2
-        ).sum()
+        return (t.limb_weights * gmof(((model - seen) ** 2).sum(-1), self.config.limb_rho) / self.config.limb_rho**2).sum()
 
     def priors(self, state: BodyState, stage: int) -> torch.Tensor:
         c = self.config
@@ -547,15 +526,7 @@ class _FitProblem:
         torso = torch.as_tensor([1.0 if label in TORSO_LABELS else 0.0 for label in BODY_LABELS])
         weights = self.targets.body_weights * torso
         if float((weights > 0).sum()) < 3:  # head/shoulders: use the face points too
-            head = (
-                "nose",
-                "left_eye",
-                "right_eye",
-                "left_ear",
-                "right_ear",
-                "left_shoulder",
-                "right_shoulder",
-            )
+            head = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder")
             weights = self.targets.body_weights * torch.as_tensor([float(lb in head) for lb in BODY_LABELS])
         best: tuple[float, BodyState, list[float]] | None = None
         for base in self._initial_orientations():

@@ -271,11 +271,8 @@ def find_people(image: np.ndarray, config: DetectorConfig = DetectorConfig()) ->
     faces: list[tuple[float, float, float, float]] = []
     with (
         SolutionBase(graph_config=graph, outputs=["detections"]) as detector,
-        mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=0.6
-        ) as face_detector,
+        mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.6) as face_detector,
     ):
-
         def scan(tile_list: list[tuple[int, int, int]], with_bodies: bool) -> None:
             for x, y, side in tile_list:
                 crop = image if side == 0 else np.ascontiguousarray(image[y : y + side, x : x + side])
@@ -364,9 +361,7 @@ def _has_face(candidate: PersonCandidate, faces: list[tuple[float, float, float,
     return any(np.hypot(cx - x, cy - y) < 0.75 * max(candidate.face_size, size) for x, y, size, _ in faces)
 
 
-def _matches(
-    result, candidate: PersonCandidate, size: tuple[int, int], offset: tuple[int, int] = (0, 0)
-) -> bool:
+def _matches(result, candidate: PersonCandidate, size: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> bool:
     """Whether Holistic's person (landmarks relative to an image of `size` at `offset`) is
     `candidate`: its hip centre lies near the candidate's, or its nose on the candidate's face."""
     if result.pose_landmarks is None:
@@ -376,12 +371,8 @@ def _matches(
     lm = result.pose_landmarks.landmark
     hip = (ox + (lm[23].x + lm[24].x) / 2 * w, oy + (lm[23].y + lm[24].y) / 2 * h)
     nose = (ox + lm[0].x * w, oy + lm[0].y * h)
-    near_hip = (
-        np.hypot(hip[0] - candidate.hip_centre[0], hip[1] - candidate.hip_centre[1]) < 0.35 * candidate.radius
-    )
-    near_face = (
-        np.hypot(nose[0] - candidate.face_centre[0], nose[1] - candidate.face_centre[1]) < candidate.face_size
-    )
+    near_hip = np.hypot(hip[0] - candidate.hip_centre[0], hip[1] - candidate.hip_centre[1]) < 0.35 * candidate.radius
+    near_face = np.hypot(nose[0] - candidate.face_centre[0], nose[1] - candidate.face_centre[1]) < candidate.face_size
     return bool(near_hip or near_face)
 
 
@@ -392,19 +383,14 @@ def _person_rois(candidate: PersonCandidate, size: tuple[int, int]) -> list[tupl
     cx, cy = candidate.hip_centre
     rois = []
     for half_width in (1.25, 0.8, 0.55):
-        x0, x1 = (
-            int(max(cx - half_width * candidate.radius, 0)),
-            int(min(cx + half_width * candidate.radius, w)),
-        )
+        x0, x1 = int(max(cx - half_width * candidate.radius, 0)), int(min(cx + half_width * candidate.radius, w))
         y0, y1 = int(max(cy - 1.25 * candidate.radius, 0)), int(min(cy + 1.25 * candidate.radius, h))
         if x1 - x0 >= 16 and y1 - y0 >= 16:
             rois.append((x0, y0, x1, y1))
     return rois
 
 
-def person_region(
-    mask: np.ndarray, pose: np.ndarray, threshold: float = 0.5, margin: float = 0.08
-) -> np.ndarray:
+def person_region(mask: np.ndarray, pose: np.ndarray, threshold: float = 0.5, margin: float = 0.08) -> np.ndarray:
     """The mask limited to the person's own region when others are around: the convex hull of
     the visible landmarks, widened by `margin` x the landmarks' height (hair, clothes)."""
     import cv2
@@ -463,7 +449,9 @@ def _mask_to_uint8(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
     return np.clip(np.asarray(mask) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _person_bbox(pose: np.ndarray, mask: np.ndarray, threshold: float, size: tuple[int, int]) -> list[float]:
+def _person_bbox(
+    pose: np.ndarray, mask: np.ndarray, threshold: float, size: tuple[int, int]
+) -> list[float]:
     """Bounding box of the person: the mask where it is confident, else visible landmarks."""
     ys, xs = np.nonzero(mask >= 128)
     if len(xs) > 50:

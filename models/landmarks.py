@@ -84,10 +84,7 @@ ANNY_HAND_POINTS: dict[str, tuple[str, str]] = {
         )
         for i, joint in enumerate(joints, start=1)
     },
-    **{
-        f"{finger}_tip": (f"Hand{finger.capitalize()}3", "tail")
-        for finger in ("thumb", "index", "middle", "ring", "pinky")
-    },
+    **{f"{finger}_tip": (f"Hand{finger.capitalize()}3", "tail") for finger in ("thumb", "index", "middle", "ring", "pinky")},
 }
 
 # hand label -> SMPL-X joint name without the side prefix (fingertips are vertex landmarks)

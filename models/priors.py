@@ -119,10 +119,7 @@ def _contour_points(person: np.ndarray, max_points: int) -> np.ndarray:
     h, w = person.shape
     margin = 3
     keep = (
-        (points[:, 0] >= margin)
-        & (points[:, 0] < w - margin)
-        & (points[:, 1] >= margin)
-        & (points[:, 1] < h - margin)
+        (points[:, 0] >= margin) & (points[:, 0] < w - margin) & (points[:, 1] >= margin) & (points[:, 1] < h - margin)
     )
     points = points[keep]
     if len(points) > max_points:

@@ -119,9 +119,7 @@ def _components(n_vertices: int, edges: np.ndarray) -> np.ndarray:
 def _triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     corners = vertices[faces]
     with np.errstate(invalid="ignore", over="ignore"):
-        return 0.5 * np.linalg.norm(
-            np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1
-        )
+        return 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
 
 
 def mesh_topology(vertices: np.ndarray, faces: np.ndarray) -> Topology:
@@ -131,9 +129,7 @@ def mesh_topology(vertices: np.ndarray, faces: np.ndarray) -> Topology:
     wfaces = remap[faces]
     nonfinite = int((~np.isfinite(np.asarray(vertices, dtype=np.float64)).all(axis=1)).sum())
 
-    repeated = (
-        (wfaces[:, 0] == wfaces[:, 1]) | (wfaces[:, 1] == wfaces[:, 2]) | (wfaces[:, 2] == wfaces[:, 0])
-    )
+    repeated = (wfaces[:, 0] == wfaces[:, 1]) | (wfaces[:, 1] == wfaces[:, 2]) | (wfaces[:, 2] == wfaces[:, 0])
     area = _triangle_areas(welded, wfaces)
     # a face with a non-finite corner is counted by nonfinite_vertex_count, not here
     degenerate = repeated | (np.isfinite(area) & (area <= DEGENERATE_AREA_M2))
@@ -174,9 +170,7 @@ def self_intersection_fraction(vertices: np.ndarray, faces: np.ndarray, face_com
     """
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
-    usable = np.isfinite(vertices[faces]).all(axis=(1, 2)) & (
-        _triangle_areas(vertices, faces) > DEGENERATE_AREA_M2
-    )
+    usable = np.isfinite(vertices[faces]).all(axis=(1, 2)) & (_triangle_areas(vertices, faces) > DEGENERATE_AREA_M2)
     if not usable.any():
         return 0.0
     kept = faces[usable]
@@ -193,9 +187,7 @@ def self_intersection_fraction(vertices: np.ndarray, faces: np.ndarray, face_com
     if len(tri) == 0:
         return 0.0
     dist = np.einsum("ij,ij->i", hits - origin[ray], direction[ray])
-    incident = (kept[tri] == edges[ray, 0][:, None]).any(axis=1) | (kept[tri] == edges[ray, 1][:, None]).any(
-        axis=1
-    )
+    incident = (kept[tri] == edges[ray, 0][:, None]).any(axis=1) | (kept[tri] == edges[ray, 1][:, None]).any(axis=1)
     vertex_comp = np.full(len(vertices), -1)
     vertex_comp[kept.ravel()] = np.repeat(comp, 3)
     same_piece = comp[tri] == vertex_comp[edges[ray, 0]]
@@ -367,9 +359,7 @@ def read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
     end = start + stride * (acc.count - 1) + element if acc.count else start
     if start < 0 or end > len(blob) or end > (view.byteOffset or 0) + view.byteLength:
         raise GlbReadError(f"accessor {index} reads past its buffer view")
-    data = np.ndarray(
-        (acc.count, width), dtype=dtype, buffer=blob, offset=start, strides=(stride, dtype.itemsize)
-    )
+    data = np.ndarray((acc.count, width), dtype=dtype, buffer=blob, offset=start, strides=(stride, dtype.itemsize))
     data = np.array(data)
     if acc.normalized and dtype.kind in "iu":
         return data.astype(np.float64) / np.iinfo(dtype).max
@@ -405,15 +395,7 @@ def glb_metrics(glb: bytes, validator: ValidatorReport | None = None) -> GlbMetr
             gltf = pygltflib.GLTF2.load_from_bytes(decode_meshopt_glb(glb))
         blob = gltf.binary_blob() or b""
         return _glb_metrics(gltf, blob, common)
-    except (
-        GlbReadError,
-        ValueError,
-        KeyError,
-        IndexError,
-        TypeError,
-        AttributeError,
-        json.JSONDecodeError,
-    ) as exc:
+    except (GlbReadError, ValueError, KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         return GlbMetrics(parse_ok=False, parse_error=f"{type(exc).__name__}: {exc}"[:300], **common)
 
 
@@ -423,9 +405,7 @@ def _local_matrix(node: pygltflib.Node) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
     m = np.eye(4)
-    m[:3, :3] = Rotation.from_quat(node.rotation or [0, 0, 0, 1]).as_matrix() * np.asarray(
-        node.scale or [1, 1, 1]
-    )
+    m[:3, :3] = Rotation.from_quat(node.rotation or [0, 0, 0, 1]).as_matrix() * np.asarray(node.scale or [1, 1, 1])
     m[:3, 3] = node.translation or [0, 0, 0]
     return m
 
@@ -460,9 +440,7 @@ def _bind_pose_positions(
 
 
 def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics:
-    skinned_meshes = {
-        node.mesh: node.skin for node in gltf.nodes if node.mesh is not None and node.skin is not None
-    }
+    skinned_meshes = {node.mesh: node.skin for node in gltf.nodes if node.mesh is not None and node.skin is not None}
     mesh_nodes = {node.mesh: i for i, node in enumerate(gltf.nodes) if node.mesh is not None}
     world = node_global_matrices(gltf)
     positions, vertex_count, triangles = [], 0, 0
@@ -478,11 +456,7 @@ def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics
                 triangles += count // 3
             joint_sets = [getattr(attrs, f"JOINTS_{k}", None) for k in range(2)]
             weight_sets = [getattr(attrs, f"WEIGHTS_{k}", None) for k in range(2)]
-            pairs = [
-                (j, w)
-                for j, w in zip(joint_sets, weight_sets, strict=True)
-                if j is not None and w is not None
-            ]
+            pairs = [(j, w) for j, w in zip(joint_sets, weight_sets, strict=True) if j is not None and w is not None]
             if skin is None or not pairs:
                 unskinned += skin is not None
                 node = mesh_nodes.get(mesh_index)
@@ -491,9 +465,7 @@ def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics
                 continue
             sets = max(sets, len(pairs))
             joints = np.concatenate([read_accessor(gltf, blob, j) for j, _ in pairs], axis=1).astype(np.int64)
-            weights = np.concatenate([read_accessor(gltf, blob, w) for _, w in pairs], axis=1).astype(
-                np.float64
-            )
+            weights = np.concatenate([read_accessor(gltf, blob, w) for _, w in pairs], axis=1).astype(np.float64)
             ibm = read_accessor(gltf, blob, skin.inverseBindMatrices).astype(np.float64).reshape(-1, 4, 4)
             if len(ibm) == len(skin.joints):
                 joint_matrices = world[list(skin.joints)] @ np.swapaxes(ibm, 1, 2)  # IBMs are column-major
@@ -510,8 +482,7 @@ def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics
     ibm_mismatch = sum(
         1
         for skin in gltf.skins
-        if skin.inverseBindMatrices is None
-        or gltf.accessors[skin.inverseBindMatrices].count != len(skin.joints)
+        if skin.inverseBindMatrices is None or gltf.accessors[skin.inverseBindMatrices].count != len(skin.joints)
     )
     sizes = [_image_size(gltf, blob, image) for image in gltf.images]
     return GlbMetrics(
@@ -597,11 +568,7 @@ def decode_meshopt_glb(glb: bytes, node_modules: Path | None = None, timeout_s: 
         raise GlbReadError(f"meshopt-compressed GLB, but node or {decoder} is missing to decode it")
     try:
         proc = subprocess.run(
-            [node, "-e", _MESHOPT_JS, str(decoder)],
-            input=glb,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
+            [node, "-e", _MESHOPT_JS, str(decoder)], input=glb, capture_output=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise GlbReadError(f"meshopt decoding timed out after {timeout_s:.0f} s") from exc
@@ -630,9 +597,7 @@ process.stdin.on('end', () => {
 """
 
 
-def run_gltf_validator(
-    glb: bytes, node_modules: Path | None = None, timeout_s: float = 120.0
-) -> ValidatorReport:
+def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: float = 120.0) -> ValidatorReport:
     """Run the Khronos glTF validator (npm `gltf-validator`) on the GLB in a node subprocess.
 
     Never passes silently: without node or the package the status is `unavailable`, and a
@@ -643,9 +608,7 @@ def run_gltf_validator(
     if node is None:
         return ValidatorReport(status="unavailable", detail="node is not on PATH")
     if not (package / "package.json").is_file():
-        return ValidatorReport(
-            status="unavailable", detail=f"npm package {GLTF_VALIDATOR_PACKAGE} not found at {package}"
-        )
+        return ValidatorReport(status="unavailable", detail=f"npm package {GLTF_VALIDATOR_PACKAGE} not found at {package}")
     try:
         proc = subprocess.run(
             [node, "-e", _VALIDATOR_JS, str(package)],
@@ -660,8 +623,7 @@ def run_gltf_validator(
         return ValidatorReport(status="failed", detail=proc.stderr.decode(errors="replace")[-500:])
     issues = json.loads(proc.stdout)
     messages = [
-        {k: m.get(k) for k in ("code", "message", "severity", "pointer")}
-        for m in issues.get("messages", [])[:20]
+        {k: m.get(k) for k in ("code", "message", "severity", "pointer")} for m in issues.get("messages", [])[:20]
     ]
     return ValidatorReport(
         status="ok",
@@ -767,11 +729,7 @@ def _pose(fit: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     params = fit.get("parameters", {})
     keys = sorted(k for k in params if k.endswith("pose"))
-    rotvec = (
-        np.concatenate([np.asarray(params[k], np.float64).reshape(-1, 3) for k in keys])
-        if keys
-        else np.zeros((0, 3))
-    )
+    rotvec = np.concatenate([np.asarray(params[k], np.float64).reshape(-1, 3) for k in keys]) if keys else np.zeros((0, 3))
     rot = np.full((len(rotvec), 3, 3), np.nan)
     finite = np.isfinite(rotvec).all(axis=1)
     if finite.any():
@@ -790,11 +748,7 @@ def params_metrics(fit: dict) -> ParamsMetrics:
     pose, rot, names = _pose(fit)
     finite_bones = np.isfinite(rot).all(axis=(1, 2))
     rot_ok = rot[finite_bones]
-    ortho = (
-        np.abs(np.swapaxes(rot_ok, 1, 2) @ rot_ok - np.eye(3)).max(axis=(1, 2))
-        if len(rot_ok)
-        else np.zeros(0)
-    )
+    ortho = np.abs(np.swapaxes(rot_ok, 1, 2) @ rot_ok - np.eye(3)).max(axis=(1, 2)) if len(rot_ok) else np.zeros(0)
     det = np.abs(np.linalg.det(rot_ok) - 1.0) if len(rot_ok) else np.zeros(0)
     angles = np.full(len(rot), np.nan)
     angles[finite_bones] = rotation_angles_deg(rot_ok)
@@ -839,11 +793,4 @@ def _camera_valid(camera: dict) -> bool:
         width, height = camera["image_size"]
     except (KeyError, TypeError, ValueError):
         return False
-    return bool(
-        k.shape == (3, 3)
-        and np.isfinite(k).all()
-        and k[0, 0] > 0
-        and k[1, 1] > 0
-        and width > 0
-        and height > 0
-    )
+    return bool(k.shape == (3, 3) and np.isfinite(k).all() and k[0, 0] > 0 and k[1, 1] > 0 and width > 0 and height > 0)

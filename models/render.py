@@ -70,9 +70,7 @@ def _accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
     start = (view.byteOffset or 0) + (acc.byteOffset or 0)
     stride = view.byteStride or dtype.itemsize * width
     raw = np.frombuffer(blob, np.uint8, count=stride * (acc.count - 1) + dtype.itemsize * width, offset=start)
-    rows = np.lib.stride_tricks.as_strided(
-        raw, shape=(acc.count, dtype.itemsize * width), strides=(stride, 1)
-    )
+    rows = np.lib.stride_tricks.as_strided(raw, shape=(acc.count, dtype.itemsize * width), strides=(stride, 1))
     data = np.ascontiguousarray(rows).view(dtype).reshape(acc.count, width)
     if acc.normalized and dtype.kind == "u":
         data = data.astype(np.float64) / np.iinfo(dtype).max

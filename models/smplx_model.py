@@ -39,9 +39,7 @@ BODY_JOINTS = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
 )  # fmt: skip
 FINGERS = tuple(f"{finger}{i}" for finger in ("index", "middle", "pinky", "ring", "thumb") for i in (1, 2, 3))
-POSED_JOINTS = (
-    BODY_JOINTS + ("jaw",) + tuple(f"left_{f}" for f in FINGERS) + tuple(f"right_{f}" for f in FINGERS)
-)
+POSED_JOINTS = BODY_JOINTS + ("jaw",) + tuple(f"left_{f}" for f in FINGERS) + tuple(f"right_{f}" for f in FINGERS)
 N_BETAS = 10
 N_EXPRESSION = 10
 SILHOUETTE_VERTICES = 1200
@@ -132,9 +130,7 @@ class SmplxBody(BodyModel):
         self.facing_camera = np.diag([1.0, -1.0, -1.0])
         self.turn_around = np.diag([-1.0, 1.0, -1.0])
         n_landmarks = int(self.model.lmk_faces_idx.shape[0])
-        self.face_point_mask = np.array(
-            [ibug >= 17 and ibug - 17 < n_landmarks for _, ibug in FACE_POINTS.values()]
-        )
+        self.face_point_mask = np.array([ibug >= 17 and ibug - 17 < n_landmarks for _, ibug in FACE_POINTS.values()])
         self._faces = self.model.faces_tensor.detach().cpu().numpy().astype(np.int64)
 
         names = list(JOINT_NAMES)
@@ -143,9 +139,7 @@ class SmplxBody(BodyModel):
             [names.index(f"{side}_{SMPLX_HAND_JOINTS[label]}") for label in HAND_LABELS] for side in ("left", "right")
         ])  # fmt: skip
         first_landmark = 55 + len(LANDMARK_NAMES)
-        self._face_idx = torch.tensor(
-            [first_landmark + max(ibug - 17, 0) for _, ibug in FACE_POINTS.values()]
-        )
+        self._face_idx = torch.tensor([first_landmark + max(ibug - 17, 0) for _, ibug in FACE_POINTS.values()])
         self._posed_index = [names.index(n) for n in POSED_JOINTS]
         with torch.no_grad():
             rest = self.model(return_verts=True)
@@ -201,9 +195,7 @@ class SmplxBody(BodyModel):
             return_verts=True,
         )
 
-    def points(
-        self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False
-    ) -> BodyPoints:
+    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
         out = self._output(state)
         joints = out.joints[0]
         return BodyPoints(
@@ -219,9 +211,7 @@ class SmplxBody(BodyModel):
 
     def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return (
-                self.model(betas=shape.detach()[None], return_verts=True).vertices[0].double().cpu().numpy()
-            )
+            return self.model(betas=shape.detach()[None], return_verts=True).vertices[0].double().cpu().numpy()
 
     def rest_height(self, shape: torch.Tensor) -> float:
         return float(np.ptp(self.rest_vertices(shape)[:, 1]))
@@ -344,9 +334,7 @@ def write_tiny_smplx_model(path: str | Path, seed: int = 0) -> Path:
     joints = _tiny_joints()
     n_joints = len(joints)
     octa = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=float)
-    octa_faces = np.array(
-        [[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]]
-    )
+    octa_faces = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
     radius = np.where(np.arange(n_joints) >= 25, 0.012, 0.05)
     vertices = (joints[:, None, :] + radius[:, None, None] * octa[None]).reshape(-1, 3)
     faces = (octa_faces[None] + 6 * np.arange(n_joints)[:, None, None]).reshape(-1, 3)

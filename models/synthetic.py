@@ -112,18 +112,13 @@ def _face_colours(body: AnnyBody, rng: np.random.Generator, rest: np.ndarray) ->
     long_sleeves, shorts = rng.random() < 0.5, rng.random() < 0.3
 
     colours = np.tile(skin, (len(faces), 1))
-    torso = np.isin(
-        face_bone,
-        ["Hips", "Spine", "Spine1", "Spine2", "LeftShoulder", "RightShoulder", "LeftArm", "RightArm"],
-    )
+    torso = np.isin(face_bone, ["Hips", "Spine", "Spine1", "Spine2", "LeftShoulder", "RightShoulder", "LeftArm", "RightArm"])
     colours[torso & (parts == "body")] = shirt
     if long_sleeves:
         colours[np.isin(face_bone, ["LeftForeArm", "RightForeArm"]) & (parts == "body")] = shirt
     legs = ["LeftUpLeg", "RightUpLeg"] + ([] if shorts else ["LeftLeg", "RightLeg"])
     colours[np.isin(face_bone, legs) & (parts == "body")] = trousers
-    hips_low = (face_bone == "Hips") & (
-        rest[faces].mean(axis=1)[:, 2] < rest[:, 2].min() + 0.55 * np.ptp(rest[:, 2])
-    )
+    hips_low = (face_bone == "Hips") & (rest[faces].mean(axis=1)[:, 2] < rest[:, 2].min() + 0.55 * np.ptp(rest[:, 2]))
     colours[hips_low & (parts == "body")] = trousers
     colours[np.isin(parts, ["foot.L", "foot.R"])] = shoes
     # hair: the head above the eyebrows and the back of the head
@@ -165,9 +160,7 @@ def generate_sample(body: AnnyBody, seed: int, size: tuple[int, int] = (512, 768
     rng = np.random.default_rng(seed)
     w, h = size
     phenotype = random_phenotype(rng)
-    shape = torch.logit(
-        torch.tensor([phenotype[k] for k in ("gender", "age", "muscle", "weight", "height", "proportions")])
-    )
+    shape = torch.logit(torch.tensor([phenotype[k] for k in ("gender", "age", "muscle", "weight", "height", "proportions")]))
     rest = body.rest_vertices(shape)
     yaw, pitch, roll = rng.uniform(-35, 35), rng.uniform(-5, 5), rng.uniform(-4, 4)
     import roma
@@ -250,11 +243,7 @@ def keypoints_from_points(
     hips = [BODY_LABELS.index("left_hip"), BODY_LABELS.index("right_hip")]
     world -= body_3d[hips].mean(axis=0)
     ys, xs = np.nonzero(np.asarray(mask))
-    bbox = (
-        [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        if len(xs)
-        else [0.0, 0.0, w, h]
-    )
+    bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if len(xs) else [0.0, 0.0, w, h]
     return Keypoints(
         image_size=(w, h), pose=pose, pose_world=world, face=None, left_hand=None, right_hand=None,
         mask=(np.asarray(mask) > 0).astype(np.uint8) * 255, framing=framing, person_bbox=bbox,
