@@ -21,6 +21,7 @@ from assets.steps import (
 )
 from models.body_model import load_anny
 from models.errors import ErrorCode, PipelineError
+from models.face_blendshapes import arkit_expression
 from models.fitting import BodyFit
 from models.gltf_export import compress_glb
 from models.keypoints import DetectorConfig, detect_keypoints
@@ -180,11 +181,13 @@ def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
         mesh_parent = load_parent(step, "mesh")
         texture_png = load_parent(step, "mesh", extra_file="texture").data
         fit_parent = load_parent(step, "smplx_params")
-        fit = BodyFit.from_dict(fit_parent.json())
+        fit_json = fit_parent.json()
+        fit = BodyFit.from_dict(fit_json)
         compress = bool(step.model_params["rigger"].get("compress", False))
         with timed(step):
             avatar = build_rigged_avatar(
-                load_anny(), fit.phenotype, fit.pose_parameters, texture_png, _load_offsets(step)
+                load_anny(), fit.phenotype, fit.pose_parameters, texture_png, _load_offsets(step),
+                expression=arkit_expression(fit_json.get("expression")),
             )
             preview = preview_png(avatar.glb)  # front + side, ray cast from the GLB itself
             glb = compress_glb(avatar.glb) if compress else avatar.glb

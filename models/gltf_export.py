@@ -10,7 +10,11 @@ module only packs it, following the glTF 2.0 skinning rules strictly:
 - inverse bind matrices in skin.joints order, column-major;
 - joint nodes carry their local bind TRS (translation + unit rotation, no scale), the skinned mesh
   node is a scene root with an identity transform;
-- animation samplers are LINEAR, their input accessors carry min/max.
+- animation samplers are LINEAR, their input accessors carry min/max;
+- morph targets (optional) are POSITION-only sparse accessors with min/max of the applied data,
+  default weights 0, their names in `mesh.extras.targetNames` (the de-facto convention three.js,
+  Blender and Babylon.js read); a clip may animate them through a `weights` channel on the mesh
+  node (keys x targets values).
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class SkinnedMeshData:
     joints: np.ndarray  # (N,4) uint16 joint indices into skeleton order
     weights: np.ndarray  # (N,4) float32, rows sum to 1 (unused slots joint 0 weight 0)
     texture_png: bytes
+    # Optional morph targets: (M,N,3) position offsets in the bind frame, named (ARKit names);
+    # written as sparse accessors (only the vertices a target moves), names in mesh.extras.
+    morph_targets: np.ndarray | None = None
+    target_names: list[str] | None = None
 
 
 @dataclass
@@ -66,6 +74,7 @@ class AnimationClip:
     times: np.ndarray  # (T,) seconds, increasing
     local_rotations: np.ndarray  # (T,J,4) unit quaternions xyzw (glTF order), node-local
     root_translations: np.ndarray  # (T,3) local translation of the root joint node
+    morph_weights: np.ndarray | None = None  # (T,M) morph target weights of the mesh, if animated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +233,12 @@ def _check_inputs(mesh: SkinnedMeshData, skeleton: Skeleton, clips: list[Animati
         raise ValueError("skeleton names/parents/bind_world disagree in length")
     if skeleton.parents[0] != -1 or any(not (-1 < p < i) for i, p in enumerate(skeleton.parents[1:], 1)):
         raise ValueError("skeleton must have a single root at index 0 and parents before children")
+    m = 0 if mesh.morph_targets is None else len(mesh.morph_targets)
+    if m and (mesh.morph_targets.shape != (m, n, 3) or len(mesh.target_names or []) != m):
+        raise ValueError("morph_targets must be (M, N, 3) with M target_names")
     for clip in clips:
+        if clip.morph_weights is not None and clip.morph_weights.shape != (clip.times.shape[0], m):
+            raise ValueError(f"clip {clip.name!r} morph weights must be (T, {m})")
         t = clip.times.shape[0]
         if clip.local_rotations.shape != (t, j, 4) or clip.root_translations.shape != (t, 3):
             raise ValueError(f"clip {clip.name!r} has inconsistent shapes")
@@ -296,8 +310,44 @@ def _add_mesh(gltf: pygltflib.GLTF2, bb: _BufferBuilder, mesh: SkinnedMeshData, 
         material=0,
         mode=pygltflib.TRIANGLES,
     )
-    gltf.meshes.append(pygltflib.Mesh(name=name, primitives=[primitive]))
+    gltf_mesh = pygltflib.Mesh(name=name, primitives=[primitive])
+    if mesh.morph_targets is not None and len(mesh.morph_targets):
+        zeros = bb.view(bytes(12 * n), _ARRAY_BUFFER)
+        gltf.bufferViews[zeros].byteStride = 12  # shared by all targets: the stride must be explicit
+        primitive.targets = [{"POSITION": _sparse_offsets(bb, target, zeros)} for target in mesh.morph_targets]
+        gltf_mesh.weights = [0.0] * len(mesh.morph_targets)
+        gltf_mesh.extras = {"targetNames": list(mesh.target_names or [])}
+    gltf.meshes.append(gltf_mesh)
     return len(gltf.meshes) - 1
+
+
+def _sparse_offsets(bb: _BufferBuilder, offsets: np.ndarray, zeros_view: int) -> int:
+    """A VEC3 float accessor of per-vertex offsets stored sparsely over a shared all-zero
+    bufferView (`zeros_view`, N x 12 bytes: an accessor without a bufferView is valid glTF, but
+    common tools such as pygltflib write a byteOffset back on it, which the validator rejects),
+    min/max over all vertices (zeros included), as the validator checks."""
+    offsets = np.asarray(offsets, dtype=np.float32)
+    moved = np.flatnonzero(np.abs(offsets).sum(axis=1) > 0).astype(np.uint32)
+    if len(moved) == 0:  # sparse needs count >= 1: store one explicit zero
+        moved = np.array([0], np.uint32)
+    index_view = bb.view(np.ascontiguousarray(moved).tobytes())
+    value_view = bb.view(np.ascontiguousarray(offsets[moved]).tobytes())
+    acc = pygltflib.Accessor(
+        bufferView=zeros_view,
+        byteOffset=0,
+        componentType=_FLOAT,
+        count=int(offsets.shape[0]),
+        type="VEC3",
+        min=[float(v) for v in np.minimum(offsets.min(axis=0), 0.0)],
+        max=[float(v) for v in np.maximum(offsets.max(axis=0), 0.0)],
+        sparse=pygltflib.Sparse(
+            count=len(moved),
+            indices=pygltflib.AccessorSparseIndices(bufferView=index_view, componentType=_UINT),
+            values=pygltflib.AccessorSparseValues(bufferView=value_view),
+        ),
+    )
+    bb.gltf.accessors.append(acc)
+    return len(bb.gltf.accessors) - 1
 
 
 def _add_material(gltf: pygltflib.GLTF2, bb: _BufferBuilder, png: bytes, name: str) -> None:
@@ -335,7 +385,7 @@ def _add_skin(gltf: pygltflib.GLTF2, bb: _BufferBuilder, skeleton: Skeleton) -> 
     )
 
 
-def _add_animation(gltf: pygltflib.GLTF2, bb: _BufferBuilder, clip: AnimationClip) -> None:
+def _add_animation(gltf: pygltflib.GLTF2, bb: _BufferBuilder, clip: AnimationClip, mesh_node: int) -> None:
     """One LINEAR sampler per joint rotation plus one for the root translation, sharing a
     single time accessor; all rotation tracks live in one bufferView, one accessor each."""
     times = np.asarray(clip.times, dtype=np.float32)
@@ -365,6 +415,19 @@ def _add_animation(gltf: pygltflib.GLTF2, bb: _BufferBuilder, clip: AnimationCli
             sampler=j_count, target=pygltflib.AnimationChannelTarget(node=0, path="translation")
         )
     )
+    if clip.morph_weights is not None:
+        values = np.ascontiguousarray(np.asarray(clip.morph_weights, dtype=np.float32).reshape(-1))
+        samplers.append(
+            pygltflib.AnimationSampler(
+                input=time_acc, output=bb.accessor(values, "SCALAR", _FLOAT), interpolation="LINEAR"
+            )
+        )
+        channels.append(
+            pygltflib.AnimationChannel(
+                sampler=len(samplers) - 1,
+                target=pygltflib.AnimationChannelTarget(node=mesh_node, path="weights"),
+            )
+        )
     gltf.animations.append(pygltflib.Animation(name=clip.name, samplers=samplers, channels=channels))
 
 
@@ -390,7 +453,7 @@ def write_glb(
     mesh_node = len(gltf.nodes)
     gltf.nodes.append(pygltflib.Node(name=name, mesh=mesh_index, skin=0))
     for clip in clips:
-        _add_animation(gltf, bb, clip)
+        _add_animation(gltf, bb, clip, mesh_node)
 
     gltf.scenes.append(pygltflib.Scene(name=name, nodes=[0, mesh_node]))
     gltf.scene = 0

@@ -2,22 +2,27 @@
 
 Canonical placement (the choice every consumer of the GLB relies on):
 
-- The bind pose is Anny's **rest mesh** (`rest_vertices`, the MakeHuman A-pose) for the fitted
-  phenotype, with Anny's rest bone poses (`rest_bone_poses`) as bind matrices. The rest pose is
-  what Anny's skin weights were authored for, so it skins best, and an A-pose retargets cleanly.
-  The photo pose is not baked into the mesh; it is delivered as the `photo_pose` animation.
+- The skeleton is Mixamo's (models.mixamo_skeleton): 65 `mixamorig:` bones, Anny's 52 plus the
+  13 end bones, each joint re-framed to Mixamo's convention (+Y along the bone, X Bot's roll), so
+  Mixamo-convention clips play by bone name.
+- The bind pose is a clean A-pose: Anny's rest mesh (`rest_vertices`, the MakeHuman A-pose) for
+  the fitted phenotype with the elbows, knees, wrists and fingers straightened, re-posed by Anny's
+  own linear blend skinning (all its influences), upper arms left ~45 deg below horizontal where
+  Anny's weights were authored. The photo pose is not baked into the mesh; it is the
+  `photo_pose` animation.
 - The bind mesh is the **clothed** rest surface `rest_vertices + D` when clothing offsets D
-  (models.clothing, SMPL+D) are given: same topology, so Anny's skin weights apply unchanged
-  (top 4 influences per vertex, renormalised).
-- Clips: `photo_pose` (1 s, bind -> photo pose), `idle` (2 s breathing loop), `wave` (2.4 s,
-  right hand) and `walk` (1.1 s in-place stride), all rotations layered on the bind pose, so
-  they play on any avatar of this rig. Anny also ships a MakeHuman walk cycle
-  (`data/mpfb2/walkcycles`), but it drives MPFB's IK controllers (foot/hand IK targets, pole
-  bones) that the mixamo rig does not have, so the walk here is built from gait curves.
+  (models.clothing, SMPL+D) are given: same topology, so Anny's skin weights apply (chosen in
+  `export_skin_weights`: smoothed at the armpits, groin and toes, top 4 per vertex, renormalised).
+- Clips: `photo_pose` (the photo's pose, held), `photo_transition` (1 s, bind -> photo pose),
+  `idle` (2 s breathing loop), `wave` (2.4 s, right hand) and `walk` (1.1 s in-place stride), all
+  rotations layered on the bind pose, so they play on any avatar of this rig. Anny also ships a
+  MakeHuman walk cycle (`data/mpfb2/walkcycles`), but it drives MPFB's IK controllers (foot/hand
+  IK targets, pole bones) that the mixamo rig does not have, so the walk here is built from gait
+  curves.
 - One rigid transform C maps Anny's frame (Z up, facing -Y, subject's left +X) to glTF's (Y up,
   facing +Z, left +X): (x, y, z) -> (x, z, -y), then translates so that the rest mesh's feet are
-  on y = 0 and the root (hips) is at x = z = 0. Mesh and bind matrices get the same C, so
-  IBM_j = inv(C . rest_bone_pose_j).
+  on y = 0 and the root (hips) is at x = z = 0 (after straightening, the bind is lifted again so
+  the feet stay on y = 0).
 - The fitted root delta (camera-frame global orientation and translation) is dropped: the
   avatar stays upright at the origin facing +Z. The photo pose keeps the root at its rest pose
   and only the bone rotations change.
@@ -25,13 +30,16 @@ Canonical placement (the choice every consumer of the GLB relies on):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse
 import torch
 import trimesh
 
 from models.body_model import anny_topology
+from models.face_blendshapes import FaceTargets, expression_weights, face_targets, fitted_offsets
 from models.gltf_export import (
     MAX_INFLUENCES,
     AnimationClip,
@@ -45,6 +53,16 @@ from models.gltf_export import (
     rigid_inverse,
     world_from_local,
     write_glb,
+)
+from models.mixamo_skeleton import (
+    end_bone_heads,
+    extend_pose,
+    mixamo_bind_world,
+    reframe_world,
+    repose_vertices,
+    short_name,
+    straightened_rest_pose,
+    with_end_bones,
 )
 
 PHENOTYPE_KEYS = ("gender", "age", "muscle", "weight", "height", "proportions")
@@ -77,6 +95,8 @@ class RiggedAvatar:
     # How well the GLB's skinning of the `photo_pose` last key reproduces Anny (metres).
     skinning_error_mean_m: float = float("nan")
     skinning_error_max_m: float = float("nan")
+    # Per clip, the largest edge length ratio (posed / bind) over its keys (clip_edge_stretch).
+    max_edge_stretch: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -228,10 +248,19 @@ def clip_from_world_poses(
     )
 
 
-def photo_pose_clip(bind_world: np.ndarray, posed_world: np.ndarray, parents: list[int]) -> AnimationClip:
-    """Two keys: t=0 the bind pose, t=1 the photo pose."""
-    world = np.stack([bind_world, posed_world])
+def photo_pose_clip(posed_world: np.ndarray, parents: list[int]) -> AnimationClip:
+    """The photo's pose, held: two identical keys 1 s apart (a loop shows a still pose; a
+    single key would make a zero-length clip, which some players divide by)."""
+    world = np.stack([posed_world, posed_world])
     return clip_from_world_poses("photo_pose", np.array([0.0, 1.0]), world, parents)
+
+
+def photo_transition_clip(
+    bind_world: np.ndarray, posed_world: np.ndarray, parents: list[int]
+) -> AnimationClip:
+    """Two keys: t=0 the bind pose, t=1 the photo pose (play once, clamped)."""
+    world = np.stack([bind_world, posed_world])
+    return clip_from_world_poses("photo_transition", np.array([0.0, 1.0]), world, parents)
 
 
 def _axis_angle(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
@@ -362,13 +391,105 @@ def wave_clip(bind_world: np.ndarray, names: list[str], parents: list[int]) -> A
 def animation_clips(
     bind_world: np.ndarray, posed_world: np.ndarray, names: list[str], parents: list[int]
 ) -> list[AnimationClip]:
-    """`photo_pose` first (it is what the photo shows), then the preview library."""
+    """`photo_pose` first (it is what the photo shows), the transition into it, then the preview
+    library."""
     return [
-        photo_pose_clip(bind_world, posed_world, parents),
+        photo_pose_clip(posed_world, parents),
+        photo_transition_clip(bind_world, posed_world, parents),
         idle_clip(bind_world, names, parents),
         wave_clip(bind_world, names, parents),
         walk_clip(bind_world, names, parents),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Face: ARKit blendshapes as morph targets
+# ---------------------------------------------------------------------------------------------
+
+BLINK_SECONDS = 4.0
+BLINK_KEYS = 81  # 20 keys/s: a blink lasts ~0.2 s
+TALK_SECONDS = 2.0
+TALK_KEYS = 41
+
+
+def gltf_face_targets(model, rest_vertices: np.ndarray) -> FaceTargets:
+    """The 52 ARKit targets fitted to this avatar's face, in the glTF frame."""
+    targets = face_targets(model)
+    template = model.template_vertices.detach().cpu().double().numpy()
+    fitted = fitted_offsets(targets, template, rest_vertices)
+    return FaceTargets(names=targets.names, offsets=fitted @ ANNY_TO_GLTF_ROTATION.T)
+
+
+def _blink_curve(times: np.ndarray, at: tuple[float, ...], half_width: float = 0.08) -> np.ndarray:
+    """1 at each blink time, falling linearly to 0 within half_width seconds."""
+    return np.clip(1.0 - np.min(np.abs(times[:, None] - np.array(at)[None]), axis=1) / half_width, 0.0, 1.0)
+
+
+def blink_weights(names: list[str], times: np.ndarray) -> np.ndarray:
+    """Two blinks (the second a double blink) in a 4 s loop, both eyes."""
+    weights = np.zeros((len(times), len(names)))
+    curve = _blink_curve(times, (1.0, 2.9, 3.25))
+    for eye in ("eyeBlinkLeft", "eyeBlinkRight"):
+        weights[:, names.index(eye)] = curve
+    return weights
+
+
+def talk_weights(names: list[str], times: np.ndarray) -> np.ndarray:
+    """A 2 s loop of speech-like mouth shapes: the jaw opening 3-4 times a second with
+    alternating rounded (funnel/pucker) and spread (stretch) lips, and one blink."""
+    phase = 2.0 * np.pi * times / TALK_SECONDS
+    weights = np.zeros((len(times), len(names)))
+    syllables = np.clip(np.sin(7.0 * phase), 0.0, None) * (0.6 + 0.4 * np.sin(phase) ** 2)
+    rounded = np.clip(np.sin(2.0 * phase), 0.0, None)
+    spread = np.clip(-np.sin(2.0 * phase), 0.0, None)
+    weights[:, names.index("jawOpen")] = 0.45 * syllables
+    weights[:, names.index("mouthFunnel")] = 0.5 * rounded * syllables
+    weights[:, names.index("mouthPucker")] = 0.3 * rounded * (1.0 - syllables)
+    for side in ("Left", "Right"):
+        weights[:, names.index(f"mouthStretch{side}")] = 0.4 * spread * syllables
+        weights[:, names.index(f"eyeBlink{side}")] = _blink_curve(times, (1.3,))
+    weights[-1] = weights[0]  # seamless loop
+    return weights
+
+
+def _held_bind(name: str, times: np.ndarray, base: AnimationClip) -> AnimationClip:
+    """The bind pose (first key of `base`) held over `times`."""
+    return AnimationClip(
+        name=name,
+        times=times.astype(np.float32),
+        local_rotations=np.repeat(base.local_rotations[:1], len(times), axis=0),
+        root_translations=np.repeat(base.root_translations[:1], len(times), axis=0),
+    )
+
+
+def with_face_clips(
+    clips: list[AnimationClip], names: list[str], expression: np.ndarray
+) -> list[AnimationClip]:
+    """Morph weights for every clip (so a clip never inherits another's face): the photo's
+    expression in `photo_pose` (held) and `photo_transition` (neutral -> expression), neutral in
+    the body clips; then the face idles `blink` and `talk` on the held bind pose."""
+    out = []
+    for clip in clips:
+        t = len(clip.times)
+        if clip.name == "photo_pose":
+            weights = np.repeat(expression[None], t, axis=0)
+        elif clip.name == "photo_transition":
+            weights = np.linspace(0.0, 1.0, t)[:, None] * expression[None]
+        else:
+            weights = np.zeros((t, len(names)))
+        out.append(dataclasses.replace(clip, morph_weights=weights))
+    transition = next(c for c in clips if c.name == "photo_transition")
+    blink_t = np.linspace(0.0, BLINK_SECONDS, BLINK_KEYS)
+    talk_t = np.linspace(0.0, TALK_SECONDS, TALK_KEYS)
+    out.append(
+        dataclasses.replace(
+            _held_bind("blink", blink_t, transition), morph_weights=blink_weights(names, blink_t)
+        )
+    )
+    out.append(
+        dataclasses.replace(_held_bind("talk", talk_t, transition), morph_weights=talk_weights(names, talk_t))
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,6 +537,7 @@ def build_rigged_avatar(
     pose_parameters: np.ndarray,
     texture_png: bytes,
     offsets: np.ndarray | None = None,
+    expression: dict[str, float] | None = None,
 ) -> RiggedAvatar:
     """Rigged, textured GLB of the fitted body (see the module docstring for the placement).
 
@@ -423,6 +545,9 @@ def build_rigged_avatar(
     (models.clothing, SMPL+D): the bind mesh is `rest_vertices + offsets`, skinned with the
     body's own weights. Animations: `photo_pose` (bind -> fitted photo pose over 1 s), `idle`,
     `wave` and `walk` (loops). Compression is a separate, opt-in step (`compress_glb`).
+    The face carries ARKit's 52 blendshapes as morph targets (models.face_blendshapes), animated
+    by `blink` and `talk`; `expression` ({ARKit name: weight}, optional: absent -> neutral) is the
+    photo's expression, held in `photo_pose`.
     """
     body = evaluate_anny(model, phenotype, np.asarray(pose_parameters))
     topo = anny_topology(model)
@@ -430,32 +555,39 @@ def build_rigged_avatar(
     if offsets.shape != body.rest_vertices.shape:
         raise ValueError(f"offsets must be {body.rest_vertices.shape}, got {offsets.shape}")
     c = canonical_transform(body.rest_vertices + offsets, body.rest_bone_poses[0, :3, 3])
-
     names, parents = bone_hierarchy(model)
-    skeleton = Skeleton(names=names, parents=parents, bind_world=c[None] @ body.rest_bone_poses)
+    anny_rest = _apply(c, body.rest_vertices + offsets)
+    bind = mixamo_bind(anny_rest, c[None] @ body.rest_bone_poses, names, parents, topo)
 
-    rest = _apply(c, body.rest_vertices + offsets)
-    normals = vertex_normals(rest, topo["faces"])
+    normals = vertex_normals(bind.vertices, topo["faces"])
     src, uvs, faces = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
-    joints, weights, loss = top_influences(topo["skin_indices"], topo["skin_weights"])
+    heads = {
+        short_name(n): m[:3, 3] for n, m in zip(bind.skeleton.names, bind.skeleton.bind_world, strict=True)
+    }
+    joints, weights, loss = export_skin_weights(topo, bind.vertices, heads)
+    face = gltf_face_targets(model, body.rest_vertices)
     mesh = SkinnedMeshData(
-        positions=rest[src].astype(np.float32),
+        positions=bind.vertices[src].astype(np.float32),
         normals=normals[src].astype(np.float32),
         uvs=uvs,
         indices=faces,
         joints=joints[src],
         weights=weights[src].astype(np.float32),
         texture_png=texture_png,
+        morph_targets=face.offsets[:, src].astype(np.float32),
+        target_names=face.names,
     )
-    clips = animation_clips(skeleton.bind_world, c[None] @ body.posed_bone_poses, names, parents)
-    glb = write_glb(mesh, skeleton, clips)
+    photo_world = bind.from_anny_frames(c[None] @ body.posed_bone_poses)
+    clips = animation_clips(bind.skeleton.bind_world, photo_world, bind.skeleton.names, bind.skeleton.parents)
+    clips = with_face_clips(clips, face.names, expression_weights(face.names, expression))
+    glb = write_glb(mesh, bind.skeleton, clips)
 
     # Anny's own skinning of the clothed rest surface into the photo pose, for the check.
     expected = skin_with_anny(body, topo, offsets)
-    errors = _reproduction_errors(mesh, skeleton, clips[0], _apply(c, expected)[src], loss[src])
+    errors = _reproduction_errors(mesh, bind.skeleton, clips[0], _apply(c, expected)[src], loss[src])
     return RiggedAvatar(
         glb=glb,
-        joint_count=len(names),
+        joint_count=len(bind.skeleton.names),
         vertex_count=int(mesh.positions.shape[0]),
         triangle_count=int(mesh.indices.shape[0]),
         max_influences=int((mesh.weights > 0).sum(axis=1).max()),
@@ -464,7 +596,158 @@ def build_rigged_avatar(
         height_m=float(mesh.positions[:, 1].max() - mesh.positions[:, 1].min()),
         skinning_error_mean_m=float(errors.mean()),
         skinning_error_max_m=float(errors.max()),
+        max_edge_stretch={clip.name: clip_edge_stretch(mesh, bind.skeleton, clip) for clip in clips},
     )
+
+
+@dataclass(frozen=True)
+class MixamoBind:
+    """The exported bind: clean A-pose mesh and the 65-bone Mixamo-framed skeleton.
+
+    `anny_frames` are the straightened bind matrices of Anny's 52 bones in Anny's own joint
+    frames (plus the end bones); poses computed by Anny convert with `from_anny_frames`."""
+
+    vertices: np.ndarray  # (V,3) glTF frame, unsplit topology
+    skeleton: Skeleton  # 65 bones, Mixamo frames
+    anny_frames: np.ndarray  # (65,4,4)
+
+    def from_anny_frames(self, world: np.ndarray) -> np.ndarray:
+        """Anny's posed world matrices (..., 52, 4, 4) (glTF frame, relative to Anny's unposed
+        rest) -> the skeleton's 65 bones in Mixamo frames, deforming this bind mesh into the
+        pose: skin matrix = W_anny . straight^-1 (straight = the rest -> bind re-posing)."""
+        full = extend_pose(world, self.anny_frames, self.skeleton.parents)
+        return reframe_world(full, self.anny_frames, np.asarray(self.skeleton.bind_world))
+
+
+def mixamo_bind(
+    anny_rest: np.ndarray,
+    anny_bind: np.ndarray,
+    names: list[str],
+    parents: list[int],
+    topo: dict[str, np.ndarray],
+) -> MixamoBind:
+    """Anny's rest mesh and bones (glTF frame) -> the clean A-pose bind with Mixamo's skeleton
+    (see models.mixamo_skeleton): straighten, re-pose the mesh with Anny's skinning (all its
+    influences), stand it on y = 0, add the end bones, re-frame every joint."""
+    idx, w = topo["skin_indices"], topo["skin_weights"]
+    straight = straightened_rest_pose(anny_bind, names, parents, anny_rest, idx, w)
+    vertices = repose_vertices(anny_rest, idx, w, anny_bind, straight)
+    lift = -vertices[:, 1].min()
+    vertices[:, 1] += lift
+    straight[:, 1, 3] += lift
+    heads = end_bone_heads(straight, names, vertices, idx, w)
+    full, full_names, full_parents = with_end_bones(straight, names, parents, heads)
+    skeleton = Skeleton(
+        names=full_names, parents=full_parents, bind_world=mixamo_bind_world(full, full_names, full_parents)
+    )
+    return MixamoBind(vertices=vertices, skeleton=skeleton, anny_frames=full)
+
+
+# Where Anny's weights are smoothed: (joint heads, radius in metres). Anny's weights change
+# abruptly around the armpit, the groin, the back of the elbow and knee and the toe crease:
+# neighbouring vertices with different secondary influences tear apart when the arm is raised
+# (wave: an edge x19.6), the leg swings (walk: x9.4), or a garment offset (SMPL+D) leaves short
+# edges at a straightened elbow. A few Laplacian steps over the weights there spread the change.
+# "Crotch" is the point between the thighs, below the hip joints by half their spacing.
+WEIGHT_SMOOTHING: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("LeftArm", "RightArm", "LeftUpLeg", "RightUpLeg", "Crotch"), 0.12),
+    (("LeftForeArm", "RightForeArm", "LeftLeg", "RightLeg"), 0.12),
+    # X Bot's ankle sits higher above the toes than Anny's: Mixamo clips bend the toes ~30 deg
+    (("LeftToeBase", "RightToeBase"), 0.08),
+    # hair and collar offsets around the neck tear when the photo pose tilts the head
+    (("Neck",), 0.11),
+)
+WEIGHT_SMOOTHING_ITERATIONS = 40
+
+
+def export_skin_weights(
+    topo: dict[str, np.ndarray], points: np.ndarray, bone_heads: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """THE place where each vertex's exported skin influences are chosen (unsplit topology):
+    Anny's weights, smoothed near the joints of `WEIGHT_SMOOTHING` (`smooth_weights_near`), top 4
+    renormalised. `points` (V,3) the bind vertices, `bone_heads` by short bone name.
+    Returns (joints (V,4), weights (V,4), fraction of Anny's weight dropped by pruning (V,))."""
+    left, right = bone_heads["LeftUpLeg"], bone_heads["RightUpLeg"]
+    heads = dict(
+        bone_heads, Crotch=(left + right) / 2.0 - np.array([0.0, np.linalg.norm(left - right) / 2.0, 0.0])
+    )
+    dense = dense_weights(topo["skin_indices"], topo["skin_weights"])
+    for joints, radius in WEIGHT_SMOOTHING:
+        centres = np.stack([heads[j] for j in joints])
+        dense = smooth_weights_near(
+            points, topo["faces"], dense, centres, radius, WEIGHT_SMOOTHING_ITERATIONS
+        )
+    all_joints = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
+    return top_influences(all_joints, dense)
+
+
+def dense_weights(skin_indices: np.ndarray, skin_weights: np.ndarray) -> np.ndarray:
+    """(V,K) influence lists -> a dense (V,J) weight matrix."""
+    dense = np.zeros((len(skin_indices), int(skin_indices.max()) + 1))
+    np.add.at(dense, (np.repeat(np.arange(len(skin_indices)), skin_indices.shape[1]), skin_indices.ravel()),
+              skin_weights.ravel())  # fmt: skip
+    return dense
+
+
+def smooth_weights_near(
+    points: np.ndarray,
+    faces: np.ndarray,
+    dense: np.ndarray,
+    centres: np.ndarray,
+    radius: float,
+    iterations: int,
+) -> np.ndarray:
+    """Laplacian smoothing of dense skin weights (V,J) over the mesh's edges, only within
+    `radius` of the `centres` (C,3), with a strength fading from 1/2 at a centre to 0 at the
+    radius, so the weights outside stay exactly Anny's and the transition is seamless."""
+    edges = mesh_edges(faces)
+    n = len(points)
+    # Neighbours weighted by 1/edge length: vertices a garment offset squeezed together (short
+    # edges in a fold) end up with nearly equal weights, so the fold moves as one.
+    length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
+    closeness = 1.0 / np.maximum(length, 1e-4)
+    adjacency = scipy.sparse.coo_matrix(
+        (np.r_[closeness, closeness], (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
+        shape=(n, n),
+    ).tocsr()
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    mean_of_neighbours = scipy.sparse.diags(1.0 / np.maximum(degree, 1)) @ adjacency
+    distance = np.linalg.norm(points[:, None, :] - centres[None], axis=2).min(axis=1)
+    alpha = (0.5 * np.clip(1.0 - distance / radius, 0.0, 1.0))[:, None]
+    out = dense.copy()
+    for _ in range(iterations):
+        out = (1.0 - alpha) * out + alpha * (mean_of_neighbours @ out)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """Unique undirected edges (E,2) of a triangle mesh."""
+    e = np.sort(
+        np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64), axis=1
+    )
+    n = int(e.max()) + 1
+    keys = np.unique(e[:, 0] * n + e[:, 1])  # 1-D keys sort much faster than rows
+    return np.column_stack([keys // n, keys % n])
+
+
+def clip_edge_stretch(mesh: SkinnedMeshData, skeleton: Skeleton, clip: AnimationClip) -> float:
+    """The largest ratio (posed edge length / bind edge length) over all edges and keys of a clip,
+    skinned as a viewer does: > 1 stretches, a seam or a wrongly weighted vertex shows as >> 1."""
+    edges = mesh_edges(mesh.indices)
+    pos = mesh.positions.astype(np.float64)
+    bind_len = np.maximum(np.linalg.norm(pos[edges[:, 0]] - pos[edges[:, 1]], axis=1), 1e-6)
+    ibm = rigid_inverse(np.asarray(skeleton.bind_world, np.float64))
+    worst = 0.0
+    pose_keys = np.concatenate(
+        [clip.local_rotations.reshape(len(clip.times), -1), clip.root_translations], axis=1
+    )
+    _, distinct = np.unique(pose_keys, axis=0, return_index=True)  # a held pose is skinned once
+    for key in sorted(distinct):
+        world = clip_world_matrices(clip, key, skeleton)
+        v = linear_blend_skinning(pos, mesh.joints, mesh.weights.astype(np.float64), world, ibm)
+        ratio = np.linalg.norm(v[edges[:, 0]] - v[edges[:, 1]], axis=1) / bind_len
+        worst = max(worst, float(ratio.max()))
+    return worst
 
 
 def skin_with_anny(body: AnnyPosedBody, topo: dict[str, np.ndarray], offsets: np.ndarray) -> np.ndarray:

@@ -67,14 +67,28 @@ def assert_valid(*paths: Path) -> dict[str, dict]:
     return reports
 
 
-def render(glb: Path, frames: list[tuple[str, float]], screenshot_dir: Path | None = None) -> dict:
+def render(
+    glb: Path,
+    frames: list[tuple[str, float]],
+    screenshot_dir: Path | None = None,
+    clips: Path | None = None,
+    probe: bool = False,
+) -> dict:
     """Load the GLB with three.js's GLTFLoader in headless Chromium and render each
-    (clip, time) frame ("bind" for the bind pose); masks come back as (H,W) bool arrays."""
+    (clip, time) frame ("bind" for the bind pose); masks come back as (H,W) bool arrays.
+    `clips`: a JSON file of extra clips bound by name (see clients/three_render.mjs); `probe`:
+    each frame also carries skinned-mesh measurements (bone positions, box, edge stretch)."""
     env = dict(os.environ, CHROMIUM_PATH=chromium())
     args = [node(), str(CLIENTS / "three_render.mjs"), str(glb), *[f"{c}:{t}" for c, t in frames]]
     if screenshot_dir is not None:
         args += ["--screenshot-dir", str(screenshot_dir)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=CLIENTS)
+    if clips is not None:
+        args += ["--clips", str(clips)]
+    if probe:
+        args.append("--probe")
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=CLIENTS
+    )
     assert result.stdout.strip(), f"no output from the three.js harness: {result.stderr[-2000:]}"
     out = json.loads(result.stdout)
     assert result.returncode == 0 and "error" not in out, f"{out.get('error')}\n{out.get('console')}"

@@ -8,7 +8,7 @@ from tests.clients import harness
 def test_rigged_glb_is_valid_gltf(glbs):
     report = harness.assert_valid(glbs.plain)[str(glbs.plain)]
     assert report["numWarnings"] == 0, report["warnings"]
-    assert report["animationCount"] == 4
+    assert report["animationCount"] == 7
     assert report["maxInfluences"] == 4
     assert report["extensionsUsed"] == []  # plain glTF 2.0: loads everywhere without decoders
 
@@ -16,7 +16,7 @@ def test_rigged_glb_is_valid_gltf(glbs):
 def test_compressed_glb_is_valid_and_smaller(glbs):
     report = harness.assert_valid(glbs.compressed)[str(glbs.compressed)]
     assert "EXT_meshopt_compression" in report["extensionsUsed"]
-    assert report["animationCount"] == 4
+    assert report["animationCount"] == 7
     assert glbs.compressed.stat().st_size < 0.8 * glbs.plain.stat().st_size
 
 

@@ -13,7 +13,6 @@ import pygltflib
 import pytest
 import torch
 from PIL import Image
-from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from models.body_model import PHENOTYPE_LABELS, anny_topology, load_anny
@@ -24,8 +23,11 @@ from models.gltf_export import (
     normalize_weights_float32,
     write_glb,
 )
-from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar
+from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar, split_uv_seams
 
+CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
+SKINNING_MEAN_TOLERANCE_M = 5e-4
+SKINNING_MAX_TOLERANCE_M = 0.03  # at the smoothed armpits and knees, by design
 COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
 TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 
@@ -71,6 +73,11 @@ class ParsedGlb:
         data = np.frombuffer(self.blob, dtype=dtype, count=acc.count * width, offset=start)
         return data.reshape(acc.count, width) if width > 1 else data
 
+    def accessor_like(self, view_index: int, dtype, count: int, width: int) -> np.ndarray:
+        """`count` rows of `width` values of `dtype` at the start of a bufferView (sparse data)."""
+        data = np.frombuffer(self.view_bytes(view_index), dtype=dtype, count=count * width)
+        return data.reshape(count, width) if width > 1 else data
+
     def animation(self, name: str) -> pygltflib.Animation:
         return next(a for a in self.gltf.animations if a.name == name)
 
@@ -102,14 +109,19 @@ def _primitive(parsed: ParsedGlb) -> pygltflib.Primitive:
 
 
 def test_summary_fields(avatar):
-    assert avatar.joint_count == 52
+    assert avatar.joint_count == 65  # Mixamo's 52 skinned bones + 13 end bones
     assert avatar.vertex_count > 13718  # UV seams split some vertices
     assert avatar.triangle_count == 27420
     assert avatar.max_influences <= 4
     assert avatar.max_weight_sum_error < 8e-7
-    assert avatar.animation_names == ["photo_pose", "idle", "wave", "walk"]
+    assert avatar.animation_names == CLIP_NAMES
     assert 1.4 < avatar.height_m < 2.1
-    assert avatar.skinning_error_max_m < 5e-3
+    # The bind is the straightened A-pose (re-posed by Anny's skinning) and the shoulder/groin
+    # weights are smoothed, so the photo pose matches Anny's own to millimetres, not exactly.
+    assert avatar.skinning_error_mean_m < SKINNING_MEAN_TOLERANCE_M
+    assert avatar.skinning_error_max_m < SKINNING_MAX_TOLERANCE_M
+    assert set(avatar.max_edge_stretch) == set(CLIP_NAMES)
+    assert max(avatar.max_edge_stretch.values()) <= 3.0, avatar.max_edge_stretch
 
 
 def test_skin_and_ibm(parsed):
@@ -197,11 +209,12 @@ def test_embedded_texture_and_material(parsed):
 def test_animations_well_formed(parsed):
     gltf = parsed.gltf
     names = [a.name for a in gltf.animations]
-    assert names == ["photo_pose", "idle", "wave", "walk"]
+    assert names == CLIP_NAMES
     n_joints = len(gltf.skins[0].joints)
     for anim in gltf.animations:
         paths = [(c.target.node, c.target.path) for c in anim.channels]
         assert sorted(n for n, p in paths if p == "rotation") == list(range(n_joints))
+        assert [p for _, p in paths].count("weights") == 1  # every clip sets the face
         assert (0, "translation") in paths
         for sampler in anim.samplers:
             assert sampler.interpolation == "LINEAR"
@@ -210,8 +223,9 @@ def test_animations_well_formed(parsed):
             times = parsed.accessor(sampler.input)
             assert np.all(np.diff(times) > 0)
             out = parsed.accessor(sampler.output)
-            assert len(out) == len(times)
-            if out.shape[1] == 4:
+            morphs = len(gltf.meshes[0].weights or [])
+            assert len(out) == len(times) * (morphs if out.ndim == 1 else 1)  # weights: keys x targets
+            if out.ndim == 2 and out.shape[1] == 4:
                 np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-6)
                 assert (np.sum(out[1:] * out[:-1], axis=1) >= 0).all()  # continuous signs
         for view in {gltf.accessors[s.output].bufferView for s in anim.samplers}:
@@ -252,8 +266,8 @@ def _skin(parsed: ParsedGlb, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def test_bind_key_is_identity(parsed):
-    """At t=0 of photo_pose the skinned mesh equals the bind mesh (IBM consistent with nodes)."""
-    positions, skinned = _skin(parsed, _animated_world(parsed, "photo_pose", 0))
+    """At t=0 of photo_transition the skinned mesh equals the bind mesh (IBM consistent with nodes)."""
+    positions, skinned = _skin(parsed, _animated_world(parsed, "photo_transition", 0))
     assert np.abs(skinned - positions).max() < 1e-4
 
 
@@ -281,23 +295,31 @@ def test_photo_pose_reproduces_anny(model, pose, parsed):
             .numpy()
         )
 
-    # Anny -> glTF: fixed rotation, translation read off the root joint node (root has no parent).
+    # Anny -> glTF: fixed rotation, translation read off the root joint at the photo pose (the
+    # root is held where Anny rests it). GLB vertex i is Anny vertex src[i] (UV seams split).
     rc = ANNY_TO_GLTF_ROTATION
-    offset = np.array(parsed.gltf.nodes[parsed.gltf.skins[0].joints[0]].translation) - rc @ h0
-    positions, skinned = _skin(parsed, _animated_world(parsed, "photo_pose", -1))
-    dist, source = cKDTree(rest_vertices @ rc.T + offset).query(positions)
-    assert dist.max() < 1e-4  # every GLB vertex is an Anny rest vertex in the canonical frame
-    expected = posed[source] @ rc.T + offset
-
+    photo_world = _animated_world(parsed, "photo_pose", -1)
+    offset = photo_world[0, :3, 3] - rc @ h0
+    positions, skinned = _skin(parsed, photo_world)
     topo = anny_topology(model)
-    w = np.sort(topo["skin_weights"], axis=1)[:, ::-1]
-    pruned_loss = 1.0 - w[:, :4].sum(axis=1) / w.sum(axis=1)
-    keep = pruned_loss[source] < 0.01
+    src, _, _ = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
+    expected = posed[src] @ rc.T + offset
+    # The bind mesh is Anny's rest mesh re-posed into the straight A-pose: the torso is untouched.
+    rest_gltf = rest_vertices[src] @ rc.T + offset
+    torso = np.abs(positions[:, 0]) < 0.1
+    assert (
+        np.median(
+            np.linalg.norm(
+                positions[torso] - rest_gltf[torso] - (positions[torso] - rest_gltf[torso]).mean(0), axis=1
+            )
+        )
+        < 1e-3
+    )
+
     err = np.linalg.norm(skinned - expected, axis=1)
-    assert keep.mean() > 0.99
-    assert err[keep].max() < 5e-3, f"max {err[keep].max():.2e} m"
-    assert err[keep].mean() < 1e-4
-    assert np.percentile(err, 99) < 5e-3
+    assert err.mean() < SKINNING_MEAN_TOLERANCE_M, f"mean {err.mean():.2e} m"
+    assert np.percentile(err, 99) < 0.01
+    assert err.max() < SKINNING_MAX_TOLERANCE_M, f"max {err.max():.2e} m"
     # The pose is non-trivial: some vertices moved a lot from the bind pose.
     assert np.linalg.norm(skinned - positions, axis=1).max() > 0.2
 
@@ -353,7 +375,8 @@ def _joint_positions(parsed: ParsedGlb, anim: str, key: int) -> dict[str, np.nda
 
 
 def test_bone_budget(parsed):
-    assert len(parsed.gltf.skins[0].joints) <= 60  # portable to engines that cap bones per skin
+    # Mixamo's 65 (13 end bones carry no weight): portable to engines that cap bones per skin at 75+
+    assert len(parsed.gltf.skins[0].joints) <= 75
 
 
 def test_wave_raises_the_right_hand_over_the_head(parsed):
@@ -397,7 +420,8 @@ def test_clothed_bind_mesh_skins_like_anny(model, pose):
     offsets = 0.03 * rest_normals(body.rest_vertices, topo["faces"])
     naked = build_rigged_avatar(model, phenotype, pose, _png())
     clothed = build_rigged_avatar(model, phenotype, pose, _png(), offsets)
-    assert clothed.skinning_error_max_m < 5e-3 and clothed.skinning_error_mean_m < 1e-4
+    assert clothed.skinning_error_max_m < SKINNING_MAX_TOLERANCE_M
+    assert clothed.skinning_error_mean_m < SKINNING_MEAN_TOLERANCE_M
     a, b = ParsedGlb(naked.glb), ParsedGlb(clothed.glb)
     pa = a.accessor(_primitive(a).attributes.POSITION).astype(np.float64)
     pb = b.accessor(_primitive(b).attributes.POSITION).astype(np.float64)
