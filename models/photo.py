@@ -89,11 +89,14 @@ def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> Normalise
         raise _damaged(problem.truncated, problem.detail)
     image = _open_image(data, limits.max_pixels)
     fmt = image.format or "unknown"
+    # TIFF keeps its orientation in the directory parsed at open (reading it decodes nothing);
+    # Pillow's TIFF decoder applies it itself and then drops the tag.
+    tiff_orientation = _tiff_orientation(image)
     frame = _decode_first_frame(image, data)  # pixels first: nothing reads metadata before this
     orientation = _exif_orientation(image)
     frames = _frame_count(image)
     image = _apply_orientation(frame, orientation)
-    exif_rotated = orientation not in (None, 1)
+    exif_rotated = orientation not in (None, 1) or tiff_orientation not in (None, 1)
     rgb = _to_rgb(image)
     original_size = rgb.size
     if min(original_size) < limits.min_side:
@@ -212,6 +215,12 @@ def _exif_orientation(image: Image.Image) -> int | None:
         value = image.getexif().get(0x0112)
     except (OSError, ValueError, SyntaxError, struct.error):  # malformed EXIF must not fail the upload
         return None
+    return value if isinstance(value, int) else None
+
+
+def _tiff_orientation(image: Image.Image) -> int | None:
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(0x0112) if tags is not None else None
     return value if isinstance(value, int) else None
 
 
