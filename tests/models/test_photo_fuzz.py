@@ -60,6 +60,15 @@ def _seeds() -> list[bytes]:
 SEEDS = _seeds()
 
 
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
     data = bytearray(draw(st.sampled_from(SEEDS)))
@@ -79,13 +88,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@FUZZ
 @given(data=mutated())
 def test_every_mutation_normalises_or_fails_typed(data: bytes) -> None:
     try:
@@ -99,13 +102,7 @@ def test_every_mutation_normalises_or_fails_typed(data: bytes) -> None:
     assert np.array_equal(decode_png(photo.png), photo.image)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@FUZZ
 @given(data=mutated())
 def test_metadata_strip_never_fails_and_never_changes_the_picture(data: bytes) -> None:
     """The strip every ingestion path applies (models/metadata_strip.py) on the same mutated
