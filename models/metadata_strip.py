@@ -185,9 +185,22 @@ def _jpeg_segment(marker: int, segment: bytes, payload: bytes) -> tuple[bytes, s
     return segment, ""
 
 
+# Identifiers of well-known APPn payloads. Anything else is reported by marker only: what is
+# removed is recorded in the audit log, and a label copied from the file could be free text.
+_KNOWN_APP_LABELS = (
+    b"Exif", b"http://ns.adobe.com/xap/1.0/", b"http://ns.adobe.com/xmp/extension/", b"Photoshop 3.0",
+    b"MPF", b"FPXR", b"JFXX", b"Ducky", b"ICC_PROFILE", b"Adobe", b"JFIF", b"AROT", b"HPSC",
+)  # fmt: skip
+
+
 def _label(payload: bytes) -> str:
-    name = payload.split(b"\x00", 1)[0][:24]
-    return name.decode("ascii", "replace") if name.isascii() else "?"
+    name = payload.split(b"\x00", 1)[0]
+    return name.decode("ascii") if name in _KNOWN_APP_LABELS else "(other)"
+
+
+def _known(name: bytes, known: frozenset[bytes]) -> str:
+    """A chunk/extension name for the record: the name itself if it is a registered one."""
+    return name.decode("latin-1").strip() if name in known else "(other)"
 
 
 # -- PNG -------------------------------------------------------------------------------------
@@ -197,6 +210,25 @@ _PNG_KEEP = {
     b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT",
     b"cICP", b"mDCV", b"cLLI", b"acTL", b"fcTL", b"fdAT", b"pHYs",
 }  # fmt: skip
+
+
+_PNG_METADATA_CHUNKS = frozenset(
+    {
+        b"eXIf",
+        b"tEXt",
+        b"zTXt",
+        b"iTXt",
+        b"tIME",
+        b"bKGD",
+        b"hIST",
+        b"sPLT",
+        b"oFFs",
+        b"pCAL",
+        b"sCAL",
+        b"sTER",
+        b"dSIG",
+    }
+)
 
 
 def _strip_png(data: bytes) -> tuple[bytes, list[str], int | None]:
@@ -221,7 +253,7 @@ def _strip_png(data: bytes) -> tuple[bytes, list[str], int | None]:
                 out.append(struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body)))
             removed.append("eXIf")
         else:
-            removed.append(kind.decode("latin-1"))
+            removed.append(_known(kind, _PNG_METADATA_CHUNKS))
         pos = end
         if kind == b"IEND":
             if pos < len(data):
@@ -257,7 +289,7 @@ def _strip_webp(data: bytes) -> tuple[bytes, list[str], int | None]:
                 chunks.append([kind, minimal_exif(orientation)])
             removed.append("EXIF")
         else:
-            removed.append(kind.decode("latin-1").strip())
+            removed.append(_known(kind, frozenset({b"XMP ", b"EXIF"})))
         pos = end
     if chunks and chunks[0][0] == b"VP8X":
         flags = chunks[0][1][0] & ~(_VP8X_EXIF | _VP8X_XMP)
@@ -302,7 +334,7 @@ def _strip_gif(data: bytes) -> tuple[bytes, list[str], int | None]:
         if label == 0xFE:
             removed.append("comment")
         elif label == 0xFF and data[pos + 3 : pos + 14] not in _GIF_KEEP_APPS:
-            removed.append("application " + data[pos + 3 : pos + 11].decode("latin-1"))
+            removed.append("application " + _known(data[pos + 3 : pos + 14], frozenset({b"XMP DataXMP"})))
         else:
             out.append(data[start:end])
         pos = end

@@ -58,3 +58,17 @@ def test_clean_files_unusual_formats_and_damaged_files_pass_unchanged(photo):
         assert result.data == data and not result.changed
         assert not result.stripped or data == b""  # a damaged file is left for `photo` to refuse
     assert LEAKS  # the leak list is not empty by accident
+
+
+def test_what_was_removed_is_named_without_copying_free_text(photo):
+    """`removed` goes to the audit log: a segment or chunk named by the file itself (free text)
+    is recorded as "(other)", never by that name."""
+    import struct
+
+    jpeg = encode(photo, "JPEG", quality=90)
+    planted = b"\xff\xe5" + struct.pack(">H", 2 + 17) + b"Jane Roe-Privacy\x00"  # APP5, "labelled" by a name
+    result = strip_metadata(jpeg[:2] + planted + jpeg[2:])
+    assert "APP5 (other)" in result.removed and b"Jane" not in result.data
+    assert not any("Jane" in r for r in result.removed)
+    tagged = strip_metadata(TAGGED["jpeg"].make(photo, 1))
+    assert {"APP1 Exif", "APP1 http://ns.adobe.com/xap/1.0/", "APP13 Photoshop 3.0", "COM"} <= set(tagged.removed)
