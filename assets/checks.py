@@ -43,6 +43,7 @@ from dagster import (
 
 from assets.partitions import uploads_partitions
 from models.errors import ErrorCode, PipelineError
+from ops.raw_retention import delete_raw_when_ready
 from storage.metadata_store import InvalidTransition, MetadataStore, ValidationRecord
 from storage.object_store import ObjectStore
 
@@ -423,6 +424,7 @@ def _run_quality_check(
         context.log.error(error.message)
     elif asset_key == FINAL_ASSET:
         _set_status(metadata, upload_id, "ready", run_id)
+        delete_raw_when_ready(metadata, store, upload_id)  # data minimisation (ops/raw_retention.py)
     meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_sha": suite.sha,

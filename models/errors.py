@@ -13,7 +13,8 @@ from enum import Enum
 class ErrorCode(str, Enum):
     EMPTY_FILE = "EMPTY_FILE"
     NOT_AN_IMAGE = "NOT_AN_IMAGE"
-    TRUNCATED_IMAGE = "TRUNCATED_IMAGE"
+    TRUNCATED_IMAGE = "TRUNCATED_IMAGE"  # the data ends before the image does
+    CORRUPT_IMAGE = "CORRUPT_IMAGE"  # the data is all there but damaged (bad checksum, broken stream)
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
     DECOMPRESSION_BOMB = "DECOMPRESSION_BOMB"
     IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
@@ -41,6 +42,7 @@ PERMANENT_CODES = frozenset(
         ErrorCode.EMPTY_FILE,
         ErrorCode.NOT_AN_IMAGE,
         ErrorCode.TRUNCATED_IMAGE,
+        ErrorCode.CORRUPT_IMAGE,
         ErrorCode.FILE_TOO_LARGE,
         ErrorCode.DECOMPRESSION_BOMB,
         ErrorCode.IMAGE_TOO_SMALL,

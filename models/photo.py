@@ -14,9 +14,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from models.errors import ErrorCode, PipelineError
+from models.image_integrity import check_container
 
 STEP = "photo"
 
@@ -83,12 +84,19 @@ def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> Normalise
             f"the file is {len(data)} bytes; the limit is {limits.max_file_bytes}",
             STEP,
         )
+    problem = check_container(data)
+    if problem is not None:
+        raise _damaged(problem.truncated, problem.detail)
     image = _open_image(data, limits.max_pixels)
     fmt = image.format or "unknown"
-    frames = int(getattr(image, "n_frames", 1) or 1)
-    exif_rotated = _exif_orientation(image) not in (None, 1)
-    image = _decode_first_frame(image)
-    image = ImageOps.exif_transpose(image)
+    # TIFF keeps its orientation in the directory parsed at open (reading it decodes nothing);
+    # Pillow's TIFF decoder applies it itself and then drops the tag.
+    tiff_orientation = _tiff_orientation(image)
+    frame = _decode_first_frame(image, data)  # pixels first: nothing reads metadata before this
+    orientation = _exif_orientation(image)
+    frames = _frame_count(image)
+    image = _apply_orientation(frame, orientation)
+    exif_rotated = orientation not in (None, 1) or tiff_orientation not in (None, 1)
     rgb = _to_rgb(image)
     original_size = rgb.size
     if min(original_size) < limits.min_side:
@@ -141,30 +149,97 @@ def _open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise PipelineError(
             ErrorCode.NOT_AN_IMAGE, "the file is not an image format we can read", STEP
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # header read past the end of the data
-        raise PipelineError(
-            ErrorCode.TRUNCATED_IMAGE, f"the image data is incomplete or corrupt ({exc})", STEP
-        ) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # a header Pillow cannot parse: cut short or damaged
+        raise _damaged(_reads_as_truncation(exc), f"{type(exc).__name__}: {exc}") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _decode_first_frame(image: Image.Image) -> Image.Image:
+def _decode_first_frame(image: Image.Image, data: bytes) -> Image.Image:
+    """Decode the first frame completely, once, and return an independent copy of its pixels.
+
+    This runs before anything inspects the image (EXIF, frame count): those can trigger a
+    decode of their own, and a decode error swallowed there leaves Pillow holding a
+    half-decoded image that a second ``load()`` returns without complaint. Truncated data is
+    never tolerated (``ImageFile.LOAD_TRUNCATED_IMAGES`` is forced off for the decode), and
+    damage Pillow's decoders do not report was looked for in the container beforehand
+    (:mod:`models.image_integrity`).
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         image.seek(0)
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise PipelineError(
-            ErrorCode.TRUNCATED_IMAGE, f"the image data is incomplete or corrupt ({exc})", STEP
-        ) from exc
-    return image
+        return image.copy()
+    except Image.DecompressionBombError as exc:  # a frame larger than the header said
+        raise PipelineError(ErrorCode.DECOMPRESSION_BOMB, f"the image was refused ({exc})", STEP) from exc
+    except EOFError as exc:
+        raise _damaged(True, str(exc) or "unexpected end of data") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # any decoder failure on untrusted bytes is a damaged file
+        raise _damaged(_reads_as_truncation(exc), f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _damaged(truncated: bool, detail: str) -> PipelineError:
+    if truncated:
+        return PipelineError(ErrorCode.TRUNCATED_IMAGE, f"the image data ends too early ({detail})", STEP)
+    return PipelineError(ErrorCode.CORRUPT_IMAGE, f"the image data is damaged ({detail})", STEP)
+
+
+def _reads_as_truncation(exc: BaseException) -> bool:
+    message = str(exc).lower()
+    return isinstance(exc, EOFError) or any(
+        w in message for w in ("truncated", "premature end", "end of file")
+    )
+
+
+def _frame_count(image: Image.Image) -> int:
+    """Frames in an animated/multi-page file; counting walks the whole file, so a later frame
+    cut short or damaged is refused as well (only the first frame is used)."""
+    try:
+        return int(getattr(image, "n_frames", 1) or 1)
+    except MemoryError:
+        raise
+    except Exception as exc:  # as in _decode_first_frame
+        raise _damaged(_reads_as_truncation(exc), f"{type(exc).__name__}: {exc}") from exc
 
 
 def _exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation of an already decoded image (reading it decodes nothing)."""
     try:
-        return image.getexif().get(0x0112)
+        value = image.getexif().get(0x0112)
     except (OSError, ValueError, SyntaxError, struct.error):  # malformed EXIF must not fail the upload
         return None
+    return value if isinstance(value, int) else None
+
+
+def _tiff_orientation(image: Image.Image) -> int | None:
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(0x0112) if tags is not None else None
+    return value if isinstance(value, int) else None
+
+
+# EXIF orientation -> the transposition that makes the picture upright (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+def _apply_orientation(image: Image.Image, orientation: int | None) -> Image.Image:
+    for step in _ORIENTATION_TRANSPOSE.get(orientation or 1, ()):
+        image = image.transpose(step)
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

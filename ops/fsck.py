@@ -152,7 +152,7 @@ def check(
         named.add(doc["key"])
         named.update((doc.get("extra_files") or {}).values())
     for upload in uploads:
-        if upload.get("status") != "erased" and upload.get("photo_key"):
+        if upload.get("status") != "erased" and upload.get("photo_key") and upload.get("raw_deleted_at") is None:
             named.add(upload["photo_key"])
             if upload["_id"] not in busy and upload["photo_key"] not in present:
                 report.findings.append(Finding(MISSING_RAW, upload["photo_key"], upload["_id"], "raw"))

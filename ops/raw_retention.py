@@ -1,4 +1,12 @@
-"""Data minimisation: delete raw uploads N days after their avatar is ready.
+"""Data minimisation: the raw upload is deleted once its avatar is ready.
+
+The policy (`raw_retention_policy`, one named value for `avatarpipe config show` and the
+README): by default the raw upload goes the moment the upload becomes `ready` (the final
+quality check calls `delete_raw_when_ready`); a deployment opts into keeping raw uploads by
+setting ``AVATARPIPE_RAW_RETENTION_DAYS=N`` (N > 0), and the daily `raw_retention_schedule`
+then deletes them N days after `ready`. The schedule runs in either case: with the default
+policy it is a sweep (0 days) for an upload whose deletion at `ready` did not happen (a crash
+in between, an upload made ready by `avatarpipe resume`).
 
 The normalised `photo` artifact (upright, metadata-free) is kept, so every model upgrade can
 still be reprocessed: reprocessing never re-runs `photo` (no model feeds it). Re-running
@@ -6,6 +14,8 @@ still be reprocessed: reprocessing never re-runs `photo` (no model feeds it). Re
 Each deletion is recorded on the upload (`raw_deleted_at`) and in the audit log.
 """
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -15,6 +25,78 @@ from storage.metadata_store import MetadataStore, utcnow
 from storage.object_store import ObjectStore
 
 RETENTION_REASON = "raw_photo_retention"
+DELETED_WHEN_READY = "raw_photo_deleted_when_ready"
+RAW_RETENTION_ENV = "AVATARPIPE_RAW_RETENTION_DAYS"
+
+
+@dataclass(frozen=True)
+class RawRetentionPolicy:
+    """How long a raw upload outlives its avatar: ``days=None`` (the default) means not at all."""
+
+    days: float | None = None
+
+    @property
+    def delete_when_ready(self) -> bool:
+        return self.days is None
+
+    @property
+    def sweep_after(self) -> timedelta:
+        """The age (since `ready`) at which the daily schedule deletes a raw upload."""
+        return timedelta(days=self.days or 0.0)
+
+    def describe(self) -> str:
+        if self.delete_when_ready:
+            return "raw uploads are deleted as soon as their avatar is ready (default)"
+        return f"raw uploads are kept {self.days:g} days after their avatar is ready ({RAW_RETENTION_ENV})"
+
+    def to_dict(self) -> dict:
+        return {
+            "delete_when_ready": self.delete_when_ready,
+            "keep_days": self.days,
+            "policy": self.describe(),
+        }
+
+
+def raw_retention_policy(environ: Mapping[str, str] = os.environ) -> RawRetentionPolicy:
+    """The policy in force: ``AVATARPIPE_RAW_RETENTION_DAYS`` unset, empty or 0 -> delete when
+    ready; a positive number of days -> keep that long. Anything else is a configuration error."""
+    raw = (environ.get(RAW_RETENTION_ENV) or "").strip()
+    if not raw:
+        return RawRetentionPolicy()
+    try:
+        days = float(raw)
+    except ValueError:
+        raise ValueError(f"{RAW_RETENTION_ENV} must be a number of days, got {raw!r}") from None
+    if days < 0:
+        raise ValueError(f"{RAW_RETENTION_ENV} must not be negative, got {raw!r}")
+    return RawRetentionPolicy(days=days or None)
+
+
+def delete_raw_when_ready(
+    metadata: MetadataStore, store: ObjectStore, upload_id: str, policy: RawRetentionPolicy | None = None
+) -> bool:
+    """Under the default policy, delete the raw upload of ``upload_id`` (just made `ready`);
+    True when it was deleted. The normalised `photo` must exist: it is what reprocessing reads."""
+    policy = policy or raw_retention_policy()
+    if not policy.delete_when_ready:
+        return False
+    upload = metadata.get_upload(upload_id)
+    if upload is None or upload.get("status") != "ready" or upload.get("raw_deleted_at") is not None:
+        return False
+    if not _has_normalised_photo(metadata, upload_id):
+        return False
+    _delete_raw(metadata, store, upload, DELETED_WHEN_READY)
+    return True
+
+
+def _delete_raw(metadata: MetadataStore, store: ObjectStore, upload: dict, reason: str) -> int:
+    size = store.stat(upload["photo_key"]).bytes if store.exists(upload["photo_key"]) else 0
+    store.delete(upload["photo_key"])
+    metadata.mark_raw_photo_deleted(upload["_id"], reason)
+    metadata.append_audit(
+        "raw_photo_deleted", upload["subject_id"], upload["_id"], {"reason": reason, "bytes": size}
+    )
+    return size
 
 
 @dataclass
@@ -52,16 +134,13 @@ def purge_raw_uploads(
             continue
         if not _has_normalised_photo(metadata, upload["_id"]):
             continue  # never remove the only copy a reprocess could start from
-        size = store.stat(upload["photo_key"]).bytes if store.exists(upload["photo_key"]) else 0
         report.deleted_uploads.append(upload["_id"])
-        report.bytes_freed += size
         if dry_run:
+            report.bytes_freed += (
+                store.stat(upload["photo_key"]).bytes if store.exists(upload["photo_key"]) else 0
+            )
             continue
-        store.delete(upload["photo_key"])
-        metadata.mark_raw_photo_deleted(upload["_id"], RETENTION_REASON)
-        metadata.append_audit(
-            "raw_photo_deleted", upload["subject_id"], upload["_id"], {"reason": RETENTION_REASON, "bytes": size}
-        )
+        report.bytes_freed += _delete_raw(metadata, store, upload, RETENTION_REASON)
     return report
 
 
@@ -96,11 +175,14 @@ def raw_retention_job() -> None:
 
 
 def raw_retention_schedule(days: float | None) -> ScheduleDefinition:
-    """Daily at 03:30; running by default only when AVATARPIPE_RAW_RETENTION_DAYS is set."""
+    """Daily at 03:30, running by default: deletes raw uploads ``days`` after `ready` (the
+    AVATARPIPE_RAW_RETENTION_DAYS opt-in), or, with the default policy (None), sweeps up any
+    that the deletion at `ready` missed."""
+    policy = RawRetentionPolicy(days=days or None)
     return ScheduleDefinition(
         name="raw_retention_schedule",
         job=raw_retention_job,
         cron_schedule="30 3 * * *",
-        run_config={"ops": {"purge_raw_uploads_op": {"config": {"older_than_days": days or 30.0}}}},
-        default_status=DefaultScheduleStatus.RUNNING if days is not None else DefaultScheduleStatus.STOPPED,
+        run_config={"ops": {"purge_raw_uploads_op": {"config": {"older_than_days": policy.days or 0.0}}}},
+        default_status=DefaultScheduleStatus.RUNNING,
     )

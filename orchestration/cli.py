@@ -94,14 +94,23 @@ def ingest_photo(
     hints: dict | None = None,
 ) -> Ingested:
     """Store the raw upload under the subject's prefix (the configured object store: local or
-    S3) and register it in the metadata store."""
-    from storage.object_store import object_store_from_config
+    S3) and register it in the metadata store. This is also the function an HTTP upload
+    handler calls with the request body.
+
+    Data minimisation: what is stored is the upload without its identifying metadata (GPS,
+    device, owner, timestamps, thumbnails, free text; `ops.upload_minimisation`), and the key
+    and the audit record carry that object's sha256."""
+    from ops.upload_minimisation import minimise_upload_bytes
+    from storage.object_store import object_store_from_config, sha256_hex
     from storage.retry import with_retries
 
+    minimised = minimise_upload_bytes(data)
+    data = minimised.data
     ingested = plan_ingest(data, filename, subject_id)
     store = with_retries(store or object_store_from_config(settings.object_store_config()))
     store.put_bytes(ingested.photo_key, data)
-    register_upload(settings, ingested, {"bytes": len(data)}, hints)
+    details = {"bytes": len(data), "sha256": sha256_hex(data), "metadata_removed": list(minimised.removed)}
+    register_upload(settings, ingested, details, hints)
     return ingested
 
 
@@ -280,7 +289,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 # `register(subparsers)`; list the module here.
 COMMAND_MODULES: tuple[str, ...] = (
     "quality_report", "ingest", "models", "reprocess", "eval", "fsck", "resume",
-    "erase", "audit", "verify_erasure", "purge_raw", "export",
+    "erase", "audit", "verify_erasure", "purge_raw", "export", "privacy_scan",
 )  # fmt: skip
 
 

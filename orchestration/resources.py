@@ -33,8 +33,9 @@ class ObjectStoreResource(ConfigurableResource):
         """From `Settings.object_store_config()` (or any `object_store_from_config` dict)."""
         if config.get("kind", "local") == "local":
             return cls(root=config["root"])
-        fields = {k: v for k, v in config.items() if k not in ("kind", "bucket")}
-        return cls(root="", s3_bucket=config["bucket"], **fields)
+        fields = {k: v for k, v in config.items() if k not in ("kind", "bucket", "uploads_bucket")}
+        # the config's `uploads_bucket` is this resource's `s3_uploads_bucket` (it was dropped before)
+        return cls(root="", s3_bucket=config["bucket"], s3_uploads_bucket=config.get("uploads_bucket"), **fields)
 
     def config(self) -> dict:
         """Plain data for `storage.object_store.object_store_from_config` (e.g. for a Pipes worker)."""

@@ -170,6 +170,8 @@ def _result(decisions: list[Decision], trigger: str, job_name: str, cursor: str 
     for d in decisions:
         if d.action != "request" or d.ref is None:
             continue
+        if d.ref.upload_id in partitions:  # one run per upload per tick (e.g. the event of its minimised re-store)
+            continue
         partitions.append(d.ref.upload_id)
         requests.append(
             RunRequest(
@@ -185,6 +187,14 @@ def _result(decisions: list[Decision], trigger: str, job_name: str, cursor: str 
         )
     dynamic = [AddDynamicPartitionsRequest(PARTITIONS_NAME, sorted(set(partitions)))] if partitions else []
     return SensorResult(run_requests=requests, dynamic_partitions_requests=dynamic, cursor=cursor)
+
+
+def _minimise(object_store: ObjectStoreResource, metadata: MetadataStore, obj: NewObject) -> None:
+    """Strip identifying metadata from a new raw upload in place (`ops/upload_minimisation.py`)."""
+    from ops.upload_minimisation import minimise_stored_upload
+
+    if parse_raw_upload_key(obj.key) is not None:
+        minimise_stored_upload(object_store.store(), obj.key, metadata)
 
 
 # -- SQS ----------------------------------------------------------------------------------------
@@ -236,7 +246,10 @@ def build_sqs_sensor(job_name: str, minimum_interval_seconds: int = 30) -> Senso
         description="S3 ObjectCreated (uploads bucket) → SQS → one upload partition and one run per object version.",
     )
     def s3_uploads_sqs_sensor(
-        context: SensorEvaluationContext, upload_queue: UploadQueueResource, metadata: MetadataStoreResource
+        context: SensorEvaluationContext,
+        upload_queue: UploadQueueResource,
+        metadata: MetadataStoreResource,
+        object_store: ObjectStoreResource,
     ) -> SensorResult | SkipReason:
         if not upload_queue.queue_url:
             return SkipReason("AVATARPIPE_SQS_QUEUE_URL is not set")
@@ -254,6 +267,8 @@ def build_sqs_sensor(job_name: str, minimum_interval_seconds: int = 30) -> Senso
             if upload_queue.uploads_bucket:
                 objects = [o for o in objects if o.bucket == upload_queue.uploads_bucket]
             messages.append(_Message(raw["ReceiptHandle"], objects))
+            for obj in objects:  # data minimisation first: nothing reads the object as uploaded
+                _minimise(object_store, store, obj)
             decisions += [decide(context, store, obj, "sqs") for obj in objects]
         by_key = {d.obj.run_key: d for d in decisions}
         for message in messages:
@@ -312,6 +327,8 @@ def build_folder_sensor(
             return SkipReason("no new raw uploads")
         store = metadata.store()
         settle = timedelta(seconds=settle_seconds)
+        for _m, key in batch:  # data minimisation first: nothing reads the file as dropped
+            _minimise(object_store, store, NewObject(key, ""))
         decisions = [decide(context, store, NewObject(k, str(m)), "folder", settle) for m, k in batch]
         # Advance past everything decided; stop before the first object that must be retried.
         done = []

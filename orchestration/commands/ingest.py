@@ -60,9 +60,11 @@ def put_presigned(url: str, headers: dict[str, str], data: bytes) -> int:
 def ingest_via_presigned_put(settings: Settings, data: bytes, filename: str, subject_id: str | None) -> Ingested:
     """What a browser does: get a presigned PUT for the content-addressed raw key, upload over
     HTTP, and register the upload once S3 has accepted the object."""
+    from ops.upload_minimisation import minimise_upload_bytes
     from storage.object_store import sha256_hex
     from storage.s3_store import S3ObjectStore, S3StoreConfig, create_upload_ticket
 
+    data = minimise_upload_bytes(data).data  # the client strips before sending: nothing identifying travels
     planned = plan_ingest(data, filename, subject_id)
     config = {k: v for k, v in settings.object_store_config().items() if k != "kind"}
     store = S3ObjectStore(S3StoreConfig(**config))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ops.erasure_stores import MLFLOW_TAG_SUBJECT, MLFLOW_TAG_UPLOAD
-from orchestration.cli import ingest_photo, run_avatar_job
+from orchestration.cli import execute_avatar_job, ingest_photo, run_avatar_job
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
 
@@ -172,7 +172,9 @@ def test_erase_one_subject_keeps_the_other(home) -> None:
     assert len(glb) == 1
     code, kept_audit = _cli("audit", "--subject", KEPT)
     assert code == 0 and kept_audit["status"] == "active" and len(kept_audit["uploads"]) == 1
-    run_id = run_avatar_job(settings, kept_upload)  # reprocess the kept subject after the erasure
+    # reprocess the kept subject after the erasure: from its normalised photo (its raw upload was
+    # deleted when its avatar was ready - the default retention policy)
+    run_id = execute_avatar_job(settings, kept_upload, asset_selection=["keypoints", "smplx_params", "mesh", "rigged_glb"])
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
 
 

@@ -2,10 +2,13 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from models.errors import ErrorCode, PipelineError
+from models.image_integrity import check_container
 from models.photo import PhotoLimits, decode_png, normalise_photo
+from tests.conftest import SAMPLES
+from tests.reliability.damage import DAMAGED, damaged_file, good_file, jpeg_entropy_zeroed, png_idat_zeroed
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -87,3 +90,48 @@ def test_decompression_bomb_is_refused_with_guard_on():
     bomb = _encode(Image.new("1", (30000, 30000)), "PNG")  # ~100 KB file, 900 Mpx declared
     assert _code(bomb) is ErrorCode.DECOMPRESSION_BOMB
     assert Image.MAX_IMAGE_PIXELS is not None  # the guard was restored, not disabled
+
+
+# -- damaged files (issue 20): every one refused with the code that names the problem ----------
+
+REAL_PHOTOS = [SAMPLES / "person_standing.png", SAMPLES / "person_skiing.jpg"]
+
+
+@pytest.mark.parametrize("photo", REAL_PHOTOS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_files_are_refused(photo, case):
+    image = Image.open(photo).convert("RGB")
+    good = good_file(image, DAMAGED[case].fmt)
+    assert normalise_photo(good).size == image.size  # the file was fine before the damage
+    assert _code(damaged_file(image, case)) is DAMAGED[case].code
+
+
+def test_decode_errors_are_not_swallowed_by_metadata_reads():
+    """The issue's reproduction: a PNG (with an eXIf chunk, so orientation is read) whose IDAT
+    was damaged and its CRC recomputed. Only the zlib decoder can notice; reading EXIF used to
+    trigger that decode first and swallow its error, and the second load returned garbage."""
+    image = Image.open(SAMPLES / "person_standing.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data = png_idat_zeroed(_encode(image, "PNG", exif=exif.tobytes()), fix_crc=True)
+    with pytest.raises(PipelineError) as info:
+        normalise_photo(data)
+    assert info.value.code is ErrorCode.CORRUPT_IMAGE and "unrecognized data stream" in info.value.message
+
+
+def test_truncated_data_is_refused_even_if_a_library_allows_it(monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some libraries set it globally
+    image = Image.open(SAMPLES / "person_skiing.jpg").convert("RGB")
+    jpeg = _encode(image, "JPEG", quality=90)
+    assert _code(jpeg[: len(jpeg) * 6 // 10]) is ErrorCode.TRUNCATED_IMAGE
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored afterwards
+
+
+def test_zeroed_jpeg_scan_bytes_that_stay_a_valid_bitstream_are_a_known_blind_spot():
+    """Documented limitation (models/image_integrity.py): Huffman codes resynchronise, so 200
+    zeroed scan bytes in the standing sample decode with no libjpeg warning at all. If this starts
+    failing, a decoder learnt to see it: move the case into DAMAGED."""
+    image = Image.open(SAMPLES / "person_standing.png").convert("RGB")
+    data = jpeg_entropy_zeroed(good_file(image, "JPEG"))
+    assert check_container(data) is None
+    assert normalise_photo(data).size == image.size

@@ -140,6 +140,48 @@ def fsck_report(settings: Settings, upload_id: str | None = None, grace_s: float
         metadata.close()
 
 
+# -- refused uploads through `avatarpipe run --json` ----------------------------------------
+
+
+def run_bytes(capfd: pytest.CaptureFixture, tmp_path: Path, data: bytes, name: str) -> tuple[int, dict]:
+    """`avatarpipe run FILE --json` (in process) on ``data`` saved as ``name``."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    code, answer, _err = cli_in_process(["run", str(path), "--subject", "bad-input", "--json"], capfd)
+    assert answer is not None
+    return code, answer
+
+
+def assert_refused(
+    home: Settings, code: int, answer: dict, expected: Any, step: str, valid: tuple[str, ...]
+) -> None:
+    """Exit 1, typed error (``expected``: an ErrorCode) in the answer and in `uploads`, only the
+    valid artifacts stored, the failing step run once (no retry of an input error), and the
+    home consistent."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    assert code == 1
+    assert answer["status"] == "failed"
+    assert answer["error"]["code"] == expected.value and answer["error"]["step"] == step, answer["error"]
+    assert len(answer["error"]["message"]) > 10
+    assert set(answer["artifacts"]) == set(valid)
+
+    state = ledger(home, answer["upload_id"])
+    assert state.upload["status"] == "failed"
+    assert state.upload["error"] == answer["error"]
+    assert {d["asset_key"] for d in state.docs} == set(valid) and len(state.docs) == len(valid)
+    stored_assets = {key.split("/")[3] for key in state.keys}
+    assert stored_assets == {"raw", *valid}  # the upload itself and the valid artifacts, nothing else
+    assert state.upload.get("lease") is None  # the run's lease was released
+
+    run = DagsterInstance.get().get_run_by_id(answer["dagster_run_id"])
+    assert run.status == DagsterRunStatus.FAILURE
+    events = run_events(run.run_id)
+    assert events.count("STEP_FAILURE") == 1
+    assert "STEP_UP_FOR_RETRY" not in events  # permanent: Dagster's RetryPolicy was bypassed
+    assert fsck_report(home, answer["upload_id"]).clean
+
+
 # -- images ----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@ in this process), a real Dagster instance, the embedded stores.
 
 A refused upload must end with a typed code and a human message in `uploads`, a failed Dagster
 run in which the failing step ran exactly once (input errors are never retried), exit code 1,
-and nothing stored beyond the raw upload and the artifacts that were valid. Uploads that only
+and nothing stored beyond the raw upload and the artifacts that were valid. Damaged files (cut
+short, bad checksums, broken streams: `damage.py`) are refused at `photo`. Uploads that only
 look unusual (16-bit, palette, CMYK, grey, alpha, animated, multi-page, EXIF-rotated) must work.
 
 Cost: refusals at the `photo` step take about a second each. The modes that must work run the
@@ -26,15 +27,16 @@ from PIL import Image
 from models.errors import PERMANENT_CODES, ErrorCode
 from orchestration.cli import execute_avatar_job, ingest_photo
 from tests.conftest import SHARED_PHOTOS
+from tests.reliability.damage import DAMAGED, damaged_file
 from tests.reliability.helpers import (
     PNG_PIXEL_CHUNKS,
+    assert_refused,
     cli_in_process,
     encode,
-    fsck_report,
     isolated_home,
     ledger,
     png_chunks,
-    run_events,
+    run_bytes,
 )
 
 
@@ -55,69 +57,46 @@ def skiing() -> Image.Image:
     return Image.open(Path(__file__).resolve().parents[2] / "samples" / "person_skiing.jpg").convert("RGB")
 
 
-def _run(home, capfd, tmp_path: Path, data: bytes, name: str) -> tuple[int, dict]:
-    path = tmp_path / name
-    path.write_bytes(data)
-    code, answer, _err = cli_in_process(["run", str(path), "--subject", "bad-input", "--json"], capfd)
-    assert answer is not None
-    return code, answer
-
-
-def _assert_refused(home, code: int, answer: dict, expected: ErrorCode, step: str, valid: tuple[str, ...]) -> None:
-    """Exit 1, typed error in the answer and in `uploads`, only the valid artifacts stored, the
-    failing step run once (no retry of an input error), and the home consistent."""
-    assert code == 1
-    assert answer["status"] == "failed"
-    assert answer["error"]["code"] == expected.value and answer["error"]["step"] == step
-    assert len(answer["error"]["message"]) > 10
-    assert set(answer["artifacts"]) == set(valid)
-
-    state = ledger(home, answer["upload_id"])
-    assert state.upload["status"] == "failed"
-    assert state.upload["error"] == answer["error"]
-    assert {d["asset_key"] for d in state.docs} == set(valid) and len(state.docs) == len(valid)
-    stored_assets = {key.split("/")[3] for key in state.keys}
-    assert stored_assets == {"raw", *valid}  # the upload itself and the valid artifacts, nothing else
-    assert state.upload.get("lease") is None  # the run's lease was released
-
-    run = DagsterInstance.get().get_run_by_id(answer["dagster_run_id"])
-    assert run.status == DagsterRunStatus.FAILURE
-    events = run_events(run.run_id)
-    assert events.count("STEP_FAILURE") == 1
-    assert "STEP_UP_FOR_RETRY" not in events  # permanent: Dagster's RetryPolicy was bypassed
-    assert fsck_report(home, answer["upload_id"]).clean
-
-
 # -- refused at the photo step ---------------------------------------------------------------
 
 
 def test_empty_file(home, capfd, tmp_path):
-    code, answer = _run(home, capfd, tmp_path, b"", "empty.jpg")
-    _assert_refused(home, code, answer, ErrorCode.EMPTY_FILE, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, b"", "empty.jpg")
+    assert_refused(home, code, answer, ErrorCode.EMPTY_FILE, "photo", ())
 
 
 def test_bytes_that_are_not_an_image(home, capfd, tmp_path):
     data = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n" * 50
-    code, answer = _run(home, capfd, tmp_path, data, "holiday.jpg")
-    _assert_refused(home, code, answer, ErrorCode.NOT_AN_IMAGE, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, data, "holiday.jpg")
+    assert_refused(home, code, answer, ErrorCode.NOT_AN_IMAGE, "photo", ())
 
 
 def test_truncated_jpeg(home, capfd, tmp_path, standing):
     jpeg = encode(standing, "JPEG", quality=92)
-    code, answer = _run(home, capfd, tmp_path, jpeg[: len(jpeg) * 6 // 10], "cut.jpg")  # scan data cut short
-    _assert_refused(home, code, answer, ErrorCode.TRUNCATED_IMAGE, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, jpeg[: len(jpeg) * 6 // 10], "cut.jpg")  # scan data cut short
+    assert_refused(home, code, answer, ErrorCode.TRUNCATED_IMAGE, "photo", ())
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_file(home, capfd, tmp_path, skiing, case):
+    """PNG with damaged IDAT / bad CRC / no IEND, JPEG with damaged scan data / a lost marker,
+    WebP, GIF and TIFF cut short (`tests/reliability/damage.py`): `TRUNCATED_IMAGE` when the data
+    ends early, `CORRUPT_IMAGE` when it is damaged; never a garbled photo passed on."""
+    spec = DAMAGED[case]
+    code, answer = run_bytes(capfd, tmp_path, damaged_file(skiing, case), f"{case}.{spec.ext}")
+    assert_refused(home, code, answer, spec.code, "photo", ())
 
 
 def test_image_too_small_to_hold_a_person(home, capfd, tmp_path, standing):
-    code, answer = _run(home, capfd, tmp_path, encode(standing.resize((48, 48)), "PNG"), "tiny.png")
-    _assert_refused(home, code, answer, ErrorCode.IMAGE_TOO_SMALL, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, encode(standing.resize((48, 48)), "PNG"), "tiny.png")
+    assert_refused(home, code, answer, ErrorCode.IMAGE_TOO_SMALL, "photo", ())
 
 
 def test_decompression_bomb(home, capfd, tmp_path):
     bomb = encode(Image.new("1", (30000, 30000)), "PNG")  # ~100 KB on disk, 900 Mpx declared
     assert len(bomb) < 200_000
-    code, answer = _run(home, capfd, tmp_path, bomb, "bomb.png")
-    _assert_refused(home, code, answer, ErrorCode.DECOMPRESSION_BOMB, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, bomb, "bomb.png")
+    assert_refused(home, code, answer, ErrorCode.DECOMPRESSION_BOMB, "photo", ())
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's guard is configured, never switched off
 
 
@@ -125,8 +104,8 @@ def test_file_larger_than_the_configured_limit(home, capfd, tmp_path, monkeypatc
     monkeypatch.setenv("AVATARPIPE_MAX_UPLOAD_BYTES", "100000")
     noise = np.random.default_rng(9).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     data = encode(Image.fromarray(noise), "PNG")  # ~480 KB: a valid image, just too big
-    code, answer = _run(home, capfd, tmp_path, data, "big.png")
-    _assert_refused(home, code, answer, ErrorCode.FILE_TOO_LARGE, "photo", ())
+    code, answer = run_bytes(capfd, tmp_path, data, "big.png")
+    assert_refused(home, code, answer, ErrorCode.FILE_TOO_LARGE, "photo", ())
     assert "100000" in answer["error"]["message"]
 
 
@@ -139,8 +118,8 @@ def test_photo_with_no_person(home, capfd, tmp_path):
     scene = np.stack([xx * 255 // w, (yy * 180 // h) + 40, 255 - xx * 255 // w], axis=-1).astype(np.uint8)
     scene[400:, :] = (70, 120, 60)  # a "meadow" under a "sky", and a box
     scene[250:420, 300:420] = (150, 90, 40)
-    code, answer = _run(home, capfd, tmp_path, encode(Image.fromarray(scene), "PNG"), "landscape.png")
-    _assert_refused(home, code, answer, ErrorCode.NO_PERSON, "keypoints", ("photo",))
+    code, answer = run_bytes(capfd, tmp_path, encode(Image.fromarray(scene), "PNG"), "landscape.png")
+    assert_refused(home, code, answer, ErrorCode.NO_PERSON, "keypoints", ("photo",))
 
 
 def test_person_too_small(home, capfd, tmp_path, skiing):
@@ -148,20 +127,20 @@ def test_person_too_small(home, capfd, tmp_path, skiing):
     canvas = Image.new("RGB", (1024, 1024), (128, 128, 128))
     w = skiing.width * 150 // skiing.height
     canvas.paste(skiing.resize((w, 150)), ((1024 - w) // 2, 1024 - 150 - 20))
-    code, answer = _run(home, capfd, tmp_path, encode(canvas, "PNG"), "far_away.png")
-    _assert_refused(home, code, answer, ErrorCode.PERSON_TOO_SMALL, "keypoints", ("photo",))
+    code, answer = run_bytes(capfd, tmp_path, encode(canvas, "PNG"), "far_away.png")
+    assert_refused(home, code, answer, ErrorCode.PERSON_TOO_SMALL, "keypoints", ("photo",))
 
 
 def test_person_cut_off(home, capfd, tmp_path, standing):
     # Only the legs are in the picture: no body can be fitted. Whichever step notices, the
     # outcome is a permanent, typed error and nothing beyond the valid artifacts.
     legs = standing.crop((0, int(standing.height * 0.55), standing.width, standing.height))
-    code, answer = _run(home, capfd, tmp_path, encode(legs, "PNG"), "legs.png")
+    code, answer = run_bytes(capfd, tmp_path, encode(legs, "PNG"), "legs.png")
     error = answer["error"]
     assert code == 1 and answer["status"] == "failed"
     assert ErrorCode(error["code"]) in PERMANENT_CODES and error["step"] in ("keypoints", "smplx_params")
     valid = ("photo",) if error["step"] == "keypoints" else ("photo", "keypoints")
-    _assert_refused(home, code, answer, ErrorCode(error["code"]), error["step"], valid)
+    assert_refused(home, code, answer, ErrorCode(error["code"]), error["step"], valid)
 
 
 # -- unusual but valid files work ------------------------------------------------------------
@@ -275,7 +254,7 @@ def test_several_people_work_on_the_most_prominent(home, capfd):
 
 def test_resume_refuses_an_input_error(home, capfd, tmp_path):
     """Re-running the same bad input cannot succeed: `resume` says so and runs nothing."""
-    _code, answer = _run(home, capfd, tmp_path, b"", "empty-again.jpg")
+    _code, answer = run_bytes(capfd, tmp_path, b"", "empty-again.jpg")
     runs_before = len(DagsterInstance.get().get_run_records())
     code, resumed, _ = cli_in_process(["resume", answer["upload_id"], "--json"], capfd)
     assert code == 1 and resumed["resume"]["action"] == "refused"

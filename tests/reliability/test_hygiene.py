@@ -101,7 +101,7 @@ def test_stored_images_carry_no_metadata(reference_run):
     state = ledger(reference_run.settings, reference_run.upload_id)
     checked = 0
     for key in state.keys:
-        if key.split("/")[3] == "raw":  # the upload as received (see the README's Reliability section)
+        if key.split("/")[3] == "raw":  # stripped at ingest, not re-encoded (tests/privacy checks it)
             continue
         path = reference_run.home / "objects" / key
         data = path.read_bytes()
