@@ -1,16 +1,28 @@
 """Bake the photo onto the body model's UV layout.
 
 Every texel inside a UV triangle is mapped to its 3D surface point, projected into the
-photo and kept when the camera really sees it (embree ray test, front-facing, inside the
-person mask). The rest of the body still needs a believable colour, so unseen texels are
-made up from what was seen:
+photo and kept when the camera really sees it: embree ray test, front-facing, inside the
+person mask, and - occlusion-aware - not next to an occluding contour of the fitted body
+(an arm across the chest, where a slightly-off fit would paint arm onto chest) and not
+around a hand (a hand in front of the body, a held ball). Everything else is "unseen".
 
-- torso, limbs, hands, feet: the blurred photo colour at the same silhouette position,
-  i.e. the front mirrored onto the back, which keeps shirt and trousers apart;
-- head: the colours of the nearest seen head surface, so the back of the head continues
-  the hair seen on top and at the sides rather than averaging hair and face;
-- anything else, or everything when `back_fill` is off: the mean seen colour of the
-  texel's body part (Anny's UV segmentation), borrowed from a related part when needed.
+Unseen texels get a believable colour from what was seen, never by mirroring the front:
+
+- body (`BodyLayout`, regions from Anny's skin weights: torso, upper arm, forearm, hand,
+  thigh, shin, foot per side, neck, head): per region, the median seen colour of slices along
+  the region's axis (the torso by height, an arm along its length). A chest logo is a minority
+  of its slice, so it is not repeated on the back, while the shirt/trouser line at the waist
+  and sleeve cuffs stay where they are. A region never seen borrows from its mirror (both
+  shoes alike), an arm from its parent (sleeves), and otherwise a neutral outfit (trousers,
+  shoes, top) - invented legs are never bare or skin-coloured;
+- head: the nearest seen head surface outside the face, so the back of the head continues
+  the hair seen on top and at the sides;
+- eyes: a procedural eyeball (sclera, iris in the photo's iris colour, pupil), mouth cavity
+  and tongue in fixed mouth colours;
+- the made-up colours are relaxed over the mesh with the seen colours held fixed (harmonic
+  fill), so there are no hard breaks at nape, waist or cuffs.
+Without a layout, or with `back_fill` off, unseen texels take their body part's mean colour;
+`unseen_fill="mirror"` keeps the earlier front-mirrored fill, for comparison only.
 
 The seam between seen and made-up colour is feathered, and colours are pushed over the
 empty texture area so texture filtering and mipmaps never pick up black at chart borders.
@@ -28,6 +40,7 @@ import cv2
 import numpy as np
 import trimesh
 import yaml
+from scipy import sparse
 from scipy.spatial import cKDTree
 from trimesh.ray.ray_pyembree import RayMeshIntersector
 
@@ -55,6 +68,18 @@ MIRROR_PARTS = ("body", "hand.L", "hand.R", "foot.L", "foot.R")
 HEAD_PARTS = ("head",)
 
 
+# Colours of the neutral outfit for regions the photo never shows (RGB).
+NEUTRAL_TROUSERS = (58, 64, 82)  # dark denim
+NEUTRAL_SHOES = (48, 44, 42)
+NEUTRAL_TOP = (92, 104, 122)  # muted blue
+DEFAULT_SKIN = (200, 160, 135)
+DEFAULT_IRIS = (92, 64, 44)
+SCLERA = (228, 222, 214)
+PUPIL = (22, 18, 18)
+MOUTH_CAVITY = (96, 38, 42)
+TONGUE = (168, 92, 96)
+
+
 @dataclass(frozen=True)
 class TextureConfig:
     size: int = 1024
@@ -62,7 +87,13 @@ class TextureConfig:
     grazing_cos: float = 0.15  # reject texels seen at grazing angles
     mask_threshold: int = 128
     mask_erode_px: int = 2  # keep background from bleeding in at the silhouette
-    back_fill: bool = True  # unseen backs continue the seen front (off: part means only)
+    back_fill: bool = True  # unseen texels made up from what was seen (off: part means only)
+    unseen_fill: str = "regions"  # "regions" (slice medians, see above) or "mirror" (legacy)
+    occluder_band_frac: float = 0.02  # unseen near occluding contours, fraction of body height
+    occluder_depth_m: float = 0.06  # a depth jump this big between neighbour pixels is a contour
+    hand_zone_frac: float = 0.08  # around a hand, other parts are unseen (held objects, fingers)
+    slice_bins: int = 16  # slices per region along its axis
+    relax_iters: int = 60  # harmonic relaxation of the made-up colours over the mesh
     mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
     nearest_k: int = 16  # seen head texels averaged per unseen head vertex
     feather_frac: float = 1 / 256  # observed/filled transition width, fraction of `size`
@@ -75,6 +106,24 @@ class BakedTexture:
     observed: np.ndarray  # (S,S) bool, texel colour came from the photo
     chart: np.ndarray  # (S,S) bool, texel lies inside some UV triangle
     coverage: float  # observed.sum() / chart.sum()
+    pixels: np.ndarray | None = None  # (N,2) photo pixel of each chart texel (raster order)
+
+
+@dataclass(frozen=True)
+class BodyLayout:
+    """What the bake knows about the body beyond the posed surface: its rest pose and regions.
+
+    `region` (V,) indexes `REGIONS`, from the skin weights; `axis_t` (V,) in [0,1] is the
+    vertex's position along its region's main axis in the rest pose (0 at the end nearer the
+    torso; bottom for torso, neck, head); `face_zone` (V,) marks the face (front of the head
+    below the brows) whose colours must not spread round the head.
+    """
+
+    rest_vertices: np.ndarray  # (V,3) Anny frame: Z up, facing -Y
+    region: np.ndarray  # (V,) int
+    axis_t: np.ndarray  # (V,) float
+    face_zone: np.ndarray  # (V,) bool
+    rest_normals: np.ndarray  # (V,3) unit
 
 
 @dataclass(frozen=True)
@@ -104,8 +153,14 @@ def bake_texture(
     image: np.ndarray,
     mask: np.ndarray,
     config: TextureConfig = TextureConfig(),
+    layout: BodyLayout | None = None,
+    iris_rgb: tuple[float, float, float] | None = None,
 ) -> BakedTexture:
-    """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`."""
+    """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`.
+
+    `layout` (see `body_layout`) switches on the occlusion-aware visibility and the region
+    fill; `iris_rgb` colours the procedural eyes (see `iris_colour`).
+    """
     image = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
     mesh = trimesh.Trimesh(
         vertices=np.asarray(vertices, dtype=np.float64),
@@ -117,16 +172,24 @@ def bake_texture(
     person = person_mask(mask, config)
     pixels, on_person = project_onto_person(camera, points, person)
     seen = visible_texels(mesh, points, normals, raster.tri, camera, on_person, config)
+    labels = face_part_labels(uv, face_uv_idx)[raster.tri]
+    regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
+    if regional:
+        texel_region = _texel_region(layout, mesh.faces, raster)
+        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person.shape, config)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
-    labels = face_part_labels(uv, face_uv_idx)[raster.tri]
-    colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
+    if regional:
+        colours, seen = _fill_by_regions(colours, seen, labels, texel_region, mesh, raster, layout, config, iris_rgb)
+    else:
+        colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
     return BakedTexture(
         image=_compose(raster, colours, observed, config),
         observed=observed,
         chart=raster.chart,
         coverage=float(seen.sum() / max(len(seen), 1)),
+        pixels=pixels,
     )
 
 
@@ -341,6 +404,466 @@ def face_part_labels(uv: np.ndarray, face_uv_idx: np.ndarray) -> np.ndarray:
     colour = seg[rows, cols].astype(np.float32)
     # the map is anti-aliased: take the nearest palette colour
     return np.argmin(((colour[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
+
+
+# --- body regions (occlusion-aware visibility and the region fill) -----------------------
+
+# Regions from Anny's mixamo bones: (region, bones). Fingers belong to the hand.
+REGION_BONES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("torso", ("Hips", "Spine", "Spine1", "Spine2", "LeftShoulder", "RightShoulder")),
+    ("neck", ("Neck",)),
+    ("head", ("Head",)),
+    ("upper_arm.L", ("LeftArm",)),
+    ("forearm.L", ("LeftForeArm",)),
+    ("hand.L", ("LeftHand",)),
+    ("upper_arm.R", ("RightArm",)),
+    ("forearm.R", ("RightForeArm",)),
+    ("hand.R", ("RightHand",)),
+    ("thigh.L", ("LeftUpLeg",)),
+    ("shin.L", ("LeftLeg",)),
+    ("foot.L", ("LeftFoot", "LeftToeBase")),
+    ("thigh.R", ("RightUpLeg",)),
+    ("shin.R", ("RightLeg",)),
+    ("foot.R", ("RightFoot", "RightToeBase")),
+)
+REGIONS = tuple(name for name, _ in REGION_BONES)
+HAND_REGIONS = ("hand.L", "hand.R")
+EYE_PARTS = ("eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R", "eye_cavity.L", "eye_cavity.R")
+MOUTH_PARTS = ("mouth_cavity", "tongue")
+# Where an arm meets the torso, along the torso's axis (0 hips, 1 neck).
+SHOULDER_T = 0.85
+# Torso slices below this (the pelvis) continue the thighs when the photo does not show them.
+PELVIS_T = 0.3
+
+
+def _mirror(region: str) -> str | None:
+    if region.endswith(".L"):
+        return region[:-2] + ".R"
+    if region.endswith(".R"):
+        return region[:-2] + ".L"
+    return None
+
+
+def region_of_bone(bone: str) -> int:
+    """Index into `REGIONS` of a bone label such as "mixamorig:LeftHandIndex1"."""
+    short = bone.split(":")[-1]
+    for i, (_, bones) in enumerate(REGION_BONES):
+        if short in bones:
+            return i
+    for side, hand in (("Left", "hand.L"), ("Right", "hand.R")):
+        if short.startswith(f"{side}Hand"):
+            return REGIONS.index(hand)
+    return REGIONS.index("torso")
+
+
+def body_layout(
+    rest_vertices: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray,
+    face_uv_idx: np.ndarray,
+    skin_indices: np.ndarray,
+    skin_weights: np.ndarray,
+    bone_names: list[str] | tuple[str, ...],
+) -> BodyLayout:
+    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y)."""
+    rest = np.asarray(rest_vertices, np.float64)
+    faces = np.asarray(faces, np.int64)
+    bone_region = np.array([region_of_bone(str(b)) for b in bone_names])
+    votes = np.zeros((len(rest), len(REGIONS)))
+    np.add.at(votes, (np.arange(len(rest))[:, None], bone_region[skin_indices]), skin_weights)
+    region = votes.argmax(axis=1)
+    axis_t = np.zeros(len(rest))
+    torso_centre = rest[region == REGIONS.index("torso")].mean(axis=0)
+    for i, name in enumerate(REGIONS):
+        members = np.flatnonzero(region == i)
+        if len(members) < 3:
+            continue
+        pts = rest[members]
+        if name in ("torso", "neck", "head"):
+            axis = np.array([0.0, 0.0, 1.0])
+        else:
+            centred = pts - pts.mean(axis=0)
+            axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+            if axis @ (pts.mean(axis=0) - torso_centre) < 0:
+                axis = -axis  # 0 at the end nearer the torso
+        proj = pts @ axis
+        axis_t[members] = (proj - proj.min()) / max(float(np.ptp(proj)), 1e-9)
+    return BodyLayout(
+        rest_vertices=rest, region=region, axis_t=axis_t,
+        face_zone=_face_zone(rest, faces, uv, face_uv_idx, region),
+        rest_normals=trimesh.Trimesh(rest, faces, process=False).vertex_normals,
+    )  # fmt: skip
+
+
+def _face_zone(
+    rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """Head vertices of the face: facing forward (-Y), below the brows, in front of the ears."""
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    eyes = np.unique(faces[np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])])
+    normals = trimesh.Trimesh(rest, faces, process=False).vertex_normals
+    head = region == REGIONS.index("head")
+    if len(eyes) == 0:
+        return np.zeros(len(rest), bool)
+    eye_z = float(rest[eyes, 2].mean())
+    return head & (normals[:, 1] < -0.25) & (rest[:, 2] < eye_z + 0.035)
+
+
+def _texel_region(layout: BodyLayout, faces: np.ndarray, raster: UVRaster) -> np.ndarray:
+    """Region (N,) of each chart texel: that of its triangle's nearest corner."""
+    corners = faces[raster.tri]
+    return layout.region[corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]]
+
+
+def cast_camera(
+    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-hit face id (h,w) (-1: nothing) and ray length (h,w) (inf) per photo pixel.
+
+    Only pixels in the projected bounding box of the mesh are cast.
+    """
+    h, w = shape
+    face_id = np.full((h, w), -1, np.int64)
+    depth = np.full((h, w), np.inf)
+    pix, ahead = project_points(camera, np.asarray(mesh.vertices, np.float64))
+    if not ahead.any():
+        return face_id, depth
+    lo = np.clip(np.floor(pix[ahead].min(axis=0)).astype(int), 0, [w - 1, h - 1])
+    hi = np.clip(np.ceil(pix[ahead].max(axis=0)).astype(int), 0, [w - 1, h - 1])
+    rows, cols = np.mgrid[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+    rays = np.stack([cols.ravel(), rows.ravel(), np.ones(rows.size)], axis=1) @ np.linalg.inv(camera.K).T
+    directions = rays @ camera.R  # camera -> world: R^T d, row vectors
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    origins = np.broadcast_to(camera.center_world, directions.shape)
+    hit = RayMeshIntersector(mesh).intersects_first(origins, directions)
+    dist = _plane_distance(mesh, hit, origins, directions)
+    face_id[rows.ravel(), cols.ravel()] = hit
+    depth[rows.ravel(), cols.ravel()] = dist
+    return face_id, depth
+
+
+def occlusion_zones(
+    mesh: trimesh.Trimesh,
+    camera: Camera,
+    vertex_region: np.ndarray,
+    shape: tuple[int, int],
+    config: TextureConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per photo pixel: the fitted body's region (-1 off the body), the band around its inner
+    occluding contours, and the zone around its hands.
+
+    A fit is never exact: near the outline of an arm in front of the chest the photo may show
+    arm where the fit has chest, so both sides of the contour are left unseen. Around the hands
+    the photo often shows fingers or a held object the body model does not have.
+    """
+    face_id, depth = cast_camera(mesh, camera, shape)
+    on_body = face_id >= 0
+    face_region = vertex_region[mesh.faces[:, 0]]
+    region_map = np.where(on_body, face_region[np.maximum(face_id, 0)], -1)
+    rows = np.flatnonzero(on_body.any(axis=1))
+    height_px = float(rows[-1] - rows[0] + 1) if len(rows) else float(shape[0])
+    far = np.where(on_body, depth, 1e3).astype(np.float32)
+    square = np.ones((3, 3), np.uint8)
+    jump = (cv2.dilate(far, square) - cv2.erode(far, square)) > config.occluder_depth_m
+    inner = cv2.erode(on_body.astype(np.uint8), square).astype(bool)  # not the outer silhouette
+    band = _dilate(jump & inner, config.occluder_band_frac * height_px) & on_body
+    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
+    hand_zone = _dilate(hands, config.hand_zone_frac * height_px)
+    return region_map, band, hand_zone
+
+
+def _dilate(binary: np.ndarray, radius_px: float) -> np.ndarray:
+    r = round(radius_px)
+    if r <= 0 or not binary.any():
+        return binary.copy()
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.dilate(binary.astype(np.uint8), kernel).astype(bool)
+
+
+def occluded_texels(
+    mesh: trimesh.Trimesh,
+    camera: Camera,
+    vertex_region: np.ndarray,
+    texel_region: np.ndarray,
+    pixels: np.ndarray,
+    shape: tuple[int, int],
+    config: TextureConfig,
+) -> np.ndarray:
+    """Texels (N,) whose photo pixel belongs to another region, an occluding contour's band, or
+    (for texels not of a hand) the zone around a hand."""
+    region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, shape, config)
+    h, w = shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    other = region_map[rows, cols] != texel_region
+    is_hand = np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
+    return other | band[rows, cols] | (hand_zone[rows, cols] & ~is_hand)
+
+
+def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[float, float, float] | None:
+    """Median photo colour inside both irises (MediaPipe refined landmarks 468-477), or None
+    when there are no iris landmarks or the sample looks like a reflection or a closed lid."""
+    if face_landmarks is None or len(face_landmarks) < 478:
+        return None
+    image = np.asarray(image)[..., :3]
+    h, w = image.shape[:2]
+    samples = []
+    for centre, ring in ((468, range(469, 473)), (473, range(474, 478))):
+        c = np.asarray(face_landmarks[centre, :2], np.float64)
+        radius = float(np.mean([np.linalg.norm(face_landmarks[i, :2] - c) for i in ring]))
+        if radius < 1.0:
+            continue
+        rr, cc = np.mgrid[-int(radius) : int(radius) + 1, -int(radius) : int(radius) + 1]
+        inside = (rr**2 + cc**2) <= (0.7 * radius) ** 2
+        ys = np.clip(np.round(c[1] + rr[inside]).astype(int), 0, h - 1)
+        xs = np.clip(np.round(c[0] + cc[inside]).astype(int), 0, w - 1)
+        samples.append(image[ys, xs].astype(np.float64))
+    if not samples:
+        return None
+    colour = np.median(np.concatenate(samples), axis=0)
+    if colour.sum() > 3 * 170:  # a highlight or the sclera: not an iris colour
+        return None
+    return tuple(float(c) for c in colour)
+
+
+def _fill_by_regions(
+    colours: np.ndarray,
+    seen: np.ndarray,
+    labels: np.ndarray,
+    texel_region: np.ndarray,
+    mesh: trimesh.Trimesh,
+    raster: UVRaster,
+    layout: BodyLayout,
+    config: TextureConfig,
+    iris_rgb: tuple[float, float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours (N,3) for all chart texels and the texels kept as observed (see module doc)."""
+    names = part_names()
+    eyes = np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])
+    mouth = np.isin(labels, [names.index(p) for p in MOUTH_PARTS if p in names])
+    seen = seen & ~eyes & ~mouth
+    corners = mesh.faces[raster.tri]
+    texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
+    bins = config.slice_bins
+    # slices are summarised from the seen sides of the body (normal across the view): they
+    # border the unseen back, and a print on the front is no part of them
+    forward = np.abs(np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1].astype(np.float32)))
+    sides = seen & (forward < 0.6)
+    table, filled = _slice_medians(colours, sides, texel_region, texel_t, bins)
+    front_table, front_filled = _slice_medians(colours, seen, texel_region, texel_t, bins)
+    table[~filled & front_filled] = front_table[~filled & front_filled]
+    filled |= front_filled
+    skin = _skin_colour(colours, seen, corners, raster.bary, layout)
+    table = _complete_regions(table, filled, skin)
+    vertex_fill = _lookup(table, layout.region, layout.axis_t)
+    head = layout.region == REGIONS.index("head")
+    _head_from_nearest_seen(vertex_fill, colours, seen, corners, raster.bary, mesh, layout, head, config)
+    vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
+    vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
+    out = colours.copy()
+    unseen = ~seen
+    out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
+    out[eyes] = _eye_colours(layout, corners[eyes], raster.bary[eyes], labels[eyes], iris_rgb)
+    tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
+    out[mouth] = MOUTH_CAVITY
+    out[mouth & tongue] = TONGUE
+    return out, seen
+
+
+def _slice_medians(
+    colours: np.ndarray, seen: np.ndarray, region: np.ndarray, t: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median seen colour (R,B,3) per region and axis slice, and which slices were seen (R,B)."""
+    n_regions = len(REGIONS)
+    key = region[seen] * bins + np.clip((t[seen] * bins).astype(np.int64), 0, bins - 1)
+    table = np.zeros((n_regions * bins, 3), np.float32)
+    filled = np.zeros(n_regions * bins, bool)
+    if len(key):
+        order = np.argsort(key, kind="stable")
+        key, values = key[order], colours[seen][order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(key)]
+        min_count = 20  # a few stray texels are not a slice
+        for a, b in zip(starts, ends, strict=True):
+            if b - a >= min_count:
+                table[key[a]] = np.median(values[a:b], axis=0)
+                filled[key[a]] = True
+    return table.reshape(n_regions, bins, 3), filled.reshape(n_regions, bins)
+
+
+def _skin_colour(
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout
+) -> np.ndarray:
+    """Median seen colour of the face zone (cheeks, nose, forehead), else a default skin."""
+    zone = seen & (np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5)
+    return np.median(colours[zone], axis=0) if zone.sum() >= 50 else np.asarray(DEFAULT_SKIN, np.float32)
+
+
+def _complete_regions(table: np.ndarray, filled: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Every region's slices: seen ones kept, gaps interpolated along the axis, regions never
+    seen borrowed from their mirror, parent or the neutral outfit (legs before torso)."""
+    out = table.copy()
+    bins = table.shape[1]
+    centres = (np.arange(bins) + 0.5) / bins
+    done = np.zeros(len(REGIONS), bool)
+
+    def along(i: int) -> None:
+        have = np.flatnonzero(filled[i])
+        for c in range(3):
+            out[i, :, c] = np.interp(centres, centres[have], table[i, have, c])
+        done[i] = True
+
+    def constant(i: int, colour) -> None:
+        out[i] = np.asarray(colour, np.float32)
+        done[i] = True
+
+    idx = REGIONS.index
+    for i in range(len(REGIONS)):
+        if filled[i].any():
+            along(i)
+    for name in REGIONS:  # mirrors first: both shoes, both sleeves alike
+        i, m = idx(name), _mirror(name)
+        if not done[i] and m is not None and filled[idx(m)].any():
+            out[i] = out[idx(m)]
+            done[i] = True
+    for side in ("L", "R"):
+        thigh, shin, foot = idx(f"thigh.{side}"), idx(f"shin.{side}"), idx(f"foot.{side}")
+        if not done[thigh]:
+            constant(thigh, NEUTRAL_TROUSERS)
+        if not done[shin]:
+            constant(shin, out[thigh, -1] if filled[thigh, -1] else NEUTRAL_TROUSERS)
+        if not done[foot]:
+            constant(foot, NEUTRAL_SHOES)
+    torso = idx("torso")
+    if not done[torso]:
+        constant(torso, NEUTRAL_TOP)
+    pelvis = int(PELVIS_T * bins)
+    seen_bins = np.flatnonzero(filled[torso])
+    if len(seen_bins) and seen_bins[0] > pelvis:  # photo cut above the hips: trousers below
+        legs = 0.5 * (out[idx("thigh.L"), 0] + out[idx("thigh.R"), 0])
+        out[torso, :pelvis] = legs
+        first = seen_bins[0]
+        for k in range(pelvis, first):
+            a = (k - pelvis + 1) / (first - pelvis + 1)
+            out[torso, k] = (1 - a) * legs + a * table[torso, first]
+    for side in ("L", "R"):
+        upper, fore, hand = idx(f"upper_arm.{side}"), idx(f"forearm.{side}"), idx(f"hand.{side}")
+        if not done[upper]:
+            constant(upper, out[torso, int(SHOULDER_T * bins)])
+        if not done[fore]:
+            constant(fore, out[upper, -1])
+        if not done[hand]:
+            constant(hand, skin)
+    for name in ("neck", "head"):
+        if not done[idx(name)]:
+            constant(idx(name), skin)
+    return out
+
+
+def _lookup(table: np.ndarray, region: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per-vertex colour (V,3): the region's slice table, linearly interpolated in t."""
+    bins = table.shape[1]
+    x = np.clip(t * bins - 0.5, 0.0, bins - 1.0)
+    lo = np.floor(x).astype(np.int64)
+    hi = np.minimum(lo + 1, bins - 1)
+    a = (x - lo)[:, None].astype(np.float32)
+    return (1 - a) * table[region, lo] + a * table[region, hi]
+
+
+def _vertex_observations(
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_vertices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices mostly surrounded by seen texels (V,) bool and their mean seen colour (V,3)."""
+    weight_all = np.bincount(corners.ravel(), weights=bary.ravel(), minlength=n_vertices)
+    w_seen = (bary * seen[:, None]).ravel()
+    weight_seen = np.bincount(corners.ravel(), weights=w_seen, minlength=n_vertices)
+    rgb = np.stack(
+        [np.bincount(corners.ravel(), weights=w_seen * np.repeat(colours[:, c], 3), minlength=n_vertices) for c in range(3)],
+        axis=1,
+    )
+    mean = (rgb / np.maximum(weight_seen, 1e-9)[:, None]).astype(np.float32)
+    return weight_seen > 0.5 * np.maximum(weight_all, 1e-9), mean
+
+
+def _relax(fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int) -> np.ndarray:
+    """Screened smoothing of the made-up vertex colours, seen vertices held at their colours:
+    borders between slices and regions blend over a few rings, and the fill meets the seen
+    surface without a step."""
+    n = len(fill)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adjacency = sparse.csr_matrix((np.ones(len(edges), np.float32), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    adjacency.data[:] = 1.0
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    mean = sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
+    x = np.where(anchored[:, None], observed, fill).astype(np.float32)
+    prior = x.copy()
+    for _ in range(iters):
+        x = 0.2 * prior + 0.8 * (mean @ x)
+        x[anchored] = observed[anchored]
+    return x
+
+
+def _head_from_nearest_seen(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    mesh: trimesh.Trimesh,
+    layout: BodyLayout,
+    head: np.ndarray,
+    config: TextureConfig,
+) -> None:
+    """Head vertices coloured from the nearest seen head surface outside the face, in place:
+    the back of the head continues the hair (or scalp) seen on top and at the sides."""
+    face_zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
+    texel_head = np.einsum("nk,nk->n", bary, head[corners].astype(np.float32)) > 0.5
+    sources = np.flatnonzero(seen & texel_head & ~face_zone)
+    if len(sources) < config.nearest_k:
+        return
+    sources = sources[:: max(1, len(sources) // 20_000)]
+    points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
+    wanted = np.flatnonzero(head & ~layout.face_zone)
+    _, nearest = cKDTree(points).query(layout.rest_vertices[wanted], k=config.nearest_k)
+    vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
+
+
+def _eye_colours(
+    layout: BodyLayout,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    labels: np.ndarray,
+    iris_rgb: tuple[float, float, float] | None,
+) -> np.ndarray:
+    """Procedural eyeballs (N,3): sclera, iris and pupil by the angle from the eye's forward
+    axis (Anny looks along -Y in the rest pose), with a soft limbal ring."""
+    names = part_names()
+    points = np.einsum("nk,nkd->nd", bary, layout.rest_vertices[corners])
+    out = np.tile(np.asarray(SCLERA, np.float32), (len(points), 1))
+    iris = np.asarray(iris_rgb if iris_rgb is not None else DEFAULT_IRIS, np.float32)
+    for side in ("L", "R"):
+        parts = [names.index(p) for p in EYE_PARTS if p.endswith(side) and p in names]
+        members = np.isin(labels, parts)
+        if not members.any():
+            continue
+        ball = [names.index(p) for p in (f"eye_back.{side}", f"eye_front.{side}") if p in names]
+        ball_pts = points[np.isin(labels, ball)]
+        centre = (ball_pts if len(ball_pts) else points[members]).mean(axis=0)
+        direction = points[members] - centre
+        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-9)
+        angle = np.degrees(np.arccos(np.clip(-direction[:, 1], -1.0, 1.0)))
+        colour = np.tile(np.asarray(SCLERA, np.float32), (len(angle), 1))
+        in_iris = np.clip((34.0 - angle) / 3.0, 0.0, 1.0)[:, None]  # soft iris edge
+        ring = np.clip(1.0 - np.abs(angle - 31.0) / 3.0, 0.0, 1.0)[:, None] * 0.45
+        pupil = np.clip((13.0 - angle) / 2.0, 0.0, 1.0)[:, None]
+        # iris fibres: a little radial variation around the pupil
+        iris_tex = iris * (0.85 + 0.3 * np.clip((angle[:, None] - 12.0) / 20.0, 0.0, 1.0))
+        colour = (1 - in_iris) * colour + in_iris * iris_tex * (1 - ring)
+        colour = (1 - pupil) * colour + pupil * np.asarray(PUPIL, np.float32)
+        out[members] = colour
+    return out
 
 
 # --- filling and composing --------------------------------------------------------------

@@ -184,7 +184,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     from models.fitting import BodyFit
     from models.photo import decode_png, encode_png
     from models.surface import mesh_to_glb_bytes, render_overlay, textured_mesh
-    from models.texture import TextureConfig, bake_texture
+    from models.texture import TextureConfig, bake_texture, body_layout, iris_colour
 
     fit = BodyFit.from_dict(json.loads(inputs[FIT]))
     if fit.body_model.name != "anny":
@@ -204,9 +204,13 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
         ClothingConfig(enabled=bool(reconstructor.get("clothing", True))),
     )  # fmt: skip
     vertices = clothing.posed_vertices
+    layout = body_layout(
+        clothing.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
+        topo["skin_indices"], topo["skin_weights"], [str(b) for b in model.bone_labels],
+    )  # fmt: skip
     baked = bake_texture(
         vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
-        TextureConfig(size=texture_size),
+        TextureConfig(size=texture_size), layout=layout, iris_rgb=iris_colour(image, kp.face),
     )  # fmt: skip
     mesh = textured_mesh(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], baked.image)
     glb = mesh_to_glb_bytes(mesh)
