@@ -385,3 +385,26 @@ def summarise_appearance(results: list[AppearanceResult]) -> dict[str, dict[str,
 
 def results_table(results: list[AppearanceResult]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+# --- contact sheets from the GLB -------------------------------------------------------------
+
+
+def face_closeup(mesh: GlbMesh, height: int = 384, head_frac: float = 0.13) -> np.ndarray:
+    """Front render of the top `head_frac` of the avatar (its head), from the GLB's bind pose."""
+    y = mesh.positions[:, 1]
+    keep = (y[mesh.faces] > y.max() - head_frac * np.ptp(y)).all(axis=1)
+    used, faces = np.unique(mesh.faces[keep], return_inverse=True)
+    uvs = mesh.uvs[used] if mesh.uvs is not None else None
+    head = GlbMesh(mesh.positions[used], mesh.normals[used], uvs, faces.reshape(-1, 3), mesh.texture)
+    return render_view(head, "front", height=height)
+
+
+def glb_sheet_row(photo: np.ndarray, glb: bytes, height: int = 384) -> np.ndarray:
+    """photo | GLB at rest from the front, back, left side | face close-up, one image row."""
+    from models.render import read_glb_mesh
+
+    mesh = read_glb_mesh(glb)
+    panels = [_fit_height(photo, height)] + [render_view(mesh, v, height) for v in ("front", "back", "left")]
+    panels.append(face_closeup(mesh, height))
+    return np.concatenate(panels, axis=1)

@@ -92,6 +92,7 @@ class TextureConfig:
     occluder_band_frac: float = 0.02  # unseen near occluding contours, fraction of body height
     occluder_depth_m: float = 0.06  # a depth jump this big between neighbour pixels is a contour
     hand_zone_frac: float = 0.08  # around a hand, other parts are unseen (held objects, fingers)
+    stats_inset_frac: float = 0.01  # fill statistics from pixels this far inside the mask
     slice_bins: int = 16  # slices per region along its axis
     relax_iters: int = 60  # harmonic relaxation of the made-up colours over the mesh
     mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
@@ -180,7 +181,8 @@ def bake_texture(
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     if regional:
-        colours, seen = _fill_by_regions(colours, seen, labels, texel_region, mesh, raster, layout, config, iris_rgb)
+        deep = _deep_inside(person, pixels, config)
+        colours, seen = _fill_by_regions(colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb)
     else:
         colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
@@ -597,8 +599,10 @@ def occluded_texels(
     rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
     cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
     other = region_map[rows, cols] != texel_region
-    is_hand = np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
-    return other | band[rows, cols] | (hand_zone[rows, cols] & ~is_hand)
+    # hands and the head are exempt from the hand zone: a hand at the chin is skin on skin,
+    # and losing the whole face to it would be worse
+    exempt = np.isin(texel_region, [REGIONS.index(r) for r in (*HAND_REGIONS, "head")])
+    return other | band[rows, cols] | (hand_zone[rows, cols] & ~exempt)
 
 
 def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[float, float, float] | None:
@@ -627,9 +631,24 @@ def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[f
     return tuple(float(c) for c in colour)
 
 
+def _deep_inside(person: np.ndarray, pixels: np.ndarray, config: TextureConfig) -> np.ndarray:
+    """Texels (N,) whose pixel lies well inside the person mask: colour statistics for the fill
+    come from there, away from silhouette pixels mixed with the background."""
+    rows = np.flatnonzero(person.any(axis=1))
+    height_px = float(rows[-1] - rows[0] + 1) if len(rows) else float(person.shape[0])
+    r = max(1, round(config.stats_inset_frac * height_px))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    inner = cv2.erode(person.astype(np.uint8), kernel).astype(bool)
+    h, w = person.shape
+    rr = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cc = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    return inner[rr, cc]
+
+
 def _fill_by_regions(
     colours: np.ndarray,
     seen: np.ndarray,
+    deep: np.ndarray,
     labels: np.ndarray,
     texel_region: np.ndarray,
     mesh: trimesh.Trimesh,
@@ -649,16 +668,17 @@ def _fill_by_regions(
     # slices are summarised from the seen sides of the body (normal across the view): they
     # border the unseen back, and a print on the front is no part of them
     forward = np.abs(np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1].astype(np.float32)))
-    sides = seen & (forward < 0.6)
+    sides = seen & deep & (forward < 0.6)
     table, filled = _slice_medians(colours, sides, texel_region, texel_t, bins)
-    front_table, front_filled = _slice_medians(colours, seen, texel_region, texel_t, bins)
+    front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
     table[~filled & front_filled] = front_table[~filled & front_filled]
     filled |= front_filled
     skin = _skin_colour(colours, seen, corners, raster.bary, layout)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
+    vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     head = layout.region == REGIONS.index("head")
-    _head_from_nearest_seen(vertex_fill, colours, seen, corners, raster.bary, mesh, layout, head, config)
+    _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, head, config)
     vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
     vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
     out = colours.copy()
@@ -837,32 +857,32 @@ def _eye_colours(
     labels: np.ndarray,
     iris_rgb: tuple[float, float, float] | None,
 ) -> np.ndarray:
-    """Procedural eyeballs (N,3): sclera, iris and pupil by the angle from the eye's forward
-    axis (Anny looks along -Y in the rest pose), with a soft limbal ring."""
+    """Procedural eyes (N,3): sclera, iris and pupil by the distance across the view axis (Anny
+    looks along -Y in the rest pose) from the centre of the eye's front cap, relative to its
+    width, with a darker limbal ring; the socket behind is dark."""
     names = part_names()
     points = np.einsum("nk,nkd->nd", bary, layout.rest_vertices[corners])
     out = np.tile(np.asarray(SCLERA, np.float32), (len(points), 1))
     iris = np.asarray(iris_rgb if iris_rgb is not None else DEFAULT_IRIS, np.float32)
     for side in ("L", "R"):
-        parts = [names.index(p) for p in EYE_PARTS if p.endswith(side) and p in names]
-        members = np.isin(labels, parts)
-        if not members.any():
+        cavity = labels == names.index(f"eye_cavity.{side}") if f"eye_cavity.{side}" in names else np.zeros(len(labels), bool)
+        out[cavity] = MOUTH_CAVITY  # the socket behind the ball
+        ball = [names.index(p) for p in (f"eye_front.{side}", f"eye_back.{side}") if p in names]
+        members = np.isin(labels, ball)
+        front = labels == names.index(f"eye_front.{side}") if f"eye_front.{side}" in names else members
+        if not front.any():
             continue
-        ball = [names.index(p) for p in (f"eye_back.{side}", f"eye_front.{side}") if p in names]
-        ball_pts = points[np.isin(labels, ball)]
-        centre = (ball_pts if len(ball_pts) else points[members]).mean(axis=0)
-        direction = points[members] - centre
-        direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-9)
-        angle = np.degrees(np.arccos(np.clip(-direction[:, 1], -1.0, 1.0)))
-        colour = np.tile(np.asarray(SCLERA, np.float32), (len(angle), 1))
-        in_iris = np.clip((34.0 - angle) / 3.0, 0.0, 1.0)[:, None]  # soft iris edge
-        ring = np.clip(1.0 - np.abs(angle - 31.0) / 3.0, 0.0, 1.0)[:, None] * 0.45
-        pupil = np.clip((13.0 - angle) / 2.0, 0.0, 1.0)[:, None]
-        # iris fibres: a little radial variation around the pupil
-        iris_tex = iris * (0.85 + 0.3 * np.clip((angle[:, None] - 12.0) / 20.0, 0.0, 1.0))
+        pts = points[members]
+        centre = points[front][:, [0, 2]].mean(axis=0)  # the cap over the lid opening
+        radius = max(float(np.ptp(points[front][:, 0])) / 2.0, 1e-4)
+        r = np.linalg.norm(pts[:, [0, 2]] - centre, axis=1) / radius
+        in_iris = np.clip((0.42 - r) / 0.05, 0.0, 1.0)[:, None]
+        ring = np.clip(1.0 - np.abs(r - 0.39) / 0.05, 0.0, 1.0)[:, None] * 0.45
+        pupil = np.clip((0.16 - r) / 0.03, 0.0, 1.0)[:, None]
+        iris_tex = iris * (0.8 + 0.4 * np.clip((r[:, None] - 0.16) / 0.26, 0.0, 1.0))
+        colour = np.tile(np.asarray(SCLERA, np.float32), (len(pts), 1))
         colour = (1 - in_iris) * colour + in_iris * iris_tex * (1 - ring)
-        colour = (1 - pupil) * colour + pupil * np.asarray(PUPIL, np.float32)
-        out[members] = colour
+        out[members] = (1 - pupil) * colour + pupil * np.asarray(PUPIL, np.float32)
     return out
 
 
