@@ -56,7 +56,7 @@ FEATURE_WEIGHTS = {
     "mouth_open": 3.0,
     "lip_upper_raise": 1.0,
     "lip_lower_drop": 0.3,  # chin length: mostly identity
-    "mouth_width": 0.5,
+    "mouth_width": 0.2,  # mostly identity
     "corner_height.L": 1.5,
     "corner_height.R": 1.5,
     "jaw_drop": 0.3,  # face length: mostly identity

@@ -164,12 +164,17 @@ def bake_texture(
     config: TextureConfig = TextureConfig(),
     layout: BodyLayout | None = None,
     iris_rgb: tuple[float, float, float] | None = None,
+    face_landmarks: np.ndarray | None = None,
 ) -> BakedTexture:
     """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`.
 
     `layout` (see `body_layout`) switches on the occlusion-aware visibility and the region
-    fill; `iris_rgb` colours the procedural eyes (see `iris_colour`).
+    fill; `iris_rgb` colours the procedural eyes (default: `iris_colour` of the landmarks);
+    `face_landmarks` (MediaPipe's 478, pixels) mark the photo's mouth and eye openings, whose
+    pixels (teeth, tongue, eyeballs) are never baked onto lips, lids or skin.
     """
+    if iris_rgb is None:
+        iris_rgb = iris_colour(image, face_landmarks)
     image = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
     mesh = trimesh.Trimesh(
         vertices=np.asarray(vertices, dtype=np.float64),
@@ -186,6 +191,8 @@ def bake_texture(
     if regional:
         texel_region = _texel_region(layout, mesh.faces, raster)
         seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config)
+        if face_landmarks is not None:
+            seen &= ~_in_face_openings(face_landmarks, pixels, person.shape, labels)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     if regional:
@@ -639,6 +646,38 @@ def occluded_texels(
     return other | band[rows, cols] | (hand_zone[rows, cols] & ~exempt)
 
 
+# MediaPipe Face Mesh contours: the inner lips (the mouth opening) and both lid margins.
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+EYE_OPENINGS = (
+    (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7),
+    (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249),
+)
+
+
+def face_openings(face_landmarks: np.ndarray, shape: tuple[int, int], grow_px: int = 1) -> np.ndarray:
+    """(h,w) bool: the photo's mouth opening and eye openings, grown by `grow_px`."""
+    h, w = shape
+    canvas = np.zeros((h, w), np.uint8)
+    lm = np.asarray(face_landmarks, np.float64)
+    if len(lm) < 468:
+        return canvas.astype(bool)
+    for contour in (INNER_LIPS, *EYE_OPENINGS):
+        pts = np.round(lm[list(contour), :2] * 16).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    return _dilate(canvas.astype(bool), grow_px)
+
+
+def _in_face_openings(
+    face_landmarks: np.ndarray, pixels: np.ndarray, shape: tuple[int, int], labels: np.ndarray
+) -> np.ndarray:
+    """Texels (N,) of skin and lips whose pixel lies in a mouth or eye opening."""
+    holes = face_openings(face_landmarks, shape)
+    h, w = shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    return holes[rows, cols] & ~_has_part(labels, EYE_PARTS + MOUTH_PARTS)
+
+
 def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[float, float, float] | None:
     """Median photo colour inside both irises (MediaPipe refined landmarks 468-477), or None
     when there are no iris landmarks or the sample looks like a reflection or a closed lid."""
@@ -716,6 +755,7 @@ def _fill_by_regions(
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
+    _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout)
     head = layout.region == REGIONS.index("head")
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, head, config)
     _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, head)
@@ -910,6 +950,27 @@ def _head_from_nearest_seen(
     points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
     wanted = np.flatnonzero(head & ~layout.face_zone)
     _, nearest = cKDTree(points).query(layout.rest_vertices[wanted], k=config.nearest_k)
+    vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
+
+
+def _face_from_nearest_seen(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    k: int = 8,
+) -> None:
+    """Face vertices coloured from the nearest seen face surface, in place: lips hidden by
+    an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
+    zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
+    sources = np.flatnonzero(seen & zone)
+    if len(sources) < k:
+        return
+    points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
+    wanted = np.flatnonzero(layout.face_zone)
+    _, nearest = cKDTree(points).query(layout.rest_vertices[wanted], k=k)
     vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
 
 

@@ -191,7 +191,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     from models.fitting import BodyFit
     from models.photo import decode_png, encode_png
     from models.surface import mesh_to_glb_bytes, render_overlay, textured_mesh
-    from models.texture import TextureConfig, bake_texture, body_layout, iris_colour
+    from models.texture import TextureConfig, bake_texture, body_layout
 
     fit = BodyFit.from_dict(json.loads(inputs[FIT]))
     if fit.body_model.name != "anny":
@@ -224,7 +224,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     )  # fmt: skip
     baked = bake_texture(
         bake_surface, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
-        TextureConfig(size=texture_size), layout=layout, iris_rgb=iris_colour(image, kp.face),
+        TextureConfig(size=texture_size), layout=layout, face_landmarks=kp.face,
     )  # fmt: skip
     mesh = textured_mesh(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], baked.image)
     glb = mesh_to_glb_bytes(mesh)
