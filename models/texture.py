@@ -944,13 +944,7 @@ def _head_from_nearest_seen(
     face_zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
     texel_head = np.einsum("nk,nk->n", bary, head[corners].astype(np.float32)) > 0.5
     sources = np.flatnonzero(seen & texel_head & ~face_zone)
-    if len(sources) < config.nearest_k:
-        return
-    sources = sources[:: max(1, len(sources) // 20_000)]
-    points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
-    wanted = np.flatnonzero(head & ~layout.face_zone)
-    _, nearest = cKDTree(points).query(layout.rest_vertices[wanted], k=config.nearest_k)
-    vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
+    _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, head & ~layout.face_zone, config.nearest_k)
 
 
 def _face_from_nearest_seen(
@@ -965,13 +959,27 @@ def _face_from_nearest_seen(
     """Face vertices coloured from the nearest seen face surface, in place: lips hidden by
     an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
     zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
-    sources = np.flatnonzero(seen & zone)
-    if len(sources) < k:
+    _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
+
+
+def _median_of_nearest(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    sources: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    wanted: np.ndarray,
+    k: int,
+) -> None:
+    """`vertex_fill[wanted]` := median colour of the k source texels nearest in the rest pose."""
+    if len(sources) < k or not wanted.any():
         return
+    sources = sources[:: max(1, len(sources) // 20_000)]
     points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
-    wanted = np.flatnonzero(layout.face_zone)
-    _, nearest = cKDTree(points).query(layout.rest_vertices[wanted], k=k)
-    vertex_fill[wanted] = np.median(colours[sources][nearest], axis=1)
+    ids = np.flatnonzero(wanted)
+    _, nearest = cKDTree(points).query(layout.rest_vertices[ids], k=k)
+    vertex_fill[ids] = np.median(colours[sources][nearest], axis=1)
 
 
 def _hair_at_the_back(
