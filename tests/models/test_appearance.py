@@ -162,3 +162,21 @@ def test_back_of_the_head_takes_the_crown_colour(body, topo):
     made = baked.image.reshape(-1, 3)[raster.flat[back]].astype(float)
     assert back.sum() > 200
     assert np.abs(np.median(made, axis=0) - np.median(truth, axis=0)).max() < 40
+
+
+def test_appearance_report_files(body, tmp_path):
+    """What `avatarpipe eval` adds (models.evaluation calls this when it runs synthetic samples)."""
+    import json
+
+    from models.eval_appearance import VIEWS, write_appearance_report
+
+    files = write_appearance_report(body, 1, tmp_path, seed=0)
+    report = json.loads((tmp_path / "appearance.json").read_text())
+    assert set(report["summary"]) == {"baseline", "regions"}
+    for method in ("baseline", "regions"):
+        row = report["summary"][method]
+        assert all(np.isfinite(row[f"psnr_{v}"]) and 0 < row[f"ssim_{v}"] <= 1 for v in VIEWS)
+        assert 0 <= row["wrong_part_share_mean"] <= 1
+    assert len(report["subjects"]) == 2
+    assert (tmp_path / "appearance_sheet.png").stat().st_size > 10_000
+    assert files["appearance_sheet"].endswith("appearance_sheet.png")
