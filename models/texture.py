@@ -617,11 +617,12 @@ def occlusion_zones(
 
 
 def _dilate(binary: np.ndarray, radius_px: float) -> np.ndarray:
-    r = round(radius_px)
-    if r <= 0 or not binary.any():
+    """`binary` grown by a disk of `radius_px`, by distance transform (cost independent of r)."""
+    r = float(radius_px)
+    if r < 0.5 or not binary.any():
         return binary.copy()
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    return cv2.dilate(binary.astype(np.uint8), kernel).astype(bool)
+    distance = cv2.distanceTransform((~binary).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    return distance <= r
 
 
 def occluded_texels(
