@@ -537,6 +537,11 @@ def _face_zone(
     return head & (normals[:, 1] < -0.25) & (rest[:, 2] < eye_z + 0.035)
 
 
+def _dominant(corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """The corner vertex (N,) each texel lies nearest to: per-vertex flags read per texel."""
+    return corners[np.arange(len(corners)), bary.argmax(axis=1)]
+
+
 def _texel_region(layout: BodyLayout, faces: np.ndarray, raster: UVRaster) -> np.ndarray:
     """Region (N,) of each chart texel: that of its triangle's nearest corner."""
     corners = faces[raster.tri]
@@ -748,10 +753,11 @@ def _fill_by_regions(
     # a region seen only face-on (no side slice at all) falls back to all its seen texels;
     # otherwise slices without sides are interpolated from the neighbouring side slices, so a
     # print the arms hide the sides of is not repeated either
-    front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
     front_only = ~filled.any(axis=1)
-    table[front_only] = front_table[front_only]
-    filled[front_only] = front_filled[front_only]
+    if front_only.any():
+        front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
+        table[front_only] = front_table[front_only]
+        filled[front_only] = front_filled[front_only]
     skin = _skin_colour(colours, seen, corners, raster.bary, layout)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
@@ -786,7 +792,7 @@ def _hand_not_skin(
     """Seen hand texels (N,) whose colour is far from the face's skin: colour evidence for
     what the geometry cannot tell, a held object or a sleeve in front of the fitted hand.
     Nothing is rejected when the face was not seen (no skin reference)."""
-    zone = seen & deep & (np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5)
+    zone = seen & deep & (layout.face_zone[_dominant(corners, bary)])
     if zone.sum() < 50:
         return np.zeros(len(seen), bool)
     skin = np.median(colours[zone], axis=0)
@@ -820,7 +826,7 @@ def _skin_colour(
     colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout
 ) -> np.ndarray:
     """Median seen colour of the face zone (cheeks, nose, forehead), else a default skin."""
-    zone = seen & (np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5)
+    zone = seen & (layout.face_zone[_dominant(corners, bary)])
     return np.median(colours[zone], axis=0) if zone.sum() >= 50 else np.asarray(DEFAULT_SKIN, np.float32)
 
 
@@ -942,8 +948,8 @@ def _head_from_nearest_seen(
 ) -> None:
     """Head vertices coloured from the nearest seen head surface outside the face, in place:
     the back of the head continues the hair (or scalp) seen on top and at the sides."""
-    face_zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
-    texel_head = np.einsum("nk,nk->n", bary, head[corners].astype(np.float32)) > 0.5
+    face_zone = layout.face_zone[_dominant(corners, bary)]
+    texel_head = head[_dominant(corners, bary)]
     sources = np.flatnonzero(seen & texel_head & ~face_zone)
     _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, head & ~layout.face_zone, config.nearest_k)
 
@@ -959,7 +965,7 @@ def _face_from_nearest_seen(
 ) -> None:
     """Face vertices coloured from the nearest seen face surface, in place: lips hidden by
     an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
-    zone = np.einsum("nk,nk->n", bary, layout.face_zone[corners].astype(np.float32)) > 0.5
+    zone = layout.face_zone[_dominant(corners, bary)]
     _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
 
 
@@ -996,7 +1002,7 @@ def _hair_at_the_back(
     bald), blending into the sides and the nape, in place. A front photo shows the crown but
     rarely the back; the nearest seen surface there is often the skin by the ears."""
     point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
-    texel_head = np.einsum("nk,nk->n", bary, head[corners].astype(np.float32)) > 0.5
+    texel_head = head[_dominant(corners, bary)]
     if not (seen & texel_head).any():
         return
     # the top of the head as far up as the photo shows it (a camera at chest height sees the
