@@ -96,6 +96,7 @@ class TextureConfig:
     occluder_band_frac: float = 0.02  # unseen near occluding contours, fraction of body height
     occluder_depth_m: float = 0.06  # a depth jump this big between neighbour pixels is a contour
     hand_zone_frac: float = 0.08
+    head_hand_zone_frac: float = 0.03  # the same around a hand, for texels of the head
     hand_skin_tolerance: float = 90.0  # RGB distance from the face's skin beyond which a hand texel is not hand
     held_object_ratio: float = 0.5  # person-not-body pixels near a hand, per hand pixel: holding
     label_stride: int = 2  # the body's label map is cast at 1 pixel in stride x stride  # around a hand, other parts are unseen (held objects, fingers)
@@ -640,16 +641,22 @@ def occluded_texels(
     config: TextureConfig,
 ) -> np.ndarray:
     """Texels (N,) whose photo pixel belongs to another region, an occluding contour's band, or
-    (for texels not of a hand) the zone around a hand."""
+    (for texels not of a hand) the zone around a hand, narrower for the head."""
     region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, person.shape, config, person)
     h, w = person.shape
     rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
     cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
     other = region_map[rows, cols] != texel_region
-    # hands and the head are exempt from the hand zone: a hand at the chin is skin on skin,
-    # and losing the whole face to it would be worse
-    exempt = np.isin(texel_region, [REGIONS.index(r) for r in (*HAND_REGIONS, "head")])
-    return other | band[rows, cols] | (hand_zone[rows, cols] & ~exempt)
+    # hands are exempt from the hand zone, and the head gets a narrower one: a hand at the
+    # chin must not paint the chin, but losing the whole face to it would be worse
+    is_hand = np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
+    is_head = texel_region == REGIONS.index("head")
+    rows_px = np.flatnonzero((region_map >= 0).any(axis=1))
+    height_px = float(rows_px[-1] - rows_px[0] + 1) if len(rows_px) else float(h)
+    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
+    head_zone = _dilate(hands, config.head_hand_zone_frac * height_px)
+    zone = np.where(is_head, head_zone[rows, cols], hand_zone[rows, cols]) & ~is_hand
+    return other | band[rows, cols] | zone
 
 
 # MediaPipe Face Mesh contours: the inner lips (the mouth opening) and both lid margins.
