@@ -760,11 +760,11 @@ def _fill_by_regions(
     # a region seen only face-on (no side slice at all) falls back to all its seen texels;
     # otherwise slices without sides are interpolated from the neighbouring side slices, so a
     # print the arms hide the sides of is not repeated either
+    front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
+    _place_gaps_by_the_front(table, filled, front_table, front_filled)
     front_only = ~filled.any(axis=1)
-    if front_only.any():
-        front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
-        table[front_only] = front_table[front_only]
-        filled[front_only] = front_filled[front_only]
+    table[front_only] = front_table[front_only]
+    filled[front_only] = front_filled[front_only]
     skin = _skin_colour(colours, seen, corners, raster.bary, layout)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
@@ -784,6 +784,24 @@ def _fill_by_regions(
     out[mouth] = MOUTH_CAVITY
     out[mouth & tongue] = TONGUE
     return out, seen
+
+
+def _place_gaps_by_the_front(
+    table: np.ndarray, filled: np.ndarray, front_table: np.ndarray, front_filled: np.ndarray
+) -> None:
+    """Slices without seen sides (arms crossed over the belly) take the colour of the side
+    slice above or below them, whichever is nearer in colour to what the front shows there:
+    the front places the shirt/trouser line, but its own colour (a print) is never copied."""
+    for r in range(table.shape[0]):
+        have = np.flatnonzero(filled[r])
+        if not len(have):
+            continue
+        for b in np.flatnonzero(~filled[r] & front_filled[r]):
+            below, above = have[have < b], have[have > b]
+            options = [k for k in (below[-1] if len(below) else None, above[0] if len(above) else None) if k is not None]
+            best = min(options, key=lambda k: float(np.sum((table[r, k] - front_table[r, b]) ** 2)))
+            table[r, b] = table[r, best]
+        filled[r] |= front_filled[r]
 
 
 def _hand_not_skin(
