@@ -99,7 +99,7 @@ class TextureConfig:
     head_hand_zone_frac: float = 0.03  # the same around a hand, for texels of the head
     hand_skin_tolerance: float = 90.0  # RGB distance from the face's skin beyond which a hand texel is not hand
     held_object_ratio: float = 0.5  # person-not-body pixels near a hand, per hand pixel: holding
-    label_stride: int = 2  # the body's label map is cast at 1 pixel in stride x stride  # around a hand, other parts are unseen (held objects, fingers)
+    label_stride: int = 3  # the body's label map is cast at 1 pixel in stride x stride  # around a hand, other parts are unseen (held objects, fingers)
     stats_inset_frac: float = 0.01  # fill statistics from pixels this far inside the mask
     slice_bins: int = 16  # slices per region along its axis
     relax_iters: int = 25  # harmonic relaxation of the made-up colours over the mesh
@@ -749,7 +749,8 @@ def _fill_by_regions(
     mouth = np.isin(labels, [names.index(p) for p in MOUTH_PARTS if p in names])
     seen = seen & ~eyes & ~mouth
     corners = mesh.faces[raster.tri]
-    seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, config)
+    dominant = _dominant(corners, raster.bary)  # the texel's nearest corner, for per-vertex flags
+    seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
     texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
     bins = config.slice_bins
     # slices are summarised from the seen sides of the body (normal across the view): they
@@ -765,14 +766,14 @@ def _fill_by_regions(
     front_only = ~filled.any(axis=1)
     table[front_only] = front_table[front_only]
     filled[front_only] = front_filled[front_only]
-    skin = _skin_colour(colours, seen, corners, raster.bary, layout)
+    skin = _skin_colour(colours, seen, layout, dominant)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
-    _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout)
+    _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
     head = layout.region == REGIONS.index("head")
-    _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, head, config)
-    _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, head)
+    _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
+    _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant, head)
     vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
     vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
     out = colours.copy()
@@ -812,12 +813,13 @@ def _hand_not_skin(
     corners: np.ndarray,
     bary: np.ndarray,
     layout: BodyLayout,
+    dominant: np.ndarray,
     config: TextureConfig,
 ) -> np.ndarray:
     """Seen hand texels (N,) whose colour is far from the face's skin: colour evidence for
     what the geometry cannot tell, a held object or a sleeve in front of the fitted hand.
     Nothing is rejected when the face was not seen (no skin reference)."""
-    zone = seen & deep & (layout.face_zone[_dominant(corners, bary)])
+    zone = seen & deep & (layout.face_zone[dominant])
     if zone.sum() < 50:
         return np.zeros(len(seen), bool)
     skin = np.median(colours[zone], axis=0)
@@ -847,11 +849,9 @@ def _slice_medians(
     return table.reshape(n_regions, bins, 3), filled.reshape(n_regions, bins)
 
 
-def _skin_colour(
-    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout
-) -> np.ndarray:
+def _skin_colour(colours: np.ndarray, seen: np.ndarray, layout: BodyLayout, dominant: np.ndarray) -> np.ndarray:
     """Median seen colour of the face zone (cheeks, nose, forehead), else a default skin."""
-    zone = seen & (layout.face_zone[_dominant(corners, bary)])
+    zone = seen & (layout.face_zone[dominant])
     return np.median(colours[zone], axis=0) if zone.sum() >= 50 else np.asarray(DEFAULT_SKIN, np.float32)
 
 
@@ -968,13 +968,14 @@ def _head_from_nearest_seen(
     bary: np.ndarray,
     mesh: trimesh.Trimesh,
     layout: BodyLayout,
+    dominant: np.ndarray,
     head: np.ndarray,
     config: TextureConfig,
 ) -> None:
     """Head vertices coloured from the nearest seen head surface outside the face, in place:
     the back of the head continues the hair (or scalp) seen on top and at the sides."""
-    face_zone = layout.face_zone[_dominant(corners, bary)]
-    texel_head = head[_dominant(corners, bary)]
+    face_zone = layout.face_zone[dominant]
+    texel_head = head[dominant]
     sources = np.flatnonzero(seen & texel_head & ~face_zone)
     _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, head & ~layout.face_zone, config.nearest_k)
 
@@ -986,11 +987,12 @@ def _face_from_nearest_seen(
     corners: np.ndarray,
     bary: np.ndarray,
     layout: BodyLayout,
+    dominant: np.ndarray,
     k: int = 8,
 ) -> None:
     """Face vertices coloured from the nearest seen face surface, in place: lips hidden by
     an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
-    zone = layout.face_zone[_dominant(corners, bary)]
+    zone = layout.face_zone[dominant]
     _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
 
 
@@ -1021,13 +1023,14 @@ def _hair_at_the_back(
     corners: np.ndarray,
     bary: np.ndarray,
     layout: BodyLayout,
+    dominant: np.ndarray,
     head: np.ndarray,
 ) -> None:
     """The back of the head above the ears in the colour of the crown (hair, or scalp when
     bald), blending into the sides and the nape, in place. A front photo shows the crown but
     rarely the back; the nearest seen surface there is often the skin by the ears."""
     point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
-    texel_head = head[_dominant(corners, bary)]
+    texel_head = head[dominant]
     if not (seen & texel_head).any():
         return
     # the top of the head as far up as the photo shows it (a camera at chest height sees the
