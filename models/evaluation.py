@@ -624,6 +624,10 @@ def run_evaluation(
         files["contact_sheet"] = str(contact_sheet(photo_rows, out_dir / "contact_sheet.png"))
     if contact_sheets and synthetic_images:
         files["synthetic_sheet"] = str(synthetic_sheet(synthetic_images, out_dir / "synthetic_sheet.png"))
+    if synthetic > 0 and isinstance(body, AnnyBody):  # appearance (issue 13): its own files
+        from models.eval_appearance import write_appearance_report
+
+        files |= write_appearance_report(body, min(synthetic, 6), out_dir, seed=seed)
     report.files = files
     Path(files["json"]).write_text(json.dumps(report.to_dict(), indent=2))
     Path(files["markdown"]).write_text(markdown_report(report))

@@ -29,6 +29,9 @@ UNTEXTURED = np.array([200, 205, 220], np.float32)
 VIEWS = {
     "front": (np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])),
     "side": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),  # the avatar's left side
+    "left": (np.array([-1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),
+    "right": (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),
+    "back": (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0])),
 }
 
 

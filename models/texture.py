@@ -1,16 +1,28 @@
 """Bake the photo onto the body model's UV layout.
 
 Every texel inside a UV triangle is mapped to its 3D surface point, projected into the
-photo and kept when the camera really sees it (embree ray test, front-facing, inside the
-person mask). The rest of the body still needs a believable colour, so unseen texels are
-made up from what was seen:
+photo and kept when the camera really sees it: embree ray test, front-facing, inside the
+person mask, and - occlusion-aware - not next to an occluding contour of the fitted body
+(an arm across the chest, where a slightly-off fit would paint arm onto chest) and not
+around a hand (a hand in front of the body, a held ball). Everything else is "unseen".
 
-- torso, limbs, hands, feet: the blurred photo colour at the same silhouette position,
-  i.e. the front mirrored onto the back, which keeps shirt and trousers apart;
-- head: the colours of the nearest seen head surface, so the back of the head continues
-  the hair seen on top and at the sides rather than averaging hair and face;
-- anything else, or everything when `back_fill` is off: the mean seen colour of the
-  texel's body part (Anny's UV segmentation), borrowed from a related part when needed.
+Unseen texels get a believable colour from what was seen, never by mirroring the front:
+
+- body (`BodyLayout`, regions from Anny's skin weights: torso, upper arm, forearm, hand,
+  thigh, shin, foot per side, neck, head): per region, the median seen colour of slices along
+  the region's axis (the torso by height, an arm along its length). A chest logo is a minority
+  of its slice, so it is not repeated on the back, while the shirt/trouser line at the waist
+  and sleeve cuffs stay where they are. A region never seen borrows from its mirror (both
+  shoes alike), an arm from its parent (sleeves), and otherwise a neutral outfit (trousers,
+  shoes, top) - invented legs are never bare or skin-coloured;
+- head: the nearest seen head surface outside the face, so the back of the head continues
+  the hair seen on top and at the sides;
+- eyes: a procedural eyeball (sclera, iris in the photo's iris colour, pupil), mouth cavity
+  and tongue in fixed mouth colours;
+- the made-up colours are relaxed over the mesh with the seen colours held fixed (harmonic
+  fill), so there are no hard breaks at nape, waist or cuffs.
+Without a layout, or with `back_fill` off, unseen texels take their body part's mean colour;
+`unseen_fill="mirror"` keeps the earlier front-mirrored fill, for comparison only.
 
 The seam between seen and made-up colour is feathered, and colours are pushed over the
 empty texture area so texture filtering and mipmaps never pick up black at chart borders.
@@ -28,6 +40,7 @@ import cv2
 import numpy as np
 import trimesh
 import yaml
+from scipy import sparse
 from scipy.spatial import cKDTree
 from trimesh.ray.ray_pyembree import RayMeshIntersector
 
@@ -55,6 +68,22 @@ MIRROR_PARTS = ("body", "hand.L", "hand.R", "foot.L", "foot.R")
 HEAD_PARTS = ("head",)
 
 
+# Colours of the neutral outfit for regions the photo never shows (RGB).
+NEUTRAL_TROUSERS = (58, 64, 82)  # dark denim
+NEUTRAL_SHOES = (48, 44, 42)
+NEUTRAL_TOP = (92, 104, 122)  # muted blue
+DEFAULT_SKIN = (200, 160, 135)
+DEFAULT_IRIS = (92, 64, 44)
+SCLERA = (228, 222, 214)
+PUPIL = (22, 18, 18)
+MOUTH_CAVITY = (96, 38, 42)
+TONGUE = (168, 92, 96)
+CROWN_ABOVE_EYES_M = 0.03  # the crown starts no lower than this above the eyes
+CROWN_BAND_M = 0.02  # the top-most seen band of the head is taken as the crown
+NAPE_BELOW_EYES_M = 0.07  # where hair at the back of the head usually ends
+IRIS_R, PUPIL_R = 0.3, 0.12  # of the eye disk's UV radius (measured on renders of the rest face)
+
+
 @dataclass(frozen=True)
 class TextureConfig:
     size: int = 1024
@@ -62,7 +91,18 @@ class TextureConfig:
     grazing_cos: float = 0.15  # reject texels seen at grazing angles
     mask_threshold: int = 128
     mask_erode_px: int = 2  # keep background from bleeding in at the silhouette
-    back_fill: bool = True  # unseen backs continue the seen front (off: part means only)
+    back_fill: bool = True  # unseen texels made up from what was seen (off: part means only)
+    unseen_fill: str = "regions"  # "regions" (slice medians, see above) or "mirror" (legacy)
+    occluder_band_frac: float = 0.02  # unseen near occluding contours, fraction of body height
+    occluder_depth_m: float = 0.06  # a depth jump this big between neighbour pixels is a contour
+    hand_zone_frac: float = 0.08
+    head_hand_zone_frac: float = 0.03  # the same around a hand, for texels of the head
+    hand_skin_tolerance: float = 90.0  # RGB distance from the face's skin beyond which a hand texel is not hand
+    held_object_ratio: float = 0.5  # person-not-body pixels near a hand, per hand pixel: holding
+    label_stride: int = 3  # the body's label map is cast at 1 pixel in stride x stride  # around a hand, other parts are unseen (held objects, fingers)
+    stats_inset_frac: float = 0.01  # fill statistics from pixels this far inside the mask
+    slice_bins: int = 16  # slices per region along its axis
+    relax_iters: int = 25  # harmonic relaxation of the made-up colours over the mesh
     mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
     nearest_k: int = 16  # seen head texels averaged per unseen head vertex
     feather_frac: float = 1 / 256  # observed/filled transition width, fraction of `size`
@@ -75,6 +115,25 @@ class BakedTexture:
     observed: np.ndarray  # (S,S) bool, texel colour came from the photo
     chart: np.ndarray  # (S,S) bool, texel lies inside some UV triangle
     coverage: float  # observed.sum() / chart.sum()
+    pixels: np.ndarray | None = None  # (N,2) photo pixel of each chart texel (raster order)
+
+
+@dataclass(frozen=True)
+class BodyLayout:
+    """What the bake knows about the body beyond the posed surface: its rest pose and regions.
+
+    `region` (V,) indexes `REGIONS`, from the skin weights; `axis_t` (V,) in [0,1] is the
+    vertex's position along its region's main axis in the rest pose (0 at the end nearer the
+    torso; bottom for torso, neck, head); `face_zone` (V,) marks the face (front of the head
+    below the brows) whose colours must not spread round the head.
+    """
+
+    rest_vertices: np.ndarray  # (V,3) Anny frame: Z up, facing -Y
+    region: np.ndarray  # (V,) int
+    axis_t: np.ndarray  # (V,) float
+    face_zone: np.ndarray  # (V,) bool
+    rest_normals: np.ndarray  # (V,3) unit
+    eye_height: float  # rest z of the eyes (metres)
 
 
 @dataclass(frozen=True)
@@ -104,8 +163,19 @@ def bake_texture(
     image: np.ndarray,
     mask: np.ndarray,
     config: TextureConfig = TextureConfig(),
+    layout: BodyLayout | None = None,
+    iris_rgb: tuple[float, float, float] | None = None,
+    face_landmarks: np.ndarray | None = None,
 ) -> BakedTexture:
-    """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`."""
+    """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`.
+
+    `layout` (see `body_layout`) switches on the occlusion-aware visibility and the region
+    fill; `iris_rgb` colours the procedural eyes (default: `iris_colour` of the landmarks);
+    `face_landmarks` (MediaPipe's 478, pixels) mark the photo's mouth and eye openings, whose
+    pixels (teeth, tongue, eyeballs) are never baked onto lips, lids or skin.
+    """
+    if iris_rgb is None:
+        iris_rgb = iris_colour(image, face_landmarks)
     image = np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
     mesh = trimesh.Trimesh(
         vertices=np.asarray(vertices, dtype=np.float64),
@@ -117,16 +187,30 @@ def bake_texture(
     person = person_mask(mask, config)
     pixels, on_person = project_onto_person(camera, points, person)
     seen = visible_texels(mesh, points, normals, raster.tri, camera, on_person, config)
+    labels = face_part_labels(uv, face_uv_idx)[raster.tri]
+    regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
+    if regional:
+        texel_region = _texel_region(layout, mesh.faces, raster)
+        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config)
+        if face_landmarks is not None:
+            seen &= ~_in_face_openings(face_landmarks, pixels, person.shape, labels)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
-    labels = face_part_labels(uv, face_uv_idx)[raster.tri]
-    colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
+    if regional:
+        deep = _deep_inside(person, pixels, config)
+        colours, seen = _fill_by_regions(colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb)
+    else:
+        colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
+    # the procedural eyes are small and drawn texel-sharp: the seam feathering would blur
+    # the iris away
+    sharp = raster.scatter(_has_part(labels, EYE_PARTS), fill=False) if regional else None
     return BakedTexture(
-        image=_compose(raster, colours, observed, config),
+        image=_compose(raster, colours, observed, config, sharp),
         observed=observed,
         chart=raster.chart,
         coverage=float(seen.sum() / max(len(seen), 1)),
+        pixels=pixels,
     )
 
 
@@ -343,6 +427,656 @@ def face_part_labels(uv: np.ndarray, face_uv_idx: np.ndarray) -> np.ndarray:
     return np.argmin(((colour[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
 
 
+# --- body regions (occlusion-aware visibility and the region fill) -----------------------
+
+# Regions from Anny's mixamo bones: (region, bones). Fingers belong to the hand.
+REGION_BONES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("torso", ("Hips", "Spine", "Spine1", "Spine2", "LeftShoulder", "RightShoulder")),
+    ("neck", ("Neck",)),
+    ("head", ("Head",)),
+    ("upper_arm.L", ("LeftArm",)),
+    ("forearm.L", ("LeftForeArm",)),
+    ("hand.L", ("LeftHand",)),
+    ("upper_arm.R", ("RightArm",)),
+    ("forearm.R", ("RightForeArm",)),
+    ("hand.R", ("RightHand",)),
+    ("thigh.L", ("LeftUpLeg",)),
+    ("shin.L", ("LeftLeg",)),
+    ("foot.L", ("LeftFoot", "LeftToeBase")),
+    ("thigh.R", ("RightUpLeg",)),
+    ("shin.R", ("RightLeg",)),
+    ("foot.R", ("RightFoot", "RightToeBase")),
+)
+REGIONS = tuple(name for name, _ in REGION_BONES)
+HAND_REGIONS = ("hand.L", "hand.R")
+EYE_PARTS = ("eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R", "eye_cavity.L", "eye_cavity.R")
+MOUTH_PARTS = ("mouth_cavity", "tongue")
+# Where an arm meets the torso, along the torso's axis (0 hips, 1 neck).
+SHOULDER_T = 0.85
+# Torso slices below this (the pelvis) continue the thighs when the photo does not show them.
+PELVIS_T = 0.3
+
+
+def _mirror(region: str) -> str | None:
+    if region.endswith(".L"):
+        return region[:-2] + ".R"
+    if region.endswith(".R"):
+        return region[:-2] + ".L"
+    return None
+
+
+def region_of_bone(bone: str) -> int:
+    """Index into `REGIONS` of a bone label such as "mixamorig:LeftHandIndex1"."""
+    short = bone.split(":")[-1]
+    for i, (_, bones) in enumerate(REGION_BONES):
+        if short in bones:
+            return i
+    for side, hand in (("Left", "hand.L"), ("Right", "hand.R")):
+        if short.startswith(f"{side}Hand"):
+            return REGIONS.index(hand)
+    return REGIONS.index("torso")
+
+
+def body_layout(
+    rest_vertices: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray,
+    face_uv_idx: np.ndarray,
+    skin_indices: np.ndarray,
+    skin_weights: np.ndarray,
+    bone_names: list[str] | tuple[str, ...],
+) -> BodyLayout:
+    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y)."""
+    rest = np.asarray(rest_vertices, np.float64)
+    faces = np.asarray(faces, np.int64)
+    bone_region = np.array([region_of_bone(str(b)) for b in bone_names])
+    votes = np.zeros((len(rest), len(REGIONS)))
+    np.add.at(votes, (np.arange(len(rest))[:, None], bone_region[skin_indices]), skin_weights)
+    region = votes.argmax(axis=1)
+    axis_t = np.zeros(len(rest))
+    torso_centre = rest[region == REGIONS.index("torso")].mean(axis=0)
+    for i, name in enumerate(REGIONS):
+        members = np.flatnonzero(region == i)
+        if len(members) < 3:
+            continue
+        pts = rest[members]
+        if name in ("torso", "neck", "head"):
+            axis = np.array([0.0, 0.0, 1.0])
+        else:
+            centred = pts - pts.mean(axis=0)
+            axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+            if axis @ (pts.mean(axis=0) - torso_centre) < 0:
+                axis = -axis  # 0 at the end nearer the torso
+        proj = pts @ axis
+        axis_t[members] = (proj - proj.min()) / max(float(np.ptp(proj)), 1e-9)
+    return BodyLayout(
+        rest_vertices=rest, region=region, axis_t=axis_t,
+        face_zone=_face_zone(rest, faces, uv, face_uv_idx, region),
+        rest_normals=trimesh.Trimesh(rest, faces, process=False).vertex_normals,
+        eye_height=_eye_height(rest, faces, uv, face_uv_idx),
+    )  # fmt: skip
+
+
+def _eye_height(rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray) -> float:
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    eyes = np.unique(faces[np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])])
+    return float(rest[eyes, 2].mean()) if len(eyes) else float(rest[:, 2].max() - 0.12)
+
+
+def _face_zone(
+    rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """Head vertices of the face: facing forward (-Y), below the brows, in front of the ears."""
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    if not np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names]).any():
+        return np.zeros(len(rest), bool)
+    normals = trimesh.Trimesh(rest, faces, process=False).vertex_normals
+    head = region == REGIONS.index("head")
+    eye_z = _eye_height(rest, faces, uv, face_uv_idx)
+    return head & (normals[:, 1] < -0.25) & (rest[:, 2] < eye_z + 0.035)
+
+
+def _dominant(corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """The corner vertex (N,) each texel lies nearest to: per-vertex flags read per texel."""
+    return corners[np.arange(len(corners)), bary.argmax(axis=1)]
+
+
+def _texel_region(layout: BodyLayout, faces: np.ndarray, raster: UVRaster) -> np.ndarray:
+    """Region (N,) of each chart texel: that of its triangle's nearest corner."""
+    corners = faces[raster.tri]
+    return layout.region[corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]]
+
+
+def cast_camera(
+    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int], stride: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-hit face id (h,w) (-1: nothing) and ray length (h,w) (inf) per photo pixel.
+
+    Only pixels in the projected bounding box of the mesh are cast; with `stride` s > 1 one
+    pixel in s x s is, and its result fills the block (for coarse label maps).
+    """
+    h, w = shape
+    face_id = np.full((h, w), -1, np.int64)
+    depth = np.full((h, w), np.inf, np.float32)
+    pix, ahead = project_points(camera, np.asarray(mesh.vertices, np.float64))
+    if not ahead.any():
+        return face_id, depth
+    lo = np.clip(np.floor(pix[ahead].min(axis=0)).astype(int), 0, [w - 1, h - 1])
+    hi = np.clip(np.ceil(pix[ahead].max(axis=0)).astype(int), 0, [w - 1, h - 1])
+    rows, cols = np.mgrid[lo[1] : hi[1] + 1 : stride, lo[0] : hi[0] + 1 : stride]
+    centre = (stride - 1) / 2.0  # cast through the middle of each block
+    rays = np.stack([cols.ravel() + centre, rows.ravel() + centre, np.ones(rows.size)], axis=1)
+    directions = rays @ (camera.R.T @ np.linalg.inv(camera.K)).T  # camera -> world: R^T K^-1 p
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    origins = np.broadcast_to(camera.center_world, directions.shape)
+    hit = RayMeshIntersector(mesh).intersects_first(origins, directions)
+    dist = _plane_distance(mesh, hit, origins, directions)
+    block_h, block_w = rows.shape
+    ids = np.repeat(np.repeat(hit.reshape(block_h, block_w), stride, 0), stride, 1)
+    lengths = np.repeat(np.repeat(dist.reshape(block_h, block_w), stride, 0), stride, 1)
+    r1, c1 = min(h, lo[1] + ids.shape[0]), min(w, lo[0] + ids.shape[1])
+    face_id[lo[1] : r1, lo[0] : c1] = ids[: r1 - lo[1], : c1 - lo[0]]
+    depth[lo[1] : r1, lo[0] : c1] = lengths[: r1 - lo[1], : c1 - lo[0]]
+    return face_id, depth
+
+
+def occlusion_zones(
+    mesh: trimesh.Trimesh,
+    camera: Camera,
+    vertex_region: np.ndarray,
+    shape: tuple[int, int],
+    config: TextureConfig,
+    person: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per photo pixel: the fitted body's region (-1 off the body), the band around its inner
+    occluding contours, and the zone around its hands.
+
+    A fit is never exact: near the outline of an arm in front of the chest the photo may show
+    arm where the fit has chest, so both sides of the contour are left unseen. Around the hands
+    the photo often shows fingers or a held object the body model does not have.
+    """
+    face_id, depth = cast_camera(mesh, camera, shape, stride=config.label_stride)
+    on_body = face_id >= 0
+    face_region = vertex_region[mesh.faces[:, 0]]
+    region_map = np.where(on_body, face_region[np.maximum(face_id, 0)], -1)
+    rows = np.flatnonzero(on_body.any(axis=1))
+    height_px = float(rows[-1] - rows[0] + 1) if len(rows) else float(shape[0])
+    far = np.where(on_body, depth, 1e3).astype(np.float32)
+    square = np.ones((3, 3), np.uint8)
+    jump = (cv2.dilate(far, square) - cv2.erode(far, square)) > config.occluder_depth_m
+    inner = cv2.erode(on_body.astype(np.uint8), square).astype(bool)  # not the outer silhouette
+    band = _dilate(jump & inner, config.occluder_band_frac * height_px) & on_body
+    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
+    hand_zone = _dilate(hands, config.hand_zone_frac * height_px)
+    if person is not None:
+        # a hand with much person-but-not-body next to it holds something (a ball, a bag):
+        # what the photo shows at that hand is the object, so the hand itself is unseen
+        extra = person & ~_dilate(on_body, config.occluder_band_frac * height_px)
+        for name in HAND_REGIONS:
+            hand = region_map == REGIONS.index(name)
+            near = _dilate(hand, config.hand_zone_frac * height_px)
+            if hand.any() and (extra & near).sum() > config.held_object_ratio * hand.sum():
+                band |= hand
+    return region_map, band, hand_zone
+
+
+def _dilate(binary: np.ndarray, radius_px: float) -> np.ndarray:
+    """`binary` grown by a disk of `radius_px`, by distance transform (cost independent of r)."""
+    r = float(radius_px)
+    if r < 0.5 or not binary.any():
+        return binary.copy()
+    distance = cv2.distanceTransform((~binary).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    return distance <= r
+
+
+def occluded_texels(
+    mesh: trimesh.Trimesh,
+    camera: Camera,
+    vertex_region: np.ndarray,
+    texel_region: np.ndarray,
+    pixels: np.ndarray,
+    person: np.ndarray,
+    config: TextureConfig,
+) -> np.ndarray:
+    """Texels (N,) whose photo pixel belongs to another region, an occluding contour's band, or
+    (for texels not of a hand) the zone around a hand, narrower for the head."""
+    region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, person.shape, config, person)
+    h, w = person.shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    other = region_map[rows, cols] != texel_region
+    # hands are exempt from the hand zone, and the head gets a narrower one: a hand at the
+    # chin must not paint the chin, but losing the whole face to it would be worse
+    is_hand = np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
+    is_head = texel_region == REGIONS.index("head")
+    rows_px = np.flatnonzero((region_map >= 0).any(axis=1))
+    height_px = float(rows_px[-1] - rows_px[0] + 1) if len(rows_px) else float(h)
+    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
+    head_zone = _dilate(hands, config.head_hand_zone_frac * height_px)
+    zone = np.where(is_head, head_zone[rows, cols], hand_zone[rows, cols]) & ~is_hand
+    return other | band[rows, cols] | zone
+
+
+# MediaPipe Face Mesh contours: the inner lips (the mouth opening) and both lid margins.
+INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+EYE_OPENINGS = (
+    (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7),
+    (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249),
+)
+
+
+def face_openings(face_landmarks: np.ndarray, shape: tuple[int, int], grow_px: int = 1) -> np.ndarray:
+    """(h,w) bool: the photo's mouth opening and eye openings, grown by `grow_px`."""
+    h, w = shape
+    canvas = np.zeros((h, w), np.uint8)
+    lm = np.asarray(face_landmarks, np.float64)
+    if len(lm) < 468:
+        return canvas.astype(bool)
+    for contour in (INNER_LIPS, *EYE_OPENINGS):
+        pts = np.round(lm[list(contour), :2] * 16).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    return _dilate(canvas.astype(bool), grow_px)
+
+
+def _in_face_openings(
+    face_landmarks: np.ndarray, pixels: np.ndarray, shape: tuple[int, int], labels: np.ndarray
+) -> np.ndarray:
+    """Texels (N,) of skin and lips whose pixel lies in a mouth or eye opening."""
+    holes = face_openings(face_landmarks, shape)
+    h, w = shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    return holes[rows, cols] & ~_has_part(labels, EYE_PARTS + MOUTH_PARTS)
+
+
+def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[float, float, float] | None:
+    """Median photo colour inside both irises (MediaPipe refined landmarks 468-477), or None
+    when there are no iris landmarks or the sample looks like a reflection or a closed lid."""
+    if face_landmarks is None or len(face_landmarks) < 478:
+        return None
+    image = np.asarray(image)[..., :3]
+    h, w = image.shape[:2]
+    samples = []
+    for centre, ring in ((468, range(469, 473)), (473, range(474, 478))):
+        c = np.asarray(face_landmarks[centre, :2], np.float64)
+        radius = float(np.mean([np.linalg.norm(face_landmarks[i, :2] - c) for i in ring]))
+        if radius < 1.0:
+            continue
+        rr, cc = np.mgrid[-int(radius) : int(radius) + 1, -int(radius) : int(radius) + 1]
+        inside = (rr**2 + cc**2) <= (0.7 * radius) ** 2
+        ys = np.clip(np.round(c[1] + rr[inside]).astype(int), 0, h - 1)
+        xs = np.clip(np.round(c[0] + cc[inside]).astype(int), 0, w - 1)
+        samples.append(image[ys, xs].astype(np.float64))
+    if not samples:
+        return None
+    colour = np.median(np.concatenate(samples), axis=0)
+    if colour.sum() > 3 * 170:  # a highlight or the sclera: not an iris colour
+        return None
+    return tuple(float(c) for c in colour)
+
+
+def _deep_inside(person: np.ndarray, pixels: np.ndarray, config: TextureConfig) -> np.ndarray:
+    """Texels (N,) whose pixel lies well inside the person mask: colour statistics for the fill
+    come from there, away from silhouette pixels mixed with the background."""
+    rows = np.flatnonzero(person.any(axis=1))
+    height_px = float(rows[-1] - rows[0] + 1) if len(rows) else float(person.shape[0])
+    r = max(1, round(config.stats_inset_frac * height_px))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    inner = cv2.erode(person.astype(np.uint8), kernel).astype(bool)
+    h, w = person.shape
+    rr = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cc = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    return inner[rr, cc]
+
+
+def _fill_by_regions(
+    colours: np.ndarray,
+    seen: np.ndarray,
+    deep: np.ndarray,
+    labels: np.ndarray,
+    texel_region: np.ndarray,
+    mesh: trimesh.Trimesh,
+    raster: UVRaster,
+    layout: BodyLayout,
+    config: TextureConfig,
+    iris_rgb: tuple[float, float, float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Colours (N,3) for all chart texels and the texels kept as observed (see module doc)."""
+    names = part_names()
+    eyes = np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])
+    mouth = np.isin(labels, [names.index(p) for p in MOUTH_PARTS if p in names])
+    seen = seen & ~eyes & ~mouth
+    corners = mesh.faces[raster.tri]
+    dominant = _dominant(corners, raster.bary)  # the texel's nearest corner, for per-vertex flags
+    seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
+    texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
+    bins = config.slice_bins
+    # slices are summarised from the seen sides of the body (normal across the view): they
+    # border the unseen back, and a print on the front is no part of them
+    forward = np.abs(np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1].astype(np.float32)))
+    sides = seen & deep & (forward < 0.6)
+    table, filled = _slice_medians(colours, sides, texel_region, texel_t, bins)
+    # a region seen only face-on (no side slice at all) falls back to all its seen texels;
+    # otherwise slices without sides are interpolated from the neighbouring side slices, so a
+    # print the arms hide the sides of is not repeated either
+    front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
+    _place_gaps_by_the_front(table, filled, front_table, front_filled)
+    front_only = ~filled.any(axis=1)
+    table[front_only] = front_table[front_only]
+    filled[front_only] = front_filled[front_only]
+    skin = _skin_colour(colours, seen, layout, dominant)
+    table = _complete_regions(table, filled, skin)
+    vertex_fill = _lookup(table, layout.region, layout.axis_t)
+    vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
+    _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
+    head = layout.region == REGIONS.index("head")
+    _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
+    _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant, head)
+    vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
+    vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
+    out = colours.copy()
+    unseen = ~seen
+    out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
+    texel_xy = np.stack([raster.flat % raster.size, raster.flat // raster.size], axis=1)
+    out[eyes] = _eye_colours(texel_xy[eyes], labels[eyes], iris_rgb)
+    tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
+    out[mouth] = MOUTH_CAVITY
+    out[mouth & tongue] = TONGUE
+    return out, seen
+
+
+def _place_gaps_by_the_front(
+    table: np.ndarray, filled: np.ndarray, front_table: np.ndarray, front_filled: np.ndarray
+) -> None:
+    """Slices without seen sides (arms crossed over the belly) take the colour of the side
+    slice above or below them, whichever is nearer in colour to what the front shows there:
+    the front places the shirt/trouser line, but its own colour (a print) is never copied."""
+    for r in range(table.shape[0]):
+        have = np.flatnonzero(filled[r])
+        if not len(have):
+            continue
+        for b in np.flatnonzero(~filled[r] & front_filled[r]):
+            below, above = have[have < b], have[have > b]
+            options = [k for k in (below[-1] if len(below) else None, above[0] if len(above) else None) if k is not None]
+            best = min(options, key=lambda k: float(np.sum((table[r, k] - front_table[r, b]) ** 2)))
+            table[r, b] = table[r, best]
+        filled[r] |= front_filled[r]
+
+
+def _hand_not_skin(
+    colours: np.ndarray,
+    seen: np.ndarray,
+    deep: np.ndarray,
+    texel_region: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    dominant: np.ndarray,
+    config: TextureConfig,
+) -> np.ndarray:
+    """Seen hand texels (N,) whose colour is far from the face's skin: colour evidence for
+    what the geometry cannot tell, a held object or a sleeve in front of the fitted hand.
+    Nothing is rejected when the face was not seen (no skin reference)."""
+    zone = seen & deep & (layout.face_zone[dominant])
+    if zone.sum() < 50:
+        return np.zeros(len(seen), bool)
+    skin = np.median(colours[zone], axis=0)
+    hands = seen & np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
+    far = np.linalg.norm(colours - skin, axis=1) > config.hand_skin_tolerance
+    return hands & far
+
+
+def _slice_medians(
+    colours: np.ndarray, seen: np.ndarray, region: np.ndarray, t: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median seen colour (R,B,3) per region and axis slice, and which slices were seen (R,B)."""
+    n_regions = len(REGIONS)
+    key = region[seen] * bins + np.clip((t[seen] * bins).astype(np.int64), 0, bins - 1)
+    table = np.zeros((n_regions * bins, 3), np.float32)
+    filled = np.zeros(n_regions * bins, bool)
+    if len(key):
+        order = np.argsort(key, kind="stable")
+        key, values = key[order], colours[seen][order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(key)]
+        min_count = 20  # a few stray texels are not a slice
+        for a, b in zip(starts, ends, strict=True):
+            if b - a >= min_count:
+                table[key[a]] = np.median(values[a:b], axis=0)
+                filled[key[a]] = True
+    return table.reshape(n_regions, bins, 3), filled.reshape(n_regions, bins)
+
+
+def _skin_colour(colours: np.ndarray, seen: np.ndarray, layout: BodyLayout, dominant: np.ndarray) -> np.ndarray:
+    """Median seen colour of the face zone (cheeks, nose, forehead), else a default skin."""
+    zone = seen & (layout.face_zone[dominant])
+    return np.median(colours[zone], axis=0) if zone.sum() >= 50 else np.asarray(DEFAULT_SKIN, np.float32)
+
+
+def _complete_regions(table: np.ndarray, filled: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Every region's slices: seen ones kept, gaps interpolated along the axis, regions never
+    seen borrowed from their mirror, parent or the neutral outfit (legs before torso)."""
+    out = table.copy()
+    bins = table.shape[1]
+    centres = (np.arange(bins) + 0.5) / bins
+    done = np.zeros(len(REGIONS), bool)
+
+    def along(i: int) -> None:
+        have = np.flatnonzero(filled[i])
+        for c in range(3):
+            out[i, :, c] = np.interp(centres, centres[have], table[i, have, c])
+        done[i] = True
+
+    def constant(i: int, colour) -> None:
+        out[i] = np.asarray(colour, np.float32)
+        done[i] = True
+
+    idx = REGIONS.index
+    for i in range(len(REGIONS)):
+        if filled[i].any():
+            along(i)
+    for name in REGIONS:  # mirrors first: both shoes, both sleeves alike
+        i, m = idx(name), _mirror(name)
+        if not done[i] and m is not None and filled[idx(m)].any():
+            out[i] = out[idx(m)]
+            done[i] = True
+    for side in ("L", "R"):
+        thigh, shin, foot = idx(f"thigh.{side}"), idx(f"shin.{side}"), idx(f"foot.{side}")
+        if not done[thigh]:
+            constant(thigh, NEUTRAL_TROUSERS)
+        if not done[shin]:
+            constant(shin, out[thigh, -1] if filled[thigh, -1] else NEUTRAL_TROUSERS)
+        if not done[foot]:
+            constant(foot, NEUTRAL_SHOES)
+    torso = idx("torso")
+    if not done[torso]:
+        constant(torso, NEUTRAL_TOP)
+    pelvis = int(PELVIS_T * bins)
+    seen_bins = np.flatnonzero(filled[torso])
+    if len(seen_bins) and seen_bins[0] > pelvis:  # photo cut above the hips: trousers below
+        legs = 0.5 * (out[idx("thigh.L"), 0] + out[idx("thigh.R"), 0])
+        out[torso, :pelvis] = legs
+        first = seen_bins[0]
+        for k in range(pelvis, first):
+            a = (k - pelvis + 1) / (first - pelvis + 1)
+            out[torso, k] = (1 - a) * legs + a * table[torso, first]
+    for side in ("L", "R"):
+        upper, fore, hand = idx(f"upper_arm.{side}"), idx(f"forearm.{side}"), idx(f"hand.{side}")
+        if not done[upper]:
+            constant(upper, out[torso, int(SHOULDER_T * bins)])
+        if not done[fore]:
+            constant(fore, out[upper, -1])
+        if not done[hand]:
+            constant(hand, skin)
+    for name in ("neck", "head"):
+        if not done[idx(name)]:
+            constant(idx(name), skin)
+    return out
+
+
+def _lookup(table: np.ndarray, region: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per-vertex colour (V,3): the region's slice table, linearly interpolated in t."""
+    bins = table.shape[1]
+    x = np.clip(t * bins - 0.5, 0.0, bins - 1.0)
+    lo = np.floor(x).astype(np.int64)
+    hi = np.minimum(lo + 1, bins - 1)
+    a = (x - lo)[:, None].astype(np.float32)
+    return (1 - a) * table[region, lo] + a * table[region, hi]
+
+
+def _vertex_observations(
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_vertices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices mostly surrounded by seen texels (V,) bool and their mean seen colour (V,3)."""
+    weight_all = np.bincount(corners.ravel(), weights=bary.ravel(), minlength=n_vertices)
+    w_seen = (bary * seen[:, None]).ravel()
+    weight_seen = np.bincount(corners.ravel(), weights=w_seen, minlength=n_vertices)
+    rgb = np.stack(
+        [np.bincount(corners.ravel(), weights=w_seen * np.repeat(colours[:, c], 3), minlength=n_vertices) for c in range(3)],
+        axis=1,
+    )
+    mean = (rgb / np.maximum(weight_seen, 1e-9)[:, None]).astype(np.float32)
+    return weight_seen > 0.5 * np.maximum(weight_all, 1e-9), mean
+
+
+def _relax(fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int) -> np.ndarray:
+    """Screened smoothing of the made-up vertex colours, seen vertices held at their colours:
+    borders between slices and regions blend over a few rings, and the fill meets the seen
+    surface without a step."""
+    n = len(fill)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adjacency = sparse.csr_matrix((np.ones(len(edges), np.float32), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    adjacency.data[:] = 1.0
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    mean = sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
+    x = np.where(anchored[:, None], observed, fill).astype(np.float32)
+    prior = x.copy()
+    for _ in range(iters):
+        x = 0.2 * prior + 0.8 * (mean @ x)
+        x[anchored] = observed[anchored]
+    return x
+
+
+def _head_from_nearest_seen(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    mesh: trimesh.Trimesh,
+    layout: BodyLayout,
+    dominant: np.ndarray,
+    head: np.ndarray,
+    config: TextureConfig,
+) -> None:
+    """Head vertices coloured from the nearest seen head surface outside the face, in place:
+    the back of the head continues the hair (or scalp) seen on top and at the sides."""
+    face_zone = layout.face_zone[dominant]
+    texel_head = head[dominant]
+    sources = np.flatnonzero(seen & texel_head & ~face_zone)
+    _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, head & ~layout.face_zone, config.nearest_k)
+
+
+def _face_from_nearest_seen(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    dominant: np.ndarray,
+    k: int = 8,
+) -> None:
+    """Face vertices coloured from the nearest seen face surface, in place: lips hidden by
+    an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
+    zone = layout.face_zone[dominant]
+    _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
+
+
+def _median_of_nearest(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    sources: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    wanted: np.ndarray,
+    k: int,
+) -> None:
+    """`vertex_fill[wanted]` := median colour of the k source texels nearest in the rest pose."""
+    if len(sources) < k or not wanted.any():
+        return
+    sources = sources[:: max(1, len(sources) // 20_000)]
+    points = np.einsum("nk,nkd->nd", bary[sources], layout.rest_vertices[corners[sources]])
+    ids = np.flatnonzero(wanted)
+    _, nearest = cKDTree(points).query(layout.rest_vertices[ids], k=k)
+    vertex_fill[ids] = np.median(colours[sources][nearest], axis=1)
+
+
+def _hair_at_the_back(
+    vertex_fill: np.ndarray,
+    colours: np.ndarray,
+    seen: np.ndarray,
+    corners: np.ndarray,
+    bary: np.ndarray,
+    layout: BodyLayout,
+    dominant: np.ndarray,
+    head: np.ndarray,
+) -> None:
+    """The back of the head above the ears in the colour of the crown (hair, or scalp when
+    bald), blending into the sides and the nape, in place. A front photo shows the crown but
+    rarely the back; the nearest seen surface there is often the skin by the ears."""
+    point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
+    texel_head = head[dominant]
+    if not (seen & texel_head).any():
+        return
+    # the top of the head as far up as the photo shows it (a camera at chest height sees the
+    # crown only at a grazing angle)
+    top_seen = float(point_z[seen & texel_head].max())
+    crown = seen & texel_head & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
+    if crown.sum() < 50:
+        return
+    hair = np.median(colours[crown], axis=0)
+    z = layout.rest_vertices[:, 2]
+    backward = np.clip((layout.rest_normals[:, 1] + 0.1) / 0.4, 0.0, 1.0)  # Anny faces -Y
+    above_nape = np.clip((z - (layout.eye_height - NAPE_BELOW_EYES_M)) / 0.03, 0.0, 1.0)
+    w = (backward * above_nape * head)[:, None]
+    vertex_fill[:] = (1 - w) * vertex_fill + w * hair
+
+
+def _eye_colours(texel_xy: np.ndarray, labels: np.ndarray, iris_rgb: tuple[float, float, float] | None) -> np.ndarray:
+    """Procedural eyes (N,3) for eye texels at texture positions `texel_xy` (N,2).
+
+    Anny's eyeball and its front cap are each a disk in UV space, pupil at the centre (a planar
+    projection along the gaze), so sclera, iris and pupil are rings of the UV radius, with a
+    darker limbal ring; the socket behind the ball is dark.
+    """
+    names = part_names()
+    out = np.tile(np.asarray(SCLERA, np.float32), (len(labels), 1))
+    iris = np.asarray(iris_rgb if iris_rgb is not None else DEFAULT_IRIS, np.float32)
+    for part in EYE_PARTS:
+        members = labels == names.index(part) if part in names else np.zeros(len(labels), bool)
+        if not members.any():
+            continue
+        if part.startswith("eye_cavity"):
+            out[members] = MOUTH_CAVITY
+            continue
+        xy = texel_xy[members].astype(np.float64)
+        d = np.linalg.norm(xy - xy.mean(axis=0), axis=1)
+        r = d / max(float(d.max()), 1e-6)
+        in_iris = np.clip((IRIS_R - r) / 0.06, 0.0, 1.0)[:, None]
+        ring = np.clip(1.0 - np.abs(r - IRIS_R + 0.03) / 0.05, 0.0, 1.0)[:, None] * 0.4
+        pupil = np.clip((PUPIL_R - r) / 0.04, 0.0, 1.0)[:, None]
+        iris_tex = iris * (0.8 + 0.4 * np.clip((r[:, None] - PUPIL_R) / (IRIS_R - PUPIL_R), 0.0, 1.0))
+        colour = np.tile(np.asarray(SCLERA, np.float32), (len(r), 1))
+        colour = (1 - in_iris) * colour + in_iris * iris_tex * (1 - ring)
+        out[members] = (1 - pupil) * colour + pupil * np.asarray(PUPIL, np.float32)
+    return out
+
+
 # --- filling and composing --------------------------------------------------------------
 
 
@@ -453,7 +1187,11 @@ def _part_means(colours: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> np
 
 
 def _compose(
-    raster: UVRaster, colours: np.ndarray, observed: np.ndarray, config: TextureConfig
+    raster: UVRaster,
+    colours: np.ndarray,
+    observed: np.ndarray,
+    config: TextureConfig,
+    sharp: np.ndarray | None = None,
 ) -> np.ndarray:
     """Texture image from texel colours: feathered seams, then the gutter."""
     image = raster.scatter(colours.astype(np.float32))
@@ -464,6 +1202,8 @@ def _compose(
     # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge
     near = cv2.GaussianBlur(observed.astype(np.float32), (0, 0), sigma) / chart_blur
     keep = np.where(observed, 0.5 + 0.5 * np.clip(2.0 * near - 1.0, 0.0, 1.0), 0.0)
+    if sharp is not None:
+        keep[sharp] = 1.0
     image = keep[..., None] * image + (1.0 - keep[..., None]) * smooth
     flat = image.reshape(-1, 3)
     if config.gutter and len(raster.gutter_source):

@@ -168,7 +168,14 @@ def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     fit = fit_body(kp, body, body.info, FitConfig.from_params(params.get("body_fitter", {})), hints)
     metrics = dict(fit.metrics) | {"framing": fit.framing, "body_model": fit.body_model.name}
     metrics |= {f"phenotype_{k}": v for k, v in fit.phenotype.items()}
-    return StepOutput(data=json_bytes(fit.to_dict()), ext="json", metrics=metrics)
+    data = fit.to_dict()
+    if fit.body_model.name == "anny":  # ARKit weights of the photo's face (issue 13)
+        from models.expression import fit_anny_expression
+
+        expression = fit_anny_expression(body.model, fit.phenotype, kp.face)
+        data["expression"] = expression.weights
+        metrics["expression_residual"] = round(expression.residual, 4)
+    return StepOutput(data=json_bytes(data), ext="json", metrics=metrics)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -185,7 +192,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     from models.fitting import BodyFit
     from models.photo import decode_png, encode_png
     from models.surface import mesh_to_glb_bytes, render_overlay, textured_mesh
-    from models.texture import TextureConfig, bake_texture
+    from models.texture import TextureConfig, bake_texture, body_layout
 
     fit = BodyFit.from_dict(json.loads(inputs[FIT]))
     if fit.body_model.name != "anny":
@@ -205,9 +212,20 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
         ClothingConfig(enabled=bool(reconstructor.get("clothing", True))),
     )  # fmt: skip
     vertices = clothing.posed_vertices
+    bake_surface = vertices  # the photo's face: an open mouth bakes onto open lips
+    expression = json.loads(inputs[FIT]).get("expression")
+    if expression:
+        from models.expression import anny_facial_targets, posed_expression_offsets
+
+        targets = anny_facial_targets(model)
+        bake_surface = vertices + posed_expression_offsets(clothing.rest_vertices, vertices, targets, expression)
+    layout = body_layout(
+        clothing.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
+        topo["skin_indices"], topo["skin_weights"], [str(b) for b in model.bone_labels],
+    )  # fmt: skip
     baked = bake_texture(
-        vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
-        TextureConfig(size=texture_size),
+        bake_surface, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
+        TextureConfig(size=texture_size), layout=layout, face_landmarks=kp.face,
     )  # fmt: skip
     mesh = textured_mesh(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], baked.image)
     glb = mesh_to_glb_bytes(mesh)
