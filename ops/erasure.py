@@ -127,9 +127,11 @@ class ErasureResult:
 def erasure_salt(home: Path) -> bytes:
     """The per-deployment secret salting subject hashes: `AVATARPIPE_ERASURE_SALT`, else a
     random 32-byte value created once in `$AVATARPIPE_HOME/.erasure_salt` (mode 600)."""
-    env = os.environ.get(SALT_ENV)
-    if env:
-        return env.encode()
+    from orchestration.config import load_config
+
+    configured = load_config().erasure_salt
+    if configured:
+        return configured.encode()
     path = Path(home) / SALT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):

@@ -79,6 +79,7 @@ class ModelRegistryResource(ConfigurableResource):
     """
 
     tracking_uri: str
+    registry_uri: str | None = None
     artifact_location: str | None = None
     local_dir: str | None = None
     schema_cache: str | None = None
@@ -90,6 +91,7 @@ class ModelRegistryResource(ConfigurableResource):
     ) -> ModelRegistryResource:
         return cls(
             tracking_uri=location.tracking_uri,
+            registry_uri=location.registry_uri,
             artifact_location=location.artifact_location,
             local_dir=str(location.local_dir) if location.local_dir else None,
             schema_cache=str(location.schema_cache) if location.schema_cache else None,
@@ -99,6 +101,7 @@ class ModelRegistryResource(ConfigurableResource):
     def location(self) -> RegistryLocation:
         return RegistryLocation(
             tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
             artifact_location=self.artifact_location,
             local_dir=Path(self.local_dir) if self.local_dir else None,
             schema_cache=Path(self.schema_cache) if self.schema_cache else None,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,11 +98,13 @@ class RetryPolicy:
     @staticmethod
     def from_env() -> RetryPolicy:
         """``AVATARPIPE_STORE_RETRY_TRIES`` / ``_BASE_S`` / ``_MAX_S`` (defaults 5, 0.1 s, 5 s)."""
-        env = os.environ.get
+        from orchestration.config import load_config  # the one reader of the environment
+
+        config = load_config()
         return RetryPolicy(
-            max_tries=max(1, int(env("AVATARPIPE_STORE_RETRY_TRIES") or 5)),
-            base_delay_s=float(env("AVATARPIPE_STORE_RETRY_BASE_S") or 0.1),
-            max_delay_s=float(env("AVATARPIPE_STORE_RETRY_MAX_S") or 5.0),
+            max_tries=max(1, int(config.store_retry_tries)),
+            base_delay_s=float(config.store_retry_base_s),
+            max_delay_s=float(config.store_retry_max_s),
         )
 
 
