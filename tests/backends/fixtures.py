@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.aws.conftest import moto_endpoint  # noqa: F401 - the session's moto server, for every package
 from tests.backends.postgres import REQUIRE_ENV, PgServer, PostgresUnavailable, postgres_server
 
 BACKENDS = ("sqlite", "postgres")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,12 @@ def test_config_show_cli(tmp_path):
     assert SECRET not in out + human and "(raw retention policy)" in human
     bad = subprocess.run(cmd, check=False, env={**env, "AVATARPIPE_COMPUTE_MODE": "gpu"}, capture_output=True, text=True)
     assert bad.returncode == 2 and "AVATARPIPE_COMPUTE_MODE" in bad.stderr
+
+
+def test_readme_configuration_table_lists_every_variable():
+    from orchestration.config import AppConfig, _field_envs
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Running against production stores"):readme.index("issue 15: production stores (end)")]
+    missing = [n for field in AppConfig.model_fields for n in _field_envs(field) if f"`{n}`" not in section]
+    assert missing == []
