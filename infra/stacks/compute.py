@@ -70,27 +70,19 @@ class Compute(Construct):
         image = ecs.ContainerImage.from_ecr_repository(self.repository, config.image_tag)
 
         # -- secrets ------------------------------------------------------------------------------
-        self.mongodb_uri = secretsmanager.Secret(
-            self,
-            "MongoDbUri",
-            description="avatarpipe MONGODB_URI (MongoDB Atlas / DocumentDB); set the value after deploying",
-            encryption_key=platform_key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        self.mlflow_uri = secretsmanager.Secret(
-            self,
-            "MlflowBackendStoreUri",
-            description="MLflow backend store (model registry): postgresql://user:password@host:5432/mlflow",
-            encryption_key=platform_key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        self.postgres_url = secretsmanager.Secret(
-            self,
-            "DagsterPostgresUrl",
-            description="Dagster instance storage: postgresql://user:password@host:5432/dagster",
-            encryption_key=platform_key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        secrets = {  # construct id -> description; values are set after deploying
+            "MongoDbUri": "avatarpipe MONGODB_URI (MongoDB Atlas / DocumentDB); set the value after deploying",
+            "MlflowBackendStoreUri": "MLflow backend store (model registry): postgresql://user:password@host:5432/mlflow",
+            "DagsterPostgresUrl": "Dagster instance storage: postgresql://user:password@host:5432/dagster",
+        }
+        made = {
+            name: secretsmanager.Secret(
+                self, name, description=text, encryption_key=platform_key, removal_policy=RemovalPolicy.RETAIN
+            )
+            for name, text in secrets.items()
+        }
+        self.mongodb_uri, self.mlflow_uri, self.postgres_url = (made[n] for n in secrets)
+
         # -- logs ---------------------------------------------------------------------------------
         self.worker_logs = logs.LogGroup(
             self, "WorkerLogs", encryption_key=platform_key, retention=logs.RetentionDays.ONE_YEAR,
