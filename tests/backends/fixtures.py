@@ -53,6 +53,12 @@ class Backend:
         return _postgres_backend(self.server, self.env.get("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", ""),
                                  {role: self.server.create_database(role, template=db) for role, db in self.databases.items()})  # fmt: skip
 
+    def drop(self) -> None:
+        """Drop this backend's databases (a throwaway server keeps them until it stops otherwise)."""
+        if self.server is not None:
+            for database in self.databases.values():
+                self.server.drop_database(database)
+
     def apply(self, environ: dict | None = None) -> dict[str, str]:
         """Set this backend's variables (default: os.environ); returns the previous values."""
         target = os.environ if environ is None else environ
@@ -95,4 +101,15 @@ def make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
     backend = _postgres_backend(server, f"s3://{bucket}/mlflow",
                                 {role: server.create_database(role) for role in ("dagster", "mlflow")})  # fmt: skip
     backend.env.update(MLFLOW_S3_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL=endpoint)  # MLflow's boto3 client
+    return backend
+
+
+def use_backend(backend: Backend | str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """Point this test's environment at ``backend`` (a name: a fresh one), through ``monkeypatch``."""
+    if isinstance(backend, str):
+        backend = make_backend(backend, request)
+    for key in BACKEND_VARS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in backend.env.items():
+        monkeypatch.setenv(key, value)
     return backend

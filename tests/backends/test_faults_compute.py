@@ -140,16 +140,12 @@ def test_object_store_disk_full_is_a_typed_error_then_resume_completes(tmp_path,
 def test_postgres_restart_mid_run(tmp_path, standing_photo, request) -> None:
     """Dagster's storage and the MLflow registry on PostgreSQL; the server restarts while the fit
     runs. The run either rides it out or fails with a typed error; `resume` completes it."""
-    from tests.backends.fixtures import BACKEND_VARS, make_backend
+    from tests.backends.fixtures import use_backend
 
-    backend = make_backend("postgres", request)
-    assert backend.server is not None
-    env = {**FAST_RETRY, **backend.env}
     with pytest.MonkeyPatch.context() as mp:
-        for key in BACKEND_VARS:
-            mp.delenv(key, raising=False)
-        for key, value in backend.env.items():
-            mp.setenv(key, value)
+        backend = use_backend("postgres", request, mp)
+        assert backend.server is not None
+        env = {**FAST_RETRY, **backend.env}
         with isolated_home(tmp_path / "home", **env) as settings:
             proc = popen_cli(["run", str(standing_photo), "--subject", "pg-restart", "--json"], settings.home, env)
             assert _wait_for_worker(settings.home, proc), "the fit never started"

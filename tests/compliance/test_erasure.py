@@ -21,7 +21,7 @@ from ops.erasure_stores import MLFLOW_TAG_SUBJECT, MLFLOW_TAG_UPLOAD
 from orchestration.cli import ingest_photo, run_avatar_job
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
-from tests.backends.fixtures import BACKEND_VARS, BACKENDS, Backend, make_backend
+from tests.backends.fixtures import BACKEND_VARS, BACKENDS, Backend, make_backend, use_backend
 
 ERASED, KEPT = "subj-erase-7f3a", "subj-keep-91c2"
 REPO = Path(__file__).resolve().parents[2]
@@ -83,23 +83,17 @@ def _log_per_upload_mlflow_run(settings: Settings, subject: str, upload_id: str)
 
 
 @pytest.fixture
-def home(processed_home, tmp_path, monkeypatch) -> dict:
+def home(processed_home, tmp_path, monkeypatch, request) -> dict:
     """A private copy of the processed home, selected through AVATARPIPE_HOME."""
     target = tmp_path / "home"
     shutil.copytree(processed_home["home"], target, symlinks=True)
-    backend: Backend = processed_home["backend"].clone()
+    backend = use_backend(processed_home["backend"].clone(), request, monkeypatch)
     monkeypatch.setenv("AVATARPIPE_HOME", str(target))
     monkeypatch.delenv("MONGODB_URI", raising=False)
-    for key in BACKEND_VARS:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in backend.env.items():
-        monkeypatch.setenv(key, value)
     settings = Settings.from_env()
     prepare_environment(settings)
     yield {"home": target, "uploads": processed_home["uploads"], "settings": settings, "backend": backend}
-    if backend.server is not None:
-        for database in backend.databases.values():
-            backend.server.drop_database(database)
+    backend.drop()
 
 
 def _cli(*args: str, env_extra: dict | None = None) -> tuple[int, dict]:

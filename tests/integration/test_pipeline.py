@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
-from tests.backends.fixtures import BACKEND_VARS, BACKENDS, make_backend
+from tests.backends.fixtures import BACKENDS, use_backend
 
 PARENTS = {
     "photo": set(),
@@ -22,18 +22,13 @@ PARENTS = {
 
 @pytest.fixture
 def settings(avatar_home, monkeypatch, request) -> Settings:
-    backend = make_backend(getattr(request, "param", "sqlite"), request)
-    for key in BACKEND_VARS:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in backend.env.items():
-        monkeypatch.setenv(key, value)
+    backend = use_backend(getattr(request, "param", "sqlite"), request, monkeypatch)
     settings = Settings.from_env()
     prepare_environment(settings)
     yield settings
-    if backend.server is not None:
+    if backend.server is not None:  # the run really went to Postgres
         assert backend.server.execute("SELECT count(*) FROM runs", backend.databases["dagster"]) == [(1,)]
-        for database in backend.databases.values():
-            backend.server.drop_database(database)
+    backend.drop()
 
 
 def _accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:

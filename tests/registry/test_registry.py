@@ -18,25 +18,19 @@ from orchestration.registry import (
     open_registry,
 )
 from orchestration.settings import Settings, prepare_environment
-from tests.backends.fixtures import BACKEND_VARS, BACKENDS, make_backend
+from tests.backends.fixtures import BACKENDS, use_backend
 
 both_backends = pytest.mark.parametrize("location", BACKENDS, indirect=True)
 
 
 @pytest.fixture
 def location(avatar_home, monkeypatch, request) -> RegistryLocation:
-    backend = make_backend(getattr(request, "param", "sqlite"), request)
-    for key in BACKEND_VARS:
-        monkeypatch.delenv(key, raising=False)
-    for key, value in backend.env.items():
-        monkeypatch.setenv(key, value)
+    backend = use_backend(getattr(request, "param", "sqlite"), request, monkeypatch)
     monkeypatch.setenv("AVATARPIPE_DAGSTER_URL", "off")
     settings = Settings.from_env()
     prepare_environment(settings)
     yield RegistryLocation.for_settings(settings)
-    if backend.server is not None:
-        for database in backend.databases.values():
-            backend.server.drop_database(database)
+    backend.drop()
 
 
 def _client(location: RegistryLocation) -> MlflowClient:
