@@ -62,6 +62,9 @@ class PgServer:
 
     def create_database(self, prefix: str, template: str | None = None) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        if template:  # a template must have no sessions: close the pools that built it
+            self.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         f"WHERE datname = '{template}' AND pid <> pg_backend_pid()")  # fmt: skip
         self.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return name
 

@@ -125,3 +125,26 @@ def test_readme_configuration_table_lists_every_variable():
     section = readme[readme.index("## Running against production stores"):readme.index("issue 15: production stores (end)")]
     missing = [n for field in AppConfig.model_fields for n in _field_envs(field) if f"`{n}`" not in section]
     assert missing == []
+
+
+def test_dagster_resources_hold_password_urls_by_reference(tmp_path, monkeypatch):
+    """Dagster's UI and run snapshots show resource config: URLs with a password go in as EnvVar."""
+    from dagster import EnvVar
+
+    from orchestration.registry import RegistryLocation
+    from orchestration.resources import MetadataStoreResource, ModelRegistryResource
+
+    monkeypatch.setenv("AVATARPIPE_HOME", str(tmp_path))
+    monkeypatch.setenv("AVATARPIPE_MLFLOW_URI", f"postgresql://m:{SECRET}@h/mlflow")
+    monkeypatch.setenv("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", "s3://b/mlflow")
+    monkeypatch.setenv("MONGODB_URI", f"mongodb://u:{SECRET}@h/db")
+    settings = Settings.from_env()
+    registry = ModelRegistryResource.pinned(RegistryLocation.for_settings(settings), {})
+    metadata = MetadataStoreResource.for_settings(settings)
+    assert isinstance(registry.tracking_uri, EnvVar) and isinstance(metadata.uri, EnvVar)
+    assert SECRET not in repr(registry) + repr(metadata)
+    assert registry.process_config_and_initialize().tracking_uri == f"postgresql://m:{SECRET}@h/mlflow"
+    monkeypatch.delenv("AVATARPIPE_MLFLOW_URI")
+    monkeypatch.delenv("MONGODB_URI")
+    plain = ModelRegistryResource.pinned(RegistryLocation.for_settings(Settings.from_env()), {})
+    assert not isinstance(plain.tracking_uri, EnvVar) and plain.tracking_uri.startswith("sqlite:///")
