@@ -25,7 +25,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         return 0
     width = max(len(e.variable) for e in entries)
     for entry in entries:
-        value = "(unset)" if entry.value is None else entry.value
+        value = "(unset)" if entry.value in (None, "") else entry.value
         print(f"{entry.variable:<{width}}  {value}  [{entry.source}]")
     return 0
 

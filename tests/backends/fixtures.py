@@ -50,8 +50,10 @@ class Backend:
         if not self.postgres:
             return Backend(self.name, dict(self.env))
         assert self.server is not None
-        return _postgres_backend(self.server, self.env.get("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", ""),
-                                 {role: self.server.create_database(role, template=db) for role, db in self.databases.items()})  # fmt: skip
+        clone = _postgres_backend(self.server, self.env.get("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", ""),
+                                  {role: self.server.create_database(role, template=db) for role, db in self.databases.items()})  # fmt: skip
+        clone.env.update({k: v for k, v in self.env.items() if k.endswith("_ENDPOINT_URL")})  # the same S3
+        return clone
 
     def drop(self) -> None:
         """Drop this backend's databases (a throwaway server keeps them until it stops otherwise)."""
@@ -84,8 +86,6 @@ def restore(saved: dict[str, str | None]) -> None:
 def _postgres_backend(server: PgServer, artifact_root: str, databases: dict[str, str]) -> Backend:
     env = {"DAGSTER_PG_URL": server.url(databases["dagster"]), "AVATARPIPE_MLFLOW_URI": server.url(databases["mlflow"]),
            "AVATARPIPE_MLFLOW_ARTIFACT_ROOT": artifact_root}  # fmt: skip
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
     return Backend("postgres", env, server, databases)
 
 
