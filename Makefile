@@ -56,7 +56,8 @@ ifeq ($(PG_INITDB),)
 endif
 
 # The suites that run on both backends (sqlite and PostgreSQL), Postgres cases only.
-BACKEND_SUITES := tests/backends tests/compliance/test_erasure.py tests/registry tests/integration/test_pipeline.py
+BACKEND_SUITES := tests/backends tests/storage/test_dagster_storage.py tests/compliance/test_erasure.py tests/registry \
+	tests/integration/test_pipeline.py
 test-postgres: $(STAMP) model-cache postgres
 	AVATARPIPE_REQUIRE_POSTGRES=1 $(PY) -m pytest -q -k postgres $(BACKEND_SUITES)
 
