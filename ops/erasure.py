@@ -25,7 +25,8 @@ running it again (done steps are skipped, the interrupted one is redone):
 8. ``vacuum``: WAL checkpoint + VACUUM of every sqlite file under the home (metadata, Dagster,
    MLflow), so deleted rows do not survive in free pages; on PostgreSQL (Dagster's storage,
    MLflow's backend store) ``VACUUM (FULL, ANALYZE)`` of the tables that held the subject's
-   rows (rewritten into new files; statistics refreshed). Not reachable from here, and said so
+   rows (rewritten into new files; statistics refreshed, then `pg_statistic` itself rewritten:
+   it keeps sampled values of the old rows otherwise). Not reachable from here, and said so
    in the certificate: WAL segments until recycled, replicas, backups.
 9. ``verify``: the independent scan of ops/verification.py; its counts go in the certificate.
 

@@ -175,6 +175,7 @@ def test_erase_one_subject_keeps_the_other(home) -> None:
     if backend.postgres:
         assert _postgres_hits(backend, needles) == []
         assert counts["vacuum"]["postgres_dagster_tables_vacuumed"] >= 10 and counts["vacuum"]["postgres_mlflow_tables_vacuumed"] > 0
+        assert counts["vacuum"]["postgres_dagster_statistics_rewritten"] == 1
         assert any("WAL" in what for what in cert["verification"]["unreachable"])
     code, after = _cli("verify-erasure", "--subject", ERASED)
     assert code == 0 and after["clean"] and after["scanned"]["files"]["files"] > 20
