@@ -149,10 +149,13 @@ def test_postgres_restart_mid_run(tmp_path, standing_photo, request) -> None:
         assert backend.server is not None
         env = {**FAST_RETRY, **backend.env}
         with isolated_home(tmp_path / "home", **env) as settings:
+            instance_yaml = settings.dagster_home / "dagster.yaml"
+            assert "postgres_url" in instance_yaml.read_text()
             proc = popen_cli(["run", str(standing_photo), "--subject", "pg-restart", "--json"], settings.home, env)
             assert _wait_for_worker(settings.home, proc), "the fit never started"
             backend.server.restart()
             upload_id, answer = _finish(settings, proc)
+            assert "postgres_url" in instance_yaml.read_text(), answer
             if answer is None or answer["status"] != "ready":
                 resumed = cli_subprocess(["resume", upload_id, "--json"], settings.home, env)
                 assert resumed.returncode == 0, resumed.stderr[-3000:]
