@@ -254,8 +254,12 @@ UNREACHABLE_POSTGRES = ("PostgreSQL WAL segments (until checkpoints recycle them
 def postgres_urls(env: Any) -> dict[str, str]:
     """role (dagster | mlflow) -> the SQLAlchemy URL of each store of ``env`` that is Postgres."""
     urls = {}
-    instance = env.dagster_instance
-    url = getattr(getattr(instance, "run_storage", None), "postgres_url", None) if instance is not None else None
+    try:
+        url = getattr(getattr(env.dagster_instance, "run_storage", None), "postgres_url", None)
+    except Exception:  # noqa: BLE001 - an instance that could not be opened: what it was configured with
+        from orchestration.config import load_config
+
+        url = load_config().dagster_pg_url
     if url:
         urls["dagster"] = url
     tracking = env.mlflow_tracking_uri or ""
