@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 SAMPLE := samples/person_standing.png
 
-.PHONY: demo test ui bench eval lint clean-home clients infra-tools infra-synth model-cache
+.PHONY: demo test test-postgres postgres ui bench eval lint clean-home clients infra-tools infra-synth model-cache
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,9 +44,24 @@ $(CLIENTS_STAMP): clients/package-lock.json
 model-cache: $(STAMP)
 	$(PY) -c "from models.body_model import load_anny, load_body_model; load_anny(); load_body_model()"
 
-test: $(STAMP) clients infra-tools model-cache
+test: $(STAMP) clients infra-tools model-cache postgres
 	$(VENV)/bin/ruff check .
-	AVATARPIPE_REQUIRE_CLIENTS=1 AVATARPIPE_REQUIRE_INFRA=1 $(PY) -m pytest -q
+	AVATARPIPE_REQUIRE_CLIENTS=1 AVATARPIPE_REQUIRE_INFRA=1 AVATARPIPE_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
+
+# PostgreSQL as a tested backend (issue #15): Debian's server binaries, installed when missing.
+# The tests start their own throwaway cluster (initdb in a temp dir, loopback, a free port;
+# tests/backends/postgres.py), so nothing here starts a server or touches an existing one.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+ifeq ($(PG_INITDB),)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+endif
+
+# The suites that run on both backends (sqlite and PostgreSQL), Postgres cases only.
+BACKEND_SUITES := tests/backends tests/storage/test_dagster_storage.py tests/compliance/test_erasure.py tests/registry \
+	tests/integration/test_pipeline.py
+test-postgres: $(STAMP) model-cache postgres
+	AVATARPIPE_REQUIRE_POSTGRES=1 $(PY) -m pytest -q -k postgres $(BACKEND_SUITES)
 
 # Infrastructure tooling (issue #8): the CDK CLI pinned in infra/package-lock.json, and
 # checkov in its own venv under .venv/tools (its pins clash with the app's: boto3, packaging).

@@ -23,11 +23,17 @@ running it again (done steps are skipped, the interrupted one is redone):
 7. ``files``: the GX Data Docs site (it lists upload ids) is deleted (and rebuilt by the
    caller when it can), and leftover temp/cache files naming the subject are removed.
 8. ``vacuum``: WAL checkpoint + VACUUM of every sqlite file under the home (metadata, Dagster,
-   MLflow), so deleted rows do not survive in free pages.
+   MLflow), so deleted rows do not survive in free pages; on PostgreSQL (Dagster's storage,
+   MLflow's backend store) ``VACUUM (FULL, ANALYZE)`` of the tables that held the subject's
+   rows (rewritten into new files; statistics refreshed, then `pg_statistic` itself rewritten:
+   it keeps sampled values of the old rows otherwise). Not reachable from here, and said so
+   in the certificate: WAL segments until recycled, replicas, backups.
 9. ``verify``: the independent scan of ops/verification.py; its counts go in the certificate.
 
 The certificate (`erasures/{salted hash}`) holds the hash, request/completion times, operator,
-per-store counts and the verification summary: no ids, names or keys of the subject.
+per-store counts and the verification summary: no ids, names or keys of the subject. It keeps
+the erased upload ids and content hashes *encrypted* (``needles``, same key as the plan), so a
+stand-alone ``verify-erasure --subject ID`` later searches for them too, not only for the id.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class ErasureEnv:
     object_store: ObjectStore
     dagster_instance: Any | None = None
     mlflow_tracking_uri: str | None = None
+    mlflow_artifact_root: str | None = None  # s3://… (scanned by key) or a local root
     partitions_def: str = "uploads"
     lease_wait_s: float = 30.0
     lease_ttl_s: float = 120.0
@@ -127,9 +134,11 @@ class ErasureResult:
 def erasure_salt(home: Path) -> bytes:
     """The per-deployment secret salting subject hashes: `AVATARPIPE_ERASURE_SALT`, else a
     random 32-byte value created once in `$AVATARPIPE_HOME/.erasure_salt` (mode 600)."""
-    env = os.environ.get(SALT_ENV)
-    if env:
-        return env.encode()
+    from orchestration.config import load_config
+
+    configured = load_config().erasure_salt
+    if configured:
+        return configured.encode()
     path = Path(home) / SALT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
@@ -205,6 +214,9 @@ def erase_subject(env: ErasureEnv, subject_id: str, operator: str | None = None,
                  "counts": _store_counts(env.metadata.get_erasure(erasure_id) or {})},
         "$unset": {"plan": "", "request": ""},
     })  # fmt: skip
+    # what a later stand-alone verification searches for (encrypted: only the subject id opens it)
+    env.metadata.update_erasure(erasure_id, {"$set": {"needles": _fernet(env.home, subject_id).encrypt(
+        json.dumps(needles.to_dict()).encode()).decode()}})  # fmt: skip
     env.metadata.append_pseudonymous_audit("erase", erasure_id, {"status": status, "counts": final.get("counts", {})})
     # the encrypted plan and the pre-certificate document versions leave free pages behind
     _vacuum_metadata(env)
@@ -269,7 +281,7 @@ def discover(env: ErasureEnv, subject_id: str) -> Plan:
             plan.run_ids |= {doc["run_id"]} if doc.get("run_id") else set()
             if doc.get("asset_key") in ("photo", "raw") and doc.get("sha256"):
                 plan.content_hashes.add(doc["sha256"])
-    if env.dagster_instance is not None and plan.upload_ids:
+    if env.dagster_instance is not None and plan.upload_ids and not isinstance(env.dagster_instance, Unopenable):
         from ops.erasure_stores import partition_run_ids
 
         plan.run_ids |= partition_run_ids(env.dagster_instance, plan.upload_ids)
@@ -277,8 +289,30 @@ def discover(env: ErasureEnv, subject_id: str) -> Plan:
 
 
 def verify_subject(env: ErasureEnv, needles: Needles) -> VerificationReport:
+    from ops.erasure_stores import unreachable_copies
+
     return verify(needles, home=env.home, object_store=env.object_store, metadata=env.metadata,
-                  dagster_instance=env.dagster_instance, mlflow_client=env.mlflow_client())  # fmt: skip
+                  dagster_instance=env.dagster_instance, mlflow_client=_open_or_error(env.mlflow_client),
+                  mlflow_tracking_uri=env.mlflow_tracking_uri, mlflow_artifact_root=env.mlflow_artifact_root,
+                  unreachable=unreachable_copies(env))  # fmt: skip
+
+
+def _open_or_error(opener: Callable[[], Any]) -> Any:
+    """The client, or an object whose every use raises the opening error (a failed store)."""
+    try:
+        return opener()
+    except Exception as exc:  # noqa: BLE001 - reported by verify() as the store's error
+        return Unopenable(exc)
+
+
+class Unopenable:
+    """Stands for a configured store that could not be opened: any use raises why."""
+
+    def __init__(self, exc: Exception) -> None:
+        self._exc = exc
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._exc
 
 
 def needles_for(env: ErasureEnv, subject_id: str) -> Needles:
@@ -288,12 +322,16 @@ def needles_for(env: ErasureEnv, subject_id: str) -> Needles:
     doc = env.metadata.get_erasure(subject_hash(env.home, subject_id))
     if doc and doc.get("plan"):
         plan.merge(Plan.from_json(_fernet(env.home, subject_id).decrypt(doc["plan"].encode())))
+    if doc and doc.get("needles"):  # a completed erasure: what it erased
+        recorded = Needles.from_dict(json.loads(_fernet(env.home, subject_id).decrypt(doc["needles"].encode())))
+        plan.upload_ids |= set(recorded.upload_ids)
+        plan.content_hashes |= set(recorded.content_hashes)
     return plan.needles(subject_id)
 
 
 def certificate_view(doc: dict[str, Any]) -> dict[str, Any]:
     """The certificate as shown to an auditor (the encrypted plan is never shown)."""
-    return {k: v for k, v in doc.items() if k not in ("plan", "request")}
+    return {k: v for k, v in doc.items() if k not in ("plan", "request", "needles")}
 
 
 # -- steps -------------------------------------------------------------------------------
@@ -399,9 +437,13 @@ def _is_temp_file(path: Path) -> bool:
 
 
 def _step_vacuum(env: ErasureEnv, subject_id: str, plan: Plan) -> dict[str, int]:
-    from ops.erasure_stores import vacuum_sqlite
+    from ops.erasure_stores import postgres_urls, vacuum_postgres, vacuum_sqlite
 
-    return vacuum_sqlite(env.home)
+    counts = vacuum_sqlite(env.home)
+    for role, url in postgres_urls(env).items():
+        for key, value in vacuum_postgres(url, role).items():
+            counts[f"postgres_{role}_{key}"] = value
+    return counts
 
 
 def _vacuum_metadata(env: ErasureEnv) -> None:
@@ -450,5 +492,5 @@ def _fault_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-__all__ = ["HASH_PREFIX_LEN", "STEPS", "ErasureEnv", "ErasureResult", "Plan", "UnknownSubject", "certificate_view",
-           "discover", "erase_requested", "erase_subject", "erasure_salt", "needles_for", "request_erasure", "subject_hash", "verify_subject"]  # fmt: skip
+__all__ = ["HASH_PREFIX_LEN", "STEPS", "ErasureEnv", "ErasureResult", "Plan", "UnknownSubject", "Unopenable",
+           "certificate_view", "discover", "erase_requested", "erase_subject", "erasure_salt", "needles_for", "request_erasure", "subject_hash", "verify_subject"]  # fmt: skip

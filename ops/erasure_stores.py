@@ -238,6 +238,94 @@ def erase_mlflow(tracking_uri: str, needles: Needles, artifact_root: Path | None
     return counts
 
 
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+# Dagster tables that hold per-partition rows (rewritten by VACUUM FULL after an erasure);
+# the others (snapshots, daemon heartbeats, migrations...) never name an upload.
+DAGSTER_SUBJECT_TABLES = ("runs", "run_tags", "event_logs", "asset_event_tags", "asset_check_executions",
+                          "asset_keys", "dynamic_partitions", "job_ticks", "instigators", "kvs", "bulk_actions",
+                          "backfill_tags", "secondary_indexes", "pending_steps", "concurrency_slots",
+                          "asset_daemon_asset_evaluations", "jobs")  # fmt: skip
+UNREACHABLE_POSTGRES = ("PostgreSQL WAL segments (until checkpoints recycle them) and WAL archives",
+                        "PostgreSQL streaming replicas' own copies (until they replay the deletion)",
+                        "PostgreSQL backups and snapshots taken before the erasure")  # fmt: skip
+
+
+def postgres_urls(env: Any) -> dict[str, str]:
+    """role (dagster | mlflow) -> the SQLAlchemy URL of each store of ``env`` that is Postgres."""
+    urls = {}
+    try:
+        url = getattr(getattr(env.dagster_instance, "run_storage", None), "postgres_url", None)
+    except Exception:  # noqa: BLE001 - an instance that could not be opened: what it was configured with
+        from orchestration.config import load_config
+
+        url = load_config().dagster_pg_url
+    if url:
+        urls["dagster"] = url
+    tracking = env.mlflow_tracking_uri or ""
+    if tracking.startswith(("postgresql", "postgres:")):
+        urls["mlflow"] = tracking
+    return urls
+
+
+def unreachable_copies(env: Any) -> list[str]:
+    """What the verification cannot see, for this deployment's stores (goes in the certificate)."""
+    found = ["backups or copies of AVATARPIPE_HOME and of the stores taken before the erasure"]
+    if postgres_urls(env):
+        found += list(UNREACHABLE_POSTGRES)
+    if getattr(getattr(env.object_store, "config", None), "bucket", None):
+        found.append("S3 cross-region replicas and AWS Backup recovery points of the buckets")
+    if getattr(env.metadata, "embedded", True) is False:
+        found.append("MongoDB oplog, secondaries' journals and backups")
+    return found
+
+
+def vacuum_postgres(url: str, role: str) -> dict[str, int]:
+    """``VACUUM (FULL, ANALYZE)`` of the tables that can hold a subject's rows (all of MLflow's,
+    Dagster's per-partition ones): each is rewritten into a new file without the dead rows and
+    its statistics (``pg_statistic`` samples values) rebuilt. Takes an ACCESS EXCLUSIVE lock per
+    table while it runs. Plain VACUUM only marks dead rows reusable: their bytes stay in the
+    table file until overwritten, hence FULL."""
+    import sqlalchemy as db
+
+    from orchestration.config import dagster_pg_url
+
+    engine = db.create_engine(dagster_pg_url(url) if role == "dagster" else url, poolclass=db.pool.NullPool,
+                              isolation_level="AUTOCOMMIT")  # fmt: skip
+    try:
+        with engine.connect() as conn:
+            tables = db.inspect(conn).get_table_names()
+            chosen = [t for t in tables if role != "dagster" or t in DAGSTER_SUBJECT_TABLES]
+            for table in chosen:
+                conn.execute(db.text(f'VACUUM (FULL, ANALYZE) "{table}"'))
+            # ANALYZE replaced the tables' sampled values in pg_statistic, whose old row versions
+            # (the erased ids among them) stay in its file until it is rewritten too
+            statistics = _vacuum_catalog(conn, "pg_statistic")
+            if _is_superuser(conn):  # flushes the rewritten files; old WAL segments can recycle
+                conn.execute(db.text("CHECKPOINT"))
+    finally:
+        engine.dispose()
+    return {"tables_vacuumed": len(chosen), "statistics_rewritten": statistics}
+
+
+def _vacuum_catalog(conn: Any, catalog: str) -> int:
+    """VACUUM FULL of a per-database catalog (allowed to the database owner); 0 when refused."""
+    import sqlalchemy as db
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        conn.execute(db.text(f"VACUUM FULL pg_catalog.{catalog}"))
+    except DBAPIError:  # not the owner: the certificate's counts say so (statistics_rewritten=0)
+        return 0
+    return 1
+
+
+def _is_superuser(conn: Any) -> bool:
+    import sqlalchemy as db
+
+    return bool(conn.execute(db.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar())
+
+
 # -- sqlite files --------------------------------------------------------------------------
 
 

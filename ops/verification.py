@@ -12,9 +12,17 @@ Where (each store through its own API, plus the bytes on disk):
 * MLflow: every experiment, run (deleted ones too), tag, param, metric, artifact path,
   registered model and model version;
 * Dagster: every run's tags and config, the ``uploads`` dynamic partitions, and the
-  materialisations, observations and check executions of the subject's partitions;
+  materialisations, observations and check executions of the subject's partitions; then
+  *every row of every table* of its run, event-log and schedule storages through their own SQL
+  connections (sqlite or Postgres alike: runs, run_tags, event_logs, asset_check_executions,
+  asset_keys, dynamic_partitions, job_ticks, instigators, kvs, ...);
+* MLflow with a database backend store (sqlite, Postgres): also every row of every table by
+  SQL, and on an ``s3://`` artifact root every key under it;
 * files: the raw bytes (and the relative path) of every file under ``AVATARPIPE_HOME``,
   sqlite databases, their WAL/journal files and free pages included.
+
+A store that is configured but cannot be opened or read is an *error* of the report, and a
+report with errors is never clean. What no scan can reach is listed in ``unreachable``.
 
 The report carries counts and locations; :meth:`VerificationReport.certificate` drops the
 locations (they can name the subject) for the erasure certificate.
@@ -71,12 +79,14 @@ class Hit:
 class VerificationReport:
     hits: list[Hit] = field(default_factory=list)
     scanned: dict[str, dict[str, int]] = field(default_factory=dict)  # store -> counters
-    skipped: dict[str, str] = field(default_factory=dict)  # store -> why it was not scanned
+    skipped: dict[str, str] = field(default_factory=dict)  # store -> why it was not scanned (not used)
+    errors: dict[str, str] = field(default_factory=dict)  # store -> why a configured store could not be read
+    unreachable: list[str] = field(default_factory=list)  # what no scan can see (WAL, replicas, backups)
 
     @property
     def clean(self) -> bool:
-        """No hits in the stores scanned (``skipped`` says which were not: shown, never hidden)."""
-        return not self.hits
+        """No hits, and every configured store was read (``skipped``: stores not in use)."""
+        return not self.hits and not self.errors
 
     def hits_by_store(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -91,12 +101,14 @@ class VerificationReport:
             "hits_by_store": self.hits_by_store(),
             "scanned": self.scanned,
             "skipped": self.skipped,
+            "errors": self.errors,
+            "unreachable": self.unreachable,
         }
 
     def certificate(self) -> dict[str, Any]:
         """Counts only (locations may embed the subject id): safe to keep after erasure."""
         return {"clean": self.clean, "hits_by_store": self.hits_by_store(), "scanned": self.scanned,
-                "skipped": sorted(self.skipped)}  # fmt: skip
+                "skipped": sorted(self.skipped), "errors": self.errors, "unreachable": self.unreachable}  # fmt: skip
 
 
 # -- object store ------------------------------------------------------------------------
@@ -255,6 +267,99 @@ def scan_dagster(instance: Any, needles: Needles, partitions_def: str = "uploads
     return hits, {"runs": len(records), "dynamic_partitions": len(partitions), "asset_keys": len(asset_keys)}
 
 
+def dagster_sql_connections(instance: Any) -> list[tuple[str, Any]]:
+    """(label, connection context factory) of the instance's run, event-log (index) and schedule
+    storages: the storages' own SQL connections, whatever the backend."""
+    found = []
+    for label, storage, method in (("runs", instance.run_storage, "connect"),
+                                   ("event_log", instance.event_log_storage, "index_connection"),
+                                   ("schedules", instance.schedule_storage, "connect")):  # fmt: skip
+        factory = getattr(storage, method, None)
+        if factory is None:
+            raise TypeError(f"Dagster {label} storage {type(storage).__name__} has no SQL connection to scan")
+        found.append((label, factory))
+    return found
+
+
+def scan_sql(store: str, connections: Iterable[tuple[str, Any]], needles: Needles) -> tuple[list[Hit], dict[str, int]]:
+    """Every row of every table reachable through ``connections`` (sqlite or Postgres), as text.
+
+    Databases reached twice (the Postgres storages of one instance share a database) are
+    scanned once. One hit per table, naming the needle kinds found in it.
+    """
+    import sqlalchemy as db
+
+    seen: set[str] = set()
+    hits: list[Hit] = []
+    tables = rows = 0
+    for _label, factory in connections:
+        with factory() as conn:
+            url = conn.engine.url.render_as_string(hide_password=True)
+            names = db.inspect(conn).get_table_names()
+            for name in names:
+                key = f"{url}|{name}"
+                if key in seen:
+                    continue
+                seen.add(key)
+                tables += 1
+                kinds: set[str] = set()
+                for row in conn.execute(db.text(f'SELECT * FROM "{name}"')):
+                    rows += 1
+                    kinds.update(needles.in_text("\x1f".join(_cell_text(v) for v in row)))
+                if kinds:
+                    hits.append(Hit(store, f"sql:{name}", tuple(sorted(kinds))))
+    return hits, {"sql_tables": tables, "sql_rows": rows}
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("latin-1")
+    return str(value)
+
+
+def mlflow_sql_connections(tracking_uri: str) -> list[tuple[str, Any]]:
+    """The MLflow backend store's database, when the tracking URI is one (else [])."""
+    import contextlib as _contextlib
+
+    import sqlalchemy as db
+
+    if not tracking_uri.startswith(("sqlite:", "postgresql", "postgres:", "mysql", "mssql")):
+        return []
+
+    @_contextlib.contextmanager
+    def connect() -> Iterator[Any]:
+        engine = db.create_engine(tracking_uri, poolclass=db.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            engine.dispose()
+
+    return [("mlflow", connect)]
+
+
+def scan_artifact_root(root: str | None, needles: Needles) -> tuple[list[Hit], dict[str, int]]:
+    """Every key under an ``s3://bucket/prefix`` MLflow artifact root (local roots are under the
+    home or scanned by the file scan)."""
+    if not root or not root.startswith("s3://"):
+        return [], {}
+    import boto3
+
+    bucket, _, prefix = root[len("s3://"):].partition("/")
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
+    client = boto3.client("s3", endpoint_url=endpoint)
+    hits: list[Hit] = []
+    keys = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            keys += 1
+            if kinds := needles.in_text(item["Key"]):
+                hits.append(Hit("mlflow", f"artifact:{item['Key']}", tuple(kinds)))
+    return hits, {"artifact_keys": keys}
+
+
 # -- raw bytes ---------------------------------------------------------------------------
 
 
@@ -312,21 +417,48 @@ def verify(
     metadata: Any,
     dagster_instance: Any | None,
     mlflow_client: Any | None,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_artifact_root: str | None = None,
+    unreachable: Iterable[str] = (),
 ) -> VerificationReport:
-    """Scan every store; a store passed as None is reported as skipped (never as clean)."""
-    report = VerificationReport()
+    """Scan every store; a store passed as None is reported as skipped (not in use). A store
+    whose scan fails (cannot connect, cannot read) is an error: the report is not clean."""
+    from orchestration.config import redact_text
+
+    report = VerificationReport(unreachable=list(unreachable))
     scans = {
         "object_store": (lambda: scan_object_store(object_store, needles)) if object_store is not None else None,
         "metadata": (lambda: scan_metadata(metadata, needles)) if metadata is not None else None,
-        "mlflow": (lambda: scan_mlflow(mlflow_client, needles)) if mlflow_client is not None else None,
-        "dagster": (lambda: scan_dagster(dagster_instance, needles)) if dagster_instance is not None else None,
+        "mlflow": (lambda: _scan_mlflow_all(mlflow_client, mlflow_tracking_uri, mlflow_artifact_root, needles))
+        if mlflow_client is not None else None,
+        "dagster": (lambda: _scan_dagster_all(dagster_instance, needles)) if dagster_instance is not None else None,
         "files": lambda: scan_files(home, needles),
-    }
+    }  # fmt: skip
     for store, scan in scans.items():
         if scan is None:
             report.skipped[store] = "not configured"
             continue
-        hits, counters = scan()
+        try:
+            hits, counters = scan()
+        except Exception as exc:  # noqa: BLE001 - any failure to read a store is a failed verification
+            report.errors[store] = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+            continue
         report.hits += hits
         report.scanned[store] = counters
     return report
+
+
+def _scan_dagster_all(instance: Any, needles: Needles) -> tuple[list[Hit], dict[str, int]]:
+    hits, counters = scan_dagster(instance, needles)
+    sql_hits, sql_counters = scan_sql("dagster", dagster_sql_connections(instance), needles)
+    return hits + sql_hits, {**counters, **sql_counters}
+
+
+def _scan_mlflow_all(client: Any, tracking_uri: str | None, artifact_root: str | None,
+                     needles: Needles) -> tuple[list[Hit], dict[str, int]]:  # fmt: skip
+    hits, counters = scan_mlflow(client, needles)
+    if tracking_uri:
+        sql_hits, sql_counters = scan_sql("mlflow", mlflow_sql_connections(tracking_uri), needles)
+        hits, counters = hits + sql_hits, {**counters, **sql_counters}
+    art_hits, art_counters = scan_artifact_root(artifact_root, needles)
+    return hits + art_hits, {**counters, **art_counters}

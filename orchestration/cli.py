@@ -289,7 +289,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 # `register(subparsers)`; list the module here.
 COMMAND_MODULES: tuple[str, ...] = (
     "quality_report", "ingest", "models", "reprocess", "eval", "fsck", "resume",
-    "erase", "audit", "verify_erasure", "purge_raw", "export", "privacy_scan",
+    "erase", "audit", "verify_erasure", "purge_raw", "export", "privacy_scan", "config",
 )  # fmt: skip
 
 
@@ -305,8 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestration.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:  # validated at start: say which variable, never its secret
+        print(f"avatarpipe: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

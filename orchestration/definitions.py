@@ -48,9 +48,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         sensors=[*build_ingest_sensors(AVATAR_JOB), build_model_upgrade_sensor(REPROCESS_JOB)],
         resources={
             "object_store": ObjectStoreResource.from_config(settings.object_store_config()),
-            "metadata": MetadataStoreResource(
-                uri=settings.mongodb_uri, embedded_dir=str(settings.metadata_dir)
-            ),
+            "metadata": MetadataStoreResource.for_settings(settings),
             "model_registry": ModelRegistryResource.pinned(registry, production),
             "compute": launcher_from_settings(settings),
             "upload_queue": upload_queue_from_settings(settings),

@@ -30,6 +30,7 @@ def erase_requested_subject(context: OpExecutionContext, config: EraseSubjectCon
         object_store=context.resources.object_store.store(),
         dagster_instance=context.instance,
         mlflow_tracking_uri=location.tracking_uri,
+        mlflow_artifact_root=location.artifact_location,
         rebuild_data_docs=lambda: _rebuild_data_docs(settings),
     )
     result = erase_requested(env, config.erasure_id, progress=context.log.info)

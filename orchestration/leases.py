@@ -9,7 +9,6 @@ failed so the instance agrees with the metadata store.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +27,10 @@ class HeldLease:
 
 
 def lease_ttl_s() -> float:
+    from orchestration.config import load_config
     from storage.lease import DEFAULT_TTL_S
 
-    return float(os.environ.get(LEASE_TTL_ENV) or DEFAULT_TTL_S)
+    return float(load_config().lease_ttl_s or DEFAULT_TTL_S)
 
 
 @contextlib.contextmanager

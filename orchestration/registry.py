@@ -6,7 +6,9 @@ artifact, and tags on the model version), optionally with evaluation metrics; th
 `production` alias selects what the pipeline runs. On a fresh home the registry is seeded
 with version 1 of every model from the catalogue.
 
-Where: `AVATARPIPE_MLFLOW_URI` (a tracking server) or, by default, an sqlite backend under
+Where: `AVATARPIPE_MLFLOW_URI` (a tracking server or a database backend store such as
+`postgresql://…`, with `AVATARPIPE_MLFLOW_ARTIFACT_ROOT` for artifacts, e.g. `s3://…`, and
+optionally `AVATARPIPE_MLFLOW_REGISTRY_URI`; see orchestration/config.py) or, by default, an sqlite backend under
 `$AVATARPIPE_HOME/mlflow` (`mlflow.db`, artifacts in `artifacts/`).
 
 Speed: importing MLflow and opening its sqlite store (an alembic schema check) costs seconds,
@@ -95,6 +97,17 @@ class RegistryLocation:
     artifact_location: str | None
     local_dir: Path | None
     schema_cache: Path | None = None
+    registry_uri: str | None = None  # default: the tracking URI
+
+    @property
+    def effective_registry_uri(self) -> str:
+        return self.registry_uri or self.tracking_uri
+
+    def redacted(self) -> str:
+        """The tracking URI as it may be shown (password replaced by ***)."""
+        from orchestration.config import redact_url
+
+        return redact_url(self.tracking_uri) or ""
 
     @staticmethod
     def for_settings(settings: Settings) -> RegistryLocation:
@@ -102,9 +115,12 @@ class RegistryLocation:
 
     @staticmethod
     def for_home(home: Path, cache: Path | None = None) -> RegistryLocation:
-        uri = os.environ.get(URI_ENV)
-        if uri:
-            return RegistryLocation(tracking_uri=uri, artifact_location=None, local_dir=None)
+        from orchestration.config import load_config
+
+        config = load_config()
+        if config.mlflow_tracking_uri:
+            return RegistryLocation(tracking_uri=config.mlflow_tracking_uri, artifact_location=config.mlflow_artifact_root,
+                                    local_dir=None, registry_uri=config.mlflow_registry_uri)  # fmt: skip
         local = Path(home).resolve() / "mlflow"
         return RegistryLocation(
             tracking_uri=f"sqlite:///{local / 'mlflow.db'}",
@@ -170,7 +186,7 @@ class ModelRegistry:
             self.location.local_dir.mkdir(parents=True, exist_ok=True)
             with self._init_lock():
                 _start_from_migrated_schema(self.location)
-        return MlflowClient(tracking_uri=self.location.tracking_uri, registry_uri=self.location.tracking_uri)
+        return MlflowClient(tracking_uri=self.location.tracking_uri, registry_uri=self.location.effective_registry_uri)
 
     # -- initialisation ------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource
 
@@ -63,6 +65,12 @@ class MetadataStoreResource(ConfigurableResource):
     uri: str | None = None
     embedded_dir: str
 
+    @classmethod
+    def for_settings(cls, settings: Any) -> MetadataStoreResource:
+        """`MONGODB_URI` by reference (`EnvVar`): Dagster's UI shows the variable's name, never
+        the URI and its password; the value is read when the resource initialises."""
+        return cls(uri=_by_reference("MONGODB_URI", settings.mongodb_uri), embedded_dir=str(settings.metadata_dir))
+
     def store(self) -> MetadataStore:
         key = (self.uri, self.embedded_dir)
         if key not in _METADATA_CONNECTIONS:  # one connection per process, like a pool
@@ -80,6 +88,7 @@ class ModelRegistryResource(ConfigurableResource):
     """
 
     tracking_uri: str
+    registry_uri: str | None = None
     artifact_location: str | None = None
     local_dir: str | None = None
     schema_cache: str | None = None
@@ -90,7 +99,8 @@ class ModelRegistryResource(ConfigurableResource):
         cls, location: RegistryLocation, production: Mapping[str, ModelVersion]
     ) -> ModelRegistryResource:
         return cls(
-            tracking_uri=location.tracking_uri,
+            tracking_uri=_by_reference("AVATARPIPE_MLFLOW_URI", location.tracking_uri),
+            registry_uri=_by_reference("AVATARPIPE_MLFLOW_REGISTRY_URI", location.registry_uri),
             artifact_location=location.artifact_location,
             local_dir=str(location.local_dir) if location.local_dir else None,
             schema_cache=str(location.schema_cache) if location.schema_cache else None,
@@ -100,6 +110,7 @@ class ModelRegistryResource(ConfigurableResource):
     def location(self) -> RegistryLocation:
         return RegistryLocation(
             tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
             artifact_location=self.artifact_location,
             local_dir=Path(self.local_dir) if self.local_dir else None,
             schema_cache=Path(self.schema_cache) if self.schema_cache else None,
@@ -118,3 +129,17 @@ class ModelRegistryResource(ConfigurableResource):
     def current_production(self) -> dict[str, ModelVersion]:
         """What `production` points at now (snapshot-cached: no MLflow import unless it changed)."""
         return load_production_versions(self.location())
+
+
+def _by_reference(variable: str, value: str | None) -> Any:
+    """``EnvVar(variable)`` when ``value`` is what the configuration read from that variable and
+    holds a password (so the Dagster UI and run snapshots never show it), else ``value``."""
+    from dagster import EnvVar
+
+    from orchestration.config import load_config
+
+    if not value or urlsplit(value).password is None:
+        return value
+    configured = {"MONGODB_URI": "mongodb_uri", "AVATARPIPE_MLFLOW_URI": "mlflow_tracking_uri",
+                  "AVATARPIPE_MLFLOW_REGISTRY_URI": "mlflow_registry_uri"}[variable]  # fmt: skip
+    return EnvVar(variable) if getattr(load_config(), configured) == value else value

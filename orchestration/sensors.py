@@ -16,7 +16,6 @@ partition, so reprocessing is a registry-polling sensor instead:
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,7 +112,10 @@ class SensorCursor:
 
 
 def max_in_flight() -> int:
-    return max(1, int(os.environ.get(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT)))
+    from orchestration.config import load_config
+
+    configured = load_config().reprocess_max_in_flight
+    return max(1, int(DEFAULT_MAX_IN_FLIGHT if configured is None else configured))
 
 
 def build_model_upgrade_sensor(job_name: str, limit: int | None = None) -> SensorDefinition:

@@ -1,4 +1,6 @@
-"""Where everything lives, from environment variables only (no code edits to switch)."""
+"""Where everything lives: the typed configuration (orchestration/config.py) as the handles the
+rest of the code uses. No environment variable is read here; `prepare_environment` *exports*
+what Dagster, MLflow and the model caches read themselves."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from orchestration.config import DERIVED_DAGSTER_HOME_ENV, AppConfig, dagster_pg_url, load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,18 +20,29 @@ class Settings:
     cache: Path  # AVATARPIPE_CACHE: model caches (Anny's build), kept across homes
     mongodb_uri: str | None  # MONGODB_URI: a real MongoDB instead of the embedded store
     aws: AwsSettings = field(default_factory=lambda: AwsSettings())  # S3/SQS/ECS (production path)
+    config: AppConfig | None = None  # the validated configuration these handles come from
 
     @staticmethod
     def from_env() -> Settings:
-        home = Path(os.environ.get("AVATARPIPE_HOME") or ".avatarpipe").expanduser().resolve()
-        cache_env = os.environ.get("AVATARPIPE_CACHE")
-        cache = Path(cache_env) if cache_env else Path.home() / ".cache" / "avatarpipe"
+        """From the environment, validated (raises config.ConfigError naming the bad variables)."""
+        return Settings.from_config(load_config())
+
+    @staticmethod
+    def from_config(config: AppConfig) -> Settings:
         return Settings(
-            home=home,
-            cache=cache.expanduser().resolve(),
-            mongodb_uri=os.environ.get("MONGODB_URI") or None,
-            aws=AwsSettings.from_env(),
+            home=config.resolved_home,
+            cache=config.resolved_cache,
+            mongodb_uri=config.mongodb_uri,
+            aws=AwsSettings.from_config(config),
+            config=config,
         )
+
+    @property
+    def app(self) -> AppConfig:
+        """The configuration (a Settings built by hand gets the defaults for its home)."""
+        if self.config is not None:
+            return self.config
+        return load_config({"AVATARPIPE_HOME": str(self.home), "AVATARPIPE_CACHE": str(self.cache)})
 
     def object_store_config(self) -> dict:
         """Plain-data description of the object store (see `storage.object_store.object_store_from_config`):
@@ -46,7 +61,9 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        """An operator's DAGSTER_HOME (used as is), else the instance under the home."""
+        operator = self.app.operator_dagster_home() if self.config is not None else None
+        return operator or self.home / "dagster"
 
     @property
     def anny_cache_dir(self) -> Path:
@@ -54,18 +71,12 @@ class Settings:
 
     @property
     def raw_retention_days(self) -> float | None:
-        """AVATARPIPE_RAW_RETENTION_DAYS: delete raw uploads this long after `ready` (unset: keep)."""
-        value = os.environ.get("AVATARPIPE_RAW_RETENTION_DAYS")
-        return float(value) if value else None
+        """AVATARPIPE_RAW_RETENTION_DAYS (see config.raw_retention_policy)."""
+        return self.app.raw_retention_days
 
 
-def _env_list(name: str, default: str = "") -> tuple[str, ...]:
-    return tuple(item.strip() for item in (os.environ.get(name) or default).split(",") if item.strip())
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value.strip().lower() in ("1", "true", "yes", "on")
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -97,26 +108,29 @@ class AwsSettings:
 
     @staticmethod
     def from_env() -> AwsSettings:
-        env = os.environ.get
+        return AwsSettings.from_config(load_config())
+
+    @staticmethod
+    def from_config(c: AppConfig) -> AwsSettings:
         return AwsSettings(
-            s3_bucket=env("AVATARPIPE_S3_BUCKET") or None,
-            s3_uploads_bucket=env("AVATARPIPE_S3_UPLOADS_BUCKET") or None,
-            kms_key_id=env("AVATARPIPE_S3_KMS_KEY_ID") or None,
-            presign_expiry_s=int(env("AVATARPIPE_PRESIGN_EXPIRY_S") or 900),
-            region=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or None,
-            endpoint_url=env("AWS_ENDPOINT_URL") or None,
-            sqs_queue_url=env("AVATARPIPE_SQS_QUEUE_URL") or None,
-            compute_mode=(env("AVATARPIPE_COMPUTE_MODE") or "subprocess").strip().lower(),
-            heavy_steps=_env_list("AVATARPIPE_HEAVY_STEPS", "smplx_params,mesh"),
-            ecs_cluster=env("AVATARPIPE_ECS_CLUSTER") or None,
-            ecs_task_definition=env("AVATARPIPE_ECS_TASK_DEFINITION") or None,
-            ecs_cpu_task_definition=env("AVATARPIPE_ECS_CPU_TASK_DEFINITION") or None,
-            ecs_container=env("AVATARPIPE_ECS_CONTAINER") or "worker",
-            ecs_gpu=_env_bool("AVATARPIPE_ECS_GPU", True),
-            ecs_gpu_capacity_provider=env("AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER") or None,
-            ecs_cpu_capacity_provider=env("AVATARPIPE_ECS_CPU_CAPACITY_PROVIDER") or None,
-            ecs_subnets=_env_list("AVATARPIPE_ECS_SUBNETS"),
-            ecs_security_groups=_env_list("AVATARPIPE_ECS_SECURITY_GROUPS"),
+            s3_bucket=c.s3_bucket,
+            s3_uploads_bucket=c.s3_uploads_bucket,
+            kms_key_id=c.s3_kms_key_id,
+            presign_expiry_s=c.presign_expiry_s,
+            region=c.aws_region,
+            endpoint_url=c.aws_endpoint_url,
+            sqs_queue_url=c.sqs_queue_url,
+            compute_mode=c.compute_mode,
+            heavy_steps=_csv(c.heavy_steps),
+            ecs_cluster=c.ecs_cluster,
+            ecs_task_definition=c.ecs_task_definition,
+            ecs_cpu_task_definition=c.ecs_cpu_task_definition,
+            ecs_container=c.ecs_container,
+            ecs_gpu=c.ecs_gpu,
+            ecs_gpu_capacity_provider=c.ecs_gpu_capacity_provider,
+            ecs_cpu_capacity_provider=c.ecs_cpu_capacity_provider,
+            ecs_subnets=_csv(c.ecs_subnets),
+            ecs_security_groups=_csv(c.ecs_security_groups),
         )
 
     def s3_store_config(self) -> dict:
@@ -134,16 +148,29 @@ class AwsSettings:
 
 
 def prepare_environment(settings: Settings) -> None:
-    """Point Dagster and the model caches at this home; install the repo's dagster.yaml."""
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    """Point Dagster and the model caches at this home and install the instance's dagster.yaml.
+
+    An operator's `DAGSTER_HOME` (one avatarpipe did not derive itself) is left exactly as it
+    is: its dagster.yaml is the instance. Otherwise the instance lives under the home, with the
+    repo's dagster.yaml (sqlite) or, when `DAGSTER_PG_URL` is set, dagster.postgres.yaml.
+    """
+    config = settings.app
+    dagster_home = settings.dagster_home
+    dagster_home.mkdir(parents=True, exist_ok=True)
     settings.anny_cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ["AVATARPIPE_HOME"] = str(settings.home)
     os.environ["AVATARPIPE_CACHE"] = str(settings.cache)
     os.environ.setdefault("ANNY_CACHE_DIR", str(settings.anny_cache_dir))
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-    source = REPO_ROOT / "dagster.yaml"
-    target = settings.dagster_home / "dagster.yaml"
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if config.dagster_pg_url:  # what dagster.yaml's `postgres_url: {env: DAGSTER_PG_URL}` reads
+        os.environ["DAGSTER_PG_URL"] = dagster_pg_url(config.dagster_pg_url)
+    if settings.config is not None and config.operator_dagster_home() is not None:
+        return  # the operator's instance: never overwritten
+    os.environ[DERIVED_DAGSTER_HOME_ENV] = str(dagster_home)
+    source = REPO_ROOT / ("dagster.postgres.yaml" if config.dagster_pg_url else "dagster.yaml")
+    target = dagster_home / "dagster.yaml"
     if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
         shutil.copyfile(source, target)

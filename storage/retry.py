@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -79,12 +78,13 @@ class TransientStoreError(Exception):
 class StoreUnavailable(Exception):
     """A store operation still failed transiently after every attempt."""
 
-    def __init__(self, operation: str, attempts: int, cause: BaseException) -> None:
+    def __init__(self, operation: str, attempts: int, cause: BaseException, reason: str | None = None) -> None:
         self.operation = operation
         self.attempts = attempts
         self.cause_type = type(cause).__name__
         # No str(cause): messages of store errors often contain object keys (subject ids).
-        super().__init__(f"{operation} failed after {attempts} attempts ({self.cause_type})")
+        detail = f"{self.cause_type}: {reason}" if reason else self.cause_type
+        super().__init__(f"{operation} failed after {attempts} attempts ({detail})")
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,13 @@ class RetryPolicy:
     @staticmethod
     def from_env() -> RetryPolicy:
         """``AVATARPIPE_STORE_RETRY_TRIES`` / ``_BASE_S`` / ``_MAX_S`` (defaults 5, 0.1 s, 5 s)."""
-        env = os.environ.get
+        from orchestration.config import load_config  # the one reader of the environment
+
+        config = load_config()
         return RetryPolicy(
-            max_tries=max(1, int(env("AVATARPIPE_STORE_RETRY_TRIES") or 5)),
-            base_delay_s=float(env("AVATARPIPE_STORE_RETRY_BASE_S") or 0.1),
-            max_delay_s=float(env("AVATARPIPE_STORE_RETRY_MAX_S") or 5.0),
+            max_tries=max(1, int(config.store_retry_tries)),
+            base_delay_s=float(config.store_retry_base_s),
+            max_delay_s=float(config.store_retry_max_s),
         )
 
 
@@ -175,7 +177,16 @@ def call_with_retry(operation: str, fn: Callable[[], T], policy: RetryPolicy | N
     except Exception as exc:
         if is_transient(exc):
             raise StoreUnavailable(operation, policy.max_tries, exc) from exc
+        if is_store_full(exc):  # operational, not the input's fault: resumable once space is freed
+            raise StoreUnavailable(operation, 1, exc, reason="no space left on the store's filesystem") from exc
         raise
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT: waiting seconds does not cure it (no retries), freeing space does."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 # -- object store ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"
 
+pytest_plugins = ["tests.backends.fixtures"]  # `backend` (sqlite | postgres), `pg_server`
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 

@@ -77,6 +77,7 @@ class AvatarpipeStack(Stack):
             "ImageRepositoryUri": compute.repository.repository_uri,
             "MongoDbUriSecretArn": compute.mongodb_uri.secret_arn,
             "DagsterPostgresUrlSecretArn": compute.postgres_url.secret_arn,
+            "MlflowBackendStoreUriSecretArn": compute.mlflow_uri.secret_arn,
             "GlbDistributionDomain": delivery.distribution.distribution_domain_name,
             "UploadUrlSignerPolicyArn": upload_signer.managed_policy_arn,
         }

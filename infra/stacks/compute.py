@@ -6,6 +6,10 @@
 * CPU fallback: `…-worker-cpu` on Fargate, same image and command, no GPU.
 * Dagster: webserver and daemon task definitions, and the run task definition the daemon's
   `EcsRunLauncher` starts one task of per run (infra/dagster.production.yaml).
+* MLflow model registry: backend store on PostgreSQL (secret `AVATARPIPE_MLFLOW_URI`, a
+  database on the same server as Dagster's or another), artifacts under `mlflow/` of the
+  artifacts bucket (`AVATARPIPE_MLFLOW_ARTIFACT_ROOT`), given to every Dagster task. The
+  Pipes workers get neither: they receive the model versions as Pipes extras.
 
 IAM is one role per job, each limited to the prefixes and actions that job uses.
 """
@@ -33,6 +37,7 @@ WORKER_COMMAND = ["python", "-m", "ops.worker"]
 # Heavy steps write only their own asset's prefix.
 WORKER_OUTPUT_PREFIXES = ("subjects/*/*/smplx_params/*", "subjects/*/*/mesh/*")
 COMPUTE_LOG_PREFIX = "dagster/compute-logs/"
+MLFLOW_ARTIFACT_PREFIX = "mlflow"  # the registry's artifacts (model/config.json per version)
 
 
 class Compute(Construct):
@@ -65,20 +70,19 @@ class Compute(Construct):
         image = ecs.ContainerImage.from_ecr_repository(self.repository, config.image_tag)
 
         # -- secrets ------------------------------------------------------------------------------
-        self.mongodb_uri = secretsmanager.Secret(
-            self,
-            "MongoDbUri",
-            description="avatarpipe MONGODB_URI (MongoDB Atlas / DocumentDB); set the value after deploying",
-            encryption_key=platform_key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        self.postgres_url = secretsmanager.Secret(
-            self,
-            "DagsterPostgresUrl",
-            description="Dagster instance storage: postgresql://user:password@host:5432/dagster",
-            encryption_key=platform_key,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        secrets = {  # construct id -> description; values are set after deploying
+            "MongoDbUri": "avatarpipe MONGODB_URI (MongoDB Atlas / DocumentDB); set the value after deploying",
+            "MlflowBackendStoreUri": "MLflow backend store (model registry): postgresql://user:password@host:5432/mlflow",
+            "DagsterPostgresUrl": "Dagster instance storage: postgresql://user:password@host:5432/dagster",
+        }
+        made = {
+            name: secretsmanager.Secret(
+                self, name, description=text, encryption_key=platform_key, removal_policy=RemovalPolicy.RETAIN
+            )
+            for name, text in secrets.items()
+        }
+        self.mongodb_uri, self.mlflow_uri, self.postgres_url = (made[n] for n in secrets)
+
         # -- logs ---------------------------------------------------------------------------------
         self.worker_logs = logs.LogGroup(
             self, "WorkerLogs", encryption_key=platform_key, retention=logs.RetentionDays.ONE_YEAR,
@@ -187,7 +191,7 @@ class Compute(Construct):
 
         self.dagster_exec_role = iam.Role(
             self, "DagsterExecutionRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="Pull the image, write Dagster logs, read the Dagster/MongoDB secrets",
+            description="Pull the image, write Dagster logs, read the Dagster/MongoDB/MLflow secrets",
         )  # fmt: skip
         self.webserver_role = iam.Role(
             self, "WebserverTaskRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
@@ -206,6 +210,13 @@ class Compute(Construct):
                 actions=["s3:ListBucket"],
                 resources=[data.artifacts.bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{COMPUTE_LOG_PREFIX}*"]}},
+            )
+        )
+        self.webserver_role.add_to_policy(
+            iam.PolicyStatement(  # the code location reads the registry (model/config.json of a version)
+                sid="ReadRegistryArtifacts",
+                actions=["s3:GetObject"],
+                resources=[data.artifacts.arn_for_objects(f"{MLFLOW_ARTIFACT_PREFIX}/*")],
             )
         )
         self.webserver_role.add_to_policy(
@@ -255,6 +266,7 @@ class Compute(Construct):
             "AVATARPIPE_S3_UPLOADS_BUCKET": data.uploads.bucket_name,
             "AVATARPIPE_S3_KMS_KEY_ID": data.artifacts_key.key_arn,
             "AVATARPIPE_SQS_QUEUE_URL": data.upload_events.queue_url,
+            "AVATARPIPE_MLFLOW_ARTIFACT_ROOT": f"s3://{data.artifacts.bucket_name}/{MLFLOW_ARTIFACT_PREFIX}",
             "AVATARPIPE_COMPUTE_MODE": "ecs",
             "AVATARPIPE_ECS_CLUSTER": self.cluster.cluster_name,
             "AVATARPIPE_ECS_TASK_DEFINITION": self.worker_gpu.family,
@@ -350,6 +362,7 @@ class Compute(Construct):
             secrets={
                 "MONGODB_URI": ecs.Secret.from_secrets_manager(self.mongodb_uri),
                 "DAGSTER_PG_URL": ecs.Secret.from_secrets_manager(self.postgres_url),
+                "AVATARPIPE_MLFLOW_URI": ecs.Secret.from_secrets_manager(self.mlflow_uri),
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix=name, log_group=self.dagster_logs),
             port_mappings=[ecs.PortMapping(container_port=port)] if port else None,
@@ -368,7 +381,8 @@ class Compute(Construct):
                     "s3:DeleteObject", "s3:DeleteObjectVersion",
                 ],
                 resources=[b.arn_for_objects("subjects/*") for b in buckets]
-                + [data.artifacts.arn_for_objects(f"{COMPUTE_LOG_PREFIX}*")],
+                + [data.artifacts.arn_for_objects(f"{COMPUTE_LOG_PREFIX}*")]
+                + [data.artifacts.arn_for_objects(f"{MLFLOW_ARTIFACT_PREFIX}/*")],
             )
         )
         role.add_to_policy(
@@ -376,7 +390,7 @@ class Compute(Construct):
                 sid="ListForErasure",
                 actions=["s3:ListBucket", "s3:ListBucketVersions"],
                 resources=[b.bucket_arn for b in buckets],
-                conditions={"StringLike": {"s3:prefix": ["subjects/*", COMPUTE_LOG_PREFIX + "*"]}},
+                conditions={"StringLike": {"s3:prefix": ["subjects/*", COMPUTE_LOG_PREFIX + "*", MLFLOW_ARTIFACT_PREFIX + "/*"]}},
             )
         )
         role.add_to_policy(

@@ -34,13 +34,20 @@ def erasure_env(settings: Settings, *, lease_wait_s: float = 30.0) -> Iterator[A
     location = RegistryLocation.for_settings(settings)
     mlflow_uri = location.tracking_uri if (location.db_path is None or location.db_path.is_file()) else None
     try:
-        with DagsterInstance.get() as instance:
+        instance_context: Any = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be opened fails the verification
+        from ops.erasure import Unopenable
+
+        instance_context = contextlib.nullcontext(Unopenable(exc))
+    try:
+        with instance_context as instance:
             yield ErasureEnv(
                 home=settings.home,
                 metadata=metadata,
                 object_store=object_store_from_config(settings.object_store_config()),
                 dagster_instance=instance,
                 mlflow_tracking_uri=mlflow_uri,
+                mlflow_artifact_root=location.artifact_location,
                 lease_wait_s=lease_wait_s,
                 rebuild_data_docs=lambda: _rebuild_data_docs(settings),
             )

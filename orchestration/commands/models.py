@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -81,7 +80,9 @@ def reload_dagster_ui() -> str:
     """Ask a running Dagster webserver (`make ui`) to reload its code locations, so asset code
     versions - and the stale badges - follow the new production versions at once. Best effort:
     `AVATARPIPE_DAGSTER_URL` (default http://127.0.0.1:3000; `off` disables it)."""
-    url = os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL)
+    from orchestration.config import load_config
+
+    url = load_config().dagster_url or DEFAULT_DAGSTER_URL
     if url.lower() == "off":
         return "disabled"
     body = json.dumps({"query": "mutation { reloadWorkspace { __typename } }"}).encode()
@@ -125,7 +126,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry.ensure_initialised()
         catalogue = {name: registry.versions(name) for name in default_model_specs()}
     answer = {
-        "tracking_uri": registry.location.tracking_uri,
+        "tracking_uri": registry.location.redacted(),
         "models": {
             name: {
                 "production": next((v.version for v in versions if PRODUCTION_ALIAS in v.aliases), None),

@@ -3,7 +3,8 @@ versions, every MongoDB collection, MLflow, the Dagster instance, the raw bytes 
 under AVATARPIPE_HOME) for the subject id, its upload ids and its photos' content hashes
 (ops/verification.py). Writes nothing.
 
-Exit status: 0 nothing found, 1 something found (listed).
+Exit status: 0 nothing found, 1 something found (listed) or a configured store could not be
+read (never "clean" then).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _human(answer: dict) -> str:
     lines = [f"{head}; scanned {json.dumps(answer['scanned'])} in {answer['seconds']} s"]
     lines += [f"  {h['store']}: {h['location']} ({', '.join(h['kinds'])})" for h in answer["hits"]]
     lines += [f"  not scanned: {store} ({why})" for store, why in answer["skipped"].items()]
+    lines += [f"  FAILED to read: {store} ({why})" for store, why in answer["errors"].items()]
+    lines += [f"  out of reach: {what}" for what in answer["unreachable"]]
     return "\n".join(lines)
 
 

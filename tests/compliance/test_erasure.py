@@ -1,6 +1,10 @@
 """Right to erasure, end to end: two subjects through real Dagster runs (MLflow registry, embedded
 MongoDB API, local object store), one erased, then the independent scan - including a raw byte
-scan of the whole home - must find nothing of it while the other subject is intact."""
+scan of the whole home - must find nothing of it while the other subject is intact.
+
+Every test runs on both backends (tests/backends/fixtures.py): the embedded sqlite stores, and
+Dagster + MLflow on PostgreSQL (MLflow artifacts on S3, a moto server), where the independent
+checks are a `pg_dump` of both databases and a byte scan of their table files."""
 
 from __future__ import annotations
 
@@ -17,20 +21,23 @@ from ops.erasure_stores import MLFLOW_TAG_SUBJECT, MLFLOW_TAG_UPLOAD
 from orchestration.cli import execute_avatar_job, ingest_photo, run_avatar_job
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
+from tests.backends.fixtures import BACKEND_VARS, BACKENDS, Backend, make_backend, use_backend
 
 ERASED, KEPT = "subj-erase-7f3a", "subj-keep-91c2"
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def processed_home(tmp_path_factory, standing_photo, skiing_photo) -> dict:
+@pytest.fixture(scope="module", params=BACKENDS)
+def processed_home(request, tmp_path_factory, standing_photo, skiing_photo) -> dict:
     """One home with both subjects processed (real runs), an MLflow per-upload run for each,
-    and a Data Docs site; tests copy it so each starts from the same state."""
-    home = tmp_path_factory.mktemp("compliance") / "home"
-    saved = {k: os.environ.get(k) for k in ("AVATARPIPE_HOME", "DAGSTER_HOME", "MONGODB_URI")}
+    and a Data Docs site; tests copy it (and clone its databases) so each starts from the same state."""
+    backend = make_backend(request.param, request)
+    home = tmp_path_factory.mktemp(f"compliance-{backend.name}") / "home"
+    saved = {k: os.environ.get(k) for k in ("AVATARPIPE_HOME", "DAGSTER_HOME", "MONGODB_URI", *BACKEND_VARS, *backend.env)}
     os.environ["AVATARPIPE_HOME"] = str(home)
     os.environ.pop("DAGSTER_HOME", None)
     os.environ.pop("MONGODB_URI", None)
+    backend.apply()
     try:
         settings = Settings.from_env()
         prepare_environment(settings)
@@ -49,7 +56,7 @@ def processed_home(tmp_path_factory, standing_photo, skiing_photo) -> dict:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return {"home": home, "uploads": uploads}
+    return {"home": home, "uploads": uploads, "backend": backend}
 
 
 def _log_per_upload_mlflow_run(settings: Settings, subject: str, upload_id: str) -> None:
@@ -61,7 +68,7 @@ def _log_per_upload_mlflow_run(settings: Settings, subject: str, upload_id: str)
 
     location = RegistryLocation.for_settings(settings)
     open_registry(location).ensure_initialised()
-    client = MlflowClient(tracking_uri=location.tracking_uri, registry_uri=location.tracking_uri)
+    client = MlflowClient(tracking_uri=location.tracking_uri, registry_uri=location.effective_registry_uri)
     exp = client.get_experiment_by_name("avatarpipe-eval") or None
     exp_id = exp.experiment_id if exp else client.create_experiment(
         "avatarpipe-eval", artifact_location=f"{location.artifact_location}/eval")
@@ -76,16 +83,17 @@ def _log_per_upload_mlflow_run(settings: Settings, subject: str, upload_id: str)
 
 
 @pytest.fixture
-def home(processed_home, tmp_path, monkeypatch) -> dict:
+def home(processed_home, tmp_path, monkeypatch, request) -> dict:
     """A private copy of the processed home, selected through AVATARPIPE_HOME."""
     target = tmp_path / "home"
     shutil.copytree(processed_home["home"], target, symlinks=True)
+    backend = use_backend(processed_home["backend"].clone(), request, monkeypatch)
     monkeypatch.setenv("AVATARPIPE_HOME", str(target))
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.delenv("MONGODB_URI", raising=False)
     settings = Settings.from_env()
     prepare_environment(settings)
-    return {"home": target, "uploads": processed_home["uploads"], "settings": settings}
+    yield {"home": target, "uploads": processed_home["uploads"], "settings": settings, "backend": backend}
+    backend.drop()
 
 
 def _cli(*args: str, env_extra: dict | None = None) -> tuple[int, dict]:
@@ -108,6 +116,23 @@ def _raw_hits(home: Path, needles: list[str]) -> list[str]:
     return found
 
 
+def _postgres_hits(backend: Backend, needles: list[str]) -> list[str]:
+    """Independent of ops/verification.py: `pg_dump` of each database (every row, logically) and
+    the bytes of its table and index files (dead rows that VACUUM did not rewrite)."""
+    found = []
+    server = backend.server
+    assert server is not None
+    for role, database in backend.databases.items():
+        dump = server.dump(database)
+        found += [f"pg_dump {role}: {n}" for n in needles if n.encode() in dump]
+        if server.data_dir is not None:
+            oid = server.execute(f"SELECT oid FROM pg_database WHERE datname = '{database}'")[0][0]
+            for path in (server.data_dir / "base" / str(oid)).iterdir():
+                data = path.read_bytes()
+                found += [f"{role} file {path.name}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
 def test_erase_one_subject_keeps_the_other(home) -> None:
     from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -120,8 +145,16 @@ def test_erase_one_subject_keeps_the_other(home) -> None:
     raw_sha16 = raw_key.rsplit("/", 1)[-1].split(".")[0]
     # before: the scan finds the subject everywhere (the test cannot pass vacuously)
     code, before = _cli("verify-erasure", "--subject", ERASED)
-    assert code == 1
+    assert code == 1 and not before["errors"]
     assert {"object_store", "metadata", "mlflow", "dagster", "files"} <= set(before["hits_by_store"])
+    sql_tables = {h["location"] for h in before["hits"] if h["store"] == "dagster" and h["location"].startswith("sql:")}
+    assert {"sql:runs", "sql:run_tags", "sql:event_logs", "sql:asset_check_executions", "sql:dynamic_partitions"} <= sql_tables
+    assert any(h["store"] == "mlflow" and h["location"].startswith("sql:") for h in before["hits"])
+    backend: Backend = home["backend"]
+    needles = [ERASED, erased_upload, photo_sha[:16], raw_sha16]
+    if backend.postgres:  # the person really is in Postgres (and MLflow's S3 artifacts) before
+        assert _postgres_hits(backend, needles)
+        assert any(h["location"].startswith("artifact:") for h in before["hits"])
 
     code, answer = _cli("erase", "--subject", ERASED, "--operator", "dpo@example")
     assert code == 0, answer.get("verification", {}).get("hits")
@@ -138,9 +171,16 @@ def test_erase_one_subject_keeps_the_other(home) -> None:
     assert not [n for n in (ERASED, erased_upload, photo_sha[:16], raw_sha16) if n in json.dumps(cert)]
 
     # independent checks: raw bytes, and verify-erasure again
-    assert _raw_hits(home["home"], [ERASED, erased_upload, photo_sha[:16], raw_sha16]) == []
+    assert _raw_hits(home["home"], needles) == []
+    if backend.postgres:
+        assert _postgres_hits(backend, needles) == []
+        assert counts["vacuum"]["postgres_dagster_tables_vacuumed"] >= 10 and counts["vacuum"]["postgres_mlflow_tables_vacuumed"] > 0
+        assert counts["vacuum"]["postgres_dagster_statistics_rewritten"] == 1
+        assert any("WAL" in what for what in cert["verification"]["unreachable"])
     code, after = _cli("verify-erasure", "--subject", ERASED)
     assert code == 0 and after["clean"] and after["scanned"]["files"]["files"] > 20
+    assert after["needles"] == {"upload_ids": 1, "content_hashes": 2}  # recorded by the erasure, searched again
+    assert after["scanned"]["dagster"]["sql_tables"] >= 20 and after["scanned"]["mlflow"]["sql_tables"] >= 20
 
     # audit: only the certificate and pseudonymised events remain
     code, audit = _cli("audit", "--subject", ERASED)
@@ -192,6 +232,24 @@ def test_erasure_killed_midway_resumes(home) -> None:
     assert code == 0 and answer["status"] == "completed" and answer["resumed"] is True
     assert answer["certificate"]["attempts"] == 2
     assert _raw_hits(home["home"], [ERASED, erased_upload]) == []
+
+
+def test_verification_fails_when_a_store_cannot_be_opened(home) -> None:
+    """A configured store the scan cannot read is a failure, never "clean": MLflow's backend store
+    on every backend, and Dagster's Postgres storage on the postgres backend."""
+    code, ok = _cli("verify-erasure", "--subject", ERASED)
+    assert code == 1 and not ok["errors"]
+    broken = {"AVATARPIPE_MLFLOW_URI": f"sqlite:///{home['home']}/.erasure_salt/mlflow.db"}  # under a file
+    backend: Backend = home["backend"]
+    if backend.postgres:  # (MLflow's own engine retries a missing Postgres database for ~2 min: the
+        assert backend.server is not None  # sqlite break above fails as surely, in a second)
+        broken["DAGSTER_PG_URL"] = backend.server.url("no_such_database")
+    code, answer = _cli("verify-erasure", "--subject", ERASED, env_extra=broken)
+    assert code == 1 and not answer["clean"]
+    assert "mlflow" in answer["errors"] and "mlflow" not in answer["scanned"]
+    if backend.postgres:
+        assert "dagster" in answer["errors"]
+    assert backend.server is None or backend.server.password not in json.dumps(answer)
 
 
 def test_unknown_subject_gets_a_clear_answer(home) -> None:

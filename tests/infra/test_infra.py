@@ -180,11 +180,48 @@ def test_dagster_tasks_get_the_secrets_and_the_production_path_config(template: 
     for name in ("DaemonTask", "WebserverTask", "RunTask"):
         (container,) = _one(template, "AWS::ECS::TaskDefinition", f"Compute/{name}/")["Properties"]["ContainerDefinitions"]
         secrets = {s["Name"] for s in container["Secrets"]}
-        assert secrets == {"MONGODB_URI", "DAGSTER_PG_URL"}
+        assert secrets == {"MONGODB_URI", "DAGSTER_PG_URL", "AVATARPIPE_MLFLOW_URI"}
         env = {e["Name"] for e in container["Environment"]}
         assert {"AVATARPIPE_S3_BUCKET", "AVATARPIPE_SQS_QUEUE_URL", "AVATARPIPE_COMPUTE_MODE",
-                "AVATARPIPE_ECS_TASK_DEFINITION", "AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER"} <= env  # fmt: skip
-    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 2
+                "AVATARPIPE_ECS_TASK_DEFINITION", "AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER",
+                "AVATARPIPE_MLFLOW_ARTIFACT_ROOT"} <= env  # fmt: skip
+    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 3
+
+
+def test_a_production_task_uses_the_images_postgres_instance_and_a_real_registry(template: dict, tmp_path, monkeypatch) -> None:
+    """The daemon task's environment (secrets filled in), with the image's DAGSTER_HOME holding
+    infra/dagster.production.yaml: avatarpipe validates it, keeps that instance (Postgres, not a
+    throwaway sqlite under /tmp) and points MLflow at Postgres with artifacts on S3."""
+    from orchestration.config import load_config
+    from orchestration.settings import Settings, prepare_environment
+
+    (daemon,) = _one(template, "AWS::ECS::TaskDefinition", "Compute/DaemonTask/")["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] if isinstance(e["Value"], str) else "from-the-stack" for e in daemon["Environment"]}
+    artifact_root = next(e["Value"] for e in daemon["Environment"] if e["Name"] == "AVATARPIPE_MLFLOW_ARTIFACT_ROOT")
+    assert "mlflow" in json.dumps(artifact_root) and json.dumps(artifact_root).startswith('{"Fn::Join": ["", ["s3://"')
+    dagster_home = tmp_path / "opt-dagster-home"
+    dagster_home.mkdir()
+    shutil.copyfile(INFRA / "dagster.production.yaml", dagster_home / "dagster.yaml")
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert f"COPY infra/dagster.production.yaml {env['DAGSTER_HOME']}/dagster.yaml" in dockerfile
+    env.update(DAGSTER_HOME=str(dagster_home), AVATARPIPE_HOME=str(tmp_path / "tmp-avatarpipe"),
+               AVATARPIPE_MLFLOW_ARTIFACT_ROOT="s3://artifacts-bucket/mlflow",
+               DAGSTER_PG_URL="postgresql://dagster:pw@db:5432/dagster",
+               AVATARPIPE_MLFLOW_URI="postgresql://mlflow:pw@db:5432/mlflow", MONGODB_URI="mongodb://db:27017")  # fmt: skip
+    for key in ("AVATARPIPE_DERIVED_DAGSTER_HOME", "AVATARPIPE_MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = load_config()
+    settings = Settings.from_config(config)
+    prepare_environment(settings)
+    assert settings.dagster_home == dagster_home.resolve() and config.dagster_storage() == "postgres"
+    assert (dagster_home / "dagster.yaml").read_bytes() == (INFRA / "dagster.production.yaml").read_bytes()
+    from orchestration.registry import RegistryLocation
+
+    location = RegistryLocation.for_settings(settings)
+    assert location.tracking_uri.startswith("postgresql://") and location.artifact_location == "s3://artifacts-bucket/mlflow"
+    assert location.local_dir is None
 
 
 def test_iam_is_least_privilege(template: dict) -> None:

@@ -1,4 +1,5 @@
-"""The whole chain through a real Dagster instance, real object store and metadata store."""
+"""The whole chain through a real Dagster instance, real object store and metadata store (the main
+test on both backends: Dagster's storage and MLflow's backend store on sqlite, and on PostgreSQL)."""
 
 import numpy as np
 import pygltflib
@@ -8,6 +9,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
+from tests.backends.fixtures import BACKENDS, use_backend
 
 PARENTS = {
     "photo": set(),
@@ -19,10 +21,14 @@ PARENTS = {
 
 
 @pytest.fixture
-def settings(avatar_home) -> Settings:
+def settings(avatar_home, monkeypatch, request) -> Settings:
+    backend = use_backend(getattr(request, "param", "sqlite"), request, monkeypatch)
     settings = Settings.from_env()
     prepare_environment(settings)
-    return settings
+    yield settings
+    if backend.server is not None:  # the run really went to Postgres
+        assert backend.server.execute("SELECT count(*) FROM runs", backend.databases["dagster"]) == [(1,)]
+    backend.drop()
 
 
 def _accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
@@ -34,6 +40,7 @@ def _accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarra
     return np.frombuffer(blob, dtype=dtype, count=accessor.count * width, offset=start).reshape(-1, width)
 
 
+@pytest.mark.parametrize("settings", BACKENDS, indirect=True)
 def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
     ingested = ingest_photo(settings, standing_photo.read_bytes(), standing_photo.name, "subject-a")
     run_id = run_avatar_job(settings, ingested.upload_id)

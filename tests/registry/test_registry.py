@@ -1,4 +1,5 @@
-"""The MLflow model registry (real sqlite backend): seeding, versions, aliases, the snapshot cache."""
+"""The MLflow model registry (real sqlite backend; the tests marked `BACKENDS` also on a
+PostgreSQL backend store with S3 artifacts): seeding, versions, aliases, the snapshot cache."""
 
 import json
 from pathlib import Path
@@ -17,21 +18,26 @@ from orchestration.registry import (
     open_registry,
 )
 from orchestration.settings import Settings, prepare_environment
+from tests.backends.fixtures import BACKENDS, use_backend
+
+both_backends = pytest.mark.parametrize("location", BACKENDS, indirect=True)
 
 
 @pytest.fixture
-def location(avatar_home, monkeypatch) -> RegistryLocation:
-    monkeypatch.delenv("AVATARPIPE_MLFLOW_URI", raising=False)
+def location(avatar_home, monkeypatch, request) -> RegistryLocation:
+    backend = use_backend(getattr(request, "param", "sqlite"), request, monkeypatch)
     monkeypatch.setenv("AVATARPIPE_DAGSTER_URL", "off")
     settings = Settings.from_env()
     prepare_environment(settings)
-    return RegistryLocation.for_settings(settings)
+    yield RegistryLocation.for_settings(settings)
+    backend.drop()
 
 
 def _client(location: RegistryLocation) -> MlflowClient:
-    return MlflowClient(tracking_uri=location.tracking_uri, registry_uri=location.tracking_uri)
+    return MlflowClient(tracking_uri=location.tracking_uri, registry_uri=location.effective_registry_uri)
 
 
+@both_backends
 def test_fresh_home_registers_version_1_of_every_model(location, tmp_path):
     production = load_production_versions(location)
     specs = default_model_specs()
@@ -51,14 +57,29 @@ def test_fresh_home_registers_version_1_of_every_model(location, tmp_path):
         config_path = client.download_artifacts(mv.run_id, "model/config.json", str(tmp_path))
         config = json.loads(Path(config_path).read_text())
         assert config["implementation"] == spec.implementation and config["params"] == spec.params
-    # Everything lives under the home: the database and the artifact store.
-    assert location.db_path.is_file()
-    assert len(list((location.local_dir / "artifacts").rglob("config.json"))) == len(specs)
+    if location.local_dir is None:  # Postgres backend store: the artifacts are on S3, none in ./mlruns
+        assert location.artifact_location.startswith("s3://") and not Path("mlruns").exists()
+        assert len([p for p in _s3_keys(location.artifact_location) if p.endswith("model/config.json")]) == len(specs)
+    else:  # Everything lives under the home: the database and the artifact store.
+        assert location.db_path.is_file()
+        assert len(list((location.local_dir / "artifacts").rglob("config.json"))) == len(specs)
     # A second initialisation (another process) adds nothing.
     assert ModelRegistry(location).ensure_initialised() == []
     assert len(client.search_model_versions("name='body_fitter'")) == 1
 
 
+def _s3_keys(root: str) -> list[str]:
+    import os
+
+    import boto3
+
+    bucket, _, prefix = root[len("s3://"):].partition("/")
+    s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]  # fmt: skip
+
+
+@both_backends
 def test_register_promote_and_roll_back_change_only_the_affected_code_versions(location):
     registry = open_registry(location)
     v1 = load_production_versions(location)
@@ -129,6 +150,7 @@ def test_promoting_a_missing_version_is_refused(location):
     assert load_production_versions(location)["rigger"].version == "1"
 
 
+@both_backends
 def test_models_cli_register_promote_list(location, capfd):
     """The `models` commands in-process: one JSON object on stdout, exit codes, audit events."""
     assert main(["models", "register", "reconstructor", "--set", "texture_size=512", "--metric",
@@ -145,6 +167,10 @@ def test_models_cli_register_promote_list(location, capfd):
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capfd.readouterr().out)
     assert set(listed["models"]) == set(default_model_specs())
+    from urllib.parse import urlsplit
+
+    password = urlsplit(location.tracking_uri).password
+    assert not password or password not in json.dumps(listed)  # the URI is shown redacted
     recon = listed["models"]["reconstructor"]
     assert recon["production"] == "2" and recon["assets"] == ["mesh"]
     assert [(v["version"], v["params"]["texture_size"], v["aliases"]) for v in recon["versions"]] == [

@@ -1,5 +1,7 @@
 """Model upgrade -> reprocess, end to end: real MLflow registry (sqlite), real Dagster instance,
-the real pipeline on two photos. The Dagster event log is the witness of what ran."""
+the real pipeline on two photos. The Dagster event log is the witness of what ran. The upgrade
+test runs on PostgreSQL too (Dagster's storage and MLflow's backend store; the other two tests
+share the sqlite home they need)."""
 
 import json
 import os
@@ -30,6 +32,7 @@ from orchestration.registry import (
 from orchestration.sensors import TAG_FROM, TAG_GENERATION, build_model_upgrade_sensor
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
+from tests.backends.fixtures import BACKEND_VARS, BACKENDS, make_backend
 
 pytestmark = pytest.mark.slow
 CLI = Path(sys.executable).parent / "avatarpipe"
@@ -37,11 +40,14 @@ REBUILT = ("smplx_params", "mesh", "rigged_glb")
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(tmp_path_factory, request):
+    backend = make_backend(request.param, request)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AVATARPIPE_HOME", str(tmp_path_factory.mktemp("reprocess_home")))
-        for var in ("DAGSTER_HOME", "MONGODB_URI", "AVATARPIPE_MLFLOW_URI"):
+        mp.setenv("AVATARPIPE_HOME", str(tmp_path_factory.mktemp(f"reprocess_home_{backend.name}")))
+        for var in ("DAGSTER_HOME", "MONGODB_URI", *BACKEND_VARS):
             mp.delenv(var, raising=False)
+        for key, value in backend.env.items():
+            mp.setenv(key, value)
         mp.setenv("AVATARPIPE_DAGSTER_URL", "off")  # no webserver to reload in tests
         settings = Settings.from_env()
         prepare_environment(settings)
@@ -89,6 +95,7 @@ def _definitions(settings: Settings):
     return build_definitions(settings)
 
 
+@pytest.mark.parametrize("home", BACKENDS, indirect=True)
 def test_body_fitter_upgrade_rebuilds_only_the_affected_steps(home, built):
     instance = DagsterInstance.get()
     uploads = sorted(built)
@@ -167,6 +174,7 @@ def test_body_fitter_upgrade_rebuilds_only_the_affected_steps(home, built):
     assert _cli("reprocess", "--dry-run", "--json")["uploads"] == []  # nothing left to do
 
 
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)
 def test_model_upgrade_sensor_rebuilds_in_bounded_batches_and_rolls_back(home, built):
     instance = DagsterInstance.get()
     uploads = sorted(built)
@@ -235,6 +243,7 @@ def test_model_upgrade_sensor_rebuilds_in_bounded_batches_and_rolls_back(home, b
     assert summarise(home, uploads[0], None)["status"] == "ready"
 
 
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)
 def test_retention_job_purges_superseded_artifacts_and_keeps_the_avatars(home, built):
     instance = DagsterInstance.get()
     defs = _definitions(home)

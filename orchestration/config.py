@@ -1,0 +1,363 @@
+"""avatarpipe's configuration: one typed, validated object built from environment variables.
+
+This module is the only place that reads avatarpipe's environment variables (`models/` reads
+none; the orchestration layer passes values down). `load_config()` validates everything at
+start and raises :class:`ConfigError` with one line per bad variable (never echoing a secret);
+`describe()` is what `avatarpipe config show` prints: every value, *redacted*, with where it
+came from (`env:NAME`, `default`, or `derived:` how).
+
+Production stores (all optional; unset = the embedded defaults under `AVATARPIPE_HOME`):
+
+* Dagster: an operator's `DAGSTER_HOME` holding a `dagster.yaml` is used as it is; without
+  one, `DAGSTER_PG_URL` switches the instance avatarpipe installs to Postgres storage.
+* MLflow: `AVATARPIPE_MLFLOW_URI` (tracking/backend store: `postgresql://…`, `http(s)://…`),
+  `AVATARPIPE_MLFLOW_REGISTRY_URI` (default: the tracking URI), `AVATARPIPE_MLFLOW_ARTIFACT_ROOT`
+  (`s3://bucket/prefix`; required with a database URI, else MLflow writes to `./mlruns`).
+* MongoDB: `MONGODB_URI`; S3/SQS/ECS: the `AVATARPIPE_S3_*`, `AVATARPIPE_ECS_*` variables.
+
+PostgreSQL drivers: SQLAlchemy 2.1 maps a plain `postgresql://` URL to psycopg 3, which is
+pinned (`psycopg[binary]`), so plain URLs work for MLflow. Dagster's Postgres storage
+(`dagster-postgres`) is written against psycopg2; :func:`dagster_pg_url` normalises
+`postgresql://` and `postgresql+psycopg://` to `postgresql+psycopg2://` for it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REDACTED = "***"
+_SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|signature|credential)", re.IGNORECASE)
+# set by prepare_environment(): the DAGSTER_HOME value avatarpipe derived itself (not an operator's)
+DERIVED_DAGSTER_HOME_ENV = "AVATARPIPE_DERIVED_DAGSTER_HOME"
+COMPUTE_MODES = ("inprocess", "subprocess", "ecs")
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a usable configuration (message names the variables)."""
+
+
+def _var(env: str | tuple[str, ...], default: Any = None, *, help: str, secret: bool = False) -> Any:
+    names = (env,) if isinstance(env, str) else env
+    return Field(default, validation_alias=AliasChoices(*names), description=help,
+                 json_schema_extra={"env": list(names), "secret": secret})  # fmt: skip
+
+
+class AppConfig(BaseSettings):
+    """Every avatarpipe setting, by environment variable (see README, "Configuration")."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+
+    # -- where things live ---------------------------------------------------------------
+    home: Path = _var("AVATARPIPE_HOME", Path(".avatarpipe"), help="objects, metadata, Dagster instance, MLflow (embedded)")
+    cache: Path | None = _var("AVATARPIPE_CACHE", help="model caches kept across homes (default ~/.cache/avatarpipe)")
+    # -- Dagster -------------------------------------------------------------------------
+    dagster_home: Path | None = _var("DAGSTER_HOME", help="an existing Dagster instance (its dagster.yaml is used as is)")
+    dagster_pg_url: str | None = _var("DAGSTER_PG_URL", help="Dagster storage on PostgreSQL (runs, events, schedules)", secret=True)
+    dagster_url: str = _var("AVATARPIPE_DAGSTER_URL", "http://127.0.0.1:3000", help="Dagster UI base URL (links in CLI output)")
+    # -- MLflow --------------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = _var("AVATARPIPE_MLFLOW_URI", help="MLflow tracking / backend store URI", secret=True)
+    mlflow_registry_uri: str | None = _var("AVATARPIPE_MLFLOW_REGISTRY_URI", help="MLflow model registry URI (default: tracking URI)", secret=True)
+    mlflow_artifact_root: str | None = _var("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", help="MLflow artifact root, e.g. s3://bucket/mlflow")
+    # -- metadata and objects ------------------------------------------------------------
+    mongodb_uri: str | None = _var("MONGODB_URI", help="a real MongoDB instead of the embedded store", secret=True)
+    s3_bucket: str | None = _var("AVATARPIPE_S3_BUCKET", help="artifacts bucket (enables the S3 object store)")
+    s3_uploads_bucket: str | None = _var("AVATARPIPE_S3_UPLOADS_BUCKET", help="raw uploads bucket (optional)")
+    s3_kms_key_id: str | None = _var("AVATARPIPE_S3_KMS_KEY_ID", help="SSE-KMS key (default: aws/s3)")
+    presign_expiry_s: int = _var("AVATARPIPE_PRESIGN_EXPIRY_S", 900, help="presigned URL lifetime")
+    aws_region: str | None = _var(("AWS_REGION", "AWS_DEFAULT_REGION"), help="AWS region (boto3 chain otherwise)")
+    aws_endpoint_url: str | None = _var("AWS_ENDPOINT_URL", help="another AWS endpoint (e.g. a moto server)")
+    sqs_queue_url: str | None = _var("AVATARPIPE_SQS_QUEUE_URL", help="S3 ObjectCreated events queue")
+    sqs_max_per_tick: int = _var("AVATARPIPE_SQS_MAX_PER_TICK", 100, help="SQS messages per sensor tick")
+    # -- compute -------------------------------------------------------------------------
+    compute_mode: str = _var("AVATARPIPE_COMPUTE_MODE", "subprocess", help="inprocess | subprocess | ecs")
+    heavy_steps: str = _var("AVATARPIPE_HEAVY_STEPS", "smplx_params,mesh", help="steps sent to the heavy launcher")
+    ecs_cluster: str | None = _var("AVATARPIPE_ECS_CLUSTER", help="ECS cluster of the workers")
+    ecs_task_definition: str | None = _var("AVATARPIPE_ECS_TASK_DEFINITION", help="worker task definition")
+    ecs_cpu_task_definition: str | None = _var("AVATARPIPE_ECS_CPU_TASK_DEFINITION", help="CPU fallback task definition")
+    ecs_container: str = _var("AVATARPIPE_ECS_CONTAINER", "worker", help="container name in the task")
+    ecs_gpu: bool = _var("AVATARPIPE_ECS_GPU", True, help="0: CPU fallback")
+    ecs_gpu_capacity_provider: str | None = _var("AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER", help="GPU capacity provider")
+    ecs_cpu_capacity_provider: str | None = _var("AVATARPIPE_ECS_CPU_CAPACITY_PROVIDER", help="CPU capacity provider")
+    ecs_subnets: str = _var("AVATARPIPE_ECS_SUBNETS", "", help="comma separated (awsvpc)")
+    ecs_security_groups: str = _var("AVATARPIPE_ECS_SECURITY_GROUPS", "", help="comma separated (awsvpc)")
+    # -- policies ------------------------------------------------------------------------
+    raw_retention_days: float | None = _var("AVATARPIPE_RAW_RETENTION_DAYS", help="raw uploads: days kept after `ready`")
+    erasure_salt: str | None = _var("AVATARPIPE_ERASURE_SALT", help="salt of subject hashes (default: $HOME/.erasure_salt)", secret=True)
+    lease_ttl_s: float | None = _var("AVATARPIPE_LEASE_TTL_S", help="upload lease lifetime")
+    reprocess_max_in_flight: int | None = _var("AVATARPIPE_REPROCESS_MAX_IN_FLIGHT", help="reprocessing runs at once")
+    store_retry_tries: int = _var("AVATARPIPE_STORE_RETRY_TRIES", 5, help="store operation attempts")
+    store_retry_base_s: float = _var("AVATARPIPE_STORE_RETRY_BASE_S", 0.1, help="first retry delay")
+    store_retry_max_s: float = _var("AVATARPIPE_STORE_RETRY_MAX_S", 5.0, help="longest retry delay")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: Any) -> Any:
+        """`VAR=` means unset (as before), for every variable."""
+        if isinstance(value, str) and value.strip() == "":
+            default = cls.model_fields[info.field_name].default
+            return default
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("dagster_pg_url")
+    @classmethod
+    def _pg_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^postgres(ql)?(\+\w+)?://", value):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("mlflow_tracking_uri", "mlflow_registry_uri")
+    @classmethod
+    def _mlflow_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(sqlite|postgres(ql)?|mysql|mssql)(\+\w+)?://|^(https?|file|databricks)[:]", value):
+            raise ValueError("must be a database URI (postgresql://, sqlite:///...) or a tracking server (http(s)://)")
+        return value
+
+    @field_validator("mlflow_artifact_root")
+    @classmethod
+    def _artifact_root(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(s3|gs|wasbs|file|hdfs|mlflow-artifacts)://|^/", value):
+            raise ValueError("must be an artifact URI (s3://bucket/prefix, file:///path) or an absolute path")
+        return value
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _mongo(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
+        return value
+
+    @field_validator("compute_mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        value = value.lower()
+        if value not in COMPUTE_MODES:
+            raise ValueError(f"must be one of {', '.join(COMPUTE_MODES)}")
+        return value
+
+    @field_validator("raw_retention_days", "lease_ttl_s", "presign_expiry_s", "reprocess_max_in_flight",
+                     "store_retry_tries", "store_retry_base_s", "store_retry_max_s")  # fmt: skip
+    @classmethod
+    def _not_negative(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    # -- derived -------------------------------------------------------------------------
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_cache(self) -> Path:
+        return (self.cache or Path.home() / ".cache" / "avatarpipe").expanduser().resolve()
+
+    def operator_dagster_home(self, environ: Mapping[str, str] | None = None) -> Path | None:
+        """An operator's `DAGSTER_HOME` (not the one avatarpipe derived and exported itself)."""
+        environ = os.environ if environ is None else environ
+        if self.dagster_home is None:
+            return None
+        value = self.dagster_home.expanduser().resolve()
+        derived = environ.get(DERIVED_DAGSTER_HOME_ENV)
+        if derived and Path(derived).resolve() == value:
+            return None
+        return value
+
+    def effective_dagster_home(self) -> Path:
+        return self.operator_dagster_home() or self.resolved_home / "dagster"
+
+    def dagster_storage(self) -> str:
+        """Which storage the Dagster instance uses: what its dagster.yaml says."""
+        home = self.operator_dagster_home()
+        if home is not None:
+            return _storage_kind_of(home / "dagster.yaml")
+        return "postgres" if self.dagster_pg_url else "sqlite"
+
+
+def _storage_kind_of(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except OSError:
+        return "sqlite (no dagster.yaml: Dagster's defaults)"
+    if re.search(r"^\s*postgres\s*:", text, re.MULTILINE) or "PostgresRunStorage" in text:
+        return "postgres"
+    return "sqlite"
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Validate the environment (default: os.environ); ConfigError names every bad variable."""
+    source = dict(os.environ if environ is None else environ)
+    try:
+        config = AppConfig.model_validate({name: value for name, value in source.items() if name in _ENV_NAMES})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            lines.append(f"  {_env_name_of(field, source)}: {error['msg']}")
+        raise ConfigError("invalid avatarpipe configuration:\n" + "\n".join(lines)) from None
+    problems = validate_production(config, source)
+    if problems:
+        raise ConfigError("invalid avatarpipe configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    return config
+
+
+def _field_envs(field: str) -> list[str]:
+    extra = AppConfig.model_fields[field].json_schema_extra or {}
+    return list(extra.get("env", [field]))  # type: ignore[union-attr]
+
+
+def _env_name_of(key: str, source: Mapping[str, str]) -> str:
+    if key in AppConfig.model_fields:
+        names = _field_envs(key)
+        return next((n for n in names if n in source), names[0])
+    return key
+
+
+_ENV_NAMES = {name for field in AppConfig.model_fields for name in _field_envs(field)}
+
+
+# -- redaction -------------------------------------------------------------------------
+
+
+def redact_url(value: str | None) -> str | None:
+    """The URL with its password (and secret-looking query values) replaced by ***."""
+    if not value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" not in netloc and not _SECRET_QUERY_KEYS.search(parts.query):
+        return value  # nothing secret (and urlunsplit would drop an empty netloc: sqlite:////…)
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, REDACTED if _SECRET_QUERY_KEYS.search(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str, config: AppConfig | None = None) -> str:
+    """Any secret of ``config`` (passwords in its URLs, the salt) replaced by ***, e.g. in an
+    exception message that echoes a connection string."""
+    config = config or load_config()
+    secrets_ = set()
+    for field, info in AppConfig.model_fields.items():
+        value = getattr(config, field)
+        if not (info.json_schema_extra or {}).get("secret") or not value:  # type: ignore[union-attr]
+            continue
+        password = urlsplit(str(value)).password if "://" in str(value) else str(value)
+        if password:
+            secrets_.add(password)
+    for secret in sorted(secrets_, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", rf"\1:{REDACTED}@", text)
+
+
+# -- normalisation ---------------------------------------------------------------------
+
+
+def dagster_pg_url(url: str) -> str:
+    """`postgresql://` (psycopg 3 under SQLAlchemy 2.1) → `postgresql+psycopg2://`, the driver
+    dagster-postgres is written for (its retries catch psycopg2's errors)."""
+    return re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql+psycopg2://", url)
+
+
+# -- `config show` ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    variable: str
+    value: Any
+    source: str  # env:NAME | default | derived: ...
+    help: str
+
+
+def describe(config: AppConfig | None = None, environ: Mapping[str, str] | None = None) -> list[Entry]:
+    """Every setting, redacted, with its source; then the derived effective stores."""
+    environ = os.environ if environ is None else environ
+    config = config or load_config(environ)
+    entries = []
+    for field, info in AppConfig.model_fields.items():
+        names = _field_envs(field)
+        present = next((n for n in names if environ.get(n, "").strip()), None)
+        value = getattr(config, field)
+        secret = bool((info.json_schema_extra or {}).get("secret"))  # type: ignore[union-attr]
+        shown = _shown(value, secret)
+        entries.append(Entry(names[0], shown, f"env:{present}" if present else "default", info.description or ""))
+    entries += _derived(config)
+    return entries
+
+
+def _shown(value: Any, secret: bool) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if secret:
+        return redact_url(value) if "://" in str(value) else REDACTED
+    return value
+
+
+def _derived(config: AppConfig) -> list[Entry]:
+    home = config.resolved_home
+    operator_home = config.operator_dagster_home()
+    dagster_home = config.effective_dagster_home()
+    tracking = config.mlflow_tracking_uri
+    artifact = config.mlflow_artifact_root
+    # fmt: off
+    return [
+        Entry("(dagster instance)", str(dagster_home),
+              "derived: DAGSTER_HOME (operator's dagster.yaml, used as is)" if operator_home
+              else "derived: AVATARPIPE_HOME/dagster (avatarpipe installs dagster.yaml)", "where Dagster's instance config lives"),
+        Entry("(dagster storage)", config.dagster_storage(), "derived: dagster.yaml / DAGSTER_PG_URL", "runs, event log, schedules"),
+        Entry("(mlflow tracking)", redact_url(tracking) or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+              "env:AVATARPIPE_MLFLOW_URI" if tracking else "derived: AVATARPIPE_HOME/mlflow", "MLflow backend store"),
+        Entry("(mlflow artifacts)", artifact or ((home / "mlflow" / "artifacts").as_uri() if not tracking else None),
+              "env:AVATARPIPE_MLFLOW_ARTIFACT_ROOT" if artifact else "derived: AVATARPIPE_HOME/mlflow/artifacts" if not tracking
+              else "the tracking server's default", "MLflow artifact root"),
+        Entry("(metadata store)", redact_url(config.mongodb_uri) or str(home / "metadata"),
+              "env:MONGODB_URI" if config.mongodb_uri else "derived: embedded montydb under AVATARPIPE_HOME", "MongoDB API"),
+        Entry("(object store)", f"s3://{config.s3_bucket}" if config.s3_bucket else str(home / "objects"),
+              "env:AVATARPIPE_S3_BUCKET" if config.s3_bucket else "derived: AVATARPIPE_HOME/objects", "artifacts and uploads"),
+        Entry("(raw retention policy)", raw_retention_policy(config.raw_retention_days),
+              "env:AVATARPIPE_RAW_RETENTION_DAYS" if config.raw_retention_days is not None else "default", "what happens to raw uploads"),
+    ]
+    # fmt: on
+
+
+def raw_retention_policy(days: float | None) -> str:
+    """The raw-upload policy in words, as `ops.raw_retention` applies it (unset: deleted once ready)."""
+    from ops.raw_retention import RawRetentionPolicy
+
+    return RawRetentionPolicy(days=days or None).describe()
+
+
+def validate_production(config: AppConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Combinations that load but would silently lose data or mislead; [] when fine."""
+    problems = []
+    tracking = config.mlflow_tracking_uri or ""
+    if re.match(r"^(postgres|mysql|mssql)", tracking) and not config.mlflow_artifact_root:
+        problems.append("AVATARPIPE_MLFLOW_URI is a database but AVATARPIPE_MLFLOW_ARTIFACT_ROOT is unset "
+                        "(MLflow would write artifacts to ./mlruns of whatever directory a task runs in)")  # fmt: skip
+    home = config.operator_dagster_home(environ)
+    if home is not None and not (home / "dagster.yaml").is_file() and config.dagster_pg_url:
+        problems.append(f"DAGSTER_HOME={home} has no dagster.yaml, so DAGSTER_PG_URL would be ignored")
+    return problems
