@@ -44,6 +44,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import time
@@ -258,6 +259,14 @@ def _request_fernet(home: Path) -> Any:
     return Fernet(base64.urlsafe_b64encode(key))
 
 
+def _audited_content_hashes(events: list[dict]) -> set[str]:
+    """The raw uploads' sha256 as the ingest (and minimisation) events recorded them: the raw
+    object itself may be gone already (deleted once the avatar was ready), its hash is still a
+    needle the verification must search for."""
+    digests = ((event.get("details") or {}).get("sha256") for event in events)
+    return {d for d in digests if isinstance(d, str) and re.fullmatch(r"[0-9a-f]{64}", d)}
+
+
 def discover(env: ErasureEnv, subject_id: str) -> Plan:
     """Everything that currently names the subject: uploads (documents and object keys), the
     Dagster runs of their partitions, and the sha256 of its photos (raw and normalised)."""
@@ -268,6 +277,7 @@ def discover(env: ErasureEnv, subject_id: str) -> Plan:
         with contextlib.suppress(KeyError, ValueError):
             if upload.get("photo_key"):
                 plan.content_hashes.add(env.object_store.stat(upload["photo_key"]).sha256)
+    plan.content_hashes |= _audited_content_hashes(env.metadata.audit_for(subject_id))
     prefix = subject_prefix(subject_id)
     for key in env.object_store.list_keys(prefix):
         parts = key[len(prefix):].split("/")
