@@ -122,7 +122,9 @@ def evaluate_body(
     posed = np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
     normals = rest_normals(rest, faces)
     dirs = np.einsum("vij,vj->vi", blended[:, :3, :3], normals)
-    return _Body(rest=rest, rest_normals=normals, posed=posed, posed_dirs=dirs, posed_linear=blended[:, :3, :3])
+    return _Body(
+        rest=rest, rest_normals=normals, posed=posed, posed_dirs=dirs, posed_linear=blended[:, :3, :3]
+    )
 
 
 def rest_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -477,6 +479,7 @@ class GarmentConfig:
     band_m: float = 0.01  # height bands the skirt's width is measured in
     waist_blend: float = 0.2  # share of the skirt length over which the shape blends in
     overlap_m: float = 0.015  # each leg's inner wall reaches this far past the midline plane
+    wall_cos: float = 0.35  # cos(phi/2) below this: the vertex is on the inner wall
 
 
 @dataclass(frozen=True)
@@ -525,7 +528,9 @@ def leg_vertices(rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_id
     crotch = _crotch_height(rest, height)
     ankle = float(rest[feet, 2].max()) if feet.any() else rest[:, 2].min() + 0.05 * height
     below = (rest[:, 2] < crotch) & ~feet
-    return _Legs(left=below & (rest[:, 0] > 0), right=below & (rest[:, 0] <= 0), crotch_z=crotch, ankle_z=ankle)
+    return _Legs(
+        left=below & (rest[:, 0] > 0), right=below & (rest[:, 0] <= 0), crotch_z=crotch, ankle_z=ankle
+    )
 
 
 def _row_extents(pixels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -621,7 +626,11 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 def skirt_surface(
-    rest: np.ndarray, faces: np.ndarray, legs: _Legs, garment: Garment, config: GarmentConfig = GarmentConfig()
+    rest: np.ndarray,
+    faces: np.ndarray,
+    legs: _Legs,
+    garment: Garment,
+    config: GarmentConfig = GarmentConfig(),
 ) -> np.ndarray:
     """The clothed rest surface (V,3) with the legs between crotch and hem reshaped into one skirt.
 
@@ -655,6 +664,7 @@ def skirt_surface(
             half_width[b], centre_y[b], half_depth[b] = half_width[b - 1], centre_y[b - 1], half_depth[b - 1]
     half_width = np.maximum.accumulate(half_width)
     half_depth = np.maximum(np.maximum.accumulate(half_depth), config.min_depth_ratio * half_width)
+    pinned = np.zeros(len(rest), bool)
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
         idx = np.flatnonzero(sel)
@@ -674,16 +684,22 @@ def skirt_surface(
         target_y = centre_y[b] + half_depth[b] * np.sin(phi / 2.0)
         # blend in below the crotch (the hips already span the legs there)
         depth = (legs.crotch_z - rest[idx, 2]) / max(legs.crotch_z - hem_z, 1e-6)
-        t = _smoothstep(depth / config.waist_blend)[:, None]
+        # from half way at the crotch (where the legs' gap is still closing) to fully below
+        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)[:, None]
         target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
         out[idx] = (1.0 - t) * rest[idx] + t * target
-    # Laplacian smoothing inside the skirt (not the hem ring, not the waist border)
+        # the inner wall stays on the midline through the smoothing (it would round off)
+        wall = idx[(np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)]
+        pinned[wall] = True
+    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay)
     edges = mesh_edges(faces)
-    inner = skirt & (z > hem_z + config.band_m)
+    inner = skirt
+    wall_x = out[pinned, 0].copy()
     for _ in range(config.smoothing_iters):
         mean = _neighbour_mean(out, edges)
         out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
         out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
+        out[pinned, 0] = wall_x
     return out
 
 
@@ -694,6 +710,7 @@ def skirt_skin_weights(
     bone_heads: dict[str, np.ndarray],
     garment: Garment | None,
     up_axis: int = 1,
+    tail_fraction: float = 0.15,
 ) -> np.ndarray:
     """Dense skin weights (V,J) with the skirt region re-weighted so the cloth follows both legs.
 
@@ -704,7 +721,7 @@ def skirt_skin_weights(
     (h, up to 0.7 at the hem), split between left and right by the vertex's lateral position
     (a smooth step from one side of the skirt to the other), so the front and back of the
     skirt, where both legs meet, follow their average. Near the crotch the weights blend
-    from the body's own. Other vertices keep theirs; rows stay normalised. Pure function."""
+    from the body's own, and on the legs below the hem (`tail_fraction` of the leg) back to them. Other vertices keep theirs; rows stay normalised. Pure function."""
     if garment is None or garment.kind == "none":
         return dense
     col = {name: i for i, name in enumerate(bone_names)}
@@ -720,7 +737,8 @@ def skirt_skin_weights(
     lateral = points[:, 0] - centre_x
     legs = [col[n] for n in ("LeftUpLeg", "RightUpLeg", "LeftLeg", "RightLeg") if n in col]
     on_legs = dense[:, legs].sum(axis=1) > 0.5  # not the hands hanging beside the hips
-    in_skirt = (y <= crotch) & (y >= hem) & on_legs
+    tail = tail_fraction * (crotch - ankle)  # the legs just below the hem blend back to their own
+    in_skirt = (y <= crotch) & (y >= hem - tail) & on_legs
     if not in_skirt.any():
         return dense
     h = np.clip((crotch - y[in_skirt]) / max(crotch - hem, 1e-6), 0.0, 1.0)
@@ -733,7 +751,11 @@ def skirt_skin_weights(
     skirt[:, col["Hips"]] = 1.0 - legs_share
     skirt[:, col["LeftUpLeg"]] = legs_share * to_left
     skirt[:, col["RightUpLeg"]] = legs_share * (1.0 - to_left)
-    blend = _smoothstep(h / 0.2)[:, None]  # from the body's own weights at the crotch
+    # from the body's own weights at the crotch, and back to them on the legs below the hem,
+    # so the step between cloth (both legs) and shin is spread over a band, not one edge ring
+    below = np.clip((hem - y[in_skirt]) / max(tail, 1e-6), 0.0, 1.0)
+    top = (crotch - y[in_skirt]) / max(tail, 1e-6)
+    blend = (_smoothstep(top) * (1.0 - _smoothstep(below)))[:, None]
     out = dense.copy()
     out[in_skirt] = (1.0 - blend) * dense[in_skirt] + blend * skirt
     return out / out.sum(axis=1, keepdims=True)
