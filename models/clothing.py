@@ -267,7 +267,9 @@ def fit_clothing(
         "offset_max_in_m": round(float(-s.min()), 4),
         "garment": garment.kind,
         "garment_hem_m": round(garment.hem_height_m, 4),
-        "garment_hem_fraction": round(garment.hem_fraction, 4),
+        "garment_hem_fraction": round(garment.hem_fraction if garment.kind != "none" else 0.0, 4),
+        "garment_hem_gap_m": round(garment.hem_gap_m, 4),  # the evidence, also when rejected
+        "garment_transition": round(garment.transition, 4),
         "clothing_seconds": round(time.perf_counter() - start, 3),
     }
     return ClothingFit(
@@ -473,6 +475,8 @@ class GarmentConfig:
     filled_fraction: float = 0.9  # share of that gap the mask must cover: cloth spans the legs
     open_fraction: float = 0.5  # below this share the legs are apart: the hem is above
     min_length: float = 0.15  # a bridged run shorter than this share of the leg is no garment
+    min_hem_gap_m: float = 0.0  # the gap the hem spans, wider than two trouser legs' looseness
+    max_transition: float = 0.45  # the legs must be seen apart within this share of the leg rows below the hem
     dress_hem: float = 0.55  # a hem lower than this share of the leg makes a long garment
     min_depth_ratio: float = 0.75  # the skirt's depth (front-back) at least this share of its width
     smoothing_iters: int = 10  # Laplacian steps over the reshaped region (no spikes)
@@ -490,6 +494,8 @@ class Garment:
     hem_fraction: float  # hem position from the crotch (0) to the ankles (1)
     hem_height_m: float  # hem height above the soles in the rest pose (0 for none)
     bridged_rows: int = 0  # rows of evidence (mask filled between the legs)
+    hem_gap_m: float = 0.0  # the naked legs' gap the mask fills on the hem row
+    transition: float = 0.0  # rows from the hem to the legs seen apart, share of the leg rows
 
     def to_dict(self) -> dict[str, float | str]:
         return {"kind": self.kind, "hem_fraction": round(self.hem_fraction, 4),
@@ -573,6 +579,7 @@ def detect_garment(
     l_lo, l_hi = _row_extents(pixels[legs.left], rows)
     r_lo, r_hi = _row_extents(pixels[legs.right], rows)
     state = np.zeros(len(rows), np.int8)  # 1 bridged, -1 open, 0 no evidence
+    gaps = np.zeros(len(rows))
     for i, row in enumerate(rows):
         if np.isnan(l_lo[i]) or np.isnan(r_lo[i]):
             continue
@@ -584,6 +591,7 @@ def detect_garment(
             continue
         if b - a < config.min_gap_px:
             continue
+        gaps[i] = b - a
         x0, x1 = int(np.ceil(a)), int(np.floor(b))
         x0, x1 = max(x0, 0), min(x1, w - 1)
         if x1 < x0:
@@ -613,11 +621,22 @@ def detect_garment(
     length = legs.crotch_z - legs.ankle_z
     fraction = float(np.clip((legs.crotch_z - hem_z) / max(length, 1e-6), 0.0, 1.0))
     evidence = len(run) / max(hem_row - rows[0] + 1, 1)
-    if fraction < config.min_length or evidence < 0.3:
-        return NO_GARMENT
+    # Trousers fill a gap only as wide as their looseness, and the fill fades over many rows
+    # as the naked legs part (the crotch's inverted V); a hem ends the fill across a wide gap
+    # within a few rows.
+    depth = float(np.median(camera.to_camera(body.posed[on_row])[:, 2]))
+    hem_gap_m = float(gaps[run.max()] * depth / camera.K[0, 0])
+    transition = float((first_open - run.max()) / max(len(rows), 1))
+    if (
+        fraction < config.min_length
+        or evidence < 0.3
+        or hem_gap_m < config.min_hem_gap_m
+        or transition > config.max_transition
+    ):
+        return Garment("none", fraction, 0.0, len(run), hem_gap_m, transition)
     kind = "dress" if fraction >= config.dress_hem else "skirt"
     floor = body.rest[:, 2].min()
-    return Garment(kind=kind, hem_fraction=fraction, hem_height_m=float(hem_z - floor), bridged_rows=len(run))
+    return Garment(kind, fraction, float(hem_z - floor), len(run), hem_gap_m, transition)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:

@@ -117,6 +117,13 @@ def test_no_skirt_leaves_the_mesh_unchanged():
     assert np.array_equal(clothed.rest_vertices, plain.rest_vertices)
 
 
+@pytest.mark.parametrize("name", ["fullbody_01.png", "fullbody_09.png"])
+def test_trousers_are_no_skirt(name):
+    """Trousers on legs standing close: the mask between the legs is filled near the crotch, but
+    the legs are never seen apart below it, so no hem is confirmed."""
+    assert _clothing(name).metrics["garment"] == "none"
+
+
 def test_skirt_weights_are_a_normalised_blend_of_hips_and_thighs():
     """The pure function on a synthetic column of points: rows sum to 1, outside unchanged,
     the hem's middle follows both thighs equally, its sides mostly their own thigh."""
