@@ -20,6 +20,7 @@ from assets.steps import (
     timed,
 )
 from models.body_model import load_anny
+from models.clothing import Garment
 from models.errors import ErrorCode, PipelineError
 from models.face_blendshapes import arkit_expression
 from models.fitting import BodyFit
@@ -175,6 +176,16 @@ def _load_offsets(step: StepContext) -> np.ndarray | None:
     return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float64)
 
 
+def _load_garment(step: StepContext) -> Garment | None:
+    """The skirt or dress the mesh step detected (its metrics), for the rig's skin weights;
+    None for no garment or a mesh made before garments were detected."""
+    metrics = (step.metadata.current_artifact(step.upload_id, "mesh") or {}).get("metrics", {})
+    return Garment.from_dict(
+        {"kind": metrics.get("garment", "none"), "hem_fraction": metrics.get("garment_hem_fraction", 0.0),
+         "hem_height_m": metrics.get("garment_hem_m", 0.0)}
+    )  # fmt: skip
+
+
 def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
     step = step_context(context, "rigged_glb")
     with failure_guard(step):
@@ -187,7 +198,7 @@ def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
         with timed(step):
             avatar = build_rigged_avatar(
                 load_anny(), fit.phenotype, fit.pose_parameters, texture_png, _load_offsets(step),
-                expression=arkit_expression(fit_json.get("expression")),
+                expression=arkit_expression(fit_json.get("expression")), garment=_load_garment(step),
             )
             preview = preview_png(avatar.glb)  # front + side, ray cast from the GLB itself
             glb = compress_glb(avatar.glb) if compress else avatar.glb

@@ -22,6 +22,10 @@ class ModelSpec:
     params: dict = field(default_factory=dict)
 
 
+RECONSTRUCTOR_ID = "clothed-projective-texture-v2"  # v2: skirts and dresses spanning the legs (issue 12)
+RIGGER_ID = "anny-mixamo-gltf-v2"  # v2: skirt skin weights follow both legs (issue 12)
+
+
 def default_model_specs() -> dict[str, ModelSpec]:
     return {
         spec.name: spec
@@ -29,8 +33,8 @@ def default_model_specs() -> dict[str, ModelSpec]:
             ModelSpec("keypoint_detector", DETECTOR_ID, asdict(DetectorConfig())),
             ModelSpec("body_model", "anny-0.6.2", {"rig": "mixamo"}),
             ModelSpec("body_fitter", FITTER_ID, _jsonable(asdict(FitConfig()))),
-            ModelSpec("reconstructor", "clothed-projective-texture-v1", {"texture_size": 1024, "clothing": True}),
-            ModelSpec("rigger", "anny-mixamo-gltf-v1", {"max_influences": 4, "compress": False}),
+            ModelSpec("reconstructor", RECONSTRUCTOR_ID, {"texture_size": 1024, "clothing": True}),
+            ModelSpec("rigger", RIGGER_ID, {"max_influences": 4, "compress": False}),
         )
     }
 

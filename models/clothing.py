@@ -92,7 +92,8 @@ class ClothingFit:
     offsets: np.ndarray  # (V,3) D in Anny's rest frame
     rest_vertices: np.ndarray  # (V,3) clothed rest surface, Anny frame
     posed_vertices: np.ndarray  # (V,3) clothed surface in the photo's world frame
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)
+    garment: Garment | None = None  # a garment spanning the legs; None when there is none
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class _Body:
     rest_normals: np.ndarray  # (V,3)
     posed: np.ndarray  # (V,3) LBS(rest) in the photo frame
     posed_dirs: np.ndarray  # (V,3) A_v n_v: how a unit normal offset moves the posed vertex
+    posed_linear: np.ndarray  # (V,3,3) A_v: how any rest offset moves the posed vertex
 
 
 def evaluate_body(
@@ -120,7 +122,9 @@ def evaluate_body(
     posed = np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
     normals = rest_normals(rest, faces)
     dirs = np.einsum("vij,vj->vi", blended[:, :3, :3], normals)
-    return _Body(rest=rest, rest_normals=normals, posed=posed, posed_dirs=dirs)
+    return _Body(
+        rest=rest, rest_normals=normals, posed=posed, posed_dirs=dirs, posed_linear=blended[:, :3, :3]
+    )
 
 
 def rest_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -215,7 +219,7 @@ def _neighbour_mean(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     np.add.at(total, edges[:, 0], values[edges[:, 1]])
     np.add.at(total, edges[:, 1], values[edges[:, 0]])
     np.add.at(count, edges.ravel(), 1.0)
-    return total / count
+    return total / (count if values.ndim == 1 else count[:, None])
 
 
 # --- the fit ----------------------------------------------------------------------------
@@ -229,8 +233,10 @@ def fit_clothing(
     mask: np.ndarray,
     topology: dict[str, np.ndarray],
     config: ClothingConfig = ClothingConfig(),
+    garment_config: GarmentConfig | None = None,
 ) -> ClothingFit:
-    """Normal offsets that make the posed surface's silhouette match the person mask."""
+    """Normal offsets that make the posed surface's silhouette match the person mask, then a
+    garment spanning the legs (skirt, dress) where the mask fills the gap between them."""
     start = time.perf_counter()
     faces = topology["faces"]
     body = evaluate_body(model, phenotype, pose_parameters, faces)
@@ -243,7 +249,15 @@ def fit_clothing(
             body.rest, body.rest_normals, faces, topology["uv"], topology["face_uv_idx"], config
         )
         s = _optimise(body, faces, camera, person, inward, outward, config)
-    posed = body.posed + s[:, None] * body.posed_dirs
+    offsets = s[:, None] * body.rest_normals
+    garment = NO_GARMENT
+    garment_config = garment_config or GarmentConfig(enabled=config.enabled)
+    if config.enabled and person.any() and garment_config.enabled:
+        legs = leg_vertices(body.rest, faces, topology["uv"], topology["face_uv_idx"])
+        garment = detect_garment(body, legs, camera, person, garment_config)
+        if garment.kind != "none":
+            offsets = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config) - body.rest
+    posed = body.posed + np.einsum("vij,vj->vi", body.posed_linear, offsets)
     clothed_iou = silhouette_iou(posed, faces, camera, person)
     metrics = {
         "silhouette_iou_naked": round(naked_iou, 4),
@@ -251,15 +265,20 @@ def fit_clothing(
         "offset_mean_m": round(float(np.abs(s).mean()), 5),
         "offset_max_out_m": round(float(s.max()), 4),
         "offset_max_in_m": round(float(-s.min()), 4),
+        "garment": garment.kind,
+        "garment_hem_m": round(garment.hem_height_m, 4),
+        "garment_hem_fraction": round(garment.hem_fraction if garment.kind != "none" else 0.0, 4),
+        "garment_hem_gap_m": round(garment.hem_gap_m, 4),  # the evidence, also when rejected
+        "garment_transition": round(garment.transition, 4),
         "clothing_seconds": round(time.perf_counter() - start, 3),
     }
-    offsets = s[:, None] * body.rest_normals
     return ClothingFit(
         normal_offsets=s.astype(np.float32),
         offsets=offsets,
         rest_vertices=body.rest + offsets,
         posed_vertices=posed,
         metrics=metrics,
+        garment=None if garment.kind == "none" else garment,
     )
 
 
@@ -433,3 +452,329 @@ def _optimise(body: _Body, faces: np.ndarray, camera: Camera, person: np.ndarray
         system = (prior + sparse.diags(hess + config.damping / n)).tocsc()
         s = np.clip(s - spsolve(system, grad), -inward, outward)
     return s
+
+
+# --- garments that span the legs (skirts, dresses, open coats) -------------------------------
+#
+# Offsets along each leg's own normals can only widen two tubes: a skirt becomes two balloon
+# trouser legs. The evidence for cloth spanning the legs is the person mask *between* the legs:
+# below the crotch the naked legs' projections leave a gap, and the mask fills it down to the
+# hem. The rest surface is then reshaped (same vertices, same topology): between crotch and hem
+# each leg's cross-section becomes half of one bell-shaped skirt (the outer side out to the
+# skirt's width, the inner side flat on the legs' midline plane), and the skin weights of those
+# vertices are blended between both thighs and the hips (`skirt_skin_weights`), so the cloth
+# follows both legs instead of tearing between them.
+
+
+@dataclass(frozen=True)
+class GarmentConfig:
+    """Detection thresholds (geometry, not per photo) and the skirt's shape."""
+
+    enabled: bool = True
+    min_gap_px: float = 3.0  # the naked legs' gap in a row must be this wide to count as evidence
+    filled_fraction: float = 0.9  # share of that gap the mask must cover: cloth spans the legs
+    open_fraction: float = 0.5  # below this share the legs are apart: the hem is above
+    min_length: float = 0.15  # a bridged run shorter than this share of the leg is no garment
+    min_hem_gap_m: float = 0.0  # the gap the hem spans, wider than two trouser legs' looseness
+    max_transition: float = 0.45  # the legs must be seen apart within this share of the leg rows below the hem
+    dress_hem: float = 0.55  # a hem lower than this share of the leg makes a long garment
+    min_depth_ratio: float = 0.75  # the skirt's depth (front-back) at least this share of its width
+    smoothing_iters: int = 10  # Laplacian steps over the reshaped region (no spikes)
+    band_m: float = 0.01  # height bands the skirt's width is measured in
+    waist_blend: float = 0.2  # share of the skirt length over which the shape blends in
+    overlap_m: float = 0.015  # each leg's inner wall reaches this far past the midline plane
+    wall_cos: float = 0.35  # cos(phi/2) below this: the vertex is on the inner wall
+
+
+@dataclass(frozen=True)
+class Garment:
+    """A garment spanning the legs, as detected in the photo, in pose-free terms."""
+
+    kind: str  # none | skirt | dress
+    hem_fraction: float  # hem position from the crotch (0) to the ankles (1)
+    hem_height_m: float  # hem height above the soles in the rest pose (0 for none)
+    bridged_rows: int = 0  # rows of evidence (mask filled between the legs)
+    hem_gap_m: float = 0.0  # the naked legs' gap the mask fills on the hem row
+    transition: float = 0.0  # rows from the hem to the legs seen apart, share of the leg rows
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"kind": self.kind, "hem_fraction": round(self.hem_fraction, 4),
+                "hem_height_m": round(self.hem_height_m, 4)}  # fmt: skip
+
+    @staticmethod
+    def from_dict(data: dict | None) -> Garment | None:
+        if not data or data.get("kind", "none") == "none":
+            return None
+        return Garment(kind=str(data["kind"]), hem_fraction=float(data["hem_fraction"]),
+                       hem_height_m=float(data.get("hem_height_m", 0.0)))  # fmt: skip
+
+
+NO_GARMENT = Garment(kind="none", hem_fraction=0.0, hem_height_m=0.0)
+
+
+@dataclass(frozen=True)
+class _Legs:
+    """The rest surface's legs: which vertices, where they part and end."""
+
+    left: np.ndarray  # (V,) bool, x > 0 below the crotch
+    right: np.ndarray
+    crotch_z: float
+    ankle_z: float
+
+
+def leg_vertices(rest: np.ndarray, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray) -> _Legs:
+    """Leg vertices (below the crotch, feet excluded) split by side, with crotch and ankle heights."""
+    names = part_names()
+    labels = face_part_labels(uv, face_uv_idx)
+    feet = np.zeros(len(rest), bool)
+    for name in ("foot.L", "foot.R"):
+        if name in names:
+            feet[faces[labels == names.index(name)].ravel()] = True
+    height = rest[:, 2].max() - rest[:, 2].min()
+    crotch = _crotch_height(rest, height)
+    ankle = float(rest[feet, 2].max()) if feet.any() else rest[:, 2].min() + 0.05 * height
+    below = (rest[:, 2] < crotch) & ~feet
+    return _Legs(
+        left=below & (rest[:, 0] > 0), right=below & (rest[:, 0] <= 0), crotch_z=crotch, ankle_z=ankle
+    )
+
+
+def _row_extents(pixels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image row, the min and max x of the projected points on it (nan where none)."""
+    lo = np.full(len(rows), np.nan)
+    hi = np.full(len(rows), np.nan)
+    r = np.round(pixels[:, 1]).astype(np.int64) - rows[0]
+    ok = (r >= 0) & (r < len(rows))
+    r, x = r[ok], pixels[ok, 0]
+    lo_vals = np.full(len(rows), np.inf)
+    hi_vals = np.full(len(rows), -np.inf)
+    np.minimum.at(lo_vals, r, x)
+    np.maximum.at(hi_vals, r, x)
+    seen = np.isfinite(lo_vals)
+    lo[seen], hi[seen] = lo_vals[seen], hi_vals[seen]
+    return lo, hi
+
+
+def detect_garment(
+    body: _Body, legs: _Legs, camera: Camera, person: np.ndarray, config: GarmentConfig = GarmentConfig()
+) -> Garment:
+    """A garment spanning the legs from the mask between the naked legs' projections.
+
+    Scanning the image rows from the crotch down, a row is *bridged* when the naked legs leave a
+    gap of at least `min_gap_px` between them and the mask covers `filled_fraction` of it, *open*
+    when it covers less than `open_fraction` (legs touching give no evidence either way). The
+    hem is the last bridged row before the legs are seen apart; its rest height follows from the
+    leg vertices projecting onto that row, so the pose does not matter."""
+    if not config.enabled or not legs.left.any() or not legs.right.any():
+        return NO_GARMENT
+    pixels = camera.project(body.posed)
+    leg_px = pixels[legs.left | legs.right]
+    top = int(np.floor(np.percentile(leg_px[:, 1], 1)))
+    bottom = int(np.ceil(np.percentile(leg_px[:, 1], 99)))
+    h, w = person.shape
+    top, bottom = max(top, 0), min(bottom, h - 1)
+    if bottom - top < 10:
+        return NO_GARMENT
+    rows = np.arange(top, bottom + 1)
+    l_lo, l_hi = _row_extents(pixels[legs.left], rows)
+    r_lo, r_hi = _row_extents(pixels[legs.right], rows)
+    state = np.zeros(len(rows), np.int8)  # 1 bridged, -1 open, 0 no evidence
+    gaps = np.zeros(len(rows))
+    for i, row in enumerate(rows):
+        if np.isnan(l_lo[i]) or np.isnan(r_lo[i]):
+            continue
+        if l_lo[i] > r_hi[i]:
+            a, b = r_hi[i], l_lo[i]
+        elif r_lo[i] > l_hi[i]:
+            a, b = l_hi[i], r_lo[i]
+        else:
+            continue
+        if b - a < config.min_gap_px:
+            continue
+        gaps[i] = b - a
+        x0, x1 = int(np.ceil(a)), int(np.floor(b))
+        x0, x1 = max(x0, 0), min(x1, w - 1)
+        if x1 < x0:
+            continue
+        filled = float(person[row, x0 : x1 + 1].mean())
+        state[i] = 1 if filled >= config.filled_fraction else (-1 if filled < config.open_fraction else 0)
+    bridged = np.flatnonzero(state == 1)
+    opened = np.flatnonzero(state == -1)
+    if len(bridged) == 0:
+        return NO_GARMENT
+    # the hem: the last bridged row above the first run of open rows (3 in a row: not noise)
+    first_open = len(rows)
+    for i in opened:
+        if i + 2 < len(rows) and (state[i : i + 3] == -1).all():
+            first_open = i
+            break
+    run = bridged[bridged < first_open]
+    if len(run) == 0:
+        return NO_GARMENT
+    hem_row = rows[run.max()]
+    # rest heights of the leg vertices on the hem row -> pose-free hem
+    on_row = np.abs(pixels[:, 1] - hem_row) <= 1.5
+    on_row &= legs.left | legs.right
+    if not on_row.any():
+        return NO_GARMENT
+    hem_z = float(np.median(body.rest[on_row, 2]))
+    length = legs.crotch_z - legs.ankle_z
+    fraction = float(np.clip((legs.crotch_z - hem_z) / max(length, 1e-6), 0.0, 1.0))
+    evidence = len(run) / max(hem_row - rows[0] + 1, 1)
+    # Trousers fill a gap only as wide as their looseness, and the fill fades over many rows
+    # as the naked legs part (the crotch's inverted V); a hem ends the fill across a wide gap
+    # within a few rows.
+    depth = float(np.median(camera.to_camera(body.posed[on_row])[:, 2]))
+    hem_gap_m = float(gaps[run.max()] * depth / camera.K[0, 0])
+    transition = float((first_open - run.max()) / max(len(rows), 1))
+    if (
+        fraction < config.min_length
+        or evidence < 0.3
+        or hem_gap_m < config.min_hem_gap_m
+        or transition > config.max_transition
+    ):
+        return Garment("none", fraction, 0.0, len(run), hem_gap_m, transition)
+    kind = "dress" if fraction >= config.dress_hem else "skirt"
+    floor = body.rest[:, 2].min()
+    return Garment(kind, fraction, float(hem_z - floor), len(run), hem_gap_m, transition)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def skirt_surface(
+    rest: np.ndarray,
+    faces: np.ndarray,
+    legs: _Legs,
+    garment: Garment,
+    config: GarmentConfig = GarmentConfig(),
+) -> np.ndarray:
+    """The clothed rest surface (V,3) with the legs between crotch and hem reshaped into one skirt.
+
+    Per height band, the skirt's half-width A is the legs' outer extent (already fitted to the
+    mask by the offsets), made non-decreasing downwards (a bell or a cylinder, never a waist),
+    its half-depth B at least `min_depth_ratio` A. Each leg vertex keeps its angle phi around
+    its own leg's axis; phi = 0 (outermost) goes to the skirt's side, phi = +-pi (innermost) to
+    the midline plane, so the leg becomes the half ellipse (A cos(phi/2), B sin(phi/2)) and both
+    legs together one closed section. A few Laplacian steps smooth the region; the hem ring
+    stays at its height and the legs below are untouched."""
+    out = rest.copy()
+    hem_z = legs.crotch_z - garment.hem_fraction * (legs.crotch_z - legs.ankle_z)
+    skirt = (legs.left | legs.right) & (rest[:, 2] >= hem_z)
+    if not skirt.any():
+        return out
+    z = rest[:, 2]
+    bands = np.floor((legs.crotch_z - z) / config.band_m).astype(np.int64)
+    n_bands = int(bands[skirt].max()) + 1
+    half_width = np.zeros(n_bands)
+    centre_y = np.zeros(n_bands)
+    half_depth = np.zeros(n_bands)
+    for b in range(n_bands):
+        sel = skirt & (bands == b)
+        if sel.any():
+            half_width[b] = np.abs(rest[sel, 0]).max()
+            centre_y[b] = 0.5 * (rest[sel, 1].max() + rest[sel, 1].min())
+            half_depth[b] = 0.5 * (rest[sel, 1].max() - rest[sel, 1].min())
+    # fill empty bands from the one above, then make the width non-decreasing downwards
+    for b in range(1, n_bands):
+        if half_width[b] == 0:
+            half_width[b], centre_y[b], half_depth[b] = half_width[b - 1], centre_y[b - 1], half_depth[b - 1]
+    half_width = np.maximum.accumulate(half_width)
+    half_depth = np.maximum(np.maximum.accumulate(half_depth), config.min_depth_ratio * half_width)
+    pinned = np.zeros(len(rest), bool)
+    for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
+        sel = side & skirt
+        idx = np.flatnonzero(sel)
+        b = bands[idx]
+        # the leg's own axis per band
+        axis_x = np.zeros(n_bands)
+        axis_y = np.zeros(n_bands)
+        for k in np.unique(b):
+            pts = rest[idx[b == k]]
+            axis_x[k] = 0.5 * (pts[:, 0].max() + pts[:, 0].min())
+            axis_y[k] = 0.5 * (pts[:, 1].max() + pts[:, 1].min())
+        u = sign * (rest[idx, 0] - axis_x[b])  # outward
+        v = rest[idx, 1] - axis_y[b]
+        phi = np.arctan2(v, u)
+        # the inner walls cross the midline by `overlap_m`, so smoothing cannot open a slit
+        target_x = sign * ((half_width[b] + config.overlap_m) * np.cos(phi / 2.0) - config.overlap_m)
+        target_y = centre_y[b] + half_depth[b] * np.sin(phi / 2.0)
+        # blend in below the crotch (the hips already span the legs there)
+        depth = (legs.crotch_z - rest[idx, 2]) / max(legs.crotch_z - hem_z, 1e-6)
+        # from half way at the crotch (where the legs' gap is still closing) to fully below
+        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)[:, None]
+        target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
+        out[idx] = (1.0 - t) * rest[idx] + t * target
+        # the inner wall stays on the midline through the smoothing (it would round off)
+        wall = idx[(np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)]
+        pinned[wall] = True
+    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay)
+    edges = mesh_edges(faces)
+    inner = skirt
+    wall_x = out[pinned, 0].copy()
+    for _ in range(config.smoothing_iters):
+        mean = _neighbour_mean(out, edges)
+        out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
+        out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
+        out[pinned, 0] = wall_x
+    return out
+
+
+def skirt_skin_weights(
+    dense: np.ndarray,
+    bone_names: list[str],
+    points: np.ndarray,
+    bone_heads: dict[str, np.ndarray],
+    garment: Garment | None,
+    up_axis: int = 1,
+    tail_fraction: float = 0.15,
+) -> np.ndarray:
+    """Dense skin weights (V,J) with the skirt region re-weighted so the cloth follows both legs.
+
+    `points` (V,3) are the bind vertices (`up_axis` up, the legs' sides along x), `bone_names` the
+    short names of `dense`'s columns, `bone_heads` the joint heads by short name. A skirt vertex
+    between the crotch and the hem (`garment.hem_fraction` of the way to the ankles) gets
+    weights on Hips and both thighs: the thighs' share grows with the depth below the crotch
+    (h, up to 0.7 at the hem), split between left and right by the vertex's lateral position
+    (a smooth step from one side of the skirt to the other), so the front and back of the
+    skirt, where both legs meet, follow their average. Near the crotch the weights blend
+    from the body's own, and on the legs below the hem (`tail_fraction` of the leg) back to them. Other vertices keep theirs; rows stay normalised. Pure function."""
+    if garment is None or garment.kind == "none":
+        return dense
+    col = {name: i for i, name in enumerate(bone_names)}
+    needed = ("Hips", "LeftUpLeg", "RightUpLeg", "LeftFoot", "RightFoot")
+    if any(name not in col or name not in bone_heads for name in needed):
+        return dense
+    left, right = bone_heads["LeftUpLeg"], bone_heads["RightUpLeg"]
+    crotch = 0.5 * (left[up_axis] + right[up_axis]) - 0.5 * np.linalg.norm(left - right)
+    ankle = 0.5 * (bone_heads["LeftFoot"][up_axis] + bone_heads["RightFoot"][up_axis])
+    hem = crotch - garment.hem_fraction * (crotch - ankle)
+    y = points[:, up_axis]
+    centre_x = 0.5 * (left[0] + right[0])
+    lateral = points[:, 0] - centre_x
+    legs = [col[n] for n in ("LeftUpLeg", "RightUpLeg", "LeftLeg", "RightLeg") if n in col]
+    on_legs = dense[:, legs].sum(axis=1) > 0.5  # not the hands hanging beside the hips
+    tail = tail_fraction * (crotch - ankle)  # the legs just below the hem blend back to their own
+    in_skirt = (y <= crotch) & (y >= hem - tail) & on_legs
+    if not in_skirt.any():
+        return dense
+    h = np.clip((crotch - y[in_skirt]) / max(crotch - hem, 1e-6), 0.0, 1.0)
+    width = np.maximum(np.abs(lateral[in_skirt]).max(), 1e-3)
+    # which side: the left thigh's head has the larger x or the smaller, whichever the rig says
+    sign = 1.0 if left[0] > right[0] else -1.0
+    to_left = _smoothstep(0.5 + 0.5 * sign * lateral[in_skirt] / width)
+    legs_share = 0.7 * h
+    skirt = np.zeros((int(in_skirt.sum()), dense.shape[1]))
+    skirt[:, col["Hips"]] = 1.0 - legs_share
+    skirt[:, col["LeftUpLeg"]] = legs_share * to_left
+    skirt[:, col["RightUpLeg"]] = legs_share * (1.0 - to_left)
+    # from the body's own weights at the crotch, and back to them on the legs below the hem,
+    # so the step between cloth (both legs) and shin is spread over a band, not one edge ring
+    below = np.clip((hem - y[in_skirt]) / max(tail, 1e-6), 0.0, 1.0)
+    top = (crotch - y[in_skirt]) / max(tail, 1e-6)
+    blend = (_smoothstep(top) * (1.0 - _smoothstep(below)))[:, None]
+    out = dense.copy()
+    out[in_skirt] = (1.0 - blend) * dense[in_skirt] + blend * skirt
+    return out / out.sum(axis=1, keepdims=True)

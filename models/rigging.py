@@ -39,6 +39,7 @@ import torch
 import trimesh
 
 from models.body_model import anny_topology
+from models.clothing import Garment, skirt_skin_weights
 from models.face_blendshapes import FaceTargets, expression_weights, face_targets, fitted_offsets
 from models.gltf_export import (
     MAX_INFLUENCES,
@@ -538,6 +539,7 @@ def build_rigged_avatar(
     texture_png: bytes,
     offsets: np.ndarray | None = None,
     expression: dict[str, float] | None = None,
+    garment: Garment | None = None,
 ) -> RiggedAvatar:
     """Rigged, textured GLB of the fitted body (see the module docstring for the placement).
 
@@ -547,7 +549,8 @@ def build_rigged_avatar(
     `wave` and `walk` (loops). Compression is a separate, opt-in step (`compress_glb`).
     The face carries ARKit's 52 blendshapes as morph targets (models.face_blendshapes), animated
     by `blink` and `talk`; `expression` ({ARKit name: weight}, optional: absent -> neutral) is the
-    photo's expression, held in `photo_pose`.
+    photo's expression, held in `photo_pose`. `garment` (models.clothing, optional) is the
+    skirt or dress the offsets shape; its vertices are weighted to follow both legs.
     """
     body = evaluate_anny(model, phenotype, np.asarray(pose_parameters))
     topo = anny_topology(model)
@@ -564,7 +567,7 @@ def build_rigged_avatar(
     heads = {
         short_name(n): m[:3, 3] for n, m in zip(bind.skeleton.names, bind.skeleton.bind_world, strict=True)
     }
-    joints, weights, loss = export_skin_weights(topo, bind.vertices, heads)
+    joints, weights, loss = export_skin_weights(topo, bind.vertices, heads, garment)
     face = gltf_face_targets(model, body.rest_vertices)
     mesh = SkinnedMeshData(
         positions=bind.vertices[src].astype(np.float32),
@@ -661,11 +664,16 @@ WEIGHT_SMOOTHING_ITERATIONS = 40
 
 
 def export_skin_weights(
-    topo: dict[str, np.ndarray], points: np.ndarray, bone_heads: dict[str, np.ndarray]
+    topo: dict[str, np.ndarray],
+    points: np.ndarray,
+    bone_heads: dict[str, np.ndarray],
+    garment: Garment | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """THE place where each vertex's exported skin influences are chosen (unsplit topology):
-    Anny's weights, smoothed near the joints of `WEIGHT_SMOOTHING` (`smooth_weights_near`), top 4
-    renormalised. `points` (V,3) the bind vertices, `bone_heads` by short bone name.
+    Anny's weights, smoothed near the joints of `WEIGHT_SMOOTHING` (`smooth_weights_near`), a
+    skirt's vertices re-weighted between both legs and the hips (`skirt_skin_weights`), top 4
+    renormalised. `points` (V,3) the bind vertices, `bone_heads` by short bone name, in the
+    skeleton's bone order (the weight columns' order).
     Returns (joints (V,4), weights (V,4), fraction of Anny's weight dropped by pruning (V,))."""
     left, right = bone_heads["LeftUpLeg"], bone_heads["RightUpLeg"]
     heads = dict(
@@ -677,6 +685,7 @@ def export_skin_weights(
         dense = smooth_weights_near(
             points, topo["faces"], dense, centres, radius, WEIGHT_SMOOTHING_ITERATIONS
         )
+    dense = skirt_skin_weights(dense, list(bone_heads)[: dense.shape[1]], points, bone_heads, garment)
     all_joints = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
     return top_influences(all_joints, dense)
 
