@@ -50,7 +50,7 @@ def test_describe_gives_sources_and_redacts(tmp_path):
     assert entries["DAGSTER_PG_URL"].value == "postgresql://d:***@h/dagster"
     assert entries["AVATARPIPE_ERASURE_SALT"].value == "***"
     assert entries["(dagster storage)"].value == "postgres"
-    assert entries["(raw retention policy)"].value == "raw upload deleted 7 days after the avatar is ready"
+    assert entries["(raw retention policy)"].value == "raw uploads are kept 7 days after their avatar is ready (AVATARPIPE_RAW_RETENTION_DAYS)"
     assert SECRET not in json.dumps([e.value for e in entries.values()], default=str)
 
 
