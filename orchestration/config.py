@@ -1,7 +1,10 @@
 """avatarpipe's configuration: one typed, validated object built from environment variables.
 
 This module is the only place that reads avatarpipe's environment variables (`models/` reads
-none; the orchestration layer passes values down). `load_config()` validates everything at
+none; the orchestration layer passes values down as parameters; the Pipes worker reads its own
+machine's values through it, `ops.steps.WorkerRuntime`). Not configuration, so not here: the
+test-only fault hooks (`ops/faults.py`) and what Dagster Pipes passes a worker itself.
+`tests/backends/test_env_reads.py` scans the source so this stays true. `load_config()` validates everything at
 start and raises :class:`ConfigError` with one line per bad variable (never echoing a secret);
 `describe()` is what `avatarpipe config show` prints: every value, *redacted*, with where it
 came from (`env:NAME`, `default`, or `derived:` how).
