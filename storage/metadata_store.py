@@ -186,6 +186,7 @@ class MetadataStore:
         if self._lock_path is None:  # real MongoDB does its own concurrency control
             yield
             return
+        repository = self._lock_path.parent
         if self._lock_pid != os.getpid():
             # Forked child: the inherited fd shares its flock with the parent (so it would
             # not exclude it) and the thread lock may be held by a thread that no longer exists.
@@ -195,7 +196,7 @@ class MetadataStore:
             self._lock_pid = os.getpid()
         with self._thread_lock:
             if self._lock_depth == 0:  # each outermost operation: the repository is still there
-                call_with_retry("metadata.repository", lambda: _check_repository(self._lock_path.parent))
+                call_with_retry("metadata.repository", lambda: _check_repository(repository))
             if self._lock_fd is None:
                 self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             if self._lock_depth == 0:
