@@ -42,7 +42,7 @@ $(CLIENTS_STAMP): clients/package-lock.json
 # The one-off Anny model-cache build (≈ 3 min and ≈ 790 MB in AVATARPIPE_CACHE on a fresh
 # machine; about a second afterwards), done as setup so that no test or worker pays for it.
 model-cache: $(STAMP)
-	$(PY) -c "from models.body_model import load_anny, load_body_model; load_anny(); load_body_model()"
+	$(PY) -c "from orchestration.settings import Settings; from models.body_model import load_anny; load_anny(str(Settings.from_env().anny_cache_dir))"
 
 test: $(STAMP) clients infra-tools model-cache postgres
 	$(VENV)/bin/ruff check .

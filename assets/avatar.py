@@ -24,12 +24,13 @@ from models.clothing import Garment
 from models.errors import ErrorCode, PipelineError
 from models.face_blendshapes import arkit_expression
 from models.fitting import BodyFit
-from models.gltf_export import compress_glb
+from models.gltf_export import compress_glb, find_gltfpack
 from models.keypoints import DetectorConfig, detect_keypoints
-from models.photo import decode_png, encode_png, normalise_photo
+from models.photo import PhotoLimits, decode_png, encode_png, normalise_photo
 from models.render import preview_png
 from models.rigging import build_rigged_avatar
 from ops.steps import FIT, KEYPOINTS, MASK, PHOTO, StepRequest, json_bytes, thumbnail_png
+from orchestration.config import load_config
 
 RESOURCES = {"object_store", "metadata", "model_registry", "compute"}
 GROUP = "avatar"
@@ -69,7 +70,8 @@ def _photo(context: AssetExecutionContext) -> MaterializeResult:
         upload = step.metadata.get_upload(step.upload_id)
         raw = _raw_upload_bytes(step, upload)
         with timed(step):
-            photo = normalise_photo(raw)
+            config = load_config()
+            photo = normalise_photo(raw, PhotoLimits.with_overrides(config.max_upload_bytes, config.max_image_pixels))
         metrics = {
             "width": photo.size[0],
             "height": photo.size[1],
@@ -195,13 +197,15 @@ def _rigged_glb(context: AssetExecutionContext) -> MaterializeResult:
         fit_json = fit_parent.json()
         fit = BodyFit.from_dict(fit_json)
         compress = bool(step.model_params["rigger"].get("compress", False))
+        config = load_config()
         with timed(step):
             avatar = build_rigged_avatar(
-                load_anny(), fit.phenotype, fit.pose_parameters, texture_png, _load_offsets(step),
-                expression=arkit_expression(fit_json.get("expression")), garment=_load_garment(step),
+                load_anny(str(config.resolved_cache / "anny")), fit.phenotype, fit.pose_parameters, texture_png,
+                _load_offsets(step), expression=arkit_expression(fit_json.get("expression")),
+                garment=_load_garment(step),
             )
             preview = preview_png(avatar.glb)  # front + side, ray cast from the GLB itself
-            glb = compress_glb(avatar.glb) if compress else avatar.glb
+            glb = compress_glb(avatar.glb, find_gltfpack(config.gltfpack)) if compress else avatar.glb
         metrics = {
             "joint_count": avatar.joint_count,
             "vertex_count": avatar.vertex_count,

@@ -43,7 +43,7 @@ from dagster import (
 
 from assets.partitions import uploads_partitions
 from models.errors import ErrorCode, PipelineError
-from ops.raw_retention import delete_raw_when_ready
+from ops.raw_retention import delete_raw_when_ready, raw_retention_policy
 from storage.metadata_store import InvalidTransition, MetadataStore, ValidationRecord
 from storage.object_store import ObjectStore
 
@@ -63,8 +63,9 @@ def check_name(asset_key: str) -> str:
 
 def expectations_dir() -> Path:
     """The suites' directory: `AVATARPIPE_EXPECTATIONS_DIR` (e.g. to stage a stricter bar) or the repo's."""
-    env = os.environ.get("AVATARPIPE_EXPECTATIONS_DIR")
-    return Path(env) if env else EXPECTATIONS_DIR
+    from orchestration.config import load_config
+
+    return load_config().expectations_dir or EXPECTATIONS_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +312,11 @@ def _mesh_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> Art
 
 def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
     from models.quality import glb_metrics, run_gltf_validator
+    from orchestration.config import load_config
 
+    node_modules = load_config().node_modules  # AVATARPIPE_NODE_MODULES, else clients/node_modules
     glb = store.get_bytes(doc["key"])
-    report = run_gltf_validator(glb)
+    report = run_gltf_validator(glb, node_modules)
     extra = {
         "gltf_validator": {
             "status": report.status,
@@ -324,7 +327,7 @@ def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) 
             **({"detail": report.detail} if report.detail else {}),
         }
     }
-    return ArtifactMetrics(glb_metrics(glb, report).row(), extra)
+    return ArtifactMetrics(glb_metrics(glb, report, node_modules).row(), extra)
 
 
 ARTIFACT_METRICS: dict[str, Callable[[dict, ObjectStore, MetadataStore], ArtifactMetrics]] = {
@@ -424,7 +427,10 @@ def _run_quality_check(
         context.log.error(error.message)
     elif asset_key == FINAL_ASSET:
         _set_status(metadata, upload_id, "ready", run_id)
-        delete_raw_when_ready(metadata, store, upload_id)  # data minimisation (ops/raw_retention.py)
+        from orchestration.config import load_config
+
+        policy = raw_retention_policy(load_config().raw_retention_days)
+        delete_raw_when_ready(metadata, store, upload_id, policy)  # data minimisation (ops/raw_retention.py)
     meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_sha": suite.sha,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -19,17 +17,15 @@ from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MetadataVal
 
 from models.catalogue import ASSET_MODELS
 from models.errors import ErrorCode, PipelineError
+from ops.faults import FAULT_KILL_ENV, kill_if_armed
 from ops.steps import StepResult
 from storage.metadata_store import ArtifactRecord, MetadataStore
 from storage.object_store import ObjectStore, StoredObject, artifact_key, key_without_subject, sha256_hex
 from storage.retry import StoreUnavailable, with_retries
 
-# TEST-ONLY fault injection (tests/reliability): "<asset>:stored" SIGKILLs this process right
-# after the step's objects are written (before its `artifacts` document), "<asset>:recorded"
-# right after the document and audit event. Never set it outside tests.
-FAULT_KILL_ENV = "AVATARPIPE_FAULT_KILL_AT"
-STEP_RETRIES_ENV = "AVATARPIPE_STEP_RETRIES"
-STEP_RETRY_DELAY_ENV = "AVATARPIPE_STEP_RETRY_DELAY_S"
+# TEST-ONLY fault injection (tests/reliability, read in ops.faults): "<asset>:stored" SIGKILLs
+# this process right after the step's objects are written (before its `artifacts` document),
+# "<asset>:recorded" right after the document and audit event. Never set it outside tests.
 
 _log = logging.getLogger(__name__)
 
@@ -39,9 +35,12 @@ def step_retry_policy() -> RetryPolicy:
     own retries are spent, unexpected errors) get `AVATARPIPE_STEP_RETRIES` more attempts (2),
     waits growing exponentially from `AVATARPIPE_STEP_RETRY_DELAY_S` (5 s) with +/- jitter.
     Permanent input errors raise `Failure(allow_retries=False)` and bypass it."""
+    from orchestration.config import load_config
+
+    config = load_config()
     return RetryPolicy(
-        max_retries=int(os.environ.get(STEP_RETRIES_ENV) or 2),
-        delay=float(os.environ.get(STEP_RETRY_DELAY_ENV) or 5.0),
+        max_retries=config.step_retries,
+        delay=config.step_retry_delay_s,
         backoff=Backoff.EXPONENTIAL,
         jitter=Jitter.PLUS_MINUS,
     )
@@ -108,8 +107,7 @@ def _retries_left(context: AssetExecutionContext) -> int:
 def fault_point(step: StepContext, point: str) -> None:
     """TEST-ONLY: die like a lost machine (SIGKILL, no cleanup) at a step boundary when
     `AVATARPIPE_FAULT_KILL_AT` names it (see `FAULT_KILL_ENV`)."""
-    if os.environ.get(FAULT_KILL_ENV) == f"{step.asset_key}:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_if_armed(FAULT_KILL_ENV, f"{step.asset_key}:{point}")
 
 
 def load_parent(step: StepContext, asset_key: str, extra_file: str | None = None) -> Parent:

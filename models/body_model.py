@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +27,9 @@ PHENOTYPE_LABELS = ("gender", "age", "muscle", "weight", "height", "proportions"
 
 
 def default_cache_dir() -> Path:
-    """Model caches live outside AVATARPIPE_HOME so a fresh home starts fast."""
-    root = os.environ.get("AVATARPIPE_CACHE") or str(Path.home() / ".cache" / "avatarpipe")
-    return Path(root)
+    """Model caches live outside AVATARPIPE_HOME so a fresh home starts fast. The pipeline
+    passes the configured cache (`AVATARPIPE_CACHE`) down as ``cache_dir``; this is the default."""
+    return Path.home() / ".cache" / "avatarpipe"
 
 
 @functools.lru_cache(maxsize=2)
@@ -498,19 +497,15 @@ def anny_body(cache_dir: str | None = None) -> AnnyBody:
     return AnnyBody(load_anny(cache_dir))
 
 
-SMPLX_ENV = "SMPLX_MODEL_DIR"
-
-
 def configured_body_model_name(smplx_model_dir: str | None = None) -> str:
-    """`smplx` when licensed SMPL-X files are configured (argument or SMPLX_MODEL_DIR), else `anny`."""
-    return "smplx" if (smplx_model_dir or os.environ.get(SMPLX_ENV)) else "anny"
+    """`smplx` when licensed SMPL-X files are given (the configuration's SMPLX_MODEL_DIR), else `anny`."""
+    return "smplx" if smplx_model_dir else "anny"
 
 
-def load_body_model(smplx_model_dir: str | None = None) -> BodyModel:
-    """Anny by default; SMPL-X when `smplx_model_dir` or $SMPLX_MODEL_DIR points at SMPL-X files."""
-    path = smplx_model_dir or os.environ.get(SMPLX_ENV)
-    if path:
+def load_body_model(smplx_model_dir: str | None = None, cache_dir: str | None = None) -> BodyModel:
+    """Anny (from ``cache_dir``) by default; SMPL-X when ``smplx_model_dir`` points at SMPL-X files."""
+    if smplx_model_dir:
         from models.smplx_model import load_smplx_body
 
-        return load_smplx_body(path)
-    return anny_body()
+        return load_smplx_body(smplx_model_dir)
+    return anny_body(cache_dir)

@@ -69,12 +69,15 @@ class ExportResult:
     options: ExportOptions
 
 
-def export_avatar(glb: bytes, options: ExportOptions, vrm_meta: dict | None = None) -> ExportResult:
-    """The rigged GLB converted per `options` (validated first)."""
+def export_avatar(
+    glb: bytes, options: ExportOptions, vrm_meta: dict | None = None, gltfpack: str | None = None
+) -> ExportResult:
+    """The rigged GLB converted per `options` (validated first); ``gltfpack``: the configured
+    executable (see `find_gltfpack`)."""
     options.validate()
     data = glb
     if options.lod:
-        data = simplify_glb(data, LOD_RATIOS[options.lod])
+        data = simplify_glb(data, LOD_RATIOS[options.lod], gltfpack=gltfpack)
     if options.texture_size is not None:
         data = limit_texture_size(data, options.texture_size)
     if options.format == "vrm":
@@ -82,7 +85,7 @@ def export_avatar(glb: bytes, options: ExportOptions, vrm_meta: dict | None = No
 
         data = to_vrm(data, vrm_meta or {})
     if options.compress == "meshopt":
-        data = compress_glb(data)
+        data = compress_glb(data, find_gltfpack(gltfpack))
     return ExportResult(
         data=data, triangles=count_triangles(data), texture_size=texture_size(data), options=options
     )
@@ -184,10 +187,10 @@ def limit_texture_size(glb: bytes, size: int) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-def simplify_glb(glb: bytes, ratio: float, timeout_s: float = 120.0) -> bytes:
+def simplify_glb(glb: bytes, ratio: float, timeout_s: float = 120.0, gltfpack: str | None = None) -> bytes:
     """Triangles reduced to about `ratio` by gltfpack (skin, morph targets, clips, names, extras
     and materials kept), morph targets made sparse again."""
-    tool = find_gltfpack()
+    tool = find_gltfpack(gltfpack)
     if tool is None:
         raise PipelineError(ErrorCode.INTERNAL_ERROR, "a level of detail needs gltfpack: run `make clients`")
     with tempfile.TemporaryDirectory(prefix="avatarpipe-lod-") as tmp:

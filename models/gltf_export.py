@@ -19,7 +19,6 @@ module only packs it, following the glTF 2.0 skinning rules strictly:
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -468,14 +467,13 @@ def write_glb(
 # Optional compression (opt-in: clients must set up a meshopt decoder)
 # ---------------------------------------------------------------------------------------------
 
-GLTFPACK_ENV = "AVATARPIPE_GLTFPACK"
 # Where `make test` / `npm ci` in clients/ puts the pinned gltfpack (npm package, WebAssembly).
 _CLIENTS_BIN = Path(__file__).resolve().parent.parent / "clients" / "node_modules" / ".bin"
 
 
-def find_gltfpack() -> str | None:
-    """The gltfpack executable: $AVATARPIPE_GLTFPACK, the repo's clients/ install, or PATH."""
-    configured = os.environ.get(GLTFPACK_ENV)
+def find_gltfpack(configured: str | None = None) -> str | None:
+    """The gltfpack executable: ``configured`` (the configuration's AVATARPIPE_GLTFPACK), the
+    repo's clients/ install, or PATH."""
     if configured:
         return configured
     local = _CLIENTS_BIN / "gltfpack"
@@ -494,7 +492,7 @@ def compress_glb(glb: bytes, gltfpack: str | None = None, timeout_s: float = 120
         raise PipelineError(
             ErrorCode.INTERNAL_ERROR,
             "GLB compression was requested but gltfpack is not installed: run `make clients` "
-            f"(npm ci in clients/) or set {GLTFPACK_ENV}",
+            "(npm ci in clients/) or set AVATARPIPE_GLTFPACK",
         )
     with tempfile.TemporaryDirectory(prefix="avatarpipe-gltfpack-") as tmp:
         source, target = Path(tmp) / "in.glb", Path(tmp) / "out.glb"

@@ -8,7 +8,6 @@ the re-encoded PNG carries no EXIF/GPS/ICC/text metadata at all.
 from __future__ import annotations
 
 import io
-import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -22,10 +21,6 @@ from models.image_integrity import check_container
 STEP = "photo"
 
 
-MAX_UPLOAD_BYTES_ENV = "AVATARPIPE_MAX_UPLOAD_BYTES"
-MAX_IMAGE_PIXELS_ENV = "AVATARPIPE_MAX_IMAGE_PIXELS"
-
-
 @dataclass(frozen=True)
 class PhotoLimits:
     max_file_bytes: int = 25 * 1024 * 1024
@@ -34,24 +29,18 @@ class PhotoLimits:
     max_side: int = 1024  # the normalised photo is downscaled to fit this
 
     @staticmethod
-    def from_env() -> PhotoLimits:
-        """The defaults, overridden by `AVATARPIPE_MAX_UPLOAD_BYTES` / `AVATARPIPE_MAX_IMAGE_PIXELS`
-        (positive integers; the bomb guard can be tightened or loosened, never switched off)."""
+    def with_overrides(max_file_bytes: int | None = None, max_pixels: int | None = None) -> PhotoLimits:
+        """The defaults, each overridden when given (the configuration's
+        `AVATARPIPE_MAX_UPLOAD_BYTES` / `AVATARPIPE_MAX_IMAGE_PIXELS`, validated positive there:
+        the bomb guard can be tightened or loosened, never switched off)."""
         defaults = PhotoLimits()
+        for name, value in (("max_file_bytes", max_file_bytes), ("max_pixels", max_pixels)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return PhotoLimits(
-            max_file_bytes=_positive_int_env(MAX_UPLOAD_BYTES_ENV, defaults.max_file_bytes),
-            max_pixels=_positive_int_env(MAX_IMAGE_PIXELS_ENV, defaults.max_pixels),
+            max_file_bytes=max_file_bytes or defaults.max_file_bytes,
+            max_pixels=max_pixels or defaults.max_pixels,
         )
-
-
-def _positive_int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -71,11 +60,11 @@ class NormalisedPhoto:
 def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> NormalisedPhoto:
     """Validate and normalise raw upload bytes, raising PipelineError with a typed code.
 
-    Without explicit ``limits`` the configured ones apply (:meth:`PhotoLimits.from_env`).
+    Without explicit ``limits`` the defaults apply (the pipeline passes the configured ones).
     Animated GIFs and multi-page TIFFs are accepted: the first frame is used and ``frames``
     says how many there were.
     """
-    limits = limits or PhotoLimits.from_env()
+    limits = limits or PhotoLimits()
     if not data:
         raise PipelineError(ErrorCode.EMPTY_FILE, "the uploaded file is empty", STEP)
     if len(data) > limits.max_file_bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -380,8 +379,9 @@ def _image_size(gltf: pygltflib.GLTF2, blob: bytes, image: pygltflib.Image) -> t
         return (0, 0)
 
 
-def glb_metrics(glb: bytes, validator: ValidatorReport | None = None) -> GlbMetrics:
-    """Metrics row of a skinned GLB as a client sees it (pygltflib), plus the validator's counts."""
+def glb_metrics(glb: bytes, validator: ValidatorReport | None = None, node_modules: Path | None = None) -> GlbMetrics:
+    """Metrics row of a skinned GLB as a client sees it (pygltflib), plus the validator's counts.
+    ``node_modules``: where three's meshopt decoder is (default: `clients_node_modules()`)."""
     validator = validator or ValidatorReport(status="unavailable")
     common = {
         "file_bytes": len(glb),
@@ -392,7 +392,7 @@ def glb_metrics(glb: bytes, validator: ValidatorReport | None = None) -> GlbMetr
     try:
         gltf = pygltflib.GLTF2.load_from_bytes(glb)
         if MESHOPT_EXTENSION in (gltf.extensionsUsed or []):
-            gltf = pygltflib.GLTF2.load_from_bytes(decode_meshopt_glb(glb))
+            gltf = pygltflib.GLTF2.load_from_bytes(decode_meshopt_glb(glb, node_modules))
         blob = gltf.binary_blob() or b""
         return _glb_metrics(gltf, blob, common)
     except (GlbReadError, ValueError, KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as exc:
@@ -578,10 +578,10 @@ def decode_meshopt_glb(glb: bytes, node_modules: Path | None = None, timeout_s: 
 
 
 def clients_node_modules() -> Path:
-    """The npm packages (`gltf-validator`, `three`'s meshopt decoder): $AVATARPIPE_NODE_MODULES
-    or the repository's clients/node_modules (`npm ci` in clients/)."""
-    env = os.environ.get("AVATARPIPE_NODE_MODULES")
-    return Path(env) if env else REPO_ROOT / "clients" / "node_modules"
+    """The npm packages (`gltf-validator`, `three`'s meshopt decoder) by default: the repository's
+    clients/node_modules (`npm ci` in clients/); the pipeline passes the configured
+    `AVATARPIPE_NODE_MODULES` as ``node_modules``."""
+    return REPO_ROOT / "clients" / "node_modules"
 
 
 # Reads the GLB from stdin, prints the validator's issue summary as one JSON line.

@@ -46,20 +46,20 @@ import json
 import os
 import re
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops.faults import ERASURE_FAULT_ENV, kill_if_armed
 from ops.verification import HASH_PREFIX_LEN, Needles, VerificationReport, verify
 from storage.metadata_store import MetadataStore, NotFound, utcnow
 from storage.object_store import ObjectStore, subject_prefix
 
 SALT_ENV = "AVATARPIPE_ERASURE_SALT"
 SALT_FILE = ".erasure_salt"
-FAULT_ENV = "AVATARPIPE_ERASURE_FAULT"  # tests only: "<step>" SIGKILLs this process inside that step
+FAULT_ENV = ERASURE_FAULT_ENV  # tests only: "<step>" SIGKILLs this process inside that step (ops.faults)
 STEPS = ("plan", "fence", "object_store", "dagster", "mlflow", "metadata", "files", "vacuum", "verify")
 _OWN_COLLECTIONS = {"subjects", "uploads", "artifacts", "validations", "audit_log", "erasures"}
 
@@ -498,8 +498,7 @@ def _default_operator() -> str:
 
 def _fault_point(step: str) -> None:
     """Tests: die like a killed process (SIGKILL, no cleanup) at the start of ``step``."""
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_if_armed(FAULT_ENV, step)
 
 
 __all__ = ["HASH_PREFIX_LEN", "STEPS", "ErasureEnv", "ErasureResult", "Plan", "UnknownSubject", "Unopenable",

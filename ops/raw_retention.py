@@ -14,8 +14,6 @@ still be reprocessed: reprocessing never re-runs `photo` (no model feeds it). Re
 Each deletion is recorded on the upload (`raw_deleted_at`) and in the audit log.
 """
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -57,18 +55,11 @@ class RawRetentionPolicy:
         }
 
 
-def raw_retention_policy(environ: Mapping[str, str] = os.environ) -> RawRetentionPolicy:
-    """The policy in force: ``AVATARPIPE_RAW_RETENTION_DAYS`` unset, empty or 0 -> delete when
-    ready; a positive number of days -> keep that long. Anything else is a configuration error."""
-    raw = (environ.get(RAW_RETENTION_ENV) or "").strip()
-    if not raw:
-        return RawRetentionPolicy()
-    try:
-        days = float(raw)
-    except ValueError:
-        raise ValueError(f"{RAW_RETENTION_ENV} must be a number of days, got {raw!r}") from None
-    if days < 0:
-        raise ValueError(f"{RAW_RETENTION_ENV} must not be negative, got {raw!r}")
+def raw_retention_policy(days: float | None = None) -> RawRetentionPolicy:
+    """The policy in force for the configured ``days`` (`AVATARPIPE_RAW_RETENTION_DAYS`, validated
+    by orchestration/config.py): None or 0 -> delete when ready; a positive number -> keep that long."""
+    if days is not None and days < 0:
+        raise ValueError(f"{RAW_RETENTION_ENV} must not be negative, got {days!r}")
     return RawRetentionPolicy(days=days or None)
 
 
@@ -76,7 +67,7 @@ def delete_raw_when_ready(
     metadata: MetadataStore, store: ObjectStore, upload_id: str, policy: RawRetentionPolicy | None = None
 ) -> bool:
     """Under the default policy, delete the raw upload of ``upload_id`` (just made `ready`);
-    True when it was deleted. The normalised `photo` must exist: it is what reprocessing reads."""
+    True when it was deleted. ``policy``: the configured one (the caller's; default: delete). The normalised `photo` must exist: it is what reprocessing reads."""
     policy = policy or raw_retention_policy()
     if not policy.delete_when_ready:
         return False

@@ -42,8 +42,32 @@ class StepOutput:
 class StepSpec:
     name: str  # the asset key it materialises
     inputs: tuple[str, ...]
-    run: Callable[[Mapping[str, bytes], Mapping[str, dict]], StepOutput]
+    run: Callable[[Mapping[str, bytes], Mapping[str, dict], WorkerRuntime], StepOutput]
     preview_extra: str | None = None  # extra file a remote caller can thumbnail for the preview
+
+
+@dataclass(frozen=True)
+class WorkerRuntime:
+    """What belongs to the machine a step runs on, not to the request: where the Anny model cache
+    is and whether licensed SMPL-X files are installed there. In ECS the worker is another
+    machine (its task definition sets AVATARPIPE_CACHE / SMPLX_MODEL_DIR), so these are the
+    worker's own configuration: `ops.worker` builds them once from `orchestration.config`, the
+    in-process launcher from the same configuration (`from_config`)."""
+
+    anny_cache_dir: str | None = None  # None: models.body_model's default
+    smplx_model_dir: str | None = None  # None: Anny
+
+    @staticmethod
+    def from_config(config: Any) -> WorkerRuntime:
+        """From an `orchestration.config.AppConfig` (typed Any: ops does not import orchestration)."""
+        smplx = config.smplx_model_dir
+        return WorkerRuntime(str(config.resolved_cache / "anny"), str(smplx) if smplx else None)
+
+    @staticmethod
+    def configured() -> WorkerRuntime:
+        from orchestration.config import load_config  # the one reader of the environment
+
+        return WorkerRuntime.from_config(load_config())
 
 
 @dataclass(frozen=True)
@@ -157,13 +181,13 @@ def load_keypoints(keypoints_json: bytes, mask_png: bytes):
 # -- the heavy steps -------------------------------------------------------------------------
 
 
-def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict]) -> StepOutput:
+def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
     """keypoints (+ person mask) -> body fit JSON; same computation as the `smplx_params` asset."""
     from models.body_model import load_body_model
     from models.fitting import BodyHints, FitConfig, fit_body
 
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
-    body = load_body_model()  # Anny; SMPL-X when SMPLX_MODEL_DIR points at its files
+    body = load_body_model(runtime.smplx_model_dir, runtime.anny_cache_dir)  # Anny; SMPL-X when configured
     hints = BodyHints.from_dict(params.get("body_hints"))  # the uploader's, from the uploads document
     fit = fit_body(kp, body, body.info, FitConfig.from_params(params.get("body_fitter", {})), hints)
     metrics = dict(fit.metrics) | {"framing": fit.framing, "body_model": fit.body_model.name}
@@ -184,7 +208,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) -> StepOutput:
+def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
     """fit + photo + keypoints -> clothed, textured GLB in the photo's frame; same as the `mesh`
     asset (clothing offsets along normals, projective texture, overlay; offsets kept as .npy)."""
     from models.body_model import anny_topology, load_anny
@@ -205,7 +229,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict]) ->
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
     reconstructor = params.get("reconstructor", {})
     texture_size = int(reconstructor.get("texture_size", 1024))
-    model = load_anny()
+    model = load_anny(runtime.anny_cache_dir)
     topo = anny_topology(model)
     clothing = fit_clothing(
         model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, topo,
@@ -287,12 +311,15 @@ def store_output(
     return obj.key, obj.uri, obj.sha256, obj.bytes, extra_keys
 
 
-def execute_step(request: StepRequest, store: ObjectStore, device: str = "cpu") -> StepResult:
-    """Load inputs, run the step, store the outputs. Raises `PipelineError` for bad input."""
+def execute_step(
+    request: StepRequest, store: ObjectStore, device: str = "cpu", runtime: WorkerRuntime | None = None
+) -> StepResult:
+    """Load inputs, run the step, store the outputs. Raises `PipelineError` for bad input.
+    ``runtime``: this machine's model files (default: the configured ones)."""
     spec = step_spec(request.step)
     inputs = load_inputs(spec, request.inputs, store)
     start = time.perf_counter()
-    output = spec.run(inputs, request.params)
+    output = spec.run(inputs, request.params, runtime or WorkerRuntime.configured())
     compute_seconds = round(time.perf_counter() - start, 3)
     key, uri, digest, size, extra_keys = store_output(
         store, request.subject_id, request.upload_id, spec.name, output

@@ -340,16 +340,17 @@ def mlflow_sql_connections(tracking_uri: str) -> list[tuple[str, Any]]:
     return [("mlflow", connect)]
 
 
-def scan_artifact_root(root: str | None, needles: Needles) -> tuple[list[Hit], dict[str, int]]:
+def scan_artifact_root(
+    root: str | None, needles: Needles, endpoint_url: str | None = None
+) -> tuple[list[Hit], dict[str, int]]:
     """Every key under an ``s3://bucket/prefix`` MLflow artifact root (local roots are under the
-    home or scanned by the file scan)."""
+    home or scanned by the file scan); ``endpoint_url``: the S3 endpoint MLflow writes to."""
     if not root or not root.startswith("s3://"):
         return [], {}
     import boto3
 
     bucket, _, prefix = root[len("s3://"):].partition("/")
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client = boto3.client("s3", endpoint_url=endpoint_url or None)
     hits: list[Hit] = []
     keys = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -423,13 +424,15 @@ def verify(
 ) -> VerificationReport:
     """Scan every store; a store passed as None is reported as skipped (not in use). A store
     whose scan fails (cannot connect, cannot read) is an error: the report is not clean."""
-    from orchestration.config import redact_text
+    from orchestration.config import load_config, redact_text
 
+    config = load_config()
+    s3_endpoint = config.mlflow_s3_endpoint_url or config.aws_endpoint_url
     report = VerificationReport(unreachable=list(unreachable))
     scans = {
         "object_store": (lambda: scan_object_store(object_store, needles)) if object_store is not None else None,
         "metadata": (lambda: scan_metadata(metadata, needles)) if metadata is not None else None,
-        "mlflow": (lambda: _scan_mlflow_all(mlflow_client, mlflow_tracking_uri, mlflow_artifact_root, needles))
+        "mlflow": (lambda: _scan_mlflow_all(mlflow_client, mlflow_tracking_uri, mlflow_artifact_root, needles, s3_endpoint))
         if mlflow_client is not None else None,
         "dagster": (lambda: _scan_dagster_all(dagster_instance, needles)) if dagster_instance is not None else None,
         "files": lambda: scan_files(home, needles),
@@ -455,10 +458,10 @@ def _scan_dagster_all(instance: Any, needles: Needles) -> tuple[list[Hit], dict[
 
 
 def _scan_mlflow_all(client: Any, tracking_uri: str | None, artifact_root: str | None,
-                     needles: Needles) -> tuple[list[Hit], dict[str, int]]:  # fmt: skip
+                     needles: Needles, s3_endpoint: str | None = None) -> tuple[list[Hit], dict[str, int]]:  # fmt: skip
     hits, counters = scan_mlflow(client, needles)
     if tracking_uri:
         sql_hits, sql_counters = scan_sql("mlflow", mlflow_sql_connections(tracking_uri), needles)
         hits, counters = hits + sql_hits, {**counters, **sql_counters}
-    art_hits, art_counters = scan_artifact_root(artifact_root, needles)
+    art_hits, art_counters = scan_artifact_root(artifact_root, needles, s3_endpoint)
     return hits + art_hits, {**counters, **art_counters}

@@ -25,7 +25,7 @@ from typing import Any
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from models.errors import PipelineError
-from ops.steps import StepRequest, StepResult, execute_step
+from ops.steps import StepRequest, StepResult, WorkerRuntime, execute_step
 from storage.object_store import key_without_subject, object_store_from_config
 
 EXIT_NOT_PIPES = 2
@@ -64,7 +64,8 @@ def run(pipes: PipesContext) -> int:
     pipes.log.info(f"worker: step {request.step} for upload {request.upload_id} on {device}")
     store = object_store_from_config(request.object_store)
     try:
-        result = execute_step(request, store, device=device)
+        # the worker's own machine: its model cache and SMPL-X files (see WorkerRuntime)
+        result = execute_step(request, store, device=device, runtime=WorkerRuntime.configured())
     except PipelineError as exc:
         exc.step = exc.step or request.step
         pipes.log.warning(f"worker: {exc.code.value}: {exc.message}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.catalogue import PIPELINE_VERSION
 from orchestration.settings import Settings, prepare_environment
+from storage.retry import StoreUnavailable
 
 if TYPE_CHECKING:
     from storage.object_store import ObjectStore
@@ -172,6 +173,14 @@ def execute_avatar_job(
     return result.run_id
 
 
+def store_unavailable_answer(upload_id: str, run_id: str | None, exc: Exception) -> dict[str, Any]:
+    """The `run --json` answer when the metadata store cannot be read: nothing is reported as an
+    artifact (the ledger is what says what exists); `avatarpipe resume` completes it later."""
+    message = f"metadata store unavailable ({exc}); run `avatarpipe resume {upload_id}` when it is back"
+    return {"upload_id": upload_id, "run_id": run_id, "status": "failed", "artifacts": {},
+            "error": {"code": "STORE_UNAVAILABLE", "message": message}}  # fmt: skip
+
+
 def summarise(settings: Settings, upload_id: str, run_id: str | None) -> dict[str, Any]:
     """The `run --json` answer, built from the metadata store (the ledger), not from logs."""
     from storage.metadata_store import open_metadata_store
@@ -267,8 +276,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     with stdout_to_stderr():
         ingested = ingest_photo(settings, photo.read_bytes(), photo.name, args.subject, hints=hints)
         print(f"avatarpipe: upload {ingested.upload_id} registered; running {len(ASSET_ORDER)} steps")
-        run_id = run_avatar_job(settings, ingested.upload_id)
-        summary = summarise(settings, ingested.upload_id, run_id)
+        run_id = None
+        try:
+            run_id = run_avatar_job(settings, ingested.upload_id)
+            summary = summarise(settings, ingested.upload_id, run_id)
+        except StoreUnavailable as exc:  # the ledger itself is away: say so, typed (resume later)
+            summary = store_unavailable_answer(ingested.upload_id, run_id, exc)
+            print(f"avatarpipe: {summary['error']['message']}", file=sys.stderr)
+            if not args.json:
+                return 1
     if args.json:
         print(json.dumps(summary, default=str))
     else:

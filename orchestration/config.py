@@ -1,7 +1,10 @@
 """avatarpipe's configuration: one typed, validated object built from environment variables.
 
 This module is the only place that reads avatarpipe's environment variables (`models/` reads
-none; the orchestration layer passes values down). `load_config()` validates everything at
+none; the orchestration layer passes values down as parameters; the Pipes worker reads its own
+machine's values through it, `ops.steps.WorkerRuntime`). Not configuration, so not here: the
+test-only fault hooks (`ops/faults.py`) and what Dagster Pipes passes a worker itself.
+`tests/backends/test_env_reads.py` scans the source so this stays true. `load_config()` validates everything at
 start and raises :class:`ConfigError` with one line per bad variable (never echoing a secret);
 `describe()` is what `avatarpipe config show` prints: every value, *redacted*, with where it
 came from (`env:NAME`, `default`, or `derived:` how).
@@ -67,6 +70,7 @@ class AppConfig(BaseSettings):
     mlflow_tracking_uri: str | None = _var("AVATARPIPE_MLFLOW_URI", help="MLflow tracking / backend store URI", secret=True)
     mlflow_registry_uri: str | None = _var("AVATARPIPE_MLFLOW_REGISTRY_URI", help="MLflow model registry URI (default: tracking URI)", secret=True)
     mlflow_artifact_root: str | None = _var("AVATARPIPE_MLFLOW_ARTIFACT_ROOT", help="MLflow artifact root, e.g. s3://bucket/mlflow")
+    mlflow_s3_endpoint_url: str | None = _var("MLFLOW_S3_ENDPOINT_URL", help="MLflow's own S3 endpoint variable (default AWS_ENDPOINT_URL)")
     # -- metadata and objects ------------------------------------------------------------
     mongodb_uri: str | None = _var("MONGODB_URI", help="a real MongoDB instead of the embedded store", secret=True)
     s3_bucket: str | None = _var("AVATARPIPE_S3_BUCKET", help="artifacts bucket (enables the S3 object store)")
@@ -97,6 +101,16 @@ class AppConfig(BaseSettings):
     store_retry_tries: int = _var("AVATARPIPE_STORE_RETRY_TRIES", 5, help="store operation attempts")
     store_retry_base_s: float = _var("AVATARPIPE_STORE_RETRY_BASE_S", 0.1, help="first retry delay")
     store_retry_max_s: float = _var("AVATARPIPE_STORE_RETRY_MAX_S", 5.0, help="longest retry delay")
+    step_retries: int = _var("AVATARPIPE_STEP_RETRIES", 2, help="Dagster retries of a step after a transient failure")
+    step_retry_delay_s: float = _var("AVATARPIPE_STEP_RETRY_DELAY_S", 5.0, help="first step retry delay (exponential, jittered)")
+    max_upload_bytes: int | None = _var("AVATARPIPE_MAX_UPLOAD_BYTES", help="largest photo file accepted (default 25 MB)")
+    max_image_pixels: int | None = _var("AVATARPIPE_MAX_IMAGE_PIXELS", help="largest decoded photo, pixels (default 64 Mpx; the bomb guard)")
+    # -- models and tools ----------------------------------------------------------------
+    smplx_model_dir: Path | None = _var("SMPLX_MODEL_DIR", help="licensed SMPL-X files: fit with SMPL-X instead of Anny")
+    node_modules: Path | None = _var("AVATARPIPE_NODE_MODULES", help="npm packages (gltf-validator, three); default clients/node_modules")
+    gltfpack: str | None = _var("AVATARPIPE_GLTFPACK", help="gltfpack executable (default clients/ install, then PATH)")
+    expectations_dir: Path | None = _var("AVATARPIPE_EXPECTATIONS_DIR", help="quality-gate suites (default assets/expectations)")
+    eval_photos: str | None = _var("AVATARPIPE_EVAL_PHOTOS", help="`avatarpipe eval` photo folders (os.pathsep separated)")
 
     @field_validator("*", mode="before")
     @classmethod
@@ -143,7 +157,15 @@ class AppConfig(BaseSettings):
             raise ValueError(f"must be one of {', '.join(COMPUTE_MODES)}")
         return value
 
-    @field_validator("raw_retention_days", "lease_ttl_s", "presign_expiry_s", "reprocess_max_in_flight",
+    @field_validator("max_upload_bytes", "max_image_pixels")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        """The bomb guard can be tightened or loosened, never switched off."""
+        if value is not None and value <= 0:
+            raise ValueError("must be a positive integer")
+        return value
+
+    @field_validator("raw_retention_days", "lease_ttl_s", "step_retries", "step_retry_delay_s", "presign_expiry_s", "reprocess_max_in_flight",
                      "store_retry_tries", "store_retry_base_s", "store_retry_max_s")  # fmt: skip
     @classmethod
     def _not_negative(cls, value: float | None) -> float | None:

@@ -21,7 +21,6 @@ erased, is left alone. Requests per tick are capped; the rest wait for the next 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -358,5 +357,5 @@ def upload_queue_from_settings(settings: Any) -> UploadQueueResource:
         region=aws.region,
         endpoint_url=aws.endpoint_url,
         uploads_bucket=aws.s3_uploads_bucket or aws.s3_bucket,
-        max_messages_per_tick=int(os.environ.get("AVATARPIPE_SQS_MAX_PER_TICK") or 100),
+        max_messages_per_tick=settings.app.sqs_max_per_tick,
     )

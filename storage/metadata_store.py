@@ -31,7 +31,7 @@ from typing import Any, Self
 import pymongo
 import pymongo.errors
 
-from storage.retry import retrying_database
+from storage.retry import TransientStoreError, call_with_retry, retrying_database
 
 SUBJECT_STATUSES = frozenset({"active", "erased"})
 # "failed_quality": a blocking (ERROR) quality check failed, so nothing downstream of the failed
@@ -41,6 +41,26 @@ COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log", "validations", "
 VALIDATION_SEVERITIES = frozenset({"ERROR", "WARN"})
 
 _LOCK_FILE = ".avatarpipe.lock"
+# Written next to the repository when it is created: a repository that existed and is gone
+# (its directory moved, unmounted, deleted) is an unavailable store, never a fresh empty one.
+_CREATED_MARKER_SUFFIX = ".created"
+
+
+class RepositoryUnavailable(TransientStoreError):
+    """The embedded repository is not where it was (its directory or marker is missing).
+
+    Transient: a remounted or restored directory cures it, so the retry layer waits for it and
+    then reports STORE_UNAVAILABLE; reading on would answer "no such upload" for every upload.
+    """
+
+
+def _created_marker(repository: Path) -> Path:
+    return repository.with_name(repository.name + _CREATED_MARKER_SUFFIX)
+
+
+def _check_repository(repository: Path) -> None:
+    if not (repository / _MONTY_STORAGE_FILE).is_file():
+        raise RepositoryUnavailable("the embedded metadata repository is not reachable")
 # montydb's marker file naming the repository's storage engine.
 _MONTY_STORAGE_FILE = ".monty.storage"
 
@@ -166,6 +186,7 @@ class MetadataStore:
         if self._lock_path is None:  # real MongoDB does its own concurrency control
             yield
             return
+        repository = self._lock_path.parent
         if self._lock_pid != os.getpid():
             # Forked child: the inherited fd shares its flock with the parent (so it would
             # not exclude it) and the thread lock may be held by a thread that no longer exists.
@@ -174,6 +195,8 @@ class MetadataStore:
             self._lock_fd = None
             self._lock_pid = os.getpid()
         with self._thread_lock:
+            if self._lock_depth == 0:  # each outermost operation: the repository is still there
+                call_with_retry("metadata.repository", lambda: _check_repository(repository))
             if self._lock_fd is None:
                 self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             if self._lock_depth == 0:
@@ -665,6 +688,8 @@ def open_metadata_store(uri: str | None, embedded_dir: Path, db_name: str = "ava
         client: Any = pymongo.MongoClient(uri, tz_aware=True)
         return MetadataStore(client, db_name)
     repository = Path(embedded_dir).expanduser().resolve()
+    if _created_marker(repository).is_file():  # it existed: wait for it, never start an empty one
+        call_with_retry("metadata.open", lambda: _check_repository(repository))
     repository.mkdir(parents=True, exist_ok=True)
     lock_path = repository / _LOCK_FILE
     store: MetadataStore | None = None
@@ -704,6 +729,9 @@ def _open_monty(repository: Path) -> Any:
     engine = marker.read_text().strip()
     if engine != "sqlite":
         raise ValueError(f"{repository} is a montydb repository using {engine!r}, expected 'sqlite'")
+    created = _created_marker(repository)
+    if not created.is_file():  # also for repositories made before the marker existed
+        created.write_text("an embedded montydb repository lives in the directory of this name\n")
     return MontyClient(str(repository), tz_aware=True)
 
 

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 PHOTOS_ENV = "AVATARPIPE_EVAL_PHOTOS"
 
 
-def default_photo_folders() -> list[Path]:
-    configured = os.environ.get(PHOTOS_ENV)
+def default_photo_folders(configured: str | None = None) -> list[Path]:
+    """``configured`` (the configuration's AVATARPIPE_EVAL_PHOTOS), else samples/ and the
+    development photos."""
     if configured:
         return [Path(p) for p in configured.split(os.pathsep) if p]
     folders = [REPO / "samples"]
@@ -39,9 +40,12 @@ def default_photo_folders() -> list[Path]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from models.body_model import load_body_model
     from models.evaluation import run_evaluation
 
-    folders = [Path(p) for p in args.photos] if args.photos else default_photo_folders()
+    settings = Settings.from_env()
+    config = settings.app
+    folders = [Path(p) for p in args.photos] if args.photos else default_photo_folders(config.eval_photos)
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         print(f"avatarpipe eval: no such folder: {', '.join(missing)}", file=sys.stderr)
@@ -50,10 +54,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("avatarpipe eval: --synthetic must be >= 0", file=sys.stderr)
         return 2
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out) if args.out else Settings.from_env().home / "eval" / stamp
+    out = Path(args.out) if args.out else settings.home / "eval" / stamp
+    smplx = str(config.smplx_model_dir) if config.smplx_model_dir else None
     with stdout_to_stderr():
         report = run_evaluation(
             folders, args.synthetic, out, seed=args.seed,
+            body=load_body_model(smplx, str(settings.anny_cache_dir)),
             progress=lambda msg: print(f"avatarpipe eval: {msg}", file=sys.stderr, flush=True),
             contact_sheets=not args.no_sheets,
         )  # fmt: skip

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 from datetime import timedelta
 
@@ -28,13 +27,13 @@ def cmd_purge_raw(args: argparse.Namespace) -> int:
     from storage.metadata_store import open_metadata_store
     from storage.object_store import object_store_from_config
 
+    settings = Settings.from_env()
     days = args.older_than_days
-    if days is None and os.environ.get("AVATARPIPE_RAW_RETENTION_DAYS"):
-        days = float(os.environ["AVATARPIPE_RAW_RETENTION_DAYS"])
+    if days is None:
+        days = settings.raw_retention_days
     if days is None or days < 0:
         print("avatarpipe: give --older-than-days or set AVATARPIPE_RAW_RETENTION_DAYS", file=sys.stderr)
         return 2
-    settings = Settings.from_env()
     prepare_environment(settings)
     store = object_store_from_config(settings.object_store_config())
     metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)

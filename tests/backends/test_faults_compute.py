@@ -171,3 +171,49 @@ def _wait_for_worker(home: Path, proc: subprocess.Popen, alive_s: float = 2.0) -
             return True
         time.sleep(0.1)
     return False
+
+
+STORE_GIVES_UP_FAST = {"AVATARPIPE_STORE_RETRY_TRIES": "3", "AVATARPIPE_STORE_RETRY_BASE_S": "0.01",
+                       "AVATARPIPE_STORE_RETRY_MAX_S": "0.05"}  # fmt: skip
+
+
+def test_metadata_store_gone_mid_run_is_a_typed_error_then_resume_completes(tmp_path, standing_photo) -> None:
+    """The embedded metadata store (montydb on sqlite under AVATARPIPE_HOME/metadata) goes away
+    while the fit computes: the test moves its directory (as an unmounted or lost volume would),
+    and brings it back only after the run has ended. The run ends in STORE_UNAVAILABLE (never an
+    empty store read as "no such upload", never a fresh empty repository made in its place),
+    nothing is reported as an artifact, and once the directory is back `resume` completes it."""
+    env = {**FAST_RETRY, **STORE_GIVES_UP_FAST}
+    with isolated_home(tmp_path / "home", **env) as settings:
+        metadata, away = settings.metadata_dir, settings.metadata_dir.with_name("metadata.away")
+        proc = popen_cli(["run", str(standing_photo), "--subject", "store-gone", "--json"], settings.home, env)
+        assert _wait_for_worker(settings.home, proc), "the fit never started"
+        metadata.rename(away)
+        try:
+            out, err = proc.communicate(timeout=1200)
+            assert not metadata.exists(), "a fresh, empty repository was made in place of the vanished one"
+        finally:
+            away.rename(metadata)
+        assert out.strip(), err[-4000:]  # a typed answer, not a traceback
+        answer = json.loads(out)
+        assert proc.returncode == 1 and answer["status"] == "failed", (answer, err[-2000:])
+        assert answer["error"]["code"] == "STORE_UNAVAILABLE", answer
+        assert answer["artifacts"] == {}  # nothing half-written reported as an artifact
+        upload_id = answer["upload_id"]
+        state = ledger(settings, upload_id)
+        assert "smplx_params" not in state.current  # the fit's result was never recorded
+        from dagster import DagsterInstance, RunsFilter
+
+        instance = DagsterInstance.get()
+        runs = instance.get_run_records(RunsFilter(tags={"dagster/partition": upload_id}))
+        assert [r.dagster_run.status.value for r in runs] == ["FAILURE"]
+        failed = [e for e in instance.all_logs(runs[0].dagster_run.run_id) if e.is_dagster_event and e.dagster_event
+                  and e.dagster_event.event_type_value == "STEP_FAILURE"]  # fmt: skip
+        assert [e.dagster_event.step_key for e in failed] == ["smplx_params"]  # the step that had to record the fit
+        retried = " ".join(str(e.dagster_event.event_specific_data) for e in instance.all_logs(runs[0].dagster_run.run_id)
+                           if e.is_dagster_event and e.dagster_event and e.dagster_event.step_key == "smplx_params"
+                           and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY")  # fmt: skip
+        assert "RepositoryUnavailable" in retried or "STORE_UNAVAILABLE" in retried, retried[:2000]  # why it failed
+        resumed = cli_subprocess(["resume", upload_id, "--json"], settings.home, env)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        _assert_complete_and_consistent(settings, upload_id)

@@ -99,17 +99,24 @@ def test_default_policy_deletes_the_raw_upload_when_the_avatar_is_ready(avatar_h
     assert DagsterInstance.get().get_run_by_id(run_id).is_success
 
 
+def _policy_of(environ: dict) -> RawRetentionPolicy:
+    """The policy as the pipeline builds it: the typed configuration's value, passed down."""
+    from orchestration.config import load_config
+
+    return raw_retention_policy(load_config(environ).raw_retention_days)
+
+
 def test_policy_is_read_from_the_environment():
-    assert raw_retention_policy({}) == RawRetentionPolicy(days=None)
-    assert raw_retention_policy({}).delete_when_ready
-    assert raw_retention_policy({"AVATARPIPE_RAW_RETENTION_DAYS": ""}).delete_when_ready
-    assert raw_retention_policy({"AVATARPIPE_RAW_RETENTION_DAYS": "0"}).delete_when_ready
-    kept = raw_retention_policy({"AVATARPIPE_RAW_RETENTION_DAYS": "7"})
+    assert _policy_of({}) == RawRetentionPolicy(days=None)
+    assert _policy_of({}).delete_when_ready
+    assert _policy_of({"AVATARPIPE_RAW_RETENTION_DAYS": ""}).delete_when_ready
+    assert _policy_of({"AVATARPIPE_RAW_RETENTION_DAYS": "0"}).delete_when_ready
+    kept = _policy_of({"AVATARPIPE_RAW_RETENTION_DAYS": "7"})
     assert not kept.delete_when_ready and kept.days == 7.0 and "7 days" in kept.describe()
     assert kept.to_dict() == {"delete_when_ready": False, "keep_days": 7.0, "policy": kept.describe()}
     for bad in ("-1", "a week"):
         with pytest.raises(ValueError, match="AVATARPIPE_RAW_RETENTION_DAYS"):
-            raw_retention_policy({"AVATARPIPE_RAW_RETENTION_DAYS": bad})
+            _policy_of({"AVATARPIPE_RAW_RETENTION_DAYS": bad})
 
 
 def _older_than_days(schedule) -> float:

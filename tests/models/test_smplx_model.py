@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.body_model import ROLES, SMPLX_ENV, configured_body_model_name, load_body_model
+from models.body_model import ROLES, configured_body_model_name, load_body_model
 from models.fitting import BodyFit, fit_body, fitted_state, posed_vertices
 from models.smplx_model import SmplxBody, load_smplx_body, resolve_model_file, write_tiny_smplx_model
 
@@ -90,12 +90,14 @@ def test_fitter_recovers_a_known_smplx_pose(tiny):
     assert np.allclose(vertices, tiny.posed_vertices(fitted_state(tiny, fit)), atol=1e-5)
 
 
-def test_pipeline_uses_smplx_when_configured(smplx_dir, monkeypatch):
-    monkeypatch.delenv(SMPLX_ENV, raising=False)
-    assert configured_body_model_name() == "anny"
-    monkeypatch.setenv(SMPLX_ENV, str(smplx_dir))
-    assert configured_body_model_name() == "smplx"
-    assert load_body_model().info.name == "smplx"
+def test_pipeline_uses_smplx_when_configured(smplx_dir):
+    from ops.steps import WorkerRuntime
+    from orchestration.config import load_config
+
+    assert configured_body_model_name(WorkerRuntime.from_config(load_config({})).smplx_model_dir) == "anny"
+    runtime = WorkerRuntime.from_config(load_config({"SMPLX_MODEL_DIR": str(smplx_dir)}))
+    assert configured_body_model_name(runtime.smplx_model_dir) == "smplx"
+    assert load_body_model(runtime.smplx_model_dir).info.name == "smplx"
 
 
 def test_missing_smplx_files_fail_clearly(tmp_path):

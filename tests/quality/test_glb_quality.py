@@ -29,9 +29,10 @@ def validator_installed() -> bool:
 
 
 @pytest.fixture
-def no_validator(monkeypatch, tmp_path):
-    """Point the validator lookup at an empty directory: as on a machine without the npm package."""
-    monkeypatch.setenv("AVATARPIPE_NODE_MODULES", str(tmp_path))
+def no_validator(tmp_path):
+    """An empty node_modules (what AVATARPIPE_NODE_MODULES would point at): as on a machine
+    without the npm packages."""
+    return tmp_path
 
 
 def _strip_skin(glb: bytes) -> bytes:
@@ -110,7 +111,7 @@ def test_corrupt_glb_fails_parsing(good_rigged_glb, failures) -> None:
 
 
 def test_validator_unavailable_is_a_recorded_warning(no_validator, good_rigged_glb, failures) -> None:
-    report = run_gltf_validator(good_rigged_glb)
+    report = run_gltf_validator(good_rigged_glb, no_validator)
     assert report.status == "unavailable" and "not found" in report.detail
     m = glb_metrics(good_rigged_glb, report)
     assert m.gltf_validator_error_count is None
@@ -150,6 +151,6 @@ def test_meshopt_compressed_glb_is_decoded_and_measured(compressed_glb, good_rig
 
 
 def test_compressed_glb_without_decoder_is_not_a_pass(compressed_glb, no_validator, failures) -> None:
-    m = glb_metrics(compressed_glb)
+    m = glb_metrics(compressed_glb, node_modules=no_validator)
     assert not m.parse_ok and "meshopt" in m.parse_error
     assert failures("rigged_glb", m.row())["parses"] == "ERROR"
