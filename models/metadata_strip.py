@@ -65,7 +65,23 @@ def strip_metadata(data: bytes) -> StrippedImage:
         out, removed, orientation = stripper(data)
     except (ValueError, struct.error, IndexError):  # _Unparseable is a ValueError
         return StrippedImage(data, fmt, stripped=False)
+    if fmt == "TIFF" and out != data:
+        return _keep_tiff_readable(data, out, tuple(removed), orientation)
     return StrippedImage(out, fmt, True, tuple(removed) if out != data else (), orientation)
+
+
+def _keep_tiff_readable(data: bytes, out: bytes, removed: tuple[str, ...], orientation: int | None) -> StrippedImage:
+    """A damaged TIFF that Pillow still reads can become unreadable once its metadata tags are
+    zeroed in place (found by the fuzz test: a mutated strip count). Then the picture is kept
+    as a lossless, upright, metadata-free PNG instead: the strip never breaks a readable photo."""
+    from models.photo import upright_png
+
+    if upright_png(out) is not None:
+        return StrippedImage(out, "TIFF", True, removed, orientation)
+    png = upright_png(data)
+    if png is None:  # unreadable before too: `photo` reports it either way
+        return StrippedImage(out, "TIFF", True, removed, orientation)
+    return StrippedImage(png, "PNG", True, (*removed, "TIFF structure (re-encoded losslessly as PNG)"), None)
 
 
 def sniff_format(data: bytes) -> str:

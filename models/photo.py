@@ -76,17 +76,7 @@ def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> Normalise
     problem = check_container(data)
     if problem is not None:
         raise _damaged(problem.truncated, problem.detail)
-    image = _open_image(data, limits.max_pixels)
-    fmt = image.format or "unknown"
-    # TIFF keeps its orientation in the directory parsed at open (reading it decodes nothing);
-    # Pillow's TIFF decoder applies it itself and then drops the tag.
-    tiff_orientation = _tiff_orientation(image)
-    frame = _decode_first_frame(image, data)  # pixels first: nothing reads metadata before this
-    orientation = _exif_orientation(image)
-    frames = _frame_count(image)
-    image = _apply_orientation(frame, orientation)
-    exif_rotated = orientation not in (None, 1) or tiff_orientation not in (None, 1)
-    rgb = _to_rgb(image)
+    rgb, fmt, exif_rotated, frames = _decode_upright(data, limits)
     original_size = rgb.size
     if min(original_size) < limits.min_side:
         raise PipelineError(
@@ -104,6 +94,35 @@ def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> Normalise
         exif_rotated=exif_rotated,
         frames=frames,
     )
+
+
+def _decode_upright(data: bytes, limits: PhotoLimits) -> tuple[Image.Image, str, bool, int]:
+    """The first frame, fully decoded, upright, in RGB: (image, format, exif_rotated, frames)."""
+    image = _open_image(data, limits.max_pixels)
+    fmt = image.format or "unknown"
+    # TIFF keeps its orientation in the directory parsed at open (reading it decodes nothing);
+    # Pillow's TIFF decoder applies it itself and then drops the tag.
+    tiff_orientation = _tiff_orientation(image)
+    frame = _decode_first_frame(image, data)  # pixels first: nothing reads metadata before this
+    orientation = _exif_orientation(image)
+    frames = _frame_count(image)
+    image = _apply_orientation(frame, orientation)
+    exif_rotated = orientation not in (None, 1) or tiff_orientation not in (None, 1)
+    return _to_rgb(image), fmt, exif_rotated, frames
+
+
+def upright_png(data: bytes, limits: PhotoLimits | None = None) -> bytes | None:
+    """The upload's first frame, upright, as a metadata-free RGB PNG at full resolution, or None
+    when `photo` could not read it: the lossless fallback of the metadata strip for a file whose
+    structure its in-place rewrite would break (`models.metadata_strip`)."""
+    limits = limits or PhotoLimits()
+    if not data or check_container(data) is not None:
+        return None
+    try:
+        rgb, _, _, _ = _decode_upright(data, limits)
+    except PipelineError:
+        return None
+    return encode_png(np.asarray(rgb))
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
