@@ -80,7 +80,7 @@ def register_upload(settings: Settings, ingested: Ingested, details: dict[str, A
         metadata.ensure_subject(ingested.subject_id)
         metadata.create_upload(ingested.upload_id, ingested.subject_id, ingested.photo_key, PIPELINE_VERSION)
         if hints:  # read by the fit step (assets.steps.step_context)
-            metadata._upsert_no_read("uploads", ingested.upload_id, {"$set": {"body_hints": hints}})
+            metadata.set_upload_body_hints(ingested.upload_id, hints)
         metadata.append_audit("ingest", ingested.subject_id, ingested.upload_id, details)
     finally:
         metadata.close()

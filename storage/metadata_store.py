@@ -367,6 +367,10 @@ class MetadataStore:
                 raise InvalidTransition(f"upload {upload_id} is erased; cannot set status {status!r}")
             return uploads.find_one({"_id": upload_id})
 
+    def set_upload_body_hints(self, upload_id: str, hints: dict[str, Any]) -> None:
+        """The uploader's body hints (build, height, age group) on the upload; the fit reads them."""
+        self._upsert_no_read("uploads", upload_id, {"$set": {"body_hints": dict(hints)}})
+
     def get_upload(self, upload_id: str) -> dict | None:
         return self._find_one("uploads", {"_id": upload_id})
 
