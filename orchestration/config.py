@@ -339,6 +339,8 @@ def _shown(value: Any, secret: bool) -> Any:
 
 
 def _derived(config: AppConfig) -> list[Entry]:
+    from ops.raw_retention import raw_retention_policy  # imports Dagster: only when describing
+
     home = config.resolved_home
     operator_home = config.operator_dagster_home()
     dagster_home = config.effective_dagster_home()
@@ -359,17 +361,10 @@ def _derived(config: AppConfig) -> list[Entry]:
               "env:MONGODB_URI" if config.mongodb_uri else "derived: embedded montydb under AVATARPIPE_HOME", "MongoDB API"),
         Entry("(object store)", f"s3://{config.s3_bucket}" if config.s3_bucket else str(home / "objects"),
               "env:AVATARPIPE_S3_BUCKET" if config.s3_bucket else "derived: AVATARPIPE_HOME/objects", "artifacts and uploads"),
-        Entry("(raw retention policy)", raw_retention_policy(config.raw_retention_days),
+        Entry("(raw retention policy)", raw_retention_policy(config.raw_retention_days).describe(),
               "env:AVATARPIPE_RAW_RETENTION_DAYS" if config.raw_retention_days is not None else "default", "what happens to raw uploads"),
     ]
     # fmt: on
-
-
-def raw_retention_policy(days: float | None) -> str:
-    """The raw-upload policy in words, as `ops.raw_retention` applies it (unset: deleted once ready)."""
-    from ops.raw_retention import RawRetentionPolicy
-
-    return RawRetentionPolicy(days=days or None).describe()
 
 
 def validate_production(config: AppConfig, environ: Mapping[str, str] | None = None) -> list[str]:

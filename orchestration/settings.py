@@ -71,7 +71,7 @@ class Settings:
 
     @property
     def raw_retention_days(self) -> float | None:
-        """AVATARPIPE_RAW_RETENTION_DAYS (see config.raw_retention_policy)."""
+        """AVATARPIPE_RAW_RETENTION_DAYS (see ops.raw_retention.raw_retention_policy)."""
         return self.app.raw_retention_days
 
 
