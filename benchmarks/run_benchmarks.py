@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestration.reports import write_report
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("photo", "keypoints", "smplx_params", "mesh", "rigged_glb")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -167,7 +169,7 @@ def main() -> int:
             result = benchmark_photo(photo, Path(tmp))
             print(f"{photo.name}: {result.status} {result.wall_s:.1f}s rss {result.peak_rss_mb:.0f}MB", file=sys.stderr)
             results.append(result)
-    args.out.write_text(render_markdown(results))
+    write_report(args.out, render_markdown(results))
     args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     print(f"wrote {args.out} and {args.json}", file=sys.stderr)
     return 0

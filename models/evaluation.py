@@ -40,7 +40,7 @@ from models.photo import normalise_photo
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 PANEL_HEIGHT = 256
 
-# Targets of issue #3 (measured here, reported in the README and the issue note).
+# Targets of issue #3 (measured here, reported in EVAL.md).
 TARGETS = {
     "photos_median_silhouette_iou_full_body": (">=", 0.85),
     "photos_median_keypoint_reprojection_rel": ("<=", 0.03),

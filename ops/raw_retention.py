@@ -1,7 +1,7 @@
 """Data minimisation: the raw upload is deleted once its avatar is ready.
 
 The policy (`raw_retention_policy`, one named value for `avatarpipe config show` and the
-README): by default the raw upload goes the moment the upload becomes `ready` (the final
+docs/compliance.md): by default the raw upload goes the moment the upload becomes `ready` (the final
 quality check calls `delete_raw_when_ready`); a deployment opts into keeping raw uploads by
 setting ``AVATARPIPE_RAW_RETENTION_DAYS=N`` (N > 0), and the daily `raw_retention_schedule`
 then deletes them N days after `ready`. The schedule runs in either case: with the default

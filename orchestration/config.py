@@ -55,7 +55,7 @@ def _var(env: str | tuple[str, ...], default: Any = None, *, help: str, secret: 
 
 
 class AppConfig(BaseSettings):
-    """Every avatarpipe setting, by environment variable (see README, "Configuration")."""
+    """Every avatarpipe setting, by environment variable (docs/configuration.md lists them)."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
 

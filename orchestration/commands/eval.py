@@ -16,11 +16,11 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from orchestration.cli import stdout_to_stderr
+from orchestration.reports import write_report
 from orchestration.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             contact_sheets=not args.no_sheets,
         )  # fmt: skip
     if args.markdown:
-        shutil.copyfile(report.files["markdown"], args.markdown)
+        write_report(Path(args.markdown), Path(report.files["markdown"]).read_text())
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     else:

@@ -118,11 +118,10 @@ def test_config_show_cli(tmp_path):
     assert bad.returncode == 2 and "AVATARPIPE_COMPUTE_MODE" in bad.stderr
 
 
-def test_readme_configuration_table_lists_every_variable():
+def test_configuration_reference_lists_every_variable():
     from orchestration.config import AppConfig, _field_envs
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Running against production stores"):readme.index("issue 15: production stores (end)")]
+    section = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     missing = [n for field in AppConfig.model_fields for n in _field_envs(field) if f"`{n}`" not in section]
     assert missing == []
 
