@@ -50,3 +50,14 @@ def test_anchors_name_a_heading(page: Path):
         ):
             bad.append(target + anchor)
     assert bad == []
+
+
+def test_regenerated_reports_keep_their_recorded_sections(tmp_path: Path):
+    from orchestration.reports import RECORDED_MARKER, write_report
+
+    report = tmp_path / "EVAL.md"
+    report.write_text(f"# old run\n\n{RECORDED_MARKER}\n\n## Recorded\n\nby hand\n")
+    write_report(report, "# new run\n")
+    assert report.read_text() == f"# new run\n\n{RECORDED_MARKER}\n\n## Recorded\n\nby hand\n"
+    write_report(tmp_path / "fresh.md", "# first run\n")
+    assert (tmp_path / "fresh.md").read_text() == "# first run\n"
