@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 SAMPLE := samples/person_standing.png
 
-.PHONY: demo test test-postgres postgres ui bench eval lint clean-home clients infra-tools infra-synth model-cache
+.PHONY: demo test test-postgres postgres ui bench eval lint clean-home clients infra-tools infra-synth model-cache web serve
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,21 @@ $(CLIENTS_STAMP): clients/package-lock.json
 	cd clients && npm ci --no-audit --no-fund
 	touch $(CLIENTS_STAMP)
 
+# The web app (web/ -> web/dist/: one esbuild bundle with three.js), served by `avatarpipe serve`.
+WEB_SOURCES := $(wildcard web/*.html web/*.css web/src/*.js) clients/build_web.mjs
+web: web/dist/app.js
+web/dist/app.js: $(CLIENTS_STAMP) $(WEB_SOURCES)
+	node clients/build_web.mjs
+
+serve: $(STAMP) model-cache web
+	$(VENV)/bin/avatarpipe serve
+
 # The one-off Anny model-cache build (≈ 3 min and ≈ 790 MB in AVATARPIPE_CACHE on a fresh
 # machine; about a second afterwards), done as setup so that no test or worker pays for it.
 model-cache: $(STAMP)
 	$(PY) -c "from orchestration.settings import Settings; from models.body_model import load_anny; load_anny(str(Settings.from_env().anny_cache_dir))"
 
-test: $(STAMP) clients infra-tools model-cache postgres
+test: $(STAMP) clients infra-tools model-cache postgres web
 	$(VENV)/bin/ruff check .
 	AVATARPIPE_REQUIRE_CLIENTS=1 AVATARPIPE_REQUIRE_INFRA=1 AVATARPIPE_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
 

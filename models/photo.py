@@ -57,14 +57,20 @@ class NormalisedPhoto:
         return (int(self.image.shape[1]), int(self.image.shape[0]))
 
 
-def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> NormalisedPhoto:
-    """Validate and normalise raw upload bytes, raising PipelineError with a typed code.
-
-    Without explicit ``limits`` the defaults apply (the pipeline passes the configured ones).
-    Animated GIFs and multi-page TIFFs are accepted: the first frame is used and ``frames``
-    says how many there were.
-    """
+def check_upload(data: bytes, limits: PhotoLimits | None = None) -> tuple[int, int]:
+    """Refuse what can be refused before anything is stored (the HTTP service calls this at the
+    door): an empty or too large file, one that is not an image, too many or too few pixels.
+    Reads the header only; returns the (w, h) it declares. The `photo` step checks the rest."""
     limits = limits or PhotoLimits()
+    _check_file_size(data, limits)
+    image = _open_image(data, limits.max_pixels)
+    with image:
+        size = image.size
+    _check_min_side(size, limits)
+    return size
+
+
+def _check_file_size(data: bytes, limits: PhotoLimits) -> None:
     if not data:
         raise PipelineError(ErrorCode.EMPTY_FILE, "the uploaded file is empty", STEP)
     if len(data) > limits.max_file_bytes:
@@ -73,18 +79,32 @@ def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> Normalise
             f"the file is {len(data)} bytes; the limit is {limits.max_file_bytes}",
             STEP,
         )
+
+
+def _check_min_side(size: tuple[int, int], limits: PhotoLimits) -> None:
+    if min(size) < limits.min_side:
+        raise PipelineError(
+            ErrorCode.IMAGE_TOO_SMALL,
+            f"the image is {size[0]}x{size[1]} px; at least {limits.min_side} px per side is needed to find a person",
+            STEP,
+        )
+
+
+def normalise_photo(data: bytes, limits: PhotoLimits | None = None) -> NormalisedPhoto:
+    """Validate and normalise raw upload bytes, raising PipelineError with a typed code.
+
+    Without explicit ``limits`` the defaults apply (the pipeline passes the configured ones).
+    Animated GIFs and multi-page TIFFs are accepted: the first frame is used and ``frames``
+    says how many there were.
+    """
+    limits = limits or PhotoLimits()
+    _check_file_size(data, limits)
     problem = check_container(data)
     if problem is not None:
         raise _damaged(problem.truncated, problem.detail)
     rgb, fmt, exif_rotated, frames = _decode_upright(data, limits)
     original_size = rgb.size
-    if min(original_size) < limits.min_side:
-        raise PipelineError(
-            ErrorCode.IMAGE_TOO_SMALL,
-            f"the image is {original_size[0]}x{original_size[1]} px; at least "
-            f"{limits.min_side} px per side is needed to find a person",
-            STEP,
-        )
+    _check_min_side(original_size, limits)
     rgb = _bound_size(rgb, limits.max_side)
     return NormalisedPhoto(
         image=np.asarray(rgb, dtype=np.uint8).copy(),

@@ -305,7 +305,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 # `register(subparsers)`; list the module here.
 COMMAND_MODULES: tuple[str, ...] = (
     "quality_report", "ingest", "models", "reprocess", "eval", "fsck", "resume",
-    "erase", "audit", "verify_erasure", "purge_raw", "export", "privacy_scan", "config",
+    "erase", "audit", "verify_erasure", "purge_raw", "export", "privacy_scan", "config", "keys", "serve",
 )  # fmt: skip
 
 

@@ -42,6 +42,7 @@ _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|signature|credential)",
 # set by prepare_environment(): the DAGSTER_HOME value avatarpipe derived itself (not an operator's)
 DERIVED_DAGSTER_HOME_ENV = "AVATARPIPE_DERIVED_DAGSTER_HOME"
 COMPUTE_MODES = ("inprocess", "subprocess", "ecs")
+SERVICE_DISPATCH = ("inline", "sensors")
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,11 @@ class AppConfig(BaseSettings):
     step_retry_delay_s: float = _var("AVATARPIPE_STEP_RETRY_DELAY_S", 5.0, help="first step retry delay (exponential, jittered)")
     max_upload_bytes: int | None = _var("AVATARPIPE_MAX_UPLOAD_BYTES", help="largest photo file accepted (default 25 MB)")
     max_image_pixels: int | None = _var("AVATARPIPE_MAX_IMAGE_PIXELS", help="largest decoded photo, pixels (default 64 Mpx; the bomb guard)")
+    # -- the HTTP service (`avatarpipe serve`) ---------------------------------------------
+    service_secret: str | None = _var("AVATARPIPE_SERVICE_SECRET", help="signs share links and peppers API-key hashes (default: $HOME/.service_secret)", secret=True)
+    cors_origins: str = _var("AVATARPIPE_CORS_ORIGINS", "", help="browser origins allowed to call the API (comma separated)")
+    service_dispatch: str = _var("AVATARPIPE_SERVICE_DISPATCH", "inline", help="inline: the service runs uploads | sensors: the sensors do")
+    service_workers: int = _var("AVATARPIPE_SERVICE_WORKERS", 1, help="uploads the service runs at once (inline dispatch)")
     # -- models and tools ----------------------------------------------------------------
     smplx_model_dir: Path | None = _var("SMPLX_MODEL_DIR", help="licensed SMPL-X files: fit with SMPL-X instead of Anny")
     node_modules: Path | None = _var("AVATARPIPE_NODE_MODULES", help="npm packages (gltf-validator, three); default clients/node_modules")
@@ -157,7 +163,15 @@ class AppConfig(BaseSettings):
             raise ValueError(f"must be one of {', '.join(COMPUTE_MODES)}")
         return value
 
-    @field_validator("max_upload_bytes", "max_image_pixels")
+    @field_validator("service_dispatch")
+    @classmethod
+    def _dispatch(cls, value: str) -> str:
+        value = value.lower()
+        if value not in SERVICE_DISPATCH:
+            raise ValueError(f"must be one of {', '.join(SERVICE_DISPATCH)}")
+        return value
+
+    @field_validator("max_upload_bytes", "max_image_pixels", "service_workers")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         """The bomb guard can be tightened or loosened, never switched off."""

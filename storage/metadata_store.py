@@ -37,7 +37,7 @@ SUBJECT_STATUSES = frozenset({"active", "erased"})
 # "failed_quality": a blocking (ERROR) quality check failed, so nothing downstream of the failed
 # artifact was built; the failed expectations are in `validations`.
 UPLOAD_STATUSES = frozenset({"pending", "running", "ready", "failed", "failed_quality", "erased"})
-COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log", "validations", "erasures")
+COLLECTIONS = ("subjects", "uploads", "artifacts", "audit_log", "validations", "erasures", "api_keys")
 VALIDATION_SEVERITIES = frozenset({"ERROR", "WARN"})
 
 _LOCK_FILE = ".avatarpipe.lock"
@@ -371,6 +371,10 @@ class MetadataStore:
         """The uploader's body hints (build, height, age group) on the upload; the fit reads them."""
         self._upsert_no_read("uploads", upload_id, {"$set": {"body_hints": dict(hints)}})
 
+    def set_upload_owner(self, upload_id: str, key_id: str) -> None:
+        """The API key that created the upload (the service shows an upload only to its owner)."""
+        self._upsert_no_read("uploads", upload_id, {"$set": {"created_by": key_id}})
+
     def get_upload(self, upload_id: str) -> dict | None:
         return self._find_one("uploads", {"_id": upload_id})
 
@@ -389,6 +393,24 @@ class MetadataStore:
         if status is not None:
             query["status"] = status
         return self._find("uploads", query, [("created_at", 1), ("_id", 1)])
+
+    # -- API keys (the HTTP service's callers; no personal data) -------------------------
+
+    def create_api_key(self, key_id: str, role: str, secret_hash: str, name: str | None) -> dict:
+        """Record a key by the hash of its secret (the secret itself is never stored)."""
+        doc = {"role": role, "secret_hash": secret_hash, "name": name, "created_at": utcnow(), "revoked_at": None}
+        return self._upsert("api_keys", key_id, {"$setOnInsert": doc})
+
+    def get_api_key(self, key_id: str) -> dict | None:
+        return self._find_one("api_keys", {"_id": key_id})
+
+    def list_api_keys(self) -> list[dict]:
+        return self._find("api_keys", {}, [("created_at", 1), ("_id", 1)])
+
+    def revoke_api_key(self, key_id: str) -> dict | None:
+        if self.get_api_key(key_id) is None:
+            return None
+        return self._upsert("api_keys", key_id, {"$set": {"revoked_at": utcnow()}})
 
     # -- upload leases (one writer per upload; see storage/lease.py) --------------------
 
