@@ -46,6 +46,7 @@ from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 
 from models.camera import Camera
+from models.skinning import apply_blended, blend_transforms
 from models.surface import project_silhouette, silhouette_iou
 from models.texture import face_part_labels, part_names, sample_bilinear
 
@@ -118,8 +119,8 @@ def evaluate_body(
     bones = out["bone_poses"][0].double().numpy() @ np.linalg.inv(out["rest_bone_poses"][0].double().numpy())
     indices = model.vertex_bone_indices.detach().cpu().numpy().astype(np.int64)
     weights = model.vertex_bone_weights.detach().cpu().numpy().astype(np.float64)
-    blended = np.einsum("vk,vkij->vij", weights, bones[indices])  # (V,4,4) per-vertex LBS
-    posed = np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
+    blended = blend_transforms(indices, weights, bones)  # (V,4,4) per-vertex LBS
+    posed = apply_blended(blended, rest)
     normals = rest_normals(rest, faces)
     dirs = np.einsum("vij,vj->vi", blended[:, :3, :3], normals)
     return _Body(

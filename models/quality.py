@@ -31,6 +31,8 @@ import trimesh
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from models.skinning import lbs
+
 # Vertices closer than this (metres) are the same point when welding UV-seam duplicates.
 WELD_TOLERANCE_M = 1e-6
 # A triangle with less area than this (m^2) is degenerate: 1 mm x 1 µm.
@@ -433,10 +435,7 @@ def _bind_pose_positions(
 
     For a plain export G_j . IBM_j is the identity; quantised GLBs (KHR_mesh_quantization)
     carry the dequantisation in the inverse bind matrices, so this is where metres come back."""
-    safe = np.clip(joints, 0, len(joint_matrices) - 1)
-    homogeneous = np.concatenate([positions, np.ones((len(positions), 1))], axis=1)
-    blended = np.einsum("nk,nkij->nij", weights, joint_matrices[safe])
-    return np.einsum("nij,nj->ni", blended, homogeneous)[:, :3]
+    return lbs(positions, np.clip(joints, 0, len(joint_matrices) - 1), weights, joint_matrices)
 
 
 def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics:

@@ -65,6 +65,7 @@ from models.mixamo_skeleton import (
     straightened_rest_pose,
     with_end_bones,
 )
+from models.skinning import lbs
 
 PHENOTYPE_KEYS = ("gender", "age", "muscle", "weight", "height", "proportions")
 
@@ -512,9 +513,7 @@ def linear_blend_skinning(
     positions: np.ndarray, joints: np.ndarray, weights: np.ndarray, joint_world: np.ndarray, ibm: np.ndarray
 ) -> np.ndarray:
     """glTF skinning: v' = sum_i w_i (globalJoint_i . IBM_i) v."""
-    skin = joint_world @ ibm  # (J,4,4)
-    per_vertex = np.einsum("vk,vkij->vij", weights, skin[joints.astype(np.int64)])
-    return np.einsum("vij,vj->vi", per_vertex[:, :3, :3], positions) + per_vertex[:, :3, 3]
+    return lbs(positions, joints.astype(np.int64), weights, joint_world @ ibm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,9 +762,7 @@ def skin_with_anny(body: AnnyPosedBody, topo: dict[str, np.ndarray], offsets: np
     """Anny's linear blend skinning (all its influences) of `rest + offsets` into the photo
     pose; with zero offsets this is exactly Anny's posed output."""
     transforms = body.posed_bone_poses @ np.linalg.inv(body.rest_bone_poses)
-    blended = np.einsum("vk,vkij->vij", topo["skin_weights"], transforms[topo["skin_indices"]])
-    rest = body.rest_vertices + offsets
-    return np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
+    return lbs(body.rest_vertices + offsets, topo["skin_indices"], topo["skin_weights"], transforms)
 
 
 def _max_weight_sum_error(weights: np.ndarray) -> float:

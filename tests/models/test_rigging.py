@@ -1,7 +1,8 @@
 """The rigged GLB, checked from the file itself (real Anny, real pygltflib).
 
 The skinning check is independent of models.rigging's internals: it re-runs Anny for the same
-pose, parses the GLB's accessors and animation, skins the way a glTF viewer does and compares.
+pose, parses the GLB's accessors and animation, skins the way a glTF viewer does (the one
+`models.skinning.lbs` over the GLB's own joints, weights and matrices) and compares.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from models.gltf_export import (
     write_glb,
 )
 from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar, split_uv_seams
+from models.skinning import lbs
 
 CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
 SKINNING_MEAN_TOLERANCE_M = 5e-4
@@ -259,10 +261,7 @@ def _skin(parsed: ParsedGlb, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     weights = parsed.accessor(prim.attributes.WEIGHTS_0).astype(np.float64)
     ibm = parsed.accessor(parsed.gltf.skins[0].inverseBindMatrices).astype(np.float64)
     ibm = ibm.reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> row-major
-    skin = world @ ibm
-    per_vertex = np.einsum("vk,vkij->vij", weights, skin[joints])
-    skinned = np.einsum("vij,vj->vi", per_vertex[:, :3, :3], positions) + per_vertex[:, :3, 3]
-    return positions, skinned
+    return positions, lbs(positions, joints, weights, world @ ibm)
 
 
 def test_bind_key_is_identity(parsed):
