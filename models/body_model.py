@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def anny_info() -> BodyModelInfo:
     import anny
 
     return BodyModelInfo(name="anny", version=anny.__version__, rig=ANNY_RIG)
+
+
+def anny_phenotype_kwargs(phenotype: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Anny's `phenotype_kwargs` for `phenotype` ({label: value}, absent labels at Anny's 0.5),
+    each value clamped to Anny's [0, 1] range; an unknown label raises ValueError."""
+    unknown = set(phenotype) - set(PHENOTYPE_LABELS)
+    if unknown:
+        raise ValueError(f"unknown phenotype keys: {sorted(unknown)}")
+    return {k: torch.tensor([float(np.clip(float(v), 0.0, 1.0))], dtype=torch.float32) for k, v in phenotype.items()}
+
+
+def anny_forward(
+    model: torch.nn.Module,
+    phenotype: Mapping[str, float] | None = None,
+    pose_parameters: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One Anny forward pass (no gradients), the way every caller in `models/` runs the model:
+    `phenotype` through `anny_phenotype_kwargs` (validated, clamped), `pose_parameters`
+    (J,4,4) local-ref deltas, None for the rest pose. Returns Anny's output dict (batch 1)."""
+    pose = None if pose_parameters is None else torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None]
+    with torch.no_grad():
+        return model(pose_parameters=pose, phenotype_kwargs=anny_phenotype_kwargs(phenotype or {}))
 
 
 def anny_topology(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -237,8 +260,7 @@ def _anny_face_vertex_ids_cached(_key: int, model: torch.nn.Module) -> dict[str,
     v = np.clip(np.round((1.0 - centres[:, 1]) * h).astype(int), 0, h - 1)
     face_colours = labels[v, u]
     faces = model.faces.detach().cpu().numpy()
-    with torch.no_grad():
-        rest = model(phenotype_kwargs={})["rest_vertices"][0].double().cpu().numpy()
+    rest = anny_forward(model)["rest_vertices"][0].double().cpu().numpy()
 
     def region(name: str) -> np.ndarray:
         return np.unique(faces[np.all(face_colours == np.asarray(colours[name]), axis=1)])
@@ -319,8 +341,7 @@ class AnnyBody(BodyModel):
         ])  # fmt: skip
         self._hand_is_tail = torch.tensor([ANNY_HAND_POINTS[label][1] == "tail" for label in ANNY_HAND_POINTS])
 
-        with torch.no_grad():
-            rest = model(phenotype_kwargs={})
+        rest = anny_forward(model)
         rest_np = rest["rest_vertices"][0].double().cpu().numpy()
         self._sil_ids = torch.as_tensor(farthest_point_sample(rest_np, self.SILHOUETTE_VERTICES))
         self._sil_template = model.template_vertices[self._sil_ids]
@@ -428,18 +449,18 @@ class AnnyBody(BodyModel):
         return {label: round(float(v), 5) for label, v in zip(PHENOTYPE_LABELS, values, strict=True)}
 
     def _forward(self, state: BodyState) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return self.model(
-                pose_parameters=self.pose_parameters(state.detached()),
-                phenotype_kwargs=torch.sigmoid(state.shape.detach())[None],
-            )
+        return anny_forward(self.model, self._phenotype_values(state.shape), self.pose_parameters(state.detached())[0])
+
+    def _phenotype_values(self, shape: torch.Tensor) -> dict[str, float]:
+        """The unrounded phenotype of `shape` (`phenotype` rounds it for storage)."""
+        values = torch.sigmoid(shape.detach()).cpu().numpy()
+        return {label: float(v) for label, v in zip(PHENOTYPE_LABELS, values, strict=True)}
 
     def posed_vertices(self, state: BodyState) -> np.ndarray:
         return self._forward(state)["vertices"][0].double().cpu().numpy()
 
     def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            out = self.model(phenotype_kwargs=torch.sigmoid(shape.detach())[None])
+        out = anny_forward(self.model, self._phenotype_values(shape))
         return out["rest_vertices"][0].double().cpu().numpy()
 
     def rest_height(self, shape: torch.Tensor) -> float:

@@ -38,7 +38,7 @@ import scipy.sparse
 import torch
 import trimesh
 
-from models.body_model import anny_topology
+from models.body_model import anny_forward, anny_topology
 from models.clothing import Garment, skirt_skin_weights
 from models.face_blendshapes import FaceTargets, expression_weights, face_targets, fitted_offsets
 from models.gltf_export import (
@@ -66,8 +66,6 @@ from models.mixamo_skeleton import (
     with_end_bones,
 )
 from models.skinning import lbs
-
-PHENOTYPE_KEYS = ("gender", "age", "muscle", "weight", "height", "proportions")
 
 # Anny (Z up, facing -Y) -> glTF (Y up, facing +Z): (x, y, z) -> (x, z, -y). det = +1.
 ANNY_TO_GLTF_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -116,13 +114,6 @@ class AnnyPosedBody:
 # ---------------------------------------------------------------------------------------------
 
 
-def _phenotype_kwargs(phenotype: dict[str, float]) -> dict[str, torch.Tensor]:
-    unknown = set(phenotype) - set(PHENOTYPE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown phenotype keys: {sorted(unknown)}")
-    return {k: torch.tensor([float(np.clip(v, 0.0, 1.0))], dtype=torch.float32) for k, v in phenotype.items()}
-
-
 def _orthonormalize(rot: np.ndarray) -> np.ndarray:
     """Nearest rotation matrices (..., 3, 3) (SVD, det +1)."""
     u, _, vt = np.linalg.svd(rot)
@@ -154,11 +145,7 @@ def evaluate_anny(model, phenotype: dict[str, float], pose_parameters: np.ndarra
     p = canonical_pose_parameters(pose_parameters)
     if p.shape[0] != len(model.bone_labels):
         raise ValueError(f"pose_parameters has {p.shape[0]} bones, the model {len(model.bone_labels)}")
-    with torch.no_grad():
-        out = model(
-            pose_parameters=torch.as_tensor(p, dtype=torch.float32)[None],
-            phenotype_kwargs=_phenotype_kwargs(phenotype),
-        )
+    out = anny_forward(model, phenotype, p)
     rest_vertices = out["rest_vertices"][0].double().numpy()
     rest_bones = out["rest_bone_poses"][0].double().numpy()
     root_rest = rest_bones[0]
