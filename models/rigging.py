@@ -66,6 +66,7 @@ from models.mixamo_skeleton import (
     with_end_bones,
 )
 from models.skinning import lbs
+from models.surface import split_uv_seams
 
 # Anny (Z up, facing -Y) -> glTF (Y up, facing +Z): (x, y, z) -> (x, z, -y). det = +1.
 ANNY_TO_GLTF_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -171,24 +172,6 @@ def canonical_transform(rest_vertices: np.ndarray, root_head: np.ndarray) -> np.
     min_y = (rest_vertices @ ANNY_TO_GLTF_ROTATION.T)[:, 1].min()
     c[:3, 3] = (-rotated_root[0], -min_y, -rotated_root[2])
     return c
-
-
-def split_uv_seams(
-    faces: np.ndarray, face_uv_idx: np.ndarray, uv: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-corner UVs -> per-vertex UVs by duplicating vertices on UV seams.
-
-    Returns (source_vertex (N,), uv_gltf (N,2) with v flipped to a top-left origin,
-    faces (F,3) into the split vertices)."""
-    corner_vertex = faces.reshape(-1)
-    corner_uv = uv[face_uv_idx.reshape(-1)].astype(np.float32)
-    # Key on the exact float bits so equal UVs with different indices merge too.
-    keys = np.column_stack([corner_vertex, corner_uv.view(np.int32).astype(np.int64)])
-    unique_keys, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    source_vertex = unique_keys[:, 0]
-    uv_split = corner_uv[first]
-    uv_gltf = np.column_stack([uv_split[:, 0], 1.0 - uv_split[:, 1]]).astype(np.float32)
-    return source_vertex, uv_gltf, inverse.reshape(faces.shape).astype(np.uint32)
 
 
 def top_influences(
@@ -549,7 +532,7 @@ def build_rigged_avatar(
     bind = mixamo_bind(anny_rest, c[None] @ body.rest_bone_poses, names, parents, topo)
 
     normals = vertex_normals(bind.vertices, topo["faces"])
-    src, uvs, faces = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
+    src, uvs, faces = split_uv_seams(topo["faces"], topo["uv"], topo["face_uv_idx"])
     heads = {
         short_name(n): m[:3, 3] for n, m in zip(bind.skeleton.names, bind.skeleton.bind_world, strict=True)
     }

@@ -24,8 +24,9 @@ from models.gltf_export import (
     normalize_weights_float32,
     write_glb,
 )
-from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar, split_uv_seams
+from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar
 from models.skinning import lbs
+from models.surface import split_uv_seams
 
 CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
 SKINNING_MEAN_TOLERANCE_M = 5e-4
@@ -301,7 +302,7 @@ def test_photo_pose_reproduces_anny(model, pose, parsed):
     offset = photo_world[0, :3, 3] - rc @ h0
     positions, skinned = _skin(parsed, photo_world)
     topo = anny_topology(model)
-    src, _, _ = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
+    src, _, _ = split_uv_seams(topo["faces"], topo["uv"], topo["face_uv_idx"])
     expected = posed[src] @ rc.T + offset
     # The bind mesh is Anny's rest mesh re-posed into the straight A-pose: the torso is untouched.
     rest_gltf = rest_vertices[src] @ rc.T + offset
