@@ -24,6 +24,7 @@ from models.gltf_export import (
     normalize_weights_float32,
     write_glb,
 )
+from models.gltf_read import read_accessor
 from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar
 from models.skinning import lbs
 from models.surface import split_uv_seams
@@ -31,8 +32,6 @@ from models.surface import split_uv_seams
 CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
 SKINNING_MEAN_TOLERANCE_M = 5e-4
 SKINNING_MAX_TOLERANCE_M = 0.03  # at the smoothed armpits and knees, by design
-COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
-TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 
 
 def _png(size: int = 64) -> bytes:
@@ -68,13 +67,9 @@ class ParsedGlb:
 
     def accessor(self, index: int) -> np.ndarray:
         acc = self.gltf.accessors[index]
-        view = self.gltf.bufferViews[acc.bufferView]
-        assert view.byteStride in (None, 0), "writer packs tightly"
-        dtype = COMPONENT_DTYPES[acc.componentType]
-        width = TYPE_SIZES[acc.type]
-        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-        data = np.frombuffer(self.blob, dtype=dtype, count=acc.count * width, offset=start)
-        return data.reshape(acc.count, width) if width > 1 else data
+        assert self.gltf.bufferViews[acc.bufferView].byteStride in (None, 0), "writer packs tightly"
+        data = read_accessor(self.gltf, self.blob, index)
+        return data if data.shape[1] > 1 else data[:, 0]
 
     def accessor_like(self, view_index: int, dtype, count: int, width: int) -> np.ndarray:
         """`count` rows of `width` values of `dtype` at the start of a bufferView (sparse data)."""
