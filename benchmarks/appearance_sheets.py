@@ -38,7 +38,7 @@ def sheet_row(path: Path, body, baseline: bool = False) -> np.ndarray:
     topo = anny_topology(model)
     photo = normalise_photo(path.read_bytes())
     kp = detect_keypoints(photo.image, DetectorConfig())
-    fit = fit_body(kp, body, body.info, FitConfig())
+    fit = fit_body(kp, body, FitConfig())
     clothing = fit_clothing(model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, topo)
     args = (topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, photo.image, kp.mask)
     if baseline:

@@ -6,21 +6,24 @@ build - serves fitting, texturing and rigging alike. The `mixamo` rig preset is 
 everywhere: 52 conventionally named bones, at most 5 influences per vertex, portable to
 game engines and web clients.
 
-`BodyModel` is what the fitter drives (posable joints with roles, shape unknowns, keypoints in
+`BodyModel` (`models.body_interface`, which both implementations import) is what the fitter drives (posable joints with roles, shape unknowns, keypoints in
 the label orders of `models.landmarks`, parameter (de)serialisation); `AnnyBody` implements it
 for Anny and `models.smplx_model.SmplxBody` for SMPL-X. `load_body_model()` picks SMPL-X when
-`SMPLX_MODEL_DIR` points at licensed SMPL-X files, Anny otherwise.
+`SMPLX_MODEL_DIR` points at licensed SMPL-X files, Anny otherwise. Every Anny forward pass in
+`models/` goes through `anny_forward()` (one phenotype validation and clamp).
 """
 
 from __future__ import annotations
 
-import abc
 import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.body_interface import BodyModel, BodyModelInfo, BodyPoints, BodyState, farthest_point_sample
+from models.smplx_model import load_smplx_body
 
 ANNY_RIG = "mixamo"
 PHENOTYPE_LABELS = ("gender", "age", "muscle", "weight", "height", "proportions")
@@ -46,20 +49,32 @@ def load_anny(cache_dir: str | None = None) -> torch.nn.Module:
     return model
 
 
-@dataclass(frozen=True)
-class BodyModelInfo:
-    name: str
-    version: str
-    rig: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "rig": self.rig}
-
-
 def anny_info() -> BodyModelInfo:
     import anny
 
     return BodyModelInfo(name="anny", version=anny.__version__, rig=ANNY_RIG)
+
+
+def anny_phenotype_kwargs(phenotype: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Anny's `phenotype_kwargs` for `phenotype` ({label: value}, absent labels at Anny's 0.5),
+    each value clamped to Anny's [0, 1] range; an unknown label raises ValueError."""
+    unknown = set(phenotype) - set(PHENOTYPE_LABELS)
+    if unknown:
+        raise ValueError(f"unknown phenotype keys: {sorted(unknown)}")
+    return {k: torch.tensor([float(np.clip(float(v), 0.0, 1.0))], dtype=torch.float32) for k, v in phenotype.items()}
+
+
+def anny_forward(
+    model: torch.nn.Module,
+    phenotype: Mapping[str, float] | None = None,
+    pose_parameters: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One Anny forward pass (no gradients), the way every caller in `models/` runs the model:
+    `phenotype` through `anny_phenotype_kwargs` (validated, clamped), `pose_parameters`
+    (J,4,4) local-ref deltas, None for the rest pose. Returns Anny's output dict (batch 1)."""
+    pose = None if pose_parameters is None else torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None]
+    with torch.no_grad():
+        return model(pose_parameters=pose, phenotype_kwargs=anny_phenotype_kwargs(phenotype or {}))
 
 
 def anny_topology(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -73,117 +88,6 @@ def anny_topology(model: torch.nn.Module) -> dict[str, np.ndarray]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# One interface for every body model the fitter can drive
-# ---------------------------------------------------------------------------------------------
-
-# Joint roles: what each posable joint is, so that priors and schedules are model independent.
-ROLES = (
-    "spine", "neck", "head", "clavicle", "upper_arm", "forearm", "hand", "finger",
-    "upper_leg", "lower_leg", "foot", "toe", "jaw", "eye",
-)  # fmt: skip
-
-
-@dataclass
-class BodyState:
-    """The unknowns of one body (batch 1), as tensors the fitter optimises.
-
-    The root's rotation is `base_rotation @ R(root_rotvec)`: `base_rotation` is a constant
-    (e.g. "upright, facing the camera") so that the optimised rotation vector stays small.
-    Points are produced in the OpenCV camera frame of the photo.
-    """
-
-    root_rotvec: torch.Tensor  # (3,)
-    translation: torch.Tensor  # (3,) metres
-    joint_rotvec: torch.Tensor  # (J, 3) axis-angle of each posable joint (model's own frames)
-    shape: torch.Tensor  # (S,) unconstrained shape unknowns
-    base_rotation: torch.Tensor  # (3, 3) constant
-
-    def root_rotation(self) -> torch.Tensor:
-        import roma
-
-        return self.base_rotation @ roma.rotvec_to_rotmat(self.root_rotvec)
-
-    def detached(self) -> BodyState:
-        return BodyState(*(t.detach().clone() for t in (
-            self.root_rotvec, self.translation, self.joint_rotvec, self.shape, self.base_rotation
-        )))  # fmt: skip
-
-
-@dataclass
-class BodyPoints:
-    """3D points of a posed body in the label orders of `models.landmarks` (batch dim dropped)."""
-
-    body: torch.Tensor  # (23, 3)
-    hands: torch.Tensor  # (2, 21, 3): left, right
-    face: torch.Tensor  # (8, 3)
-    vertices: torch.Tensor | None = None  # (n, 3) the silhouette vertex subset, when asked
-
-
-class BodyModel(abc.ABC):
-    """What the fitter needs from a parametric body model (Anny, SMPL-X).
-
-    Implementations are differentiable in every unknown of `BodyState` and cheap per call: the
-    fitter evaluates them a few hundred times per photo.
-    """
-
-    info: BodyModelInfo
-    joint_names: tuple[str, ...]  # posable joints, in `joint_rotvec` order
-    joint_roles: tuple[str, ...]  # one of ROLES per joint
-    shape_dim: int
-    facing_camera: np.ndarray  # (3,3) model frame -> camera frame, upright and facing the camera
-    turn_around: np.ndarray  # (3,3) 180 degrees about the model's vertical axis (model frame)
-    face_point_mask: np.ndarray  # (8,) bool: which FACE_LABELS this model provides
-
-    @property
-    @abc.abstractmethod
-    def faces(self) -> np.ndarray:
-        """(F, 3) triangles."""
-
-    @abc.abstractmethod
-    def points(self, state: BodyState, shape_cache: object | None = None, with_vertices: bool = False) -> BodyPoints:
-        """Posed keypoints (and the silhouette vertex subset) in the camera frame."""
-
-    @abc.abstractmethod
-    def shape_cache(self, shape: torch.Tensor) -> object:
-        """Everything that depends only on the shape, for stages that keep the shape fixed."""
-
-    @abc.abstractmethod
-    def hinge_axes(self) -> dict[int, np.ndarray]:
-        """Joint index -> unit axis (joint's rotvec frame) about which a positive angle flexes
-        the joint naturally (elbows forward, knees backward)."""
-
-    @abc.abstractmethod
-    def posed_vertices(self, state: BodyState) -> np.ndarray:
-        """(V, 3) every vertex of the posed body, camera frame, float64."""
-
-    @abc.abstractmethod
-    def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
-        """(V, 3) the body in its rest pose (model frame), float64."""
-
-    @abc.abstractmethod
-    def rest_height(self, shape: torch.Tensor) -> float:
-        """Standing height of the rest body in metres."""
-
-    @abc.abstractmethod
-    def serialise(self, state: BodyState) -> dict:
-        """JSON-ready parameters in the model's own convention (what `smplx_params` stores)."""
-
-    @abc.abstractmethod
-    def deserialise(self, parameters: dict) -> BodyState:
-        """The inverse of `serialise` (up to the split between base and root rotation)."""
-
-    def initial_state(self) -> BodyState:
-        return BodyState(
-            root_rotvec=torch.zeros(3),
-            translation=torch.zeros(3),
-            joint_rotvec=torch.zeros(len(self.joint_names), 3),
-            shape=torch.zeros(self.shape_dim),
-            base_rotation=torch.as_tensor(self.facing_camera, dtype=torch.float32),
-        )
-
-
-
 def _anny_role(bone: str) -> str:
     name = bone.split(":")[-1]
     for key, role in (
@@ -195,17 +99,6 @@ def _anny_role(bone: str) -> str:
         if key in name:
             return role
     raise ValueError(f"no role for Anny bone {bone!r}")
-
-
-def farthest_point_sample(points: np.ndarray, count: int) -> np.ndarray:
-    """Deterministic farthest-point sampling: `count` indices spread evenly over `points`."""
-    chosen = np.zeros(count, dtype=np.int64)
-    chosen[0] = int(np.argmin(points[:, 2]))  # start from the lowest point: reproducible
-    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
-    for i in range(1, count):
-        chosen[i] = int(np.argmax(dist))
-        dist = np.minimum(dist, np.linalg.norm(points - points[chosen[i]], axis=1))
-    return np.sort(chosen)
 
 
 def anny_face_vertex_ids(model: torch.nn.Module) -> dict[str, int]:
@@ -237,8 +130,7 @@ def _anny_face_vertex_ids_cached(_key: int, model: torch.nn.Module) -> dict[str,
     v = np.clip(np.round((1.0 - centres[:, 1]) * h).astype(int), 0, h - 1)
     face_colours = labels[v, u]
     faces = model.faces.detach().cpu().numpy()
-    with torch.no_grad():
-        rest = model(phenotype_kwargs={})["rest_vertices"][0].double().cpu().numpy()
+    rest = anny_forward(model)["rest_vertices"][0].double().cpu().numpy()
 
     def region(name: str) -> np.ndarray:
         return np.unique(faces[np.all(face_colours == np.asarray(colours[name]), axis=1)])
@@ -319,8 +211,7 @@ class AnnyBody(BodyModel):
         ])  # fmt: skip
         self._hand_is_tail = torch.tensor([ANNY_HAND_POINTS[label][1] == "tail" for label in ANNY_HAND_POINTS])
 
-        with torch.no_grad():
-            rest = model(phenotype_kwargs={})
+        rest = anny_forward(model)
         rest_np = rest["rest_vertices"][0].double().cpu().numpy()
         self._sil_ids = torch.as_tensor(farthest_point_sample(rest_np, self.SILHOUETTE_VERTICES))
         self._sil_template = model.template_vertices[self._sil_ids]
@@ -428,18 +319,18 @@ class AnnyBody(BodyModel):
         return {label: round(float(v), 5) for label, v in zip(PHENOTYPE_LABELS, values, strict=True)}
 
     def _forward(self, state: BodyState) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return self.model(
-                pose_parameters=self.pose_parameters(state.detached()),
-                phenotype_kwargs=torch.sigmoid(state.shape.detach())[None],
-            )
+        return anny_forward(self.model, self._phenotype_values(state.shape), self.pose_parameters(state.detached())[0])
+
+    def _phenotype_values(self, shape: torch.Tensor) -> dict[str, float]:
+        """The unrounded phenotype of `shape` (`phenotype` rounds it for storage)."""
+        values = torch.sigmoid(shape.detach()).cpu().numpy()
+        return {label: float(v) for label, v in zip(PHENOTYPE_LABELS, values, strict=True)}
 
     def posed_vertices(self, state: BodyState) -> np.ndarray:
         return self._forward(state)["vertices"][0].double().cpu().numpy()
 
     def rest_vertices(self, shape: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            out = self.model(phenotype_kwargs=torch.sigmoid(shape.detach())[None])
+        out = anny_forward(self.model, self._phenotype_values(shape))
         return out["rest_vertices"][0].double().cpu().numpy()
 
     def rest_height(self, shape: torch.Tensor) -> float:
@@ -505,7 +396,5 @@ def configured_body_model_name(smplx_model_dir: str | None = None) -> str:
 def load_body_model(smplx_model_dir: str | None = None, cache_dir: str | None = None) -> BodyModel:
     """Anny (from ``cache_dir``) by default; SMPL-X when ``smplx_model_dir`` points at SMPL-X files."""
     if smplx_model_dir:
-        from models.smplx_model import load_smplx_body
-
         return load_smplx_body(smplx_model_dir)
     return anny_body(cache_dir)

@@ -34,7 +34,7 @@ def default_model_specs() -> dict[str, ModelSpec]:
             ModelSpec("body_model", "anny-0.6.2", {"rig": "mixamo"}),
             ModelSpec("body_fitter", FITTER_ID, _jsonable(asdict(FitConfig()))),
             ModelSpec("reconstructor", RECONSTRUCTOR_ID, {"texture_size": 1024, "clothing": True}),
-            ModelSpec("rigger", RIGGER_ID, {"max_influences": 4, "compress": False}),
+            ModelSpec("rigger", RIGGER_ID, {"compress": False}),
         )
     }
 
@@ -92,8 +92,6 @@ def validate_params(name: str, implementation: str, params: dict) -> None:
     elif name == "rigger":
         if not isinstance(params.get("compress", False), bool):
             raise ValueError("compress must be true or false")
-        if params.get("max_influences", 4) != 4:
-            raise ValueError("max_influences is fixed at 4 (glTF JOINTS_0/WEIGHTS_0, three.js)")
     elif params != default.params:  # body_model: nothing tunable in this code
         raise ValueError(f"parameters are fixed in this implementation: {default.params}")
 

@@ -45,7 +45,9 @@ from scipy import sparse
 from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 
+from models.body_model import anny_forward
 from models.camera import Camera
+from models.skinning import apply_blended, blend_transforms
 from models.surface import project_silhouette, silhouette_iou
 from models.texture import face_part_labels, part_names, sample_bilinear
 
@@ -109,17 +111,13 @@ def evaluate_body(
     model: torch.nn.Module, phenotype: dict[str, float], pose_parameters: np.ndarray, faces: np.ndarray
 ) -> _Body:
     """Anny's rest and posed surfaces plus the per-vertex skinning of a normal offset."""
-    with torch.no_grad():
-        out = model(
-            pose_parameters=torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None],
-            phenotype_kwargs={k: float(v) for k, v in phenotype.items()},
-        )
+    out = anny_forward(model, phenotype, pose_parameters)
     rest = out["rest_vertices"][0].double().numpy()
     bones = out["bone_poses"][0].double().numpy() @ np.linalg.inv(out["rest_bone_poses"][0].double().numpy())
     indices = model.vertex_bone_indices.detach().cpu().numpy().astype(np.int64)
     weights = model.vertex_bone_weights.detach().cpu().numpy().astype(np.float64)
-    blended = np.einsum("vk,vkij->vij", weights, bones[indices])  # (V,4,4) per-vertex LBS
-    posed = np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
+    blended = blend_transforms(indices, weights, bones)  # (V,4,4) per-vertex LBS
+    posed = apply_blended(blended, rest)
     normals = rest_normals(rest, faces)
     dirs = np.einsum("vij,vj->vi", blended[:, :3, :3], normals)
     return _Body(

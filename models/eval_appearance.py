@@ -33,7 +33,7 @@ from models.body_model import AnnyBody, BodyState, anny_topology
 from models.camera import Camera
 from models.render import GlbMesh, render_view
 from models.surface import split_uv_seams
-from models.synthetic import SKIN_TONES, random_background, random_phenotype
+from models.synthetic import SKIN_TONES, phenotype_shape, place_body, random_background, random_phenotype
 from models.texture import (
     REGIONS,
     BakedTexture,
@@ -168,24 +168,15 @@ def make_subject(body: AnnyBody, seed: int, kind: str, size: tuple[int, int] = (
     model = body.model
     topo = anny_topology(model)
     phenotype = random_phenotype(rng)
-    shape = torch.logit(torch.tensor([phenotype[k] for k in ("gender", "age", "muscle", "weight", "height", "proportions")]))
+    shape = phenotype_shape(phenotype)
     rest = body.rest_vertices(shape)
     layout = body_layout(rest, topo["faces"], topo["uv"], topo["face_uv_idx"], topo["skin_indices"], topo["skin_weights"], list(model.bone_labels))
     long_hair = bool(rng.random() < 0.5)
     texture = ground_truth_texture(layout, topo["faces"], topo["uv"], topo["face_uv_idx"], rng, texture_size, long_hair)
     yaw = rng.uniform(-15, 15) * np.pi / 180
     joints = subject_pose(body, rng, kind)
-    state = BodyState(
-        root_rotvec=torch.tensor([0.0, 0.0, float(yaw)]),
-        translation=torch.zeros(3), joint_rotvec=joints, shape=shape,
-        base_rotation=torch.as_tensor(body.facing_camera, dtype=torch.float32),
-    )  # fmt: skip
     camera = Camera.from_focal(1.2 * max(w, h), w, h)
-    vertices = body.posed_vertices(state)
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
-    depth = camera.K[1, 1] * (hi[1] - lo[1]) / (0.8 * h)
-    state.translation = torch.as_tensor(np.array([0.0, 0.0, depth]) - (lo + hi) / 2 * np.array([1, 1, 0]), dtype=torch.float32)
-    vertices = body.posed_vertices(state)
+    state, vertices = place_body(body, phenotype, torch.tensor([0.0, 0.0, float(yaw)]), joints, camera, fill=0.8)
     # the fit: a few degrees off per joint, a centimetre off in place
     noisy = BodyState(
         root_rotvec=state.root_rotvec.clone(), translation=state.translation + torch.as_tensor(rng.normal(0, 0.005, 3), dtype=torch.float32),

@@ -176,7 +176,7 @@ def evaluate_photo(
     result.framing, result.people_count = keypoints.framing, keypoints.people_count
     start = time.perf_counter()
     try:
-        fit = fit_body(keypoints, body, None, fit_config)
+        fit = fit_body(keypoints, body, fit_config)
     except PipelineError as err:
         result.status, result.message = err.code.value, err.message
         return result, panels
@@ -284,7 +284,7 @@ def evaluate_synthetic(
     try:
         keypoints = detect_keypoints(sample.image, detector_config)
         start = time.perf_counter()
-        fit = fit_body(keypoints, body, None, fit_config)
+        fit = fit_body(keypoints, body, fit_config)
         result.fit_seconds = round(time.perf_counter() - start, 3)
     except PipelineError as err:
         result.status, result.message = err.code.value, err.message
@@ -309,7 +309,7 @@ def evaluate_synthetic(
         k: round(abs(float(fit.phenotype[k]) - v), 4) for k, v in sample.phenotype.items() if k in fit.phenotype
     }
     if with_height_hint:
-        hinted = fit_body(keypoints, body, None, fit_config, hints=BodyHints(height_cm=sample.height_m * 100.0))
+        hinted = fit_body(keypoints, body, fit_config, hints=BodyHints(height_cm=sample.height_m * 100.0))
         hinted_height = body.rest_height(fitted_state(body, hinted).shape)
         result.hinted_height_error_mm = round(abs(hinted_height - sample.height_m) * 1000.0, 1)
     from models.surface import render_overlay

@@ -285,16 +285,13 @@ def fit_expression(
 
 def fit_anny_expression(model, phenotype: dict[str, float], face_landmarks: np.ndarray | None) -> ExpressionFit:
     """`fit_expression` on the rest surface of an Anny model with the fitted phenotype."""
-    import torch
-
-    from models.body_model import anny_topology
+    from models.body_model import anny_forward, anny_topology
     from models.texture import face_part_labels, part_names
 
     targets = anny_facial_targets(model)
     if face_landmarks is None:
         return ExpressionFit(weights=neutral_expression(targets.names), residual=0.0, features={})
-    with torch.no_grad():
-        out = model(pose_parameters=None, phenotype_kwargs={k: torch.tensor([float(v)]) for k, v in phenotype.items()})
+    out = anny_forward(model, phenotype)
     rest = out["rest_vertices"][0].detach().cpu().numpy().astype(np.float64)
     topo = anny_topology(model)
     labels = face_part_labels(topo["uv"], topo["face_uv_idx"])

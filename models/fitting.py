@@ -28,7 +28,6 @@ toes, fingers of undetected hands.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
-from models.body_model import AnnyBody, BodyModel, BodyModelInfo, BodyState
+from models.body_model import BodyModel, BodyModelInfo, BodyState
 from models.camera import Camera
 from models.errors import ErrorCode, PipelineError
 from models.keypoints import POSE_INDEX, Keypoints
@@ -233,33 +232,19 @@ class FitTargets:
     limb_weights: torch.Tensor | None = None  # (len(LIMBS),) 0 where a limb is not usable
 
 
-def as_body_model(model) -> BodyModel:
-    """A `BodyModel`; a bare Anny torch module (what older callers pass) is wrapped once."""
-    if isinstance(model, BodyModel):
-        return model
-    return _wrap_anny(model)
-
-
-@functools.lru_cache(maxsize=2)
-def _wrap_anny(model: torch.nn.Module) -> AnnyBody:
-    return AnnyBody(model)
-
-
 def fit_body(
     keypoints: Keypoints,
-    model,
-    info: BodyModelInfo | None = None,
+    body: BodyModel,
     config: FitConfig = FitConfig(),
     hints: BodyHints | None = None,
 ) -> BodyFit:
     """Fit shape, pose and placement to the detected keypoints; deterministic for a given input.
 
-    `model` is a `BodyModel` (see `models.body_model.load_body_model`) or Anny's torch module.
+    `body` is a `BodyModel` (see `models.body_model.load_body_model`).
     A fit that fails (too few confident keypoints, divergence, a body through the camera plane)
     is retried from the other initialisations of `FIT_ATTEMPTS` before FIT_FAILED is raised:
     portraits turned away from the camera have few confident landmarks and ambiguous facing.
     """
-    body = as_body_model(model)
     hints = hints or BodyHints()
     failure: PipelineError | None = None
     for number, attempt in enumerate(FIT_ATTEMPTS, start=1):
@@ -361,20 +346,12 @@ def _with_height(body: BodyModel, state: BodyState, height_m: float) -> BodyStat
     return BodyState(state.root_rotvec, state.translation * ratio, state.joint_rotvec, shape, state.base_rotation)
 
 
-def fitted_state(model, fit: BodyFit) -> BodyState:
-    return as_body_model(model).deserialise(fit.model_parameters())
+def fitted_state(body: BodyModel, fit: BodyFit) -> BodyState:
+    return body.deserialise(fit.model_parameters())
 
 
-def posed_vertices(model, fit: BodyFit) -> np.ndarray:
+def posed_vertices(body: BodyModel, fit: BodyFit) -> np.ndarray:
     """Vertices (V, 3) of the fitted body in the photo's world (= camera) frame."""
-    if fit.body_model.name == "anny" and not isinstance(model, BodyModel):
-        with torch.no_grad():
-            out = model(
-                pose_parameters=torch.as_tensor(fit.pose_parameters, dtype=torch.float32)[None],
-                phenotype_kwargs={k: float(v) for k, v in fit.phenotype.items()},
-            )
-        return out["vertices"][0].numpy().astype(np.float64)
-    body = as_body_model(model)
     if body.info.name != fit.body_model.name:
         raise ValueError(f"the fit is of {fit.body_model.name}, the model is {body.info.name}")
     return body.posed_vertices(body.deserialise(fit.model_parameters()))

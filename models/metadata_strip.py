@@ -73,10 +73,12 @@ def strip_metadata(data: bytes) -> StrippedImage:
 def _keep_tiff_readable(data: bytes, out: bytes, removed: tuple[str, ...], orientation: int | None) -> StrippedImage:
     """A damaged TIFF that Pillow still reads can become unreadable once its metadata tags are
     zeroed in place (found by the fuzz test: a mutated strip count). Then the picture is kept
-    as a lossless, upright, metadata-free PNG instead: the strip never breaks a readable photo."""
-    from models.photo import upright_png
+    as a lossless, upright, metadata-free PNG instead: the strip never breaks a readable photo.
+    The check decodes the stripped picture once and encodes nothing: only the fallback (its
+    rewrite broke a readable file) re-encodes, from the original."""
+    from models.photo import upright_png, upright_rgb
 
-    if upright_png(out) is not None:
+    if upright_rgb(out) is not None:
         return StrippedImage(out, "TIFF", True, removed, orientation)
     png = upright_png(data)
     if png is None:  # unreadable before too: `photo` reports it either way

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.skinning import lbs
+
 MIXAMO_PREFIX = "mixamorig:"
 XBOT_AXES_PATH = Path(__file__).resolve().parent / "data" / "mixamo_xbot_bind_axes.json"
 
@@ -210,9 +212,7 @@ def repose_vertices(
 ) -> np.ndarray:
     """Anny's linear blend skinning (all its influences) of `points` from joint matrices `before`
     to `after` (J,4,4): v' = sum_k w_k (after_k before_k^-1) v."""
-    transforms = after @ np.linalg.inv(before)
-    blended = np.einsum("vk,vkij->vij", skin_weights, transforms[skin_indices])
-    return np.einsum("vij,vj->vi", blended[:, :3, :3], points) + blended[:, :3, 3]
+    return lbs(points, skin_indices, skin_weights, after @ np.linalg.inv(before))
 
 
 # ---------------------------------------------------------------------------------------------

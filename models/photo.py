@@ -131,10 +131,9 @@ def _decode_upright(data: bytes, limits: PhotoLimits) -> tuple[Image.Image, str,
     return _to_rgb(image), fmt, exif_rotated, frames
 
 
-def upright_png(data: bytes, limits: PhotoLimits | None = None) -> bytes | None:
-    """The upload's first frame, upright, as a metadata-free RGB PNG at full resolution, or None
-    when `photo` could not read it: the lossless fallback of the metadata strip for a file whose
-    structure its in-place rewrite would break (`models.metadata_strip`)."""
+def upright_rgb(data: bytes, limits: PhotoLimits | None = None) -> Image.Image | None:
+    """The upload's first frame, upright, in RGB at full resolution, or None when `photo` could
+    not read it (the same container check and decode as `normalise_photo`)."""
     limits = limits or PhotoLimits()
     if not data or check_container(data) is not None:
         return None
@@ -142,7 +141,15 @@ def upright_png(data: bytes, limits: PhotoLimits | None = None) -> bytes | None:
         rgb, _, _, _ = _decode_upright(data, limits)
     except PipelineError:
         return None
-    return encode_png(np.asarray(rgb))
+    return rgb
+
+
+def upright_png(data: bytes, limits: PhotoLimits | None = None) -> bytes | None:
+    """The upload's first frame, upright, as a metadata-free RGB PNG at full resolution, or None
+    when `photo` could not read it: the lossless fallback of the metadata strip for a file whose
+    structure its in-place rewrite would break (`models.metadata_strip`)."""
+    rgb = upright_rgb(data, limits)
+    return None if rgb is None else encode_png(np.asarray(rgb))
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

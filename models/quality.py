@@ -31,6 +31,9 @@ import trimesh
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from models.gltf_read import GlbReadError, read_accessor
+from models.skinning import lbs
+
 # Vertices closer than this (metres) are the same point when welding UV-seam duplicates.
 WELD_TOLERANCE_M = 1e-6
 # A triangle with less area than this (m^2) is degenerate: 1 mm x 1 µm.
@@ -279,21 +282,6 @@ def mesh_glb_metrics(glb: bytes, silhouette: Any = None) -> MeshMetrics:
 # rigged GLB
 # ---------------------------------------------------------------------------------------------
 
-_COMPONENT_DTYPES = {
-    5120: np.int8,
-    5121: np.uint8,
-    5122: np.int16,
-    5123: np.uint16,
-    5125: np.uint32,
-    5126: np.float32,
-}
-_TYPE_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
-
-
-class GlbReadError(ValueError):
-    """The GLB cannot be read the way a glTF client would read it."""
-
-
 @dataclass(frozen=True)
 class ValidatorReport:
     """The Khronos glTF validator's verdict; status `unavailable` when it is not installed."""
@@ -336,33 +324,6 @@ class GlbMetrics:
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
-    """(count, width) array of an accessor from the GLB's binary chunk; normalised ints -> [0,1]."""
-    acc = gltf.accessors[index]
-    if acc.sparse is not None:
-        raise GlbReadError(f"accessor {index} is sparse (not supported here)")
-    if acc.componentType not in _COMPONENT_DTYPES or acc.type not in _TYPE_WIDTH:
-        raise GlbReadError(f"accessor {index} has an invalid componentType/type")
-    dtype = np.dtype(_COMPONENT_DTYPES[acc.componentType]).newbyteorder("<")
-    width = _TYPE_WIDTH[acc.type]
-    if acc.bufferView is None:
-        return np.zeros((acc.count, width), dtype=dtype)
-    view = gltf.bufferViews[acc.bufferView]
-    if gltf.buffers[view.buffer].uri is not None:
-        raise GlbReadError(f"accessor {index} points at an external buffer")
-    start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-    element = dtype.itemsize * width
-    stride = view.byteStride or element
-    end = start + stride * (acc.count - 1) + element if acc.count else start
-    if start < 0 or end > len(blob) or end > (view.byteOffset or 0) + view.byteLength:
-        raise GlbReadError(f"accessor {index} reads past its buffer view")
-    data = np.ndarray((acc.count, width), dtype=dtype, buffer=blob, offset=start, strides=(stride, dtype.itemsize))
-    data = np.array(data)
-    if acc.normalized and dtype.kind in "iu":
-        return data.astype(np.float64) / np.iinfo(dtype).max
-    return data
 
 
 def _image_size(gltf: pygltflib.GLTF2, blob: bytes, image: pygltflib.Image) -> tuple[int, int]:
@@ -433,10 +394,7 @@ def _bind_pose_positions(
 
     For a plain export G_j . IBM_j is the identity; quantised GLBs (KHR_mesh_quantization)
     carry the dequantisation in the inverse bind matrices, so this is where metres come back."""
-    safe = np.clip(joints, 0, len(joint_matrices) - 1)
-    homogeneous = np.concatenate([positions, np.ones((len(positions), 1))], axis=1)
-    blended = np.einsum("nk,nkij->nij", weights, joint_matrices[safe])
-    return np.einsum("nij,nj->ni", blended, homogeneous)[:, :3]
+    return lbs(positions, np.clip(joints, 0, len(joint_matrices) - 1), weights, joint_matrices)
 
 
 def _glb_metrics(gltf: pygltflib.GLTF2, blob: bytes, common: dict) -> GlbMetrics:
@@ -584,17 +542,8 @@ def clients_node_modules() -> Path:
     return REPO_ROOT / "clients" / "node_modules"
 
 
-# Reads the GLB from stdin, prints the validator's issue summary as one JSON line.
-_VALIDATOR_JS = """
-const validator = require(process.argv[1]);
-const chunks = [];
-process.stdin.on('data', (c) => chunks.push(c));
-process.stdin.on('end', () => {
-  validator.validateBytes(new Uint8Array(Buffer.concat(chunks)), {maxIssues: 200})
-    .then((r) => { process.stdout.write(JSON.stringify(r.issues)); })
-    .catch((e) => { process.stderr.write(String(e)); process.exit(3); });
-});
-"""
+# The one way the Khronos validator runs (the client tests use it too): the GLB on stdin.
+VALIDATE_SCRIPT = REPO_ROOT / "clients" / "validate.mjs"
 
 
 def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: float = 120.0) -> ValidatorReport:
@@ -609,9 +558,11 @@ def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: 
         return ValidatorReport(status="unavailable", detail="node is not on PATH")
     if not (package / "package.json").is_file():
         return ValidatorReport(status="unavailable", detail=f"npm package {GLTF_VALIDATOR_PACKAGE} not found at {package}")
+    if not VALIDATE_SCRIPT.is_file():
+        return ValidatorReport(status="unavailable", detail=f"the validator script {VALIDATE_SCRIPT} is missing")
     try:
         proc = subprocess.run(
-            [node, "-e", _VALIDATOR_JS, str(package)],
+            [node, str(VALIDATE_SCRIPT), "--package", str(package), "-"],
             input=glb,
             capture_output=True,
             timeout=timeout_s,
@@ -619,9 +570,12 @@ def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: 
         )
     except subprocess.TimeoutExpired:
         return ValidatorReport(status="failed", detail=f"validator timed out after {timeout_s:.0f} s")
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 1):  # 1: it ran and found errors
         return ValidatorReport(status="failed", detail=proc.stderr.decode(errors="replace")[-500:])
-    issues = json.loads(proc.stdout)
+    try:
+        issues = json.loads(proc.stdout)["-"]
+    except (ValueError, KeyError) as exc:
+        return ValidatorReport(status="failed", detail=f"unreadable validator output ({exc})")
     messages = [
         {k: m.get(k) for k in ("code", "message", "severity", "pointer")} for m in issues.get("messages", [])[:20]
     ]

@@ -18,10 +18,9 @@ import trimesh
 from PIL import Image
 from trimesh.ray.ray_pyembree import RayMeshIntersector
 
+from models.gltf_read import read_accessor
 from models.texture import sample_bilinear
 
-_COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
-_TYPE_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 BACKGROUND = np.array([236, 238, 242], np.float32)
 UNTEXTURED = np.array([200, 205, 220], np.float32)
 
@@ -52,32 +51,17 @@ def read_glb_mesh(glb: bytes) -> GlbMesh:
         raise ValueError(f"cannot preview a GLB that requires {gltf.extensionsRequired}")
     primitive = gltf.meshes[0].primitives[0]
     attrs = primitive.attributes
-    positions = _accessor(gltf, blob, attrs.POSITION).astype(np.float64)
+    positions = read_accessor(gltf, blob, attrs.POSITION).astype(np.float64)
     if primitive.indices is not None:
-        faces = _accessor(gltf, blob, primitive.indices).astype(np.int64).reshape(-1, 3)
+        faces = read_accessor(gltf, blob, primitive.indices).astype(np.int64).reshape(-1, 3)
     else:
         faces = np.arange(len(positions)).reshape(-1, 3)
     if attrs.NORMAL is not None:
-        normals = _accessor(gltf, blob, attrs.NORMAL).astype(np.float64)
+        normals = read_accessor(gltf, blob, attrs.NORMAL).astype(np.float64)
     else:
         normals = trimesh.Trimesh(positions, faces, process=False).vertex_normals
-    uvs = _accessor(gltf, blob, attrs.TEXCOORD_0).astype(np.float64) if attrs.TEXCOORD_0 is not None else None
+    uvs = read_accessor(gltf, blob, attrs.TEXCOORD_0).astype(np.float64) if attrs.TEXCOORD_0 is not None else None
     return GlbMesh(positions, normals, uvs, faces, _base_colour_texture(gltf, blob, primitive))
-
-
-def _accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
-    acc = gltf.accessors[index]
-    view = gltf.bufferViews[acc.bufferView]
-    dtype = np.dtype(_COMPONENT_DTYPES[acc.componentType])
-    width = _TYPE_WIDTH[acc.type]
-    start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-    stride = view.byteStride or dtype.itemsize * width
-    raw = np.frombuffer(blob, np.uint8, count=stride * (acc.count - 1) + dtype.itemsize * width, offset=start)
-    rows = np.lib.stride_tricks.as_strided(raw, shape=(acc.count, dtype.itemsize * width), strides=(stride, 1))
-    data = np.ascontiguousarray(rows).view(dtype).reshape(acc.count, width)
-    if acc.normalized and dtype.kind == "u":
-        data = data.astype(np.float64) / np.iinfo(dtype).max
-    return data
 
 
 def _base_colour_texture(gltf: pygltflib.GLTF2, blob: bytes, primitive) -> np.ndarray | None:

@@ -38,7 +38,7 @@ import scipy.sparse
 import torch
 import trimesh
 
-from models.body_model import anny_topology
+from models.body_model import anny_forward, anny_topology
 from models.clothing import Garment, skirt_skin_weights
 from models.face_blendshapes import FaceTargets, expression_weights, face_targets, fitted_offsets
 from models.gltf_export import (
@@ -65,8 +65,8 @@ from models.mixamo_skeleton import (
     straightened_rest_pose,
     with_end_bones,
 )
-
-PHENOTYPE_KEYS = ("gender", "age", "muscle", "weight", "height", "proportions")
+from models.skinning import lbs
+from models.surface import split_uv_seams
 
 # Anny (Z up, facing -Y) -> glTF (Y up, facing +Z): (x, y, z) -> (x, z, -y). det = +1.
 ANNY_TO_GLTF_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -115,13 +115,6 @@ class AnnyPosedBody:
 # ---------------------------------------------------------------------------------------------
 
 
-def _phenotype_kwargs(phenotype: dict[str, float]) -> dict[str, torch.Tensor]:
-    unknown = set(phenotype) - set(PHENOTYPE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown phenotype keys: {sorted(unknown)}")
-    return {k: torch.tensor([float(np.clip(v, 0.0, 1.0))], dtype=torch.float32) for k, v in phenotype.items()}
-
-
 def _orthonormalize(rot: np.ndarray) -> np.ndarray:
     """Nearest rotation matrices (..., 3, 3) (SVD, det +1)."""
     u, _, vt = np.linalg.svd(rot)
@@ -153,11 +146,7 @@ def evaluate_anny(model, phenotype: dict[str, float], pose_parameters: np.ndarra
     p = canonical_pose_parameters(pose_parameters)
     if p.shape[0] != len(model.bone_labels):
         raise ValueError(f"pose_parameters has {p.shape[0]} bones, the model {len(model.bone_labels)}")
-    with torch.no_grad():
-        out = model(
-            pose_parameters=torch.as_tensor(p, dtype=torch.float32)[None],
-            phenotype_kwargs=_phenotype_kwargs(phenotype),
-        )
+    out = anny_forward(model, phenotype, p)
     rest_vertices = out["rest_vertices"][0].double().numpy()
     rest_bones = out["rest_bone_poses"][0].double().numpy()
     root_rest = rest_bones[0]
@@ -183,24 +172,6 @@ def canonical_transform(rest_vertices: np.ndarray, root_head: np.ndarray) -> np.
     min_y = (rest_vertices @ ANNY_TO_GLTF_ROTATION.T)[:, 1].min()
     c[:3, 3] = (-rotated_root[0], -min_y, -rotated_root[2])
     return c
-
-
-def split_uv_seams(
-    faces: np.ndarray, face_uv_idx: np.ndarray, uv: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-corner UVs -> per-vertex UVs by duplicating vertices on UV seams.
-
-    Returns (source_vertex (N,), uv_gltf (N,2) with v flipped to a top-left origin,
-    faces (F,3) into the split vertices)."""
-    corner_vertex = faces.reshape(-1)
-    corner_uv = uv[face_uv_idx.reshape(-1)].astype(np.float32)
-    # Key on the exact float bits so equal UVs with different indices merge too.
-    keys = np.column_stack([corner_vertex, corner_uv.view(np.int32).astype(np.int64)])
-    unique_keys, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    source_vertex = unique_keys[:, 0]
-    uv_split = corner_uv[first]
-    uv_gltf = np.column_stack([uv_split[:, 0], 1.0 - uv_split[:, 1]]).astype(np.float32)
-    return source_vertex, uv_gltf, inverse.reshape(faces.shape).astype(np.uint32)
 
 
 def top_influences(
@@ -512,9 +483,7 @@ def linear_blend_skinning(
     positions: np.ndarray, joints: np.ndarray, weights: np.ndarray, joint_world: np.ndarray, ibm: np.ndarray
 ) -> np.ndarray:
     """glTF skinning: v' = sum_i w_i (globalJoint_i . IBM_i) v."""
-    skin = joint_world @ ibm  # (J,4,4)
-    per_vertex = np.einsum("vk,vkij->vij", weights, skin[joints.astype(np.int64)])
-    return np.einsum("vij,vj->vi", per_vertex[:, :3, :3], positions) + per_vertex[:, :3, 3]
+    return lbs(positions, joints.astype(np.int64), weights, joint_world @ ibm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +532,7 @@ def build_rigged_avatar(
     bind = mixamo_bind(anny_rest, c[None] @ body.rest_bone_poses, names, parents, topo)
 
     normals = vertex_normals(bind.vertices, topo["faces"])
-    src, uvs, faces = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
+    src, uvs, faces = split_uv_seams(topo["faces"], topo["uv"], topo["face_uv_idx"])
     heads = {
         short_name(n): m[:3, 3] for n, m in zip(bind.skeleton.names, bind.skeleton.bind_world, strict=True)
     }
@@ -763,9 +732,7 @@ def skin_with_anny(body: AnnyPosedBody, topo: dict[str, np.ndarray], offsets: np
     """Anny's linear blend skinning (all its influences) of `rest + offsets` into the photo
     pose; with zero offsets this is exactly Anny's posed output."""
     transforms = body.posed_bone_poses @ np.linalg.inv(body.rest_bone_poses)
-    blended = np.einsum("vk,vkij->vij", topo["skin_weights"], transforms[topo["skin_indices"]])
-    rest = body.rest_vertices + offsets
-    return np.einsum("vij,vj->vi", blended[:, :3, :3], rest) + blended[:, :3, 3]
+    return lbs(body.rest_vertices + offsets, topo["skin_indices"], topo["skin_weights"], transforms)
 
 
 def _max_weight_sum_error(weights: np.ndarray) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.body_model import BodyModel, BodyModelInfo, BodyPoints, BodyState
+from models.body_interface import BodyModel, BodyModelInfo, BodyPoints, BodyState, farthest_point_sample
 from models.landmarks import BODY_LABELS, FACE_POINTS, HAND_LABELS, SMPLX_BODY_JOINTS, SMPLX_HAND_JOINTS
 
 BODY_JOINTS = (
@@ -109,8 +109,6 @@ class SmplxBody(BodyModel):
     def __init__(self, model_file: str | Path):
         import smplx
         from smplx.joint_names import JOINT_NAMES
-
-        from models.body_model import farthest_point_sample
 
         self.model_file = resolve_model_file(model_file)
         data = np.load(self.model_file, allow_pickle=False)

@@ -25,18 +25,22 @@ _MESH_RGB = np.array([200.0, 205.0, 220.0])  # preview base colour: neutral, sli
 def split_uv_seams(
     faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One vertex per distinct (position, UV) corner.
+    """Per-corner UVs -> per-vertex UVs: one vertex per distinct (vertex, UV) corner, so the
+    vertices on UV seams are duplicated (the only seam splitter: mesh GLB, rigged GLB, eval).
 
-    Returns the source vertex of each new vertex (N,), its UV in glTF convention
-    (u, 1 - v) (N,2) and the faces re-indexed onto the new vertices (F,3).
-    """
+    `faces` (F,3) vertex indices, `uv` (T,2) Anny-convention UVs (v up), `face_uv_idx` (F,3)
+    indices into `uv`. Returns the source vertex of each new vertex (N,), its UV in glTF
+    convention (u, 1 - v: top-left origin) as float32 (N,2), and the faces re-indexed onto the
+    new vertices (F,3) uint32."""
     faces = np.asarray(faces, dtype=np.int64)
-    face_uv_idx = np.asarray(face_uv_idx, dtype=np.int64)
-    corners = np.stack([faces.ravel(), face_uv_idx.ravel()], axis=1)
-    unique, inverse = np.unique(corners, axis=0, return_inverse=True)
-    new_uv = np.asarray(uv, dtype=np.float64)[unique[:, 1]]
-    gltf_uv = np.stack([new_uv[:, 0], 1.0 - new_uv[:, 1]], axis=1)
-    return unique[:, 0], gltf_uv, inverse.reshape(faces.shape)
+    corner_vertex = faces.reshape(-1)
+    corner_uv = np.asarray(uv)[np.asarray(face_uv_idx, dtype=np.int64).reshape(-1)].astype(np.float32)
+    # Key on the exact float bits so equal UVs with different indices merge too.
+    keys = np.column_stack([corner_vertex, corner_uv.view(np.int32).astype(np.int64)])
+    unique_keys, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    uv_split = corner_uv[first]
+    uv_gltf = np.column_stack([uv_split[:, 0], 1.0 - uv_split[:, 1]]).astype(np.float32)
+    return unique_keys[:, 0], uv_gltf, inverse.reshape(faces.shape).astype(np.uint32)
 
 
 def textured_mesh(

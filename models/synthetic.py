@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.body_model import AnnyBody, BodyModel, BodyState
+from models.body_model import PHENOTYPE_LABELS, AnnyBody, BodyModel, BodyState
 from models.camera import Camera
 from models.eval_render import render_mesh
 from models.keypoints import Keypoints
@@ -163,13 +163,46 @@ def random_background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def phenotype_shape(phenotype: dict[str, float]) -> torch.Tensor:
+    """Anny's shape unknowns (`AnnyBody`: logits of the phenotype values) for `phenotype`."""
+    return torch.logit(torch.tensor([phenotype[k] for k in PHENOTYPE_LABELS]))
+
+
+def place_body(
+    body: AnnyBody,
+    phenotype: dict[str, float],
+    root_rotvec: torch.Tensor,
+    joint_rotvec: torch.Tensor,
+    camera: Camera,
+    fill: float,
+    offset_px: tuple[float, float] = (0.0, 0.0),
+) -> tuple[BodyState, np.ndarray]:
+    """A synthetic subject's body in front of `camera` (the one builder of the synthetic photos
+    and the appearance subjects): facing the camera, turned by `root_rotvec`, posed by
+    `joint_rotvec`, at the depth where its vertical extent fills `fill` of the image height,
+    its centre `offset_px` off the image centre. Returns the state and its posed vertices."""
+    state = BodyState(
+        root_rotvec=root_rotvec,
+        translation=torch.zeros(3),
+        joint_rotvec=joint_rotvec,
+        shape=phenotype_shape(phenotype),
+        base_rotation=torch.as_tensor(body.facing_camera, dtype=torch.float32),
+    )
+    vertices = body.posed_vertices(state)
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    depth = camera.K[1, 1] * (hi[1] - lo[1]) / (fill * camera.image_size[1])
+    offset = np.asarray(offset_px, dtype=np.float64) / camera.K[0, 0] * depth
+    translation = np.array([offset[0], offset[1], depth]) - (lo + hi) / 2 * np.array([1, 1, 0])
+    state.translation = torch.as_tensor(translation, dtype=torch.float32)
+    return state, body.posed_vertices(state)
+
+
 def generate_sample(body: AnnyBody, seed: int, size: tuple[int, int] = (512, 768)) -> SyntheticSample:
     """One synthetic photo with its ground truth (deterministic in `seed`)."""
     rng = np.random.default_rng(seed)
     w, h = size
     phenotype = random_phenotype(rng)
-    shape = torch.logit(torch.tensor([phenotype[k] for k in ("gender", "age", "muscle", "weight", "height", "proportions")]))
-    rest = body.rest_vertices(shape)
+    rest = body.rest_vertices(phenotype_shape(phenotype))
     yaw, pitch, roll = rng.uniform(-35, 35), rng.uniform(-5, 5), rng.uniform(-4, 4)
     import roma
 
@@ -178,24 +211,13 @@ def generate_sample(body: AnnyBody, seed: int, size: tuple[int, int] = (512, 768
     root = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, float(euler[2])])) @ roma.rotvec_to_rotmat(
         torch.tensor([float(euler[0]), float(euler[1]), 0.0])
     )
-    state = BodyState(
-        root_rotvec=roma.rotmat_to_rotvec(root),
-        translation=torch.zeros(3),
-        joint_rotvec=random_pose(body, rng),
-        shape=shape,
-        base_rotation=torch.as_tensor(body.facing_camera, dtype=torch.float32),
-    )
+    joints = random_pose(body, rng)
     focal_scale = float(rng.uniform(1.0, 1.5))
     camera = Camera.from_focal(focal_scale * max(w, h), w, h)
     # place the body: its vertical extent fills 65-85 % of the image, a little off centre
-    vertices = body.posed_vertices(state)
-    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
     fill = rng.uniform(0.65, 0.85)
-    depth = camera.K[1, 1] * (hi[1] - lo[1]) / (fill * h)
-    offset = np.array([rng.uniform(-0.08, 0.08) * w, rng.uniform(-0.04, 0.04) * h]) / camera.K[0, 0] * depth
-    translation = np.array([offset[0], offset[1], depth]) - (lo + hi) / 2 * np.array([1, 1, 0])
-    state.translation = torch.as_tensor(translation, dtype=torch.float32)
-    vertices = body.posed_vertices(state)
+    offset_px = (rng.uniform(-0.08, 0.08) * w, rng.uniform(-0.04, 0.04) * h)
+    state, vertices = place_body(body, phenotype, roma.rotmat_to_rotvec(root), joints, camera, fill, offset_px)
     light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.2, 0.9), 1.0])  # from the camera side, above
     image, silhouette = render_mesh(
         vertices, body.faces, camera, _face_colours(body, rng, rest), background=random_background(rng, w, h),

@@ -177,16 +177,16 @@ def _eye_centre(gltf: pygltflib.GLTF2, mesh_node: int, names: list[str]) -> np.n
     """Mean bind position of the vertices the blink targets move most (the eyelids)."""
     if "eyeBlinkLeft" not in names:
         return None
-    from models.render import _accessor
+    from models.gltf_read import read_accessor
 
     blob = gltf.binary_blob()
     prim = gltf.meshes[gltf.nodes[mesh_node].mesh].primitives[0]
-    positions = _accessor(gltf, blob, prim.attributes.POSITION).astype(np.float64)
+    positions = read_accessor(gltf, blob, prim.attributes.POSITION).astype(np.float64)
     centres = []
     for target in ("eyeBlinkLeft", "eyeBlinkRight"):
         acc = gltf.accessors[prim.targets[names.index(target)]["POSITION"]]
         if acc.sparse is None:
-            offsets = _accessor(gltf, blob, prim.targets[names.index(target)]["POSITION"]).astype(np.float64)
+            offsets = read_accessor(gltf, blob, prim.targets[names.index(target)]["POSITION"]).astype(np.float64)
         else:
             offsets = np.zeros((acc.count, 3))
             iv, vv = (

@@ -189,7 +189,7 @@ def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
     body = load_body_model(runtime.smplx_model_dir, runtime.anny_cache_dir)  # Anny; SMPL-X when configured
     hints = BodyHints.from_dict(params.get("body_hints"))  # the uploader's, from the uploads document
-    fit = fit_body(kp, body, body.info, FitConfig.from_params(params.get("body_fitter", {})), hints)
+    fit = fit_body(kp, body, FitConfig.from_params(params.get("body_fitter", {})), hints)
     metrics = dict(fit.metrics) | {"framing": fit.framing, "body_model": fit.body_model.name}
     metrics |= {f"phenotype_{k}": v for k, v in fit.phenotype.items()}
     data = fit.to_dict()

@@ -34,6 +34,14 @@ def anny_model():
     return load_anny()
 
 
+@pytest.fixture(scope="session")
+def anny_fitter_body(anny_model):
+    """The session's Anny behind the fitter's `BodyModel` interface (what the pipeline fits)."""
+    from models.body_model import AnnyBody
+
+    return AnnyBody(anny_model)
+
+
 @pytest.fixture
 def avatar_home(tmp_path, monkeypatch) -> Path:
     """A fresh AVATARPIPE_HOME (and Dagster instance) per test; the model cache is shared."""

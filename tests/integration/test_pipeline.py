@@ -6,6 +6,7 @@ import pygltflib
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
+from models.gltf_read import read_accessor
 from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
@@ -29,15 +30,6 @@ def settings(avatar_home, monkeypatch, request) -> Settings:
     if backend.server is not None:  # the run really went to Postgres
         assert backend.server.execute("SELECT count(*) FROM runs", backend.databases["dagster"]) == [(1,)]
     backend.drop()
-
-
-def _accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
-    accessor = gltf.accessors[index]
-    view = gltf.bufferViews[accessor.bufferView]
-    dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}[accessor.componentType]
-    width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}[accessor.type]
-    start = (view.byteOffset or 0) + (accessor.byteOffset or 0)
-    return np.frombuffer(blob, dtype=dtype, count=accessor.count * width, offset=start).reshape(-1, width)
 
 
 @pytest.mark.parametrize("settings", BACKENDS, indirect=True)
@@ -83,11 +75,11 @@ def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
     gltf = pygltflib.GLTF2().load(glb_path)
     blob = gltf.binary_blob()
     assert len(gltf.skins) == 1 and len(gltf.skins[0].joints) >= 20
-    ibm = _accessor_array(gltf, blob, gltf.skins[0].inverseBindMatrices)
+    ibm = read_accessor(gltf, blob, gltf.skins[0].inverseBindMatrices)
     assert len(ibm) == len(gltf.skins[0].joints)
     prim = gltf.meshes[0].primitives[0]
-    joints = _accessor_array(gltf, blob, prim.attributes.JOINTS_0)
-    weights = _accessor_array(gltf, blob, prim.attributes.WEIGHTS_0)
+    joints = read_accessor(gltf, blob, prim.attributes.JOINTS_0)
+    weights = read_accessor(gltf, blob, prim.attributes.WEIGHTS_0)
     assert joints.shape[1] == 4 and joints.max() < len(gltf.skins[0].joints)
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6) and (weights >= 0).all()
     assert len(gltf.images) == 1 and gltf.images[0].mimeType == "image/png"
@@ -95,7 +87,7 @@ def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
     start = image_view.byteOffset or 0
     assert blob[start : start + 8] == b"\x89PNG\r\n\x1a\n"
     assert len(gltf.animations) >= 1 and "photo_pose" in [a.name for a in gltf.animations]
-    positions = _accessor_array(gltf, blob, prim.attributes.POSITION)
+    positions = read_accessor(gltf, blob, prim.attributes.POSITION)
     assert abs(positions[:, 1].min()) < 1e-3 and 1.3 < positions[:, 1].max() < 2.2  # feet on y=0
 
     # The mesh artifact is readable by trimesh and overlays the person in the photo.

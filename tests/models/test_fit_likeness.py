@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.body_model import anny_info
 from models.errors import ErrorCode, PipelineError
 from models.fitting import BodyFit, BodyHints, fit_body
 from models.keypoints import detect_keypoints
@@ -102,9 +101,9 @@ def test_without_a_hint_adults_get_a_typical_height_for_their_build():
     assert typical_height_m({"gender": 0.5, "age": 0.3}) is None  # a child keeps Anny's child size
 
 
-def test_hinted_fit_holds_build_and_matches_height(standing_kp, anny_model):
+def test_hinted_fit_holds_build_and_matches_height(standing_kp, anny_fitter_body):
     hints = BodyHints(build="feminine", height_cm=171.0, age_group="adult")
-    fit = fit_body(standing_kp, anny_model, anny_info(), hints=hints)
+    fit = fit_body(standing_kp, anny_fitter_body, hints=hints)
     assert fit.phenotype["gender"] == pytest.approx(0.95, abs=1e-3)
     assert fit.phenotype["age"] == pytest.approx(ADULT_AGE, abs=1e-3)
     assert abs(fit.metrics["body_height_m"] - 1.71) < 0.005
@@ -115,10 +114,10 @@ def test_hinted_fit_holds_build_and_matches_height(standing_kp, anny_model):
     assert again.phenotype_estimate == fit.phenotype_estimate and again.hints == fit.hints
 
 
-def test_photos_move_the_phenotype(standing_kp, skiing_kp, anny_model):
+def test_photos_move_the_phenotype(standing_kp, skiing_kp, anny_fitter_body):
     """The bundled man standing and the woman skiing: different builds, both adults."""
-    man = fit_body(standing_kp, anny_model, anny_info())
-    woman = fit_body(skiing_kp, anny_model, anny_info())
+    man = fit_body(standing_kp, anny_fitter_body)
+    woman = fit_body(skiing_kp, anny_fitter_body)
     assert man.phenotype["gender"] < 0.5 < woman.phenotype["gender"]
     assert man.phenotype["age"] > 0.5 and woman.phenotype["age"] > 0.5
     assert man.phenotype_estimate["gender"]["source"] == "estimated"
@@ -126,15 +125,15 @@ def test_photos_move_the_phenotype(standing_kp, skiing_kp, anny_model):
     assert all(0.0 <= v["confidence"] <= 1.0 for v in man.phenotype_estimate.values())
 
 
-def test_children_are_recognised(anny_model):
+def test_children_are_recognised(anny_fitter_body):
     kp = _keypoints(SHARED / "child_02.jpg")
-    fit = fit_body(kp, anny_model, anny_info())
+    fit = fit_body(kp, anny_fitter_body)
     assert fit.phenotype["age"] < 0.5 and fit.phenotype_estimate["age"]["source"] == "estimated"
     heights = np.array([fit.metrics["body_height_m"]])
     assert (heights < 1.6).all()  # a child's body, not a small adult's
 
 
-def test_a_fit_that_fails_retries_from_other_initialisations(standing_kp, anny_model):
+def test_a_fit_that_fails_retries_from_other_initialisations(standing_kp, anny_fitter_body):
     """Few confident landmarks (a portrait turned away): the first attempts have too few
     keypoints; the last one, with low-visibility landmarks and both facings, still fits."""
     import copy
@@ -145,11 +144,11 @@ def test_a_fit_that_fails_retries_from_other_initialisations(standing_kp, anny_m
     kp.pose[:, 3] = 0.2
     for name in ("nose", "left_shoulder", "right_shoulder"):
         kp.pose[POSE_INDEX[name], 3] = 0.9
-    fit = fit_body(kp, anny_model, anny_info())
+    fit = fit_body(kp, anny_fitter_body)
     assert fit.metrics["fit_attempts"] == 3 and fit.metrics["keypoint_reprojection_rel"] < 0.05
     kp.pose[:, 3] = 0.0  # nothing usable at all: still a typed error after every attempt
     with pytest.raises(PipelineError) as err:
-        fit_body(kp, anny_model, anny_info())
+        fit_body(kp, anny_fitter_body)
     assert err.value.code == ErrorCode.FIT_FAILED
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.body_model import ROLES, AnnyBody, anny_body, anny_face_vertex_ids
+from models.body_interface import ROLES
+from models.body_model import AnnyBody, anny_body, anny_face_vertex_ids
 from models.landmarks import BODY_LABELS, FACE_LABELS
 from models.priors import (
     SilhouetteTerm,

@@ -53,7 +53,7 @@ def _fit(name: str):
     image = normalise_photo(_path(name).read_bytes()).image
     kp = detect_keypoints(image)
     body = load_body_model()
-    fit = fit_body(kp, body, body.info, FitConfig(), BodyHints.from_dict(None))
+    fit = fit_body(kp, body, FitConfig(), BodyHints.from_dict(None))
     return fit, kp
 
 

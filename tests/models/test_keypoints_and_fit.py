@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from models.body_model import anny_info, anny_topology
+from models.body_model import anny_topology
 from models.errors import ErrorCode, PipelineError
 from models.fitting import BodyFit, fit_body, posed_vertices
 from models.keypoints import POSE_INDEX, Keypoints, detect_keypoints
@@ -17,8 +17,8 @@ def standing(standing_photo):
 
 
 @pytest.fixture(scope="module")
-def standing_fit(standing, anny_model):
-    return fit_body(standing[1], anny_model, anny_info())
+def standing_fit(standing, anny_fitter_body):
+    return fit_body(standing[1], anny_fitter_body)
 
 
 def test_holistic_finds_a_full_body(standing):
@@ -44,7 +44,7 @@ def test_blank_image_has_no_person():
     assert info.value.code is ErrorCode.NO_PERSON
 
 
-def test_fit_reprojects_keypoints_and_overlays_the_mask(standing, standing_fit, anny_model):
+def test_fit_reprojects_keypoints_and_overlays_the_mask(standing, standing_fit, anny_model, anny_fitter_body):
     _, kp = standing
     fit = standing_fit
     assert fit.metrics["keypoint_reprojection_rel"] < 0.02
@@ -54,7 +54,7 @@ def test_fit_reprojects_keypoints_and_overlays_the_mask(standing, standing_fit, 
     assert fit.loss_history["refine"][-1] < fit.loss_history["refine"][0]
     assert set(fit.phenotype) == {"gender", "age", "muscle", "weight", "height", "proportions"}
     assert all(0.0 <= v <= 1.0 for v in fit.phenotype.values())
-    vertices = posed_vertices(anny_model, fit)
+    vertices = posed_vertices(anny_fitter_body, fit)
     pixels = fit.camera.project(vertices)
     ix = np.clip(pixels[:, 0].astype(int), 0, kp.mask.shape[1] - 1)
     iy = np.clip(pixels[:, 1].astype(int), 0, kp.mask.shape[0] - 1)
@@ -66,8 +66,8 @@ def test_fit_reprojects_keypoints_and_overlays_the_mask(standing, standing_fit, 
     assert faces.shape[1] == 3
 
 
-def test_fit_is_deterministic_and_serialisable(standing, standing_fit, anny_model):
-    again = fit_body(standing[1], anny_model, anny_info())
+def test_fit_is_deterministic_and_serialisable(standing, standing_fit, anny_fitter_body):
+    again = fit_body(standing[1], anny_fitter_body)
     assert np.allclose(again.pose_parameters, standing_fit.pose_parameters, atol=1e-5)
     restored = BodyFit.from_dict(standing_fit.to_dict())
     assert restored.camera.image_size == standing_fit.camera.image_size
@@ -75,4 +75,4 @@ def test_fit_is_deterministic_and_serialisable(standing, standing_fit, anny_mode
     assert restored.loss_history == standing_fit.loss_history
     assert restored.metrics == standing_fit.metrics and restored.body_model.name == "anny"
     # the serialised parameters rebuild the same body
-    assert np.allclose(posed_vertices(anny_model, restored), posed_vertices(anny_model, standing_fit), atol=1e-5)
+    assert np.allclose(posed_vertices(anny_fitter_body, restored), posed_vertices(anny_fitter_body, standing_fit), atol=1e-5)

@@ -1,7 +1,8 @@
 """The rigged GLB, checked from the file itself (real Anny, real pygltflib).
 
 The skinning check is independent of models.rigging's internals: it re-runs Anny for the same
-pose, parses the GLB's accessors and animation, skins the way a glTF viewer does and compares.
+pose, parses the GLB's accessors and animation, skins the way a glTF viewer does (the one
+`models.skinning.lbs` over the GLB's own joints, weights and matrices) and compares.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from models.gltf_export import (
     normalize_weights_float32,
     write_glb,
 )
-from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar, split_uv_seams
+from models.gltf_read import read_accessor
+from models.rigging import ANNY_TO_GLTF_ROTATION, build_rigged_avatar
+from models.skinning import lbs
+from models.surface import split_uv_seams
 
 CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
 SKINNING_MEAN_TOLERANCE_M = 5e-4
 SKINNING_MAX_TOLERANCE_M = 0.03  # at the smoothed armpits and knees, by design
-COMPONENT_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
-TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 
 
 def _png(size: int = 64) -> bytes:
@@ -65,13 +67,9 @@ class ParsedGlb:
 
     def accessor(self, index: int) -> np.ndarray:
         acc = self.gltf.accessors[index]
-        view = self.gltf.bufferViews[acc.bufferView]
-        assert view.byteStride in (None, 0), "writer packs tightly"
-        dtype = COMPONENT_DTYPES[acc.componentType]
-        width = TYPE_SIZES[acc.type]
-        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-        data = np.frombuffer(self.blob, dtype=dtype, count=acc.count * width, offset=start)
-        return data.reshape(acc.count, width) if width > 1 else data
+        assert self.gltf.bufferViews[acc.bufferView].byteStride in (None, 0), "writer packs tightly"
+        data = read_accessor(self.gltf, self.blob, index)
+        return data if data.shape[1] > 1 else data[:, 0]
 
     def accessor_like(self, view_index: int, dtype, count: int, width: int) -> np.ndarray:
         """`count` rows of `width` values of `dtype` at the start of a bufferView (sparse data)."""
@@ -259,10 +257,7 @@ def _skin(parsed: ParsedGlb, world: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     weights = parsed.accessor(prim.attributes.WEIGHTS_0).astype(np.float64)
     ibm = parsed.accessor(parsed.gltf.skins[0].inverseBindMatrices).astype(np.float64)
     ibm = ibm.reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> row-major
-    skin = world @ ibm
-    per_vertex = np.einsum("vk,vkij->vij", weights, skin[joints])
-    skinned = np.einsum("vij,vj->vi", per_vertex[:, :3, :3], positions) + per_vertex[:, :3, 3]
-    return positions, skinned
+    return positions, lbs(positions, joints, weights, world @ ibm)
 
 
 def test_bind_key_is_identity(parsed):
@@ -302,7 +297,7 @@ def test_photo_pose_reproduces_anny(model, pose, parsed):
     offset = photo_world[0, :3, 3] - rc @ h0
     positions, skinned = _skin(parsed, photo_world)
     topo = anny_topology(model)
-    src, _, _ = split_uv_seams(topo["faces"], topo["face_uv_idx"], topo["uv"])
+    src, _, _ = split_uv_seams(topo["faces"], topo["uv"], topo["face_uv_idx"])
     expected = posed[src] @ rc.T + offset
     # The bind mesh is Anny's rest mesh re-posed into the straight A-pose: the torso is untouched.
     rest_gltf = rest_vertices[src] @ rc.T + offset

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.body_model import ROLES, configured_body_model_name, load_body_model
+from models.body_interface import ROLES
+from models.body_model import configured_body_model_name, load_body_model
 from models.fitting import BodyFit, fit_body, fitted_state, posed_vertices
 from models.smplx_model import SmplxBody, load_smplx_body, resolve_model_file, write_tiny_smplx_model
 
@@ -81,7 +82,7 @@ def test_fitter_recovers_a_known_smplx_pose(tiny):
     camera = Camera.from_focal(1.2 * 640, 480, 640)
     mask = project_silhouette(tiny.posed_vertices(state), tiny.faces, camera)
     keypoints = keypoints_from_points(tiny, state, camera, mask)
-    fit = fit_body(keypoints, tiny, tiny.info)
+    fit = fit_body(keypoints, tiny)
     assert fit.body_model.name == "smplx" and fit.pose_parameters is None and fit.phenotype == {}
     assert fit.metrics["keypoint_reprojection_rel"] < 0.01
     restored = BodyFit.from_dict(fit.to_dict())

@@ -129,7 +129,7 @@ def test_snapshot_follows_changes_made_elsewhere(location):
         ("body_fitter", {"lr": -1.0}, "must be positive"),
         ("keypoint_detector", {"model_complexity": 2}, "only the full pose model"),
         ("reconstructor", {"texture_size": 1000}, "power of two"),
-        ("rigger", {"max_influences": 8}, "fixed"),
+        ("rigger", {"max_influences": 8}, "unknown parameter 'max_influences'"),
         ("body_model", {"rig": "anny"}, "fixed in this implementation"),
         ("texturer", {}, "unknown model 'texturer'"),
     ],
