@@ -10,6 +10,7 @@ from dagster import AssetKey
 
 from assets.checks import CHECKED_ASSETS
 from models.catalogue import default_model_specs
+from ops.quality_rows import ARTIFACT_METRICS
 from ops.steps import ASSET_MODELS, ASSET_ORDER, STEPS, UPLOAD, input_source
 
 HEAVY = ("torch", "trimesh", "embree", "embreex", "mediapipe", "great_expectations")
@@ -60,7 +61,7 @@ def test_the_graph_is_declared_once_in_the_steps(avatar_home):
     assert [name for name in order if name in STEPS] == list(ASSET_ORDER)
     assert CHECKED_ASSETS == tuple(name for name in ASSET_ORDER if STEPS[name].checked)
     checked = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
-    assert checked == set(CHECKED_ASSETS)
+    assert checked == set(CHECKED_ASSETS) == set(ARTIFACT_METRICS)  # one metrics row per gate
     registered = set(default_model_specs())
     assert all(set(models) <= registered for models in ASSET_MODELS.values())
     # only the first step reads the upload itself; every other input names an earlier step
