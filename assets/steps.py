@@ -147,7 +147,9 @@ def resolve_inputs(step: StepContext, spec: StepSpec) -> ResolvedInputs:
         if asset == UPLOAD:
             keys[name] = raw_upload_key(step)
             continue
-        doc = docs[asset] if asset in docs else docs.setdefault(asset, current_doc(step, asset))
+        if asset not in docs:  # each upstream document is read once
+            docs[asset] = current_doc(step, asset)
+        doc = docs[asset]
         if is_metrics:
             metrics[asset] = dict(doc.get("metrics") or {})
         elif extra is None:
