@@ -1,4 +1,4 @@
-"""Compute launcher: where a heavy step runs, chosen by configuration, never by code edits.
+"""Compute launcher: where each step runs, chosen by configuration, never by code edits.
 
 * ``inprocess`` — in the Dagster step's own process (`ops.steps.execute_step`);
 * ``subprocess`` — `python -m ops.worker` through Dagster's `PipesSubprocessClient`
@@ -34,7 +34,7 @@ WORKER_MODULE = "ops.worker"
 
 
 class ComputeLauncherResource(ConfigurableResource):
-    """Runs a heavy step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
+    """Runs a step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
 
     mode: str = Field(default="subprocess", description="inprocess | subprocess | ecs")
     heavy_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_HEAVY_STEPS))
