@@ -9,7 +9,7 @@ expectation carries `meta.name` (stable, unique in the suite) and `meta.severity
   marked `failed_quality` with code QUALITY_GATE_FAILED and the failed expectations.
 - `WARN` expectations are recorded: the check fails with severity WARN, nothing is blocked.
 
-A check computes the artifact's metrics row (`models.quality`), validates it with a fresh
+A check computes the artifact's metrics row (`ops.quality_rows`, over `models.quality`), validates it with a fresh
 ephemeral GX context (pandas datasource, one-row DataFrame), records one document in the
 metadata store's `validations` collection and returns the result with metadata for the UI.
 The `rigged_glb` check is the last gate, so it is the one that marks the upload `ready`.
@@ -18,14 +18,12 @@ dagster-ge requires GX < 1.0, hence plain `@asset_check`s; GX is imported lazily
 """
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +41,15 @@ from dagster import (
 
 from assets.partitions import uploads_partitions
 from models.errors import ErrorCode, PipelineError
+from ops.quality_rows import ARTIFACT_METRICS
 from ops.raw_retention import delete_raw_when_ready, raw_retention_policy
+from ops.steps import CHECKED_ASSETS  # the steps declared `checked` (ops/steps.py)
 from storage.metadata_store import InvalidTransition, MetadataStore, ValidationRecord
 from storage.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent / "expectations"
-CHECKED_ASSETS = ("smplx_params", "mesh", "rigged_glb")
 SEVERITIES = ("ERROR", "WARN")
 # GX 1.x's own expectation severity, kept in step with meta.severity (shown in Data Docs).
 _GX_SEVERITY = {"ERROR": "critical", "WARN": "warning"}
@@ -264,77 +263,6 @@ def evaluate_suite(suite: Suite, row: dict[str, Any]) -> SuiteEvaluation:
         gx_seconds=gx_seconds,
         gx_import_seconds=import_seconds,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics rows of the stored artifacts
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArtifactMetrics:
-    row: dict[str, Any]
-    extra: dict[str, Any]  # shown in Dagster metadata, not evaluated (e.g. validator messages)
-
-
-def _parents(metadata: MetadataStore, doc: dict) -> dict[str, dict]:
-    parents = (metadata.get_artifact(pid) for pid in doc.get("parent_ids", []))
-    return {p["asset_key"]: p for p in parents if p is not None}
-
-
-def _smplx_params_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
-    from models.quality import params_metrics
-
-    return ArtifactMetrics(params_metrics(json.loads(store.get_bytes(doc["key"]))).row(), {})
-
-
-def _mesh_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
-    """The mesh's metrics; its silhouette against the person mask the fit was made from."""
-    import numpy as np
-    from PIL import Image
-
-    from models.camera import Camera
-    from models.quality import mesh_glb_metrics
-    from models.surface import silhouette_iou
-
-    parents = _parents(metadata, doc)
-    silhouette: Callable | None = None
-    if "smplx_params" in parents and "mask" in parents.get("keypoints", {}).get("extra_files", {}):
-        camera = Camera.from_dict(json.loads(store.get_bytes(parents["smplx_params"]["key"]))["camera"])
-        mask_png = store.get_bytes(parents["keypoints"]["extra_files"]["mask"])
-        mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L"))
-
-        def silhouette(vertices, faces):
-            return silhouette_iou(vertices, faces, camera, mask)
-
-    return ArtifactMetrics(mesh_glb_metrics(store.get_bytes(doc["key"]), silhouette).row(), {})
-
-
-def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
-    from models.quality import glb_metrics, run_gltf_validator
-    from orchestration.config import load_config
-
-    node_modules = load_config().node_modules  # AVATARPIPE_NODE_MODULES, else clients/node_modules
-    glb = store.get_bytes(doc["key"])
-    report = run_gltf_validator(glb, node_modules)
-    extra = {
-        "gltf_validator": {
-            "status": report.status,
-            "errors": report.error_count,
-            "warnings": report.warning_count,
-            "infos": report.info_count,
-            "messages": report.messages,
-            **({"detail": report.detail} if report.detail else {}),
-        }
-    }
-    return ArtifactMetrics(glb_metrics(glb, report, node_modules).row(), extra)
-
-
-ARTIFACT_METRICS: dict[str, Callable[[dict, ObjectStore, MetadataStore], ArtifactMetrics]] = {
-    "smplx_params": _smplx_params_metrics,
-    "mesh": _mesh_metrics,
-    "rigged_glb": _rigged_glb_metrics,
-}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
-"""What every avatar asset does around its science call: find the upload, load parent
-artifacts, write the output under a subject-prefixed content-addressed key, record the
-`artifacts` document, and turn errors into a failed upload with a typed reason."""
+"""The ledger side of every avatar asset: find the upload, resolve a step's inputs to the
+current artifacts (the one read path, `resolve_inputs`), record the `artifacts` document of
+what the step stored (`record_step_result`), and turn errors into a failed upload with a
+typed reason. The steps themselves are declared in `ops.steps`; they write their outputs
+there (`ops.steps.store_output`, the one write path)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,13 +15,12 @@ from typing import Any
 
 from dagster import AssetExecutionContext, Backoff, Failure, Jitter, MetadataValue, RetryPolicy
 
-from models.catalogue import ASSET_MODELS
 from models.errors import ErrorCode, PipelineError
 from ops.faults import FAULT_KILL_ENV, kill_if_armed
-from ops.steps import StepResult
+from ops.steps import STEPS, UPLOAD, StepResult, StepSpec, input_source
+from storage.keys import ObjectStore, StoredObject, key_without_subject
 from storage.metadata_store import ArtifactRecord, MetadataStore
-from storage.object_store import ObjectStore, StoredObject, artifact_key, key_without_subject, sha256_hex
-from storage.retry import StoreUnavailable, with_retries
+from storage.retry import StoreUnavailable
 
 # TEST-ONLY fault injection (tests/reliability, read in ops.faults): "<asset>:stored" SIGKILLs
 # this process right after the step's objects are written (before its `artifacts` document),
@@ -30,14 +29,12 @@ from storage.retry import StoreUnavailable, with_retries
 _log = logging.getLogger(__name__)
 
 
-def step_retry_policy() -> RetryPolicy:
+def step_retry_policy(config: Any) -> RetryPolicy:
     """Dagster's retry of a failed step: transient failures (STORE_UNAVAILABLE once the store's
     own retries are spent, unexpected errors) get `AVATARPIPE_STEP_RETRIES` more attempts (2),
     waits growing exponentially from `AVATARPIPE_STEP_RETRY_DELAY_S` (5 s) with +/- jitter.
-    Permanent input errors raise `Failure(allow_retries=False)` and bypass it."""
-    from orchestration.config import load_config
-
-    config = load_config()
+    Permanent input errors raise `Failure(allow_retries=False)` and bypass it.
+    ``config``: an `orchestration.config.AppConfig` (typed Any: assets do not import orchestration)."""
     return RetryPolicy(
         max_retries=config.step_retries,
         delay=config.step_retry_delay_s,
@@ -57,17 +54,19 @@ class StepContext:
     model_versions: dict[str, str]
     model_params: dict[str, dict]
     code_version: str
+    upload: dict = field(default_factory=dict)  # the uploads document
     timer: dict[str, float] = field(default_factory=dict)
     retries_left: int = 0  # Dagster RetryPolicy attempts still to come after this one
 
 
 @dataclass(frozen=True)
-class Parent:
-    doc: dict
-    data: bytes
+class ResolvedInputs:
+    """A step's inputs as the ledger has them: object keys, recorded metrics, and the
+    artifact documents they come from (the new artifact's parents, in input order)."""
 
-    def json(self) -> dict:
-        return json.loads(self.data)
+    keys: dict[str, str]  # input name -> object key
+    metrics: dict[str, dict]  # upstream asset -> its recorded metrics ("#metrics" inputs)
+    parents: list[dict]
 
 
 def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
@@ -78,17 +77,18 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
         raise Failure(description=f"unknown upload {upload_id}", allow_retries=False)
     registry = context.resources.model_registry
     production = registry.production_versions()
-    names = ASSET_MODELS[asset_key]
+    names = STEPS[asset_key].models
     return StepContext(
         asset_key=asset_key,
         upload_id=upload_id,
         subject_id=upload["subject_id"],
         run_id=context.run_id,
-        store=with_retries(context.resources.object_store.store()),  # transient errors: backoff
+        store=context.resources.object_store.store(),  # with its retries (orchestration.resources)
         metadata=metadata,
         model_versions={name: production[name].version for name in names},
         model_params={name: production[name].params for name in names} | _body_hints(asset_key, upload),
         code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
+        upload=upload,
         retries_left=_retries_left(context),
     )
 
@@ -96,7 +96,7 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
 def _body_hints(asset_key: str, upload: dict) -> dict[str, dict]:
     """The uploader's body hints travel to the fit with the model parameters (issue 12)."""
     hints = upload.get("body_hints")
-    return {"body_hints": dict(hints)} if asset_key == "smplx_params" and hints else {}
+    return {"body_hints": dict(hints)} if STEPS[asset_key].body_hints and hints else {}
 
 
 def _retries_left(context: AssetExecutionContext) -> int:
@@ -110,8 +110,8 @@ def fault_point(step: StepContext, point: str) -> None:
     kill_if_armed(FAULT_KILL_ENV, f"{step.asset_key}:{point}")
 
 
-def load_parent(step: StepContext, asset_key: str, extra_file: str | None = None) -> Parent:
-    """The current artifact of an upstream asset for this upload (or one of its extra files)."""
+def current_doc(step: StepContext, asset_key: str) -> dict:
+    """The current artifact document of an upstream asset for this upload."""
     doc = step.metadata.current_artifact(step.upload_id, asset_key)
     if doc is None:
         raise PipelineError(
@@ -119,36 +119,52 @@ def load_parent(step: StepContext, asset_key: str, extra_file: str | None = None
             f"upstream artifact {asset_key} is missing for this upload; materialise it first",
             step.asset_key,
         )
-    key = doc["extra_files"][extra_file] if extra_file else doc["key"]
-    return Parent(doc=doc, data=step.store.get_bytes(key))
+    return doc
 
 
-def save_artifact(
-    step: StepContext,
-    data: bytes,
-    ext: str,
-    parents: list[Parent],
-    metrics: dict[str, Any],
-    extra_files: dict[str, tuple[bytes, str]] | None = None,
-) -> tuple[str, StoredObject]:
-    """Write extra files first and the main object last, then the `artifacts` document.
-
-    Keys are content addressed, so a retried step rewrites the same keys and the document
-    upsert is idempotent: retries never duplicate anything.
-    """
-    extra_keys: dict[str, str] = {}
-    for name, (blob, blob_ext) in (extra_files or {}).items():
-        key = artifact_key(step.subject_id, step.upload_id, step.asset_key, sha256_hex(blob), blob_ext)
-        extra_keys[name] = step.store.put_bytes(key, blob).key
-    digest = sha256_hex(data)
-    obj = step.store.put_bytes(
-        artifact_key(step.subject_id, step.upload_id, step.asset_key, digest, ext), data
-    )
-    return record_stored_artifact(step, obj, extra_keys, parents, metrics), obj
+def raw_upload_key(step: StepContext) -> str:
+    """The raw upload's key, or a clear refusal once retention has removed it (downstream
+    assets keep working from the normalised `photo` artifact)."""
+    deleted_at = step.upload.get("raw_deleted_at")
+    if deleted_at is not None:
+        raise PipelineError(
+            ErrorCode.RAW_PHOTO_EXPIRED,
+            f"the raw upload was deleted by the retention policy on {deleted_at:%Y-%m-%d}; "
+            "the normalised photo is kept, so reprocess the steps after `photo` instead",
+            step.asset_key,
+        )
+    return step.upload["photo_key"]
 
 
-def record_step_result(step: StepContext, result: StepResult, parents: list[Parent]) -> tuple[str, StoredObject]:
-    """Record the `artifacts` document for outputs a compute-launched step already stored."""
+def resolve_inputs(step: StepContext, spec: StepSpec) -> ResolvedInputs:
+    """Every input of ``spec`` from the ledger: the current artifact of each upstream asset
+    (read once), its main object's or extra file's key, or its recorded metrics."""
+    docs: dict[str, dict] = {}
+    keys: dict[str, str] = {}
+    metrics: dict[str, dict] = {}
+    for name in spec.inputs:
+        asset, extra, is_metrics = input_source(name)
+        if asset == UPLOAD:
+            keys[name] = raw_upload_key(step)
+            continue
+        if asset not in docs:  # each upstream document is read once
+            docs[asset] = current_doc(step, asset)
+        doc = docs[asset]
+        if is_metrics:
+            metrics[asset] = dict(doc.get("metrics") or {})
+        elif extra is None:
+            keys[name] = doc["key"]
+        elif extra in doc.get("extra_files", {}):
+            keys[name] = doc["extra_files"][extra]
+        elif name not in spec.optional:
+            raise PipelineError(
+                ErrorCode.INTERNAL_ERROR, f"upstream artifact {asset} has no {extra} file", step.asset_key
+            )
+    return ResolvedInputs(keys=keys, metrics=metrics, parents=list(docs.values()))
+
+
+def record_step_result(step: StepContext, result: StepResult, parents: list[dict]) -> tuple[str, StoredObject]:
+    """Record the `artifacts` document (and audit event) for outputs the step already stored."""
     obj = StoredObject(
         key=result.key, uri=result.uri, sha256=result.sha256, bytes=result.bytes,
         path=step.store.local_path(result.key),
@@ -158,7 +174,7 @@ def record_step_result(step: StepContext, result: StepResult, parents: list[Pare
 
 
 def record_stored_artifact(
-    step: StepContext, obj: StoredObject, extra_keys: dict[str, str], parents: list[Parent], metrics: dict[str, Any]
+    step: StepContext, obj: StoredObject, extra_keys: dict[str, str], parents: list[dict], metrics: dict[str, Any]
 ) -> str:
     """The `artifacts` document and audit event for an object that is already stored."""
     fault_point(step, "stored")
@@ -174,8 +190,8 @@ def record_stored_artifact(
             code_version=step.code_version,
             run_id=step.run_id,
             model_versions=step.model_versions,
-            lineage_model_versions=lineage_model_versions(step.model_versions, [p.doc for p in parents]),
-            parent_ids=[p.doc["_id"] for p in parents],
+            lineage_model_versions=lineage_model_versions(step.model_versions, parents),
+            parent_ids=[p["_id"] for p in parents],
             metrics=metrics,
             extra_files=extra_keys,
             compute_seconds=round(step.timer.get("compute", 0.0), 3),
@@ -197,15 +213,6 @@ def lineage_model_versions(own: dict[str, str], parent_docs: list[dict]) -> dict
     for doc in parent_docs:
         lineage.update(doc.get("lineage_model_versions") or doc.get("model_versions") or {})
     return dict(sorted((lineage | own).items()))
-
-
-@contextlib.contextmanager
-def timed(step: StepContext, name: str = "compute") -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        step.timer[name] = step.timer.get(name, 0.0) + time.perf_counter() - start
 
 
 @contextlib.contextmanager

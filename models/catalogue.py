@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from models.fitting import FITTER_ID, FitConfig
+from models.fit_config import FITTER_ID, FitConfig
 from models.keypoints import DETECTOR_ID, DetectorConfig
 
 PIPELINE_VERSION = "0.1.0"
@@ -37,16 +37,6 @@ def default_model_specs() -> dict[str, ModelSpec]:
             ModelSpec("rigger", RIGGER_ID, {"compress": False}),
         )
     }
-
-
-# Which registered models each asset's output depends on (directly; upstream is Dagster's).
-ASSET_MODELS: dict[str, tuple[str, ...]] = {
-    "photo": (),
-    "keypoints": ("keypoint_detector",),
-    "smplx_params": ("body_model", "body_fitter"),
-    "mesh": ("body_model", "reconstructor"),
-    "rigged_glb": ("body_model", "rigger"),
-}
 
 
 def validate_params(name: str, implementation: str, params: dict) -> None:

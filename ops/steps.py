@@ -1,18 +1,30 @@
-"""The heavy steps as pure "input bytes -> output bytes + metrics" functions, shared by the
-in-process asset path and the Pipes worker (`ops.worker`, a subprocess locally, an ECS GPU
-task in AWS). No Dagster and no metadata store here: only `models/` and the object store.
+"""The five steps, declared once: photo -> keypoints -> smplx_params -> mesh -> rigged_glb.
 
-A step reads its inputs by object key, runs the science, and writes its outputs under the
-same content-addressed keys the assets use (`storage.object_store.artifact_key`), extra files
-first and the main object last, so a step that fails midway leaves no main artifact and a
-retried step rewrites identical keys. Recording the `artifacts` document stays with the
-orchestrator, which owns the metadata store.
+Each step is a `StepSpec`: its name (the asset it materialises), its inputs, the registered
+models it depends on, and a pure ``run(inputs, params, runtime) -> StepOutput`` over bytes
+whose science lives in `models/`. Everything else is derived from these declarations: the
+Dagster assets and their deps and code versions (`assets/avatar.py`), the quality checks
+(`CHECKED_ASSETS`), the asset order the CLI runs (`ASSET_ORDER`), the models behind each
+asset (`ASSET_MODELS`, for code versions and reprocessing).
+
+Input names: ``"asset"`` is an upstream artifact's main object, ``"asset:extra"`` one of its
+extra files, ``"asset#metrics"`` its recorded metrics (JSON), ``"upload:raw"`` the raw upload.
+
+The same code runs in-process and in the Pipes worker (`ops.worker`, a subprocess locally, an
+ECS GPU task in AWS); where each step runs is configuration (`orchestration.compute`). A step
+reads its inputs by object key, runs, and writes its outputs under content-addressed keys
+(`storage.keys.artifact_key`), extra files first and the main object last (`store_output`,
+the one write path), so a step that fails midway leaves no main artifact and a retried step
+rewrites identical keys. Recording the `artifacts` document stays with the orchestrator,
+which owns the metadata store. No Dagster and no metadata store here, and no science at
+import time: `models/` is imported when a step runs, so the code location stays light.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +33,24 @@ from typing import Any
 import numpy as np
 
 from models.errors import ErrorCode, PipelineError
-from storage.object_store import ObjectStore, artifact_key, sha256_hex
+from storage.keys import ObjectStore, artifact_key, sha256_hex
 
-# Input names: an upstream asset key, or "asset:extra" for one of its extra files.
-KEYPOINTS, MASK, PHOTO, FIT = "keypoints", "keypoints:mask", "photo", "smplx_params"
+UPLOAD = "upload"  # not an asset: the uploads document, whose raw photo the first step reads
+METRICS_SUFFIX = "#metrics"
+# Input names (see the module docstring).
+RAW = "upload:raw"
+PHOTO = "photo"
+KEYPOINTS, MASK = "keypoints", "keypoints:mask"
+FIT = "smplx_params"
+TEXTURE, OFFSETS, MESH_METRICS = "mesh:texture", "mesh:offsets", "mesh#metrics"
+
+
+def input_source(name: str) -> tuple[str, str | None, bool]:
+    """``(upstream asset, extra file or None, is the metrics input)`` of an input name."""
+    if name.endswith(METRICS_SUFFIX):
+        return name.removesuffix(METRICS_SUFFIX), None, True
+    asset, _, extra = name.partition(":")
+    return asset, extra or None, False
 
 
 @dataclass(frozen=True)
@@ -38,12 +64,33 @@ class StepOutput:
     preview_png: bytes | None = None  # small thumbnail for the Dagster UI; not stored
 
 
+StepFn = Callable[[Mapping[str, bytes], Mapping[str, dict], "WorkerRuntime"], StepOutput]
+
+
 @dataclass(frozen=True)
 class StepSpec:
+    """One step of the pipeline, declared once (see `STEPS`)."""
+
     name: str  # the asset key it materialises
-    inputs: tuple[str, ...]
-    run: Callable[[Mapping[str, bytes], Mapping[str, dict], WorkerRuntime], StepOutput]
+    inputs: tuple[str, ...]  # input names, in the order their upstream assets become parents
+    models: tuple[str, ...]  # registered models its output depends on (its code version)
+    run: StepFn  # pure: input bytes + production params + this machine -> output bytes + metrics
+    description: str
+    optional: frozenset[str] = frozenset()  # inputs an older upstream artifact may not have
     preview_extra: str | None = None  # extra file a remote caller can thumbnail for the preview
+    checked: bool = False  # a blocking quality gate follows it (assets/checks.py)
+    body_hints: bool = False  # the uploader's body hints travel with its params (issue 12)
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """The upstream assets, in the order their inputs name them first."""
+        assets = (input_source(name)[0] for name in self.inputs)
+        return tuple(dict.fromkeys(a for a in assets if a != UPLOAD))
+
+    @property
+    def reads_upload(self) -> bool:
+        """The first step: it starts from the raw upload."""
+        return any(input_source(name)[0] == UPLOAD for name in self.inputs)
 
 
 @dataclass(frozen=True)
@@ -56,12 +103,21 @@ class WorkerRuntime:
 
     anny_cache_dir: str | None = None  # None: models.body_model's default
     smplx_model_dir: str | None = None  # None: Anny
+    max_upload_bytes: int | None = None  # the photo step's limits (None: models.photo's defaults)
+    max_image_pixels: int | None = None
+    gltfpack: str | None = None  # None: clients/ install, then PATH
 
     @staticmethod
     def from_config(config: Any) -> WorkerRuntime:
         """From an `orchestration.config.AppConfig` (typed Any: ops does not import orchestration)."""
         smplx = config.smplx_model_dir
-        return WorkerRuntime(str(config.resolved_cache / "anny"), str(smplx) if smplx else None)
+        return WorkerRuntime(
+            anny_cache_dir=str(config.resolved_cache / "anny"),
+            smplx_model_dir=str(smplx) if smplx else None,
+            max_upload_bytes=config.max_upload_bytes,
+            max_image_pixels=config.max_image_pixels,
+            gltfpack=config.gltfpack,
+        )
 
     @staticmethod
     def configured() -> WorkerRuntime:
@@ -80,6 +136,7 @@ class StepRequest:
     inputs: dict[str, str]  # input name -> object key
     params: dict[str, dict]  # registered model name -> production params
     object_store: dict[str, Any]  # see storage.object_store.object_store_from_config
+    metrics: dict[str, dict] = field(default_factory=dict)  # upstream asset -> its metrics ("#metrics" inputs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +146,7 @@ class StepRequest:
             "inputs": dict(self.inputs),
             "params": {k: dict(v) for k, v in self.params.items()},
             "object_store": dict(self.object_store),
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
         }
 
     @staticmethod
@@ -103,6 +161,7 @@ class StepRequest:
             inputs={str(k): str(v) for k, v in data["inputs"].items()},
             params={str(k): dict(v) for k, v in data["params"].items()},
             object_store=dict(data["object_store"]),
+            metrics={str(k): dict(v) for k, v in (data.get("metrics") or {}).items()},
         )
 
 
@@ -149,7 +208,7 @@ class StepResult:
         )
 
 
-# -- helpers shared with the assets ---------------------------------------------------------
+# -- helpers of the steps --------------------------------------------------------------------
 
 
 def json_bytes(data: dict) -> bytes:
@@ -178,7 +237,56 @@ def load_keypoints(keypoints_json: bytes, mask_png: bytes):
     return Keypoints.from_dict(json.loads(keypoints_json), decode_mask(mask_png))
 
 
-# -- the heavy steps -------------------------------------------------------------------------
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# -- the five steps --------------------------------------------------------------------------
+
+
+def normalise_upload(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
+    """raw upload -> validated, upright, metadata-free RGB PNG (`models.photo`)."""
+    from models.photo import PhotoLimits, normalise_photo
+
+    limits = PhotoLimits.with_overrides(runtime.max_upload_bytes, runtime.max_image_pixels)
+    photo = normalise_photo(inputs[RAW], limits)
+    metrics = {
+        "width": photo.size[0],
+        "height": photo.size[1],
+        "original_width": photo.original_size[0],
+        "original_height": photo.original_size[1],
+        "original_format": photo.original_format,
+        "exif_rotated": photo.exif_rotated,
+        "frames": photo.frames,
+    }
+    return StepOutput(data=photo.png, ext="png", metrics=metrics, preview_png=thumbnail_png(photo.image))
+
+
+def detect_landmarks(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
+    """photo -> MediaPipe Holistic landmarks (JSON) and the person mask (`models.keypoints`)."""
+    from models.keypoints import DetectorConfig, detect_keypoints
+    from models.photo import decode_png, encode_png
+
+    config = DetectorConfig(**params["keypoint_detector"])
+    kp = detect_keypoints(decode_png(inputs[PHOTO]), config)
+    metrics = {
+        "framing": kp.framing,
+        "people_count": kp.people_count,
+        "visible_body_landmarks": int((kp.pose[:, 3] >= config.visibility_threshold).sum()),
+        "face_detected": kp.face is not None,
+        "hands_detected": int(kp.left_hand is not None) + int(kp.right_hand is not None),
+        "mask_fraction": round(float((kp.mask >= 128).mean()), 4),
+        "person_selection": kp.extra.get("selection", "full_image"),
+    }
+    return StepOutput(
+        data=json_bytes(kp.to_dict()), ext="json", metrics=metrics, extra_files={"mask": (encode_png(kp.mask), "png")}
+    )
 
 
 def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
@@ -200,12 +308,6 @@ def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
         data["expression"] = expression.weights
         metrics["expression_residual"] = round(expression.residual, 4)
     return StepOutput(data=json_bytes(data), ext="json", metrics=metrics)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
@@ -274,35 +376,132 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     )
 
 
-STEPS: dict[str, StepSpec] = {
-    "smplx_params": StepSpec("smplx_params", (KEYPOINTS, MASK), fit_smplx_params),
-    "mesh": StepSpec("mesh", (FIT, PHOTO, KEYPOINTS, MASK), reconstruct_mesh, preview_extra="overlay"),
-}
+def _garment(mesh_metrics: Mapping[str, Any]):
+    """The skirt or dress the mesh step detected (its metrics), for the rig's skin weights;
+    None for no garment or a mesh made before garments were detected."""
+    from models.clothing import Garment
+
+    return Garment.from_dict(
+        {"kind": mesh_metrics.get("garment", "none"), "hem_fraction": mesh_metrics.get("garment_hem_fraction", 0.0),
+         "hem_height_m": mesh_metrics.get("garment_hem_m", 0.0)}
+    )  # fmt: skip
+
+
+def rig_avatar(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
+    """fit + the mesh's texture, clothing offsets and garment -> skinned, textured, animated GLB
+    (`models.rigging`), with a front + side preview ray cast from the GLB itself."""
+    from models.body_model import load_anny
+    from models.face_blendshapes import arkit_expression
+    from models.fitting import BodyFit
+    from models.gltf_export import compress_glb, find_gltfpack
+    from models.render import preview_png
+    from models.rigging import build_rigged_avatar
+
+    fit_json = json.loads(inputs[FIT])
+    fit = BodyFit.from_dict(fit_json)
+    # clothing offsets (V,3) in Anny's rest frame; absent for a mesh made before offsets existed
+    # (the rigged GLB is then the naked body, as it was)
+    offsets = load_npy(inputs[OFFSETS]).astype(np.float64) if OFFSETS in inputs else None
+    compress = bool(params["rigger"].get("compress", False))
+    avatar = build_rigged_avatar(
+        load_anny(runtime.anny_cache_dir), fit.phenotype, fit.pose_parameters, inputs[TEXTURE], offsets,
+        expression=arkit_expression(fit_json.get("expression")), garment=_garment(json.loads(inputs[MESH_METRICS])),
+    )  # fmt: skip
+    preview = preview_png(avatar.glb)
+    glb = compress_glb(avatar.glb, find_gltfpack(runtime.gltfpack)) if compress else avatar.glb
+    metrics = {
+        "joint_count": avatar.joint_count,
+        "vertex_count": avatar.vertex_count,
+        "triangle_count": avatar.triangle_count,
+        "max_influences": avatar.max_influences,
+        "max_weight_sum_error": avatar.max_weight_sum_error,
+        "animation_count": len(avatar.animation_names),
+        "animations": ",".join(avatar.animation_names),
+        "height_m": round(avatar.height_m, 4),
+        "glb_bytes": len(glb),
+        "glb_uncompressed_bytes": len(avatar.glb),
+        "compressed": compress,
+        "skinning_error_max_m": round(avatar.skinning_error_max_m, 6),
+    }
+    return StepOutput(data=glb, ext="glb", metrics=metrics, extra_files={"preview": (preview, "png")}, preview_png=preview)
+
+
+# -- the declarations --------------------------------------------------------------------------
+
+
+def _declare(*specs: StepSpec) -> dict[str, StepSpec]:
+    """The steps by name, in pipeline order; each input names a step declared before it."""
+    steps: dict[str, StepSpec] = {}
+    for spec in specs:
+        unknown = [dep for dep in spec.deps if dep not in steps]
+        if unknown:
+            raise ValueError(f"step {spec.name} reads {unknown}, which no earlier step makes")
+        steps[spec.name] = spec
+    return steps
+
+
+STEPS: dict[str, StepSpec] = _declare(
+    StepSpec("photo", (RAW,), (), normalise_upload, "Validated, upright, metadata-free RGB photo (PNG)."),
+    StepSpec(
+        "keypoints", (PHOTO,), ("keypoint_detector",), detect_landmarks,
+        "MediaPipe Holistic landmarks (JSON) and person mask (PNG).",
+    ),
+    StepSpec(
+        "smplx_params", (KEYPOINTS, MASK), ("body_model", "body_fitter"), fit_smplx_params,
+        "Body fit: shape, pose, OpenCV camera, fit metrics (JSON).", checked=True, body_hints=True,
+    ),
+    StepSpec(
+        "mesh", (FIT, PHOTO, KEYPOINTS, MASK), ("body_model", "reconstructor"), reconstruct_mesh,
+        "Textured surface in the photo's pose and frame (GLB).", preview_extra="overlay", checked=True,
+    ),
+    StepSpec(
+        "rigged_glb", (TEXTURE, OFFSETS, MESH_METRICS, FIT), ("body_model", "rigger"), rig_avatar,
+        "Skinned, textured, animated avatar (GLB).", optional=frozenset({OFFSETS}), preview_extra="preview",
+        checked=True,
+    ),
+)  # fmt: skip
+
+ASSET_ORDER: tuple[str, ...] = tuple(STEPS)  # topological: each step after the steps it reads
+ASSET_MODELS: dict[str, tuple[str, ...]] = {name: spec.models for name, spec in STEPS.items()}
+CHECKED_ASSETS: tuple[str, ...] = tuple(name for name, spec in STEPS.items() if spec.checked)
 
 
 def step_spec(name: str) -> StepSpec:
     try:
         return STEPS[name]
     except KeyError:
-        raise ValueError(f"no heavy step named {name!r}; known: {sorted(STEPS)}") from None
+        raise ValueError(f"no step named {name!r}; known: {sorted(STEPS)}") from None
 
 
 # -- load, run, store ------------------------------------------------------------------------
 
 
-def load_inputs(spec: StepSpec, keys: Mapping[str, str], store: ObjectStore) -> dict[str, bytes]:
-    missing = [name for name in spec.inputs if name not in keys]
+def load_inputs(spec: StepSpec, request: StepRequest, store: ObjectStore) -> dict[str, bytes]:
+    """The step's inputs as bytes: objects by key, "#metrics" inputs from the request."""
+    inputs: dict[str, bytes] = {}
+    missing: list[str] = []
+    for name in spec.inputs:
+        asset, _, is_metrics = input_source(name)
+        if is_metrics and asset in request.metrics:
+            inputs[name] = json_bytes(request.metrics[asset])
+        elif not is_metrics and name in request.inputs:
+            inputs[name] = store.get_bytes(request.inputs[name])
+        elif name not in spec.optional:
+            missing.append(name)
     if missing:
         raise PipelineError(
             ErrorCode.INTERNAL_ERROR, f"inputs {missing} were not given for step {spec.name}", spec.name
         )
-    return {name: store.get_bytes(keys[name]) for name in spec.inputs}
+    return inputs
 
 
 def store_output(
     store: ObjectStore, subject_id: str, upload_id: str, step: str, output: StepOutput
 ) -> tuple[str, str, str, int, dict[str, str]]:
-    """Write extra files, then the main object; returns (key, uri, sha256, bytes, extra keys)."""
+    """Write extra files, then the main object; returns (key, uri, sha256, bytes, extra keys).
+
+    Keys are content addressed, so a retried step rewrites the same keys: retries never
+    duplicate anything."""
     extra_keys: dict[str, str] = {}
     for name, (blob, ext) in output.extra_files.items():
         key = artifact_key(subject_id, upload_id, step, sha256_hex(blob), ext)
@@ -311,13 +510,21 @@ def store_output(
     return obj.key, obj.uri, obj.sha256, obj.bytes, extra_keys
 
 
+def current_device() -> str:
+    """Where the science just ran: "cuda" when torch is loaded (the step imported it) and sees a
+    GPU, else "cpu". Never imports torch itself: a step that did not need it ran on the CPU."""
+    torch = sys.modules.get("torch")
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
 def execute_step(
-    request: StepRequest, store: ObjectStore, device: str = "cpu", runtime: WorkerRuntime | None = None
+    request: StepRequest, store: ObjectStore, device: str | None = None, runtime: WorkerRuntime | None = None
 ) -> StepResult:
     """Load inputs, run the step, store the outputs. Raises `PipelineError` for bad input.
-    ``runtime``: this machine's model files (default: the configured ones)."""
+    ``device``: what to report (default `current_device` after the run); ``runtime``: this
+    machine's model files (default: the configured ones)."""
     spec = step_spec(request.step)
-    inputs = load_inputs(spec, request.inputs, store)
+    inputs = load_inputs(spec, request, store)
     start = time.perf_counter()
     output = spec.run(inputs, request.params, runtime or WorkerRuntime.configured())
     compute_seconds = round(time.perf_counter() - start, 3)
@@ -333,6 +540,6 @@ def execute_step(
         extra_files=extra_keys,
         metrics=output.metrics,
         compute_seconds=compute_seconds,
-        device=device,
+        device=device or current_device(),
         preview_png=output.preview_png,
     )

@@ -1,4 +1,5 @@
-"""Pipes worker: `python -m ops.worker`, launched by Dagster to run one heavy step.
+"""Pipes worker: `python -m ops.worker`, launched by Dagster to run one step out of process
+(any of the five in `ops.steps.STEPS` that `AVATARPIPE_HEAVY_STEPS` names).
 
 Locally Dagster starts it with `PipesSubprocessClient`; in AWS it is the command of the ECS
 GPU task (`PipesECSClient`), the same code in the worker image. Dagster injects the Pipes

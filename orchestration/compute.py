@@ -1,4 +1,4 @@
-"""Compute launcher: where a heavy step runs, chosen by configuration, never by code edits.
+"""Compute launcher: where each step runs, chosen by configuration, never by code edits.
 
 * ``inprocess`` — in the Dagster step's own process (`ops.steps.execute_step`);
 * ``subprocess`` — `python -m ops.worker` through Dagster's `PipesSubprocessClient`
@@ -7,7 +7,9 @@
   task (`resourceRequirements` GPU=1) on the GPU capacity provider, or, with ``ecs_gpu``
   off, the CPU fallback. Pipes messages come back through CloudWatch Logs (`awslogs`).
 
-Only the steps named in ``heavy_steps`` leave the process; any other step runs in-process.
+Any of the five steps (`ops.steps.STEPS`) can be named in ``heavy_steps`` (default: the fit
+and the mesh) and then leaves the process; the others run in-process through the same
+`execute_step`.
 Every mode returns the same `StepResult`: the outputs are already in the object store, and the
 caller records the `artifacts` document.
 """
@@ -22,7 +24,8 @@ from pydantic import Field
 
 from models.errors import ErrorCode, PipelineError
 from ops.steps import StepRequest, StepResult, execute_step, step_spec, thumbnail_png
-from ops.worker import ERROR_MESSAGE, RESULT_MESSAGE, select_device
+from ops.worker import ERROR_MESSAGE, RESULT_MESSAGE
+from storage.keys import ObjectStore
 from storage.object_store import object_store_from_config
 
 MODES = ("inprocess", "subprocess", "ecs")
@@ -31,7 +34,7 @@ WORKER_MODULE = "ops.worker"
 
 
 class ComputeLauncherResource(ConfigurableResource):
-    """Runs a heavy step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
+    """Runs a step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
 
     mode: str = Field(default="subprocess", description="inprocess | subprocess | ecs")
     heavy_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_HEAVY_STEPS))
@@ -62,17 +65,19 @@ class ComputeLauncherResource(ConfigurableResource):
     def placement(self, step: str) -> str:
         return self.mode if self.is_heavy(step) else "inprocess"
 
-    def run_step(self, context: Any, request: StepRequest) -> tuple[StepResult, dict[str, Any]]:
+    def run_step(
+        self, context: Any, request: StepRequest, store: ObjectStore | None = None
+    ) -> tuple[StepResult, dict[str, Any]]:
         """Run one step for one upload; returns its result and the materialisation metadata the
-        worker reported (empty in-process). A bad input raises `PipelineError` with its code."""
+        worker reported (empty in-process). A bad input raises `PipelineError` with its code.
+        ``store``: the caller's object store for an in-process step (default: the request's)."""
         if self.mode not in MODES:
             raise ValueError(f"unknown compute mode {self.mode!r}; expected one of {MODES}")
         step_spec(request.step)  # unknown steps fail before anything is launched
         placement = self.placement(request.step)
         context.log.info(f"compute: step {request.step} runs {placement}")
         if placement == "inprocess":
-            store = object_store_from_config(request.object_store)
-            return execute_step(request, store, device=select_device()), {}
+            return execute_step(request, store or object_store_from_config(request.object_store)), {}
         if placement == "subprocess":
             invocation = self._run_subprocess(context, request)
         else:
@@ -206,21 +211,19 @@ def _with_preview(result: StepResult, request: StepRequest) -> StepResult:
     return replace(result, preview_png=thumbnail_png(decode_png(png)))
 
 
+# ComputeLauncherResource field -> AwsSettings field, where the names differ
+_SETTINGS_NAMES = {"mode": "compute_mode"}
+
+
 def launcher_from_settings(settings: Any) -> ComputeLauncherResource:
-    """The launcher the environment asks for (`AVATARPIPE_COMPUTE_MODE`, `AVATARPIPE_ECS_*`)."""
+    """The launcher the environment asks for (`AVATARPIPE_COMPUTE_MODE`, `AVATARPIPE_ECS_*`):
+    every launcher field that `orchestration.settings.AwsSettings` has, under the same name
+    (`_SETTINGS_NAMES` for the one that differs); the rest keep their defaults."""
     aws = settings.aws
-    return ComputeLauncherResource(
-        mode=aws.compute_mode,
-        heavy_steps=list(aws.heavy_steps),
-        region=aws.region,
-        endpoint_url=aws.endpoint_url,
-        ecs_cluster=aws.ecs_cluster,
-        ecs_task_definition=aws.ecs_task_definition,
-        ecs_cpu_task_definition=aws.ecs_cpu_task_definition,
-        ecs_container=aws.ecs_container,
-        ecs_gpu=aws.ecs_gpu,
-        ecs_gpu_capacity_provider=aws.ecs_gpu_capacity_provider,
-        ecs_cpu_capacity_provider=aws.ecs_cpu_capacity_provider,
-        ecs_subnets=list(aws.ecs_subnets),
-        ecs_security_groups=list(aws.ecs_security_groups),
-    )
+    values: dict[str, Any] = {}
+    for name in ComputeLauncherResource.model_fields:
+        source = _SETTINGS_NAMES.get(name, name)
+        if hasattr(aws, source):
+            value = getattr(aws, source)
+            values[name] = list(value) if isinstance(value, tuple) else value
+    return ComputeLauncherResource(**values)

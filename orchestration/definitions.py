@@ -7,6 +7,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from assets.avatar import build_avatar_assets
 from assets.checks import build_quality_checks
 from assets.partitions import uploads_partitions
+from assets.steps import step_retry_policy
 from ops.raw_retention import raw_retention_job, raw_retention_schedule
 from ops.retention import retention_job, retention_schedule
 from orchestration.compute import launcher_from_settings
@@ -26,7 +27,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     prepare_environment(settings)
     registry = RegistryLocation.for_settings(settings)
     production = load_production_versions(registry)  # MLflow `production` aliases (snapshot-cached)
-    avatar_assets = build_avatar_assets(asset_code_versions(production))
+    avatar_assets = build_avatar_assets(asset_code_versions(production), step_retry_policy(settings.app))
     avatar_job = define_asset_job(
         AVATAR_JOB,
         # an asset selection includes the assets' checks: the quality gates run in the job

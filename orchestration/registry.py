@@ -35,7 +35,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from models.catalogue import ASSET_MODELS, PIPELINE_VERSION, ModelSpec, default_model_specs, validate_params
+from models.catalogue import PIPELINE_VERSION, ModelSpec, default_model_specs, validate_params
+from ops.steps import ASSET_MODELS  # the models each declared step depends on
 from orchestration.settings import Settings
 
 PRODUCTION_ALIAS = "production"

@@ -13,7 +13,8 @@ from dagster import ConfigurableResource
 
 from orchestration.registry import ModelVersion, RegistryLocation, load_production_versions
 from storage.metadata_store import MetadataStore, open_metadata_store
-from storage.object_store import LocalObjectStore, ObjectStore, object_store_from_config
+from storage.object_store import ObjectStore, object_store_from_config
+from storage.retry import with_retries
 
 _METADATA_CONNECTIONS: dict[tuple[str | None, str], MetadataStore] = {}
 
@@ -53,10 +54,13 @@ class ObjectStoreResource(ConfigurableResource):
             "presign_expiry_s": self.presign_expiry_s,
         }
 
+    def backend(self) -> ObjectStore:
+        """The bare store, without retries (tests wrap it to inject faults under the retries)."""
+        return object_store_from_config(self.config(), retries=False)
+
     def store(self) -> ObjectStore:
-        if not self.s3_bucket:
-            return LocalObjectStore(Path(self.root))
-        return object_store_from_config(self.config())
+        """The store with its retries (`storage.retry`), applied here and in the factory only."""
+        return with_retries(self.backend())
 
 
 class MetadataStoreResource(ConfigurableResource):

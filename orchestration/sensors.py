@@ -33,8 +33,8 @@ from dagster import (
 )
 
 from assets.partitions import uploads_partitions
-from models.catalogue import ASSET_MODELS
 from ops.reprocess import ReprocessTarget, plan_reprocess, record_reprocess_request
+from ops.steps import ASSET_MODELS
 from orchestration.registry import production_map
 from orchestration.resources import MetadataStoreResource, ModelRegistryResource
 

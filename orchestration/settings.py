@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from orchestration.config import DERIVED_DAGSTER_HOME_ENV, AppConfig, dagster_pg_url, load_config
 
@@ -79,6 +80,11 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+# AwsSettings field -> AppConfig field, where the names differ
+_CONFIG_NAMES = {"kms_key_id": "s3_kms_key_id", "region": "aws_region", "endpoint_url": "aws_endpoint_url"}
+_CSV_FIELDS = frozenset({"heavy_steps", "ecs_subnets", "ecs_security_groups"})
+
+
 @dataclass(frozen=True)
 class AwsSettings:
     """The production path's configuration; all unset = the embedded defaults (no AWS at all).
@@ -112,26 +118,13 @@ class AwsSettings:
 
     @staticmethod
     def from_config(c: AppConfig) -> AwsSettings:
-        return AwsSettings(
-            s3_bucket=c.s3_bucket,
-            s3_uploads_bucket=c.s3_uploads_bucket,
-            kms_key_id=c.s3_kms_key_id,
-            presign_expiry_s=c.presign_expiry_s,
-            region=c.aws_region,
-            endpoint_url=c.aws_endpoint_url,
-            sqs_queue_url=c.sqs_queue_url,
-            compute_mode=c.compute_mode,
-            heavy_steps=_csv(c.heavy_steps),
-            ecs_cluster=c.ecs_cluster,
-            ecs_task_definition=c.ecs_task_definition,
-            ecs_cpu_task_definition=c.ecs_cpu_task_definition,
-            ecs_container=c.ecs_container,
-            ecs_gpu=c.ecs_gpu,
-            ecs_gpu_capacity_provider=c.ecs_gpu_capacity_provider,
-            ecs_cpu_capacity_provider=c.ecs_cpu_capacity_provider,
-            ecs_subnets=_csv(c.ecs_subnets),
-            ecs_security_groups=_csv(c.ecs_security_groups),
-        )
+        """Field by field from the configuration: same names, except the few in `_CONFIG_NAMES`;
+        the comma-separated variables become tuples."""
+        values: dict[str, Any] = {}
+        for f in fields(AwsSettings):
+            value = getattr(c, _CONFIG_NAMES.get(f.name, f.name))
+            values[f.name] = _csv(value) if f.name in _CSV_FIELDS else value
+        return AwsSettings(**values)
 
     def s3_store_config(self) -> dict:
         if not self.s3_bucket:

@@ -4,8 +4,10 @@ A store hiccup (a dropped MongoDB connection, an S3 503, an NFS ``EIO``) must no
 step that would succeed a moment later, and a store that stays down must fail it cleanly.
 Two wrappers do this, one per store:
 
-* :class:`RetryingObjectStore` wraps any :class:`storage.object_store.ObjectStore`
-  (``object_store_from_config`` and the asset steps apply it). Every object-store operation
+* :class:`RetryingObjectStore` wraps any :class:`storage.keys.ObjectStore`. The store factory
+  ``storage.object_store.object_store_from_config`` applies it (so every caller - the CLI,
+  the assets, the checks, the in-process steps and the Pipes worker - gets it without
+  asking), as does ``orchestration.resources.ObjectStoreResource.store``. Every object-store operation
   is idempotent: keys are content addressed and writes are atomic, so a retried ``put_bytes``
   rewrites the same bytes under the same key.
 * :func:`retrying_database` wraps the pymongo/montydb database under

@@ -34,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from storage.object_store import (
+from storage.keys import (
     ObjectNotFound,
     StoredObject,
     _validate_prefix,

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from models.catalogue import ASSET_MODELS
+from ops.steps import ASSET_MODELS
 from orchestration.cli import stdout_to_stderr
 from orchestration.settings import Settings, prepare_environment
 

@@ -21,6 +21,7 @@ from storage.object_store import (
     raw_upload_key,
     subject_prefix,
 )
+from storage.retry import RetryingObjectStore, RetryPolicy, StoreUnavailable
 from storage.s3_store import S3ObjectStore, S3StoreConfig
 from tests.aws.conftest import REGION, client, make_bucket
 
@@ -228,7 +229,8 @@ def test_factory_builds_the_configured_store(moto_endpoint, tmp_path) -> None:
     bucket = make_bucket(moto_endpoint)
     config = S3StoreConfig(bucket=bucket, region=REGION, endpoint_url=moto_endpoint).to_dict()
     store = object_store_from_config(config)
-    assert isinstance(store, S3ObjectStore)
+    # the factory is where retries are applied (storage/retry.py): the S3 store, wrapped once
+    assert isinstance(store, RetryingObjectStore) and isinstance(store.inner, S3ObjectStore)
     store.put_bytes("a/b.bin", b"via factory")
     assert _store(moto_endpoint, bucket).get_bytes("a/b.bin") == b"via factory"
     local = object_store_from_config({"kind": "local", "root": str(tmp_path)})
@@ -315,3 +317,25 @@ def test_throttling_and_5xx_are_retried_with_backoff(moto_endpoint, flaky_proxy)
     flaky_proxy.failures_left = 1
     with pytest.raises(Exception, match="SlowDown"):
         no_retry.get_bytes("a/b.bin")
+
+
+def test_factory_retries_once_per_request_not_botocore_times_ours(moto_endpoint, flaky_proxy) -> None:
+    """The store factory's retry layer is the one retry budget on S3: botocore is turned down to
+    one attempt per request, so a hiccup costs a retry and an outage costs `max_tries` requests
+    (botocore's eight attempts under five of ours would make it forty)."""
+    bucket = make_bucket(moto_endpoint)
+    endpoint = f"http://127.0.0.1:{flaky_proxy.server_address[1]}"
+    config = {"kind": "s3", "bucket": bucket, "region": REGION, "endpoint_url": endpoint}
+    policy = RetryPolicy(max_tries=4, base_delay_s=0.001, max_delay_s=0.01)
+    store = object_store_from_config(config, policy)
+    assert store.inner.config.max_attempts == 1
+
+    flaky_proxy.failures_left, flaky_proxy.requests = 2, 0
+    store.put_bytes("a/b.bin", b"eventually")
+    assert flaky_proxy.requests == 3  # two 503 SlowDown answers, retried by our layer, then success
+    assert _store(moto_endpoint, bucket).get_bytes("a/b.bin") == b"eventually"
+
+    flaky_proxy.failures_left, flaky_proxy.requests = 100, 0
+    with pytest.raises(StoreUnavailable):
+        store.get_bytes("a/b.bin")
+    assert flaky_proxy.requests == policy.max_tries

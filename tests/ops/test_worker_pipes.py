@@ -194,3 +194,32 @@ def test_worker_refuses_to_run_outside_pipes() -> None:
     )
     assert done.returncode == 2
     assert "must be launched by Dagster Pipes" in done.stderr
+
+
+def test_every_step_can_leave_the_process(store, standing_photo) -> None:
+    """Where a step runs is configuration for all five: the photo and keypoints steps, which
+    run in-process by default, run in the Pipes worker when `heavy_steps` names them, and give
+    the same bytes as in-process."""
+    from ops.steps import RAW
+    from storage.object_store import raw_upload_key, sha256_hex
+
+    raw = standing_photo.read_bytes()
+    raw_key = store.put_bytes(raw_upload_key("s_test", "u_test", "png", sha256_hex(raw)), raw).key
+    outside = ComputeLauncherResource(mode="subprocess", heavy_steps=["photo", "keypoints"])
+    inside = ComputeLauncherResource(mode="inprocess")
+
+    photo, _ = _materialize(outside, _request(store, "photo", {RAW: raw_key}))
+    assert photo.success
+    meta = _metadata(photo)
+    assert meta["placement"] == "subprocess" and meta["worker"] == "ops.worker"
+    assert meta["metric/width"] > 0 and meta["metric/original_format"] == "PNG"
+    photo_key = meta["result"]["key"]
+    local_photo, _ = _materialize(inside, _request(store, "photo", {RAW: raw_key}))
+    assert _metadata(local_photo)["result"]["sha256"] == meta["sha256"]  # the same normalised PNG
+
+    keypoints, _ = _materialize(outside, _request(store, "keypoints", {"photo": photo_key}))
+    assert keypoints.success
+    kp_meta = _metadata(keypoints)
+    assert kp_meta["placement"] == "subprocess" and kp_meta["metric/people_count"] == 1
+    assert set(kp_meta["result"]["extra_files"]) == {"mask"}
+    assert json.loads(store.get_bytes(kp_meta["result"]["key"]))["pose"]

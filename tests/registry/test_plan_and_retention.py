@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from models.catalogue import ASSET_MODELS
 from ops.reprocess import plan_reprocess
 from ops.retention import purge_superseded, retention_job
+from ops.steps import ASSET_MODELS
 from orchestration.resources import MetadataStoreResource, ObjectStoreResource
 from storage.metadata_store import ArtifactRecord, open_metadata_store, utcnow
 from storage.object_store import LocalObjectStore, artifact_key, sha256_hex

@@ -356,8 +356,9 @@ def faulty_metadata_store(embedded_dir: Path, plan: FaultPlan) -> MetadataStore:
 class FaultyObjectStoreResource(ObjectStoreResource):
     plan_id: str
 
-    def store(self) -> Any:
-        return FaultyObjectStore(super().store(), PLANS[self.plan_id])
+    def backend(self) -> Any:
+        # under the retry layer, as a flaky backend is in production (`store()` adds the retries)
+        return FaultyObjectStore(super().backend(), PLANS[self.plan_id])
 
 
 _FAULTY_METADATA: dict[str, MetadataStore] = {}

@@ -1,0 +1,77 @@
+"""The metrics row each quality gate evaluates, computed from a stored artifact (and, for the
+mesh, the fit and person mask it was made from) with `models.quality`. No Dagster and no GX:
+`assets/checks.py` evaluates these rows with the suites; one function per checked step
+(`ops.steps.CHECKED_ASSETS`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ops.steps import decode_mask
+from storage.keys import ObjectStore
+from storage.metadata_store import MetadataStore
+
+
+@dataclass(frozen=True)
+class ArtifactMetrics:
+    row: dict[str, Any]
+    extra: dict[str, Any]  # shown in Dagster metadata, not evaluated (e.g. validator messages)
+
+
+def _parents(metadata: MetadataStore, doc: dict) -> dict[str, dict]:
+    parents = (metadata.get_artifact(pid) for pid in doc.get("parent_ids", []))
+    return {p["asset_key"]: p for p in parents if p is not None}
+
+
+def _smplx_params_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
+    from models.quality import params_metrics
+
+    return ArtifactMetrics(params_metrics(json.loads(store.get_bytes(doc["key"]))).row(), {})
+
+
+def _mesh_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
+    """The mesh's metrics; its silhouette against the person mask the fit was made from."""
+    from models.camera import Camera
+    from models.quality import mesh_glb_metrics
+    from models.surface import silhouette_iou
+
+    parents = _parents(metadata, doc)
+    silhouette: Callable | None = None
+    if "smplx_params" in parents and "mask" in parents.get("keypoints", {}).get("extra_files", {}):
+        camera = Camera.from_dict(json.loads(store.get_bytes(parents["smplx_params"]["key"]))["camera"])
+        mask = decode_mask(store.get_bytes(parents["keypoints"]["extra_files"]["mask"]))
+
+        def silhouette(vertices, faces):
+            return silhouette_iou(vertices, faces, camera, mask)
+
+    return ArtifactMetrics(mesh_glb_metrics(store.get_bytes(doc["key"]), silhouette).row(), {})
+
+
+def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
+    from models.quality import glb_metrics, run_gltf_validator
+    from orchestration.config import load_config
+
+    node_modules = load_config().node_modules  # AVATARPIPE_NODE_MODULES, else clients/node_modules
+    glb = store.get_bytes(doc["key"])
+    report = run_gltf_validator(glb, node_modules)
+    extra = {
+        "gltf_validator": {
+            "status": report.status,
+            "errors": report.error_count,
+            "warnings": report.warning_count,
+            "infos": report.info_count,
+            "messages": report.messages,
+            **({"detail": report.detail} if report.detail else {}),
+        }
+    }
+    return ArtifactMetrics(glb_metrics(glb, report, node_modules).row(), extra)
+
+
+ARTIFACT_METRICS: dict[str, Callable[[dict, ObjectStore, MetadataStore], ArtifactMetrics]] = {
+    "smplx_params": _smplx_params_metrics,
+    "mesh": _mesh_metrics,
+    "rigged_glb": _rigged_glb_metrics,
+}
