@@ -10,21 +10,20 @@ erased subject only under its hash). Exit status: 0 found, 2 nothing known of th
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
-from orchestration.settings import Settings, prepare_environment
+import click
+
+from ops.erasure import _default_operator, certificate_view, subject_hash
+from orchestration.app import metadata_store
+from orchestration.commands.common import Reply, answers
+from orchestration.settings import Settings
 
 
 def subject_audit(settings: Settings, subject_id: str, operator: str | None = None) -> dict[str, Any]:
-    from ops.erasure import _default_operator, certificate_view, subject_hash
-    from storage.metadata_store import open_metadata_store
-
-    prepare_environment(settings)
     hashed = subject_hash(settings.home, subject_id)
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
+    with metadata_store(settings) as metadata:
         subject = metadata.get_subject(subject_id)
         erasure = metadata.get_erasure(hashed)
         if subject is None and erasure is None and not metadata.list_uploads(subject_id):
@@ -50,8 +49,6 @@ def subject_audit(settings: Settings, subject_id: str, operator: str | None = No
             })  # fmt: skip
         models_used = sorted({f"{name}@{version}" for u in uploads for a in u["artifacts"]
                               for name, version in a["model_versions"].items()})  # fmt: skip
-    finally:
-        metadata.close()
     return {
         "status": "erased" if erasure and erasure.get("status", "").startswith("completed") else "active",
         "subject": subject,
@@ -81,18 +78,10 @@ def _human(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from orchestration.cli import stdout_to_stderr
-
-    with stdout_to_stderr():
-        answer = subject_audit(Settings.from_env(), args.subject, args.operator)
-    print(json.dumps(answer, default=str) if args.json else _human(answer))
-    return 2 if answer["status"] == "unknown_subject" else 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("audit", help="full history of one subject (or its erasure certificate)")
-    parser.add_argument("--subject", required=True, metavar="ID")
-    parser.add_argument("--operator", help="who is reading it (default: the OS user)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_audit)
+@click.command("audit", help="full history of one subject (or its erasure certificate)")
+@click.option("--subject", required=True, metavar="ID")
+@click.option("--operator", help="who is reading it (default: the OS user)")
+@answers()
+def audit(settings: Settings, subject: str, operator: str | None) -> Reply:
+    answer = subject_audit(settings, subject, operator)
+    return Reply(2 if answer["status"] == "unknown_subject" else 0, answer, _human)
