@@ -27,7 +27,7 @@ from typing import Any
 from models.catalogue import PIPELINE_VERSION
 from ops.erasure import ErasureEnv, UnknownSubject, Unopenable, needles_for, verify_subject
 from ops.upload_minimisation import minimise_upload_bytes
-from orchestration.data_docs import build_data_docs
+from orchestration.data_docs import rebuild_after_erasure
 from orchestration.leases import upload_lease
 from orchestration.settings import Settings, prepare_environment
 from storage.lease import UploadBusy
@@ -283,14 +283,6 @@ def summarise(settings: Settings, upload_id: str, run_id: str | None) -> RunSumm
 # -- erase and verify ------------------------------------------------------------------------
 
 
-def rebuild_data_docs(settings: Settings) -> None:
-    """The Data Docs site again, from the validations that remain (none of an erased subject)."""
-    with metadata_store(settings) as metadata:
-        docs = metadata.find_validations()
-    if docs:
-        build_data_docs(settings.home, docs)
-
-
 @contextlib.contextmanager
 def erasure_env(settings: Settings, *, lease_wait_s: float = 30.0) -> Iterator[ErasureEnv]:
     """Every store of this deployment as an `ops.erasure.ErasureEnv` (closed afterwards); the
@@ -314,7 +306,7 @@ def erasure_env(settings: Settings, *, lease_wait_s: float = 30.0) -> Iterator[E
             mlflow_tracking_uri=mlflow_uri,
             mlflow_artifact_root=location.artifact_location,
             lease_wait_s=lease_wait_s,
-            rebuild_data_docs=lambda: rebuild_data_docs(settings),
+            rebuild_data_docs=lambda: rebuild_after_erasure(settings.home, metadata),
         )
 
 

@@ -1,7 +1,7 @@
 """Great Expectations Data Docs (a static HTML site under `$AVATARPIPE_HOME/gx/`) rebuilt from
-the stored validation results: by `avatarpipe quality-report` and, after an erasure, by the
-application layer (`orchestration.app.rebuild_data_docs`), so the site never outlives an
-erased upload's documents. GX is imported only when a site is built.
+the stored validation results: by `avatarpipe quality-report` and, after an erasure, by
+:func:`rebuild_after_erasure` (the CLI's erasure and the `erase_subject` Dagster job), so the
+site never outlives an erased upload's documents. GX is imported only when a site is built.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+from storage.metadata_store import MetadataStore
 
 
 def latest_per_check(docs: list[dict]) -> list[dict]:
@@ -59,3 +61,10 @@ def build_data_docs(home: Path, docs: list[dict]) -> Path:
         context.validation_results_store.set(key, result)
     sites = context.build_data_docs()
     return Path(sites["local_site"].removeprefix("file://"))
+
+
+def rebuild_after_erasure(home: Path, metadata: MetadataStore) -> None:
+    """The Data Docs site again, from the validations that remain (none of an erased subject)."""
+    docs = metadata.find_validations()
+    if docs:
+        build_data_docs(home, docs)

@@ -9,7 +9,7 @@ the erasure. The request holds the id encrypted until the erasure completes.
 from dagster import Config, OpExecutionContext, job, op
 
 from ops.erasure import ErasureEnv, erase_requested
-from orchestration.app import rebuild_data_docs
+from orchestration.data_docs import rebuild_after_erasure
 from orchestration.settings import Settings
 
 
@@ -22,14 +22,15 @@ def erase_requested_subject(context: OpExecutionContext, config: EraseSubjectCon
     """Erase the requested subject from every store and verify it (ops/erasure.py)."""
     settings = Settings.from_env()
     location = context.resources.model_registry.location()
+    metadata = context.resources.metadata.store()
     env = ErasureEnv(
         home=settings.home,
-        metadata=context.resources.metadata.store(),
+        metadata=metadata,
         object_store=context.resources.object_store.store(),
         dagster_instance=context.instance,
         mlflow_tracking_uri=location.tracking_uri,
         mlflow_artifact_root=location.artifact_location,
-        rebuild_data_docs=lambda: rebuild_data_docs(settings),
+        rebuild_data_docs=lambda: rebuild_after_erasure(settings.home, metadata),
     )
     result = erase_requested(env, config.erasure_id, progress=context.log.info)
     summary = {"status": result.status, "clean": result.clean, "counts": result.certificate.get("counts", {})}
