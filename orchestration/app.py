@@ -16,16 +16,20 @@ only ingests or reads the ledger starts in a fraction of a second.
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import re
 import secrets
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models.catalogue import PIPELINE_VERSION
-from ops.erasure import ErasureEnv, UnknownSubject, Unopenable, needles_for, verify_subject
+from ops.erasure import ErasureEnv, UnknownSubject, Unopenable, erase_subject, needles_for, verify_subject
+from ops.erasure import request_erasure as record_erasure_request
 from ops.upload_minimisation import minimise_upload_bytes
 from orchestration.data_docs import rebuild_after_erasure
 from orchestration.leases import upload_lease
@@ -138,8 +142,6 @@ def ingest_photo(
 
 def put_presigned(url: str, headers: dict[str, str], data: bytes, timeout_s: float = 120) -> int:
     """PUT `data` to a presigned URL with plain HTTP; returns the HTTP status."""
-    import urllib.request
-
     request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return response.status
@@ -148,8 +150,6 @@ def put_presigned(url: str, headers: dict[str, str], data: bytes, timeout_s: flo
 def ingest_via_presigned_put(settings: Settings, data: bytes, filename: str, subject_id: str | None) -> Ingested:
     """What a browser does: get a presigned PUT for the content-addressed raw key, upload over
     HTTP, and register the upload once S3 has accepted the object."""
-    import mimetypes
-
     from storage.s3_store import S3ObjectStore, S3StoreConfig, create_upload_ticket  # boto3: S3 only
 
     data = minimise_upload_bytes(data).data  # the client strips before sending: nothing identifying travels
@@ -328,8 +328,6 @@ def erase(
     progress: Callable[[str], None] | None = None,
 ) -> ErasureOutcome:
     """Erase one subject from every store, verify it, and return the certificate."""
-    from ops.erasure import erase_subject
-
     report = progress or (lambda message: print(message, file=sys.stderr))
     with erasure_env(settings, lease_wait_s=lease_wait_s) as env:
         try:
@@ -349,11 +347,9 @@ def erase(
 
 def request_erasure(settings: Settings, subject_id: str, operator: str | None = None) -> ErasureOutcome:
     """Record the request only; the `erase_subject` job (config: erasure_id) carries it out."""
-    from ops.erasure import request_erasure as record_request
-
     with erasure_env(settings) as env:
         try:
-            erasure_id = record_request(env, subject_id, operator)
+            erasure_id = record_erasure_request(env, subject_id, operator)
         except UnknownSubject:
             return ErasureOutcome("unknown_subject", answer={
                 "status": "unknown_subject", "message": "no store holds data of this subject"})  # fmt: skip
@@ -364,8 +360,6 @@ def request_erasure(settings: Settings, subject_id: str, operator: str | None = 
 def verify_erasure(settings: Settings, subject_id: str) -> dict[str, Any]:
     """Scan every store for the subject id, its upload ids and its photos' content hashes;
     writes nothing. The `verify-erasure --json` answer (`clean`, `hits`, `scanned`...)."""
-    import time
-
     started = time.perf_counter()
     with erasure_env(settings) as env:
         needles = needles_for(env, subject_id)
