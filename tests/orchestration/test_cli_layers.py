@@ -86,3 +86,12 @@ def test_the_import_linter_contracts_hold():
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "0 broken" in proc.stdout
 
+
+
+def test_starting_the_cli_imports_no_dagster_mlflow_or_gx():
+    """Every command is imported when the CLI starts: the heavy libraries stay inside the
+    commands that use them. (torch still comes through models.catalogue -> models.fitting.)"""
+    probe = "import sys, orchestration.cli; print(sorted({'dagster', 'mlflow', 'great_expectations'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300, check=True)  # fmt: skip
+    assert proc.stdout.strip() == "[]"
