@@ -55,6 +55,7 @@ model-cache: $(STAMP)
 
 test: $(STAMP) clients infra-tools model-cache postgres web
 	$(VENV)/bin/ruff check .
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --no-cache
 	AVATARPIPE_REQUIRE_CLIENTS=1 AVATARPIPE_REQUIRE_INFRA=1 AVATARPIPE_REQUIRE_POSTGRES=1 $(PY) -m pytest -q
 
 # PostgreSQL as a tested backend (issue #15): Debian's server binaries, installed when missing.
@@ -110,8 +111,10 @@ EVAL_SYNTHETIC ?= 30
 eval: $(STAMP)
 	$(VENV)/bin/avatarpipe eval --synthetic $(EVAL_SYNTHETIC) --out $(AVATARPIPE_HOME)/eval/latest --markdown EVAL.md
 
+# ruff, then the layering contracts of pyproject.toml ([tool.importlinter]) over this checkout
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports --no-cache
 
 clean-home:
 	rm -rf $(AVATARPIPE_HOME)

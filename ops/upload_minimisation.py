@@ -11,7 +11,7 @@ stored raw). Idempotent: an already minimised object is left alone (a second del
 event, or the event of the re-store itself, finds nothing to do).
 
 Paths that hold the bytes before storing them (`avatarpipe run`/`ingest`, the HTTP upload
-function `orchestration.cli.ingest_photo`) strip before the first write instead.
+function `orchestration.app.ingest_photo`) strip before the first write instead.
 """
 
 from __future__ import annotations

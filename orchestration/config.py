@@ -45,6 +45,31 @@ COMPUTE_MODES = ("inprocess", "subprocess", "ecs")
 SERVICE_DISPATCH = ("inline", "sensors")
 
 
+# The form each URI-like variable must have: (pattern, what the error message says).
+_FORMS: dict[str, tuple[re.Pattern[str], str]] = {
+    "dagster_pg_url": (re.compile(r"^postgres(ql)?(\+\w+)?://"), "must be a postgresql:// URL"),
+    "mlflow_tracking_uri": (
+        re.compile(r"^(sqlite|postgres(ql)?|mysql|mssql)(\+\w+)?://|^(https?|file|databricks)[:]"),
+        "must be a database URI (postgresql://, sqlite:///...) or a tracking server (http(s)://)",
+    ),
+    "mongodb_uri": (re.compile(r"^mongodb(\+srv)?://"), "must be a mongodb:// or mongodb+srv:// URI"),
+    "mlflow_artifact_root": (
+        re.compile(r"^(s3|gs|wasbs|file|hdfs|mlflow-artifacts)://|^/"),
+        "must be an artifact URI (s3://bucket/prefix, file:///path) or an absolute path",
+    ),
+}
+_FORMS["mlflow_registry_uri"] = _FORMS["mlflow_tracking_uri"]
+# Numeric floors: (floor, whether the floor itself is allowed, the error message).
+_POSITIVE = (0, False, "must be a positive integer")
+_NOT_NEGATIVE = (0, True, "must not be negative")
+_LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
+    "max_upload_bytes": _POSITIVE, "max_image_pixels": _POSITIVE, "service_workers": _POSITIVE,
+    **dict.fromkeys(("raw_retention_days", "lease_ttl_s", "step_retries", "step_retry_delay_s", "presign_expiry_s",
+                     "reprocess_max_in_flight", "store_retry_tries", "store_retry_base_s", "store_retry_max_s"),
+                    _NOT_NEGATIVE),
+}  # fmt: skip
+
+
 class ConfigError(ValueError):
     """The environment does not describe a usable configuration (message names the variables)."""
 
@@ -127,32 +152,13 @@ class AppConfig(BaseSettings):
             return default
         return value.strip() if isinstance(value, str) else value
 
-    @field_validator("dagster_pg_url")
+    @field_validator(*_FORMS)
     @classmethod
-    def _pg_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^postgres(ql)?(\+\w+)?://", value):
-            raise ValueError("must be a postgresql:// URL")
-        return value
-
-    @field_validator("mlflow_tracking_uri", "mlflow_registry_uri")
-    @classmethod
-    def _mlflow_uri(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(sqlite|postgres(ql)?|mysql|mssql)(\+\w+)?://|^(https?|file|databricks)[:]", value):
-            raise ValueError("must be a database URI (postgresql://, sqlite:///...) or a tracking server (http(s)://)")
-        return value
-
-    @field_validator("mlflow_artifact_root")
-    @classmethod
-    def _artifact_root(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(s3|gs|wasbs|file|hdfs|mlflow-artifacts)://|^/", value):
-            raise ValueError("must be an artifact URI (s3://bucket/prefix, file:///path) or an absolute path")
-        return value
-
-    @field_validator("mongodb_uri")
-    @classmethod
-    def _mongo(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
-            raise ValueError("must be a mongodb:// or mongodb+srv:// URI")
+    def _form(cls, value: str | None, info: Any) -> str | None:
+        """A URI-like variable must have its form (`_FORMS`: the pattern and what to say)."""
+        pattern, message = _FORMS[info.field_name]
+        if value is not None and not pattern.match(value):
+            raise ValueError(message)
         return value
 
     @field_validator("compute_mode")
@@ -171,20 +177,14 @@ class AppConfig(BaseSettings):
             raise ValueError(f"must be one of {', '.join(SERVICE_DISPATCH)}")
         return value
 
-    @field_validator("max_upload_bytes", "max_image_pixels", "service_workers")
+    @field_validator(*_LOWER_BOUNDS)
     @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        """The bomb guard can be tightened or loosened, never switched off."""
-        if value is not None and value <= 0:
-            raise ValueError("must be a positive integer")
-        return value
-
-    @field_validator("raw_retention_days", "lease_ttl_s", "step_retries", "step_retry_delay_s", "presign_expiry_s", "reprocess_max_in_flight",
-                     "store_retry_tries", "store_retry_base_s", "store_retry_max_s")  # fmt: skip
-    @classmethod
-    def _not_negative(cls, value: float | None) -> float | None:
-        if value is not None and value < 0:
-            raise ValueError("must not be negative")
+    def _bounded(cls, value: float | None, info: Any) -> float | None:
+        """Numbers with a floor (`_LOWER_BOUNDS`); the bomb guards can be tightened or loosened,
+        never switched off (0 is refused for them)."""
+        floor, inclusive, message = _LOWER_BOUNDS[info.field_name]
+        if value is not None and (value < floor or (not inclusive and value == floor)):
+            raise ValueError(message)
         return value
 
     # -- derived -------------------------------------------------------------------------

@@ -6,9 +6,10 @@ Dagster keeps every run's config and logs, so a subject id given here would itse
 the erasure. The request holds the id encrypted until the erasure completes.
 """
 
-
 from dagster import Config, OpExecutionContext, job, op
 
+from ops.erasure import ErasureEnv, erase_requested
+from orchestration.data_docs import rebuild_after_erasure
 from orchestration.settings import Settings
 
 
@@ -19,19 +20,17 @@ class EraseSubjectConfig(Config):
 @op(required_resource_keys={"metadata", "object_store", "model_registry"})
 def erase_requested_subject(context: OpExecutionContext, config: EraseSubjectConfig) -> dict:
     """Erase the requested subject from every store and verify it (ops/erasure.py)."""
-    from ops.erasure import ErasureEnv, erase_requested
-    from orchestration.commands.erase import _rebuild_data_docs
-
     settings = Settings.from_env()
     location = context.resources.model_registry.location()
+    metadata = context.resources.metadata.store()
     env = ErasureEnv(
         home=settings.home,
-        metadata=context.resources.metadata.store(),
+        metadata=metadata,
         object_store=context.resources.object_store.store(),
         dagster_instance=context.instance,
         mlflow_tracking_uri=location.tracking_uri,
         mlflow_artifact_root=location.artifact_location,
-        rebuild_data_docs=lambda: _rebuild_data_docs(settings),
+        rebuild_data_docs=lambda: rebuild_after_erasure(settings.home, metadata),
     )
     result = erase_requested(env, config.erasure_id, progress=context.log.info)
     summary = {"status": result.status, "clean": result.clean, "counts": result.certificate.get("counts", {})}

@@ -142,15 +142,6 @@ class Promotion:
     production: str
 
 
-def builtin_production_versions() -> dict[str, ModelVersion]:
-    """Version 1 of every model, straight from the catalogue in `models/` (what a fresh
-    registry is seeded with)."""
-    return {
-        name: ModelVersion(name=name, version="1", implementation=spec.implementation, params=spec.params)
-        for name, spec in default_model_specs().items()
-    }
-
-
 def asset_code_versions(production: Mapping[str, ModelVersion]) -> dict[str, str]:
     """Each asset's Dagster code version: the pipeline version plus the production versions
     of the models it uses. Upstream changes propagate through Dagster's own lineage."""

@@ -78,19 +78,15 @@ class ServiceState:
 
     @contextmanager
     def metadata(self) -> Iterator[Any]:
-        from storage.metadata_store import open_metadata_store
+        from orchestration.app import metadata_store
 
-        store = open_metadata_store(self.settings.mongodb_uri, self.settings.metadata_dir)
-        try:
+        with metadata_store(self.settings) as store:
             yield store
-        finally:
-            store.close()
 
     def object_store(self) -> Any:
-        from storage.object_store import object_store_from_config
-        from storage.retry import with_retries
+        from orchestration.app import object_store
 
-        return with_retries(object_store_from_config(self.settings.object_store_config()))
+        return object_store(self.settings)
 
     def record_finished(self, upload_id: str, _exit_status: int) -> None:
         """Step latencies into the histogram once a run is over (from the ledger)."""
@@ -386,7 +382,7 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/v1/subjects/{subject_id}/audit", tags=["compliance"])
     def subject_audit(key: Caller, subject_id: str) -> dict[str, Any]:
-        from orchestration.commands.audit import subject_audit as audit
+        from orchestration.app import subject_audit as audit
 
         _require(key, "compliance", "admin")
         answer = audit(state.settings, subject_id, operator=f"api-key:{key.key_id}")
@@ -413,7 +409,7 @@ def _accept_upload(
     exactly as `avatarpipe ingest` does and hand the upload to the dispatcher."""
     from models.fitting import BodyHints
     from models.photo import check_upload
-    from orchestration.cli import ingest_photo
+    from orchestration.app import ingest_photo
 
     check_upload(data, _photo_limits(state.settings))
     hints = BodyHints(**raw_hints).to_dict()
@@ -471,18 +467,19 @@ def _artifact_bytes_or_redirect(
 
 def _export_vrm(state: ServiceState, upload_id: str) -> bytes:
     from models.export import ExportOptions, export_avatar
-    from orchestration.commands.export import load_ready_glb
+    from orchestration.app import load_ready_glb
 
     glb = load_ready_glb(state.settings, upload_id)
     return export_avatar(glb, ExportOptions(format="vrm"), vrm_meta={"name": f"avatar {upload_id}"}).data
 
 
 def _start_erasure(state: ServiceState, subject_id: str, operator: str) -> dict[str, Any]:
-    from orchestration.commands.erase import run_request
+    from orchestration.app import request_erasure
 
-    status, answer = run_request(state.settings, subject_id, operator)
-    if status == 2:
+    outcome = request_erasure(state.settings, subject_id, operator)
+    if outcome.status == "unknown_subject":
         raise not_found("subject")
+    answer = outcome.answer
     state.dispatcher.submit_erasure(subject_id, operator)
     return {"erasure_id": answer["erasure_id"], "status": "requested",
             "links": {"certificate": f"/v1/erasures/{answer['erasure_id']}"}}  # fmt: skip

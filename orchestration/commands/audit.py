@@ -10,58 +10,14 @@ erased subject only under its hash). Exit status: 0 found, 2 nothing known of th
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
-from orchestration.settings import Settings, prepare_environment
+import click
 
-
-def subject_audit(settings: Settings, subject_id: str, operator: str | None = None) -> dict[str, Any]:
-    from ops.erasure import _default_operator, certificate_view, subject_hash
-    from storage.metadata_store import open_metadata_store
-
-    prepare_environment(settings)
-    hashed = subject_hash(settings.home, subject_id)
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
-        subject = metadata.get_subject(subject_id)
-        erasure = metadata.get_erasure(hashed)
-        if subject is None and erasure is None and not metadata.list_uploads(subject_id):
-            return {"status": "unknown_subject"}
-        who = {"operator": operator or _default_operator(), "command": "audit"}
-        if subject is not None:
-            metadata.append_audit("access", subject_id, None, who)
-        else:
-            metadata.append_pseudonymous_audit("access", hashed, who)
-        events = metadata.audit_for(subject_id) + metadata.audit_for_hash(hashed)
-        uploads = []
-        for upload in metadata.list_uploads(subject_id):
-            artifacts = metadata.artifacts_for_upload(upload["_id"], include_superseded=True)
-            uploads.append({
-                "upload_id": upload["_id"], "status": upload["status"], "created_at": upload.get("created_at"),
-                "dagster_run_ids": upload.get("dagster_run_ids", []),
-                "artifacts": [{"asset": a["asset_key"], "artifact_id": a["_id"], "sha256": a["sha256"],
-                               "model_versions": a.get("model_versions", {}), "run_id": a.get("run_id"),
-                               "superseded_by": a.get("superseded_by"), "created_at": a.get("created_at")}
-                              for a in artifacts],
-                "checks": [{"check": v["check_name"], "passed": v["passed"], "severity": v["severity"],
-                            "at": v["created_at"]} for v in metadata.find_validations(upload_id=upload["_id"])],
-            })  # fmt: skip
-        models_used = sorted({f"{name}@{version}" for u in uploads for a in u["artifacts"]
-                              for name, version in a["model_versions"].items()})  # fmt: skip
-    finally:
-        metadata.close()
-    return {
-        "status": "erased" if erasure and erasure.get("status", "").startswith("completed") else "active",
-        "subject": subject,
-        "subject_hash": hashed,
-        "events": [{"event": e["event"], "at": e["at"], "upload_id": e.get("upload_id"), "details": e.get("details")}
-                   for e in sorted(events, key=lambda e: (e["at"], e["seq"]))],
-        "uploads": uploads,
-        "model_versions_used": models_used,
-        "erasure": certificate_view(erasure) if erasure else None,
-    }
+from orchestration.app import subject_audit
+from orchestration.commands.common import Reply, answers
+from orchestration.settings import Settings
 
 
 def _human(answer: dict[str, Any]) -> str:
@@ -81,18 +37,10 @@ def _human(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from orchestration.cli import stdout_to_stderr
-
-    with stdout_to_stderr():
-        answer = subject_audit(Settings.from_env(), args.subject, args.operator)
-    print(json.dumps(answer, default=str) if args.json else _human(answer))
-    return 2 if answer["status"] == "unknown_subject" else 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("audit", help="full history of one subject (or its erasure certificate)")
-    parser.add_argument("--subject", required=True, metavar="ID")
-    parser.add_argument("--operator", help="who is reading it (default: the OS user)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_audit)
+@click.command("audit", help="full history of one subject (or its erasure certificate)")
+@click.option("--subject", required=True, metavar="ID")
+@click.option("--operator", help="who is reading it (default: the OS user)")
+@answers()
+def audit(settings: Settings, subject: str, operator: str | None) -> Reply:
+    answer = subject_audit(settings, subject, operator)
+    return Reply(2 if answer["status"] == "unknown_subject" else 0, answer, _human)

@@ -6,33 +6,29 @@ Exit status: 0, or 2 when the environment does not validate (the message names t
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict
 
+import click
 
-def cmd_config_show(args: argparse.Namespace) -> int:
-    from orchestration.config import ConfigError, describe, load_config
+from orchestration.commands.common import Reply, answers
+from orchestration.config import Entry, describe
+from orchestration.settings import Settings
 
-    try:
-        entries = describe(load_config())
-    except ConfigError as exc:
-        print(f"avatarpipe: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"settings": [asdict(e) for e in entries]}, default=str))
-        return 0
+
+def _human(entries: list[Entry]) -> str:
     width = max(len(e.variable) for e in entries)
-    for entry in entries:
-        value = "(unset)" if entry.value in (None, "") else entry.value
-        print(f"{entry.variable:<{width}}  {value}  [{entry.source}]")
-    return 0
+    return "\n".join(
+        f"{e.variable:<{width}}  {'(unset)' if e.value in (None, '') else e.value}  [{e.source}]" for e in entries
+    )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("config", help="show the effective configuration (redacted)")
-    actions = parser.add_subparsers(dest="config_command", required=True)
-    show = actions.add_parser("show", help="every setting, redacted, with its source")
-    show.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    show.set_defaults(func=cmd_config_show)
+@click.group("config", help="show the effective configuration (redacted)")
+def config() -> None:
+    """`avatarpipe config show`."""
+
+
+@config.command("show", help="every setting, redacted, with its source")
+@answers(prepare=False)
+def show(settings: Settings) -> Reply:
+    entries = describe(settings.app)
+    return Reply(0, {"settings": [asdict(e) for e in entries]}, lambda _answer: _human(entries))

@@ -12,14 +12,14 @@ the run completed, whether or not the targets are met (they are reported, not as
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
 
-from orchestration.cli import stdout_to_stderr
+import click
+
+from orchestration.commands.common import Reply, answers, fail
 from orchestration.reports import write_report
 from orchestration.settings import Settings
 
@@ -39,58 +39,56 @@ def default_photo_folders(configured: str | None = None) -> list[Path]:
     return folders
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from models.body_model import load_body_model
+def _human(report) -> str:
+    s = report.summary
+    lines = [
+        (f"photos: {s['photos_fitted']}/{s['photos']} fitted; median reprojection "
+        f"{s['photos_median_keypoint_reprojection_rel']}, median IoU {s['photos_median_silhouette_iou']} "
+        f"(full body {s['photos_median_silhouette_iou_full_body']}, clothed "
+        f"{s['photos_median_clothed_silhouette_iou_full_body']}), fit max {s['photos_max_fit_seconds']} s"),
+        (f"synthetic: {s['synthetic_fitted']}/{s['synthetic']} fitted; median PA-MPJPE "
+        f"{s['synthetic_median_pa_mpjpe_mm']} mm, PA-PVE {s['synthetic_median_pa_pve_mm']} mm, "
+        f"height error {s['synthetic_median_height_error_mm']} mm"),
+    ]
+    for key, item in report.targets.items():
+        verdict = "n/a" if item["met"] is None else ("met" if item["met"] else "MISSED")
+        lines.append(f"  target {key} {item['target']}: {item['value']} {verdict}")
+    lines.append(f"report: {report.files['markdown']}")
+    return "\n".join(lines)
+
+
+@click.command("eval", help="evaluate the body fit on real photos and synthetic ground truth")
+@click.option("--photos", multiple=True, metavar="DIR",
+              help=f"photo folder (repeatable; default samples/ + ../shared/data/photos or ${PHOTOS_ENV})")  # fmt: skip
+@click.option("--synthetic", type=int, default=10, metavar="N", help="synthetic samples (default 10)")
+@click.option("--seed", type=int, default=0, help="first synthetic seed (default 0)")
+@click.option("--out", help="output folder (default $AVATARPIPE_HOME/eval/<UTC time>)")
+@click.option("--markdown", metavar="PATH", help="also copy the Markdown report to PATH")
+@click.option("--no-sheets", is_flag=True, help="skip the contact sheets (faster)")
+@answers(prepare=False)
+def evaluate(
+    settings: Settings, photos: tuple[str, ...], synthetic: int, seed: int, out: str | None, markdown: str | None,
+    no_sheets: bool,
+) -> Reply:  # fmt: skip
+    from models.body_model import load_body_model  # torch: only when evaluating
     from models.evaluation import run_evaluation
 
-    settings = Settings.from_env()
     config = settings.app
-    folders = [Path(p) for p in args.photos] if args.photos else default_photo_folders(config.eval_photos)
+    folders = [Path(p) for p in photos] if photos else default_photo_folders(config.eval_photos)
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
-        print(f"avatarpipe eval: no such folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    if args.synthetic < 0:
-        print("avatarpipe eval: --synthetic must be >= 0", file=sys.stderr)
-        return 2
+        return fail(2, f"avatarpipe eval: no such folder: {', '.join(missing)}")
+    if synthetic < 0:
+        return fail(2, "avatarpipe eval: --synthetic must be >= 0")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out) if args.out else settings.home / "eval" / stamp
+    target = Path(out) if out else settings.home / "eval" / stamp
     smplx = str(config.smplx_model_dir) if config.smplx_model_dir else None
-    with stdout_to_stderr():
-        report = run_evaluation(
-            folders, args.synthetic, out, seed=args.seed,
-            body=load_body_model(smplx, str(settings.anny_cache_dir)),
-            progress=lambda msg: print(f"avatarpipe eval: {msg}", file=sys.stderr, flush=True),
-            contact_sheets=not args.no_sheets,
-        )  # fmt: skip
-    if args.markdown:
-        write_report(Path(args.markdown), Path(report.files["markdown"]).read_text())
-    if args.json:
-        print(json.dumps(report.to_dict(), default=str))
-    else:
-        s = report.summary
-        print(f"photos: {s['photos_fitted']}/{s['photos']} fitted; median reprojection "
-              f"{s['photos_median_keypoint_reprojection_rel']}, median IoU {s['photos_median_silhouette_iou']} "
-              f"(full body {s['photos_median_silhouette_iou_full_body']}, clothed "
-              f"{s['photos_median_clothed_silhouette_iou_full_body']}), fit max {s['photos_max_fit_seconds']} s")  # fmt: skip
-        print(f"synthetic: {s['synthetic_fitted']}/{s['synthetic']} fitted; median PA-MPJPE "
-              f"{s['synthetic_median_pa_mpjpe_mm']} mm, PA-PVE {s['synthetic_median_pa_pve_mm']} mm, "
-              f"height error {s['synthetic_median_height_error_mm']} mm")  # fmt: skip
-        for key, item in report.targets.items():
-            verdict = "n/a" if item["met"] is None else ("met" if item["met"] else "MISSED")
-            print(f"  target {key} {item['target']}: {item['value']} {verdict}")
-        print(f"report: {report.files['markdown']}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="evaluate the body fit on real photos and synthetic ground truth")
-    parser.add_argument("--photos", action="append", metavar="DIR",
-                        help=f"photo folder (repeatable; default samples/ + ../shared/data/photos or ${PHOTOS_ENV})")  # fmt: skip
-    parser.add_argument("--synthetic", type=int, default=10, metavar="N", help="synthetic samples (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="first synthetic seed (default 0)")
-    parser.add_argument("--out", help="output folder (default $AVATARPIPE_HOME/eval/<UTC time>)")
-    parser.add_argument("--markdown", metavar="PATH", help="also copy the Markdown report to PATH")
-    parser.add_argument("--no-sheets", action="store_true", help="skip the contact sheets (faster)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_eval)
+    report = run_evaluation(
+        folders, synthetic, target, seed=seed,
+        body=load_body_model(smplx, str(settings.anny_cache_dir)),
+        progress=lambda msg: print(f"avatarpipe eval: {msg}", file=sys.stderr, flush=True),
+        contact_sheets=not no_sheets,
+    )  # fmt: skip
+    if markdown:
+        write_report(Path(markdown), Path(report.files["markdown"]).read_text())
+    return Reply(0, report.to_dict(), lambda _answer: _human(report))

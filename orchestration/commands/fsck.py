@@ -9,32 +9,27 @@ Exit status: 0 consistent (after `--repair`: consistent once repaired), 1 incons
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
-from orchestration.settings import Settings, prepare_environment
+import click
+
+from ops.fsck import DEFAULT_GRACE_S, fsck
+from orchestration.app import metadata_store, object_store
+from orchestration.commands.common import Reply, answers, fail
+from orchestration.settings import Settings
+from storage.metadata_store import NotFound
 
 
 def run_fsck(
     settings: Settings, *, repair: bool = False, upload_id: str | None = None, grace_s: float | None = None
 ) -> dict[str, Any]:
     """The `--json` answer: {"clean", "before", "after"} (after is null without repairs)."""
-    from ops.fsck import DEFAULT_GRACE_S, fsck
-    from storage.metadata_store import open_metadata_store
-    from storage.object_store import object_store_from_config
-    from storage.retry import with_retries
-
-    store = with_retries(object_store_from_config(settings.object_store_config()))
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
+    store = object_store(settings)
+    with metadata_store(settings) as metadata:
         before, after = fsck(
             store, metadata, do_repair=repair, upload_id=upload_id,
             grace_s=DEFAULT_GRACE_S if grace_s is None else grace_s,
         )  # fmt: skip
-    finally:
-        metadata.close()
     final = after or before
     return {"clean": final.clean, "before": before.to_dict(), "after": after.to_dict() if after else None}
 
@@ -59,30 +54,18 @@ def _human(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_fsck(args: argparse.Namespace) -> int:
-    from orchestration.cli import stdout_to_stderr
-    from storage.metadata_store import NotFound
-
-    settings = Settings.from_env()
-    prepare_environment(settings)
+@click.command("fsck", help="check (and --repair) object store vs artifact documents")
+@click.option("--repair", is_flag=True, help="delete orphans, drop documents whose objects are gone")
+@click.option("--upload", metavar="ID", help="check one upload only")
+@click.option(
+    "--grace-s", type=float, default=None, metavar="SECONDS",
+    help="leave unreferenced objects younger than this alone (default 600: a step writes its "
+    "objects a moment before its document)",
+)  # fmt: skip
+@answers()
+def fsck_command(settings: Settings, repair: bool, upload: str | None, grace_s: float | None) -> Reply:
     try:
-        with stdout_to_stderr():
-            answer = run_fsck(settings, repair=args.repair, upload_id=args.upload, grace_s=args.grace_s)
+        answer = run_fsck(settings, repair=repair, upload_id=upload, grace_s=grace_s)
     except NotFound:
-        print(f"avatarpipe: no such upload: {args.upload}", file=sys.stderr)
-        return 2
-    print(json.dumps(answer, default=str) if args.json else _human(answer))
-    return 0 if answer["clean"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("fsck", help="check (and --repair) object store vs artifact documents")
-    parser.add_argument("--repair", action="store_true", help="delete orphans, drop documents whose objects are gone")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--upload", metavar="ID", help="check one upload only")
-    parser.add_argument(
-        "--grace-s", type=float, default=None, metavar="SECONDS",
-        help="leave unreferenced objects younger than this alone (default 600: a step writes its "
-        "objects a moment before its document)",
-    )  # fmt: skip
-    parser.set_defaults(func=cmd_fsck)
+        return fail(2, f"avatarpipe: no such upload: {upload}")
+    return Reply(0 if answer["clean"] else 1, answer, _human)

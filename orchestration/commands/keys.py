@@ -4,66 +4,51 @@ of it is stored (service/keys.py)."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import click
 
-from orchestration.settings import Settings, prepare_environment
+from orchestration.app import metadata_store
+from orchestration.commands.common import Reply, answers, fail
+from orchestration.settings import Settings
+
+ROLES = ("uploader", "compliance", "admin")  # service.keys.ROLES (the CLI does not import the service)
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
+@click.group("keys", help="API keys of the HTTP service (create, list, revoke)")
+def keys() -> None:
+    """The service's API keys."""
+
+
+@keys.command("create", help="create a key (printed once)")
+@click.option("--role", required=True, type=click.Choice(ROLES), help="what the key may do")
+@click.option("--name", help="what the key is for (not secret)")
+@answers(prepare=False)
+def create(settings: Settings, role: str, name: str | None) -> Reply:
     from service.keys import create_key
     from service.secrets_file import service_secret
-    from storage.metadata_store import open_metadata_store
 
-    settings = Settings.from_env()
-    prepare_environment(settings)
-    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
-        if args.keys_command == "create":
-            issued = create_key(
-                metadata, service_secret(settings.home, settings.app.service_secret), args.role, args.name
-            )
-            answer = {
-                "key_id": issued.key.key_id,
-                "role": issued.key.role,
-                "name": issued.key.name,
-                "key": issued.secret,
-            }
-            print(
-                json.dumps(answer)
-                if args.json
-                else f"{issued.secret}\n(key {issued.key.key_id}, role {issued.key.role}: shown once)"
-            )
-            return 0
-        if args.keys_command == "list":
-            rows = [{"key_id": d["_id"], "role": d["role"], "name": d.get("name"), "created_at": d["created_at"],
-                     "revoked_at": d.get("revoked_at")} for d in metadata.list_api_keys()]  # fmt: skip
-            print(json.dumps({"keys": rows}, default=str) if args.json else
-                  "\n".join(f"{r['key_id']} {r['role']:<10} {r['name'] or ''} {'revoked' if r['revoked_at'] else 'active'}"
-                            for r in rows) or "no keys")  # fmt: skip
-            return 0
-        revoked = metadata.revoke_api_key(args.key_id)
+    with metadata_store(settings) as metadata:
+        issued = create_key(metadata, service_secret(settings.home, settings.app.service_secret), role, name)
+    answer = {"key_id": issued.key.key_id, "role": issued.key.role, "name": issued.key.name, "key": issued.secret}
+    return Reply(0, answer, lambda a: f"{a['key']}\n(key {a['key_id']}, role {a['role']}: shown once)")
+
+
+@keys.command("list", help="every key, without secrets")
+@answers(prepare=False)
+def list_keys(settings: Settings) -> Reply:
+    with metadata_store(settings) as metadata:
+        rows = [{"key_id": d["_id"], "role": d["role"], "name": d.get("name"), "created_at": d["created_at"],
+                 "revoked_at": d.get("revoked_at")} for d in metadata.list_api_keys()]  # fmt: skip
+    return Reply(0, {"keys": rows}, lambda a: "\n".join(
+        f"{r['key_id']} {r['role']:<10} {r['name'] or ''} {'revoked' if r['revoked_at'] else 'active'}"
+        for r in a["keys"]) or "no keys")  # fmt: skip
+
+
+@keys.command("revoke", help="revoke a key at once")
+@click.argument("key_id")
+@answers(prepare=False)
+def revoke(settings: Settings, key_id: str) -> Reply:
+    with metadata_store(settings) as metadata:
+        revoked = metadata.revoke_api_key(key_id)
     if revoked is None:
-        print(
-            json.dumps({"error": {"code": "NOT_FOUND", "message": "no such key"}})
-            if args.json
-            else "no such key"
-        )
-        return 2
-    print(json.dumps({"key_id": args.key_id, "revoked": True}) if args.json else f"revoked {args.key_id}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from service.keys import ROLES
-
-    parser = sub.add_parser("keys", help="API keys of the HTTP service (create, list, revoke)")
-    keys_sub = parser.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key (printed once)")
-    create.add_argument("--role", required=True, choices=ROLES)
-    create.add_argument("--name", help="what the key is for (not secret)")
-    listing = keys_sub.add_parser("list", help="every key, without secrets")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
-    revoke.add_argument("key_id")
-    for p in (create, listing, revoke):
-        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_keys)
+        return fail(2, f"avatarpipe: no key {key_id!r}")
+    return Reply(0, {"key_id": key_id, "revoked": True}, lambda a: f"revoked {a['key_id']}")

@@ -13,15 +13,17 @@ registration and promotion is an audit event (`model_register`, `model_promote`)
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
+import click
+
 from models.catalogue import default_model_specs
-from orchestration.cli import stdout_to_stderr
+from orchestration.app import metadata_store
+from orchestration.commands.common import Reply, answers, fail, parsed_by
+from orchestration.config import load_config
 from orchestration.registry import (
     PRODUCTION_ALIAS,
     ModelVersion,
@@ -31,7 +33,7 @@ from orchestration.registry import (
     open_registry,
     production_map,
 )
-from orchestration.settings import Settings, prepare_environment
+from orchestration.settings import Settings
 
 DAGSTER_URL_ENV = "AVATARPIPE_DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
@@ -41,7 +43,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value`; the value is JSON if it parses, else the raw string."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+        raise ValueError(f"expected key=value, got {text!r}")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -52,7 +54,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def _metric(text: str) -> tuple[str, float]:
     key, value = parse_assignment(text)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise argparse.ArgumentTypeError(f"metric {key!r} needs a number, got {value!r}")
+        raise TypeError(f"metric {key!r} needs a number, got {value!r}")
     return key, float(value)
 
 
@@ -61,17 +63,13 @@ def _registry(settings: Settings):
 
 
 def _audit(settings: Settings, event: str, details: dict[str, Any]) -> None:
-    from storage.metadata_store import open_metadata_store
-
-    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+    with metadata_store(settings) as metadata:
         metadata.append_audit(event, None, None, details)
 
 
 def _outdated_uploads(settings: Settings, model: str, version: str) -> int:
     """How many uploads have a current artifact built with another version of `model`."""
-    from storage.metadata_store import open_metadata_store
-
-    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+    with metadata_store(settings) as metadata:
         docs = metadata.outdated_artifacts(model, version, affected_assets(model))
     return len({d["upload_id"] for d in docs})
 
@@ -80,8 +78,6 @@ def reload_dagster_ui() -> str:
     """Ask a running Dagster webserver (`make ui`) to reload its code locations, so asset code
     versions - and the stale badges - follow the new production versions at once. Best effort:
     `AVATARPIPE_DAGSTER_URL` (default http://127.0.0.1:3000; `off` disables it)."""
-    from orchestration.config import load_config
-
     url = load_config().dagster_url or DEFAULT_DAGSTER_URL
     if url.lower() == "off":
         return "disabled"
@@ -118,13 +114,31 @@ def _version_line(mv: ModelVersion, base: ModelVersion | None) -> str:
     )
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    prepare_environment(settings)
-    with stdout_to_stderr():
-        registry = _registry(settings)
-        registry.ensure_initialised()
-        catalogue = {name: registry.versions(name) for name in default_model_specs()}
+def _list_text(answer: dict[str, Any], catalogue: dict[str, list[ModelVersion]]) -> str:
+    lines = [f"registry: {answer['tracking_uri']}"]
+    for name, versions in catalogue.items():
+        info = answer["models"][name]
+        production = (
+            next(v for v in versions if v.version == info["production"]) if info["production"] else None
+        )
+        impl = production.implementation if production else "?"
+        lines.append(f"{name}: production v{info['production']} ({impl}); used by {', '.join(info['assets'])}")
+        by_version = {v.version: v for v in versions}
+        lines += [_version_line(mv, by_version.get(mv.based_on) if mv.based_on else None) for mv in versions]
+    return "\n".join(lines)
+
+
+@click.group("models", help="model versions in the MLflow registry (list, register, promote)")
+def models() -> None:
+    """`avatarpipe models list|register|promote`."""
+
+
+@models.command("list", help="every registered model, its versions and the production alias")
+@answers()
+def list_models(settings: Settings) -> Reply:
+    registry = _registry(settings)
+    registry.ensure_initialised()
+    catalogue = {name: registry.versions(name) for name in default_model_specs()}
     answer = {
         "tracking_uri": registry.location.redacted(),
         "models": {
@@ -136,21 +150,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             for name, versions in catalogue.items()
         },
     }
-    if args.json:
-        print(json.dumps(answer, default=str))
-        return 0
-    print(f"registry: {answer['tracking_uri']}")
-    for name, versions in catalogue.items():
-        info = answer["models"][name]
-        production = (
-            next(v for v in versions if v.version == info["production"]) if info["production"] else None
-        )
-        impl = production.implementation if production else "?"
-        print(f"{name}: production v{info['production']} ({impl}); used by {', '.join(info['assets'])}")
-        by_version = {v.version: v for v in versions}
-        for mv in versions:
-            print(_version_line(mv, by_version.get(mv.based_on) if mv.based_on else None))
-    return 0
+    return Reply(0, answer, lambda a: _list_text(a, catalogue))
 
 
 def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
@@ -167,82 +167,55 @@ def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
     }
 
 
-def _print_promotion(result: dict[str, Any]) -> None:
-    print(
+def _promotion_text(result: dict[str, Any]) -> str:
+    return (
         f"{result['model']}: production v{result['previous']} -> v{result['production']}; "
         f"{result['outdated_uploads']} upload(s) have {', '.join(result['assets'])} built with another "
         f"version (the model_upgrade_sensor or `avatarpipe reprocess` rebuilds them)"
     )
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    prepare_environment(settings)
-    changes = dict(args.set or [])
+@models.command("register", help="create a new version with changed parameters")
+@click.argument("name")
+@click.option("--from-version", help="start from this version's parameters (default: production)")
+@click.option("--set", "assignments", multiple=True, callback=parsed_by(parse_assignment), metavar="KEY=VALUE",
+              help="parameter to change (JSON value or string); repeatable")  # fmt: skip
+@click.option("--metric", "metrics", multiple=True, callback=parsed_by(_metric), metavar="KEY=NUMBER",
+              help="evaluation metric to log with the version; repeatable")  # fmt: skip
+@click.option("--description", help="free text stored on the version")
+@click.option("--promote", is_flag=True, help="point `production` at the new version")
+@answers()
+def register_model(
+    settings: Settings, name: str, from_version: str | None, assignments: tuple, metrics: tuple,
+    description: str | None, promote: bool,
+) -> Reply:  # fmt: skip
+    changes = dict(assignments)
     try:
-        with stdout_to_stderr():
-            version = _registry(settings).register_version(
-                args.name,
-                changes,
-                from_version=args.from_version,
-                metrics=dict(args.metric or []),
-                description=args.description,
-            )
-            _audit(settings, "model_register", {"model": args.name, "version": version.version,
-                                                "based_on": version.based_on, "changes": changes})  # fmt: skip
-            promotion = _promote(settings, args.name, version.version) if args.promote else None
+        version = _registry(settings).register_version(
+            name, changes, from_version=from_version, metrics=dict(metrics), description=description
+        )
+        _audit(settings, "model_register", {"model": name, "version": version.version,
+                                            "based_on": version.based_on, "changes": changes})  # fmt: skip
+        promotion = _promote(settings, name, version.version) if promote else None
     except RegistryError as exc:
-        print(f"avatarpipe models register: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"registered": version.to_dict(), "promotion": promotion}, default=str))
-        return 0
-    what = ", ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) or "same parameters"
-    print(f"{args.name}: registered v{version.version} (from v{version.based_on}): {what}")
-    if promotion:
-        _print_promotion(promotion)
-    return 0
+        return fail(2, f"avatarpipe models register: {exc}")
+
+    def text(_answer: dict[str, Any]) -> str:
+        what = ", ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) or "same parameters"
+        lines = [f"{name}: registered v{version.version} (from v{version.based_on}): {what}"]
+        return "\n".join(lines + ([_promotion_text(promotion)] if promotion else []))
+
+    return Reply(0, {"registered": version.to_dict(), "promotion": promotion}, text)
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    prepare_environment(settings)
+@models.command("promote", help="point `production` at VERSION (an older one rolls back)")
+@click.argument("name")
+@click.argument("version")
+@answers()
+def promote_model(settings: Settings, name: str, version: str) -> Reply:
     try:
-        with stdout_to_stderr():
-            result = _promote(settings, args.name, args.version)
-            result["production_versions"] = production_map(_registry(settings).production_versions())
+        result = _promote(settings, name, version)
+        result["production_versions"] = production_map(_registry(settings).production_versions())
     except RegistryError as exc:
-        print(f"avatarpipe models promote: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        _print_promotion(result)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="model versions in the MLflow registry (list, register, promote)")
-    msub = models.add_subparsers(dest="models_command", required=True)
-
-    lst = msub.add_parser("list", help="every registered model, its versions and the production alias")
-    lst.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    lst.set_defaults(func=cmd_list)
-
-    reg = msub.add_parser("register", help="create a new version with changed parameters")
-    reg.add_argument("name", help="registered model, e.g. body_fitter")
-    reg.add_argument("--from-version", help="start from this version's parameters (default: production)")
-    reg.add_argument("--set", action="append", type=parse_assignment, metavar="KEY=VALUE",
-                     help="parameter to change (JSON value or string); repeatable")  # fmt: skip
-    reg.add_argument("--metric", action="append", type=_metric, metavar="KEY=NUMBER",
-                     help="evaluation metric to log with the version; repeatable")  # fmt: skip
-    reg.add_argument("--description", help="free text stored on the version")
-    reg.add_argument("--promote", action="store_true", help="point `production` at the new version")
-    reg.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    reg.set_defaults(func=cmd_register)
-
-    pro = msub.add_parser("promote", help="point `production` at VERSION (an older one rolls back)")
-    pro.add_argument("name")
-    pro.add_argument("version")
-    pro.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    pro.set_defaults(func=cmd_promote)
+        return fail(2, f"avatarpipe models promote: {exc}")
+    return Reply(0, result, _promotion_text)

@@ -8,17 +8,17 @@ Exit status: 0 nothing found, 1 metadata found (listed).
 
 from __future__ import annotations
 
-import argparse
-import json
+import click
 
+from ops.privacy_scan import scan_store
+from orchestration.app import object_store
+from orchestration.commands.common import Reply, answers
 from orchestration.settings import Settings
+from storage.object_store import key_without_subject
 
 
 def run_scan(settings: Settings, prefix: str = "") -> dict:
-    from ops.privacy_scan import scan_store
-    from storage.object_store import key_without_subject, object_store_from_config
-
-    report = scan_store(object_store_from_config(settings.object_store_config()), prefix)
+    report = scan_store(object_store(settings), prefix)
     answer = report.to_dict()
     for finding in answer["findings"]:
         finding["key"] = key_without_subject(finding["key"])
@@ -38,18 +38,9 @@ def _human(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_privacy_scan(args: argparse.Namespace) -> int:
-    from orchestration.cli import stdout_to_stderr
-
-    settings = Settings.from_env()
-    with stdout_to_stderr():
-        answer = run_scan(settings, args.prefix)
-    print(json.dumps(answer) if args.json else _human(answer))
-    return 0 if answer["clean"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("privacy-scan", help="report identifying metadata in any stored image")
-    parser.add_argument("--prefix", default="", help="only objects under this key prefix")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_privacy_scan)
+@click.command("privacy-scan", help="report identifying metadata in any stored image")
+@click.option("--prefix", default="", help="only objects under this key prefix")
+@answers(prepare=False)
+def privacy_scan(settings: Settings, prefix: str) -> Reply:
+    answer = run_scan(settings, prefix)
+    return Reply(0 if answer["clean"] else 1, answer, _human)

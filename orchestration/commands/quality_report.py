@@ -9,18 +9,17 @@ site always mirrors the report's window and never outlives an erased upload's do
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import shutil
-import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from orchestration.cli import stdout_to_stderr
-from orchestration.settings import Settings, prepare_environment
+import click
+
+from orchestration.app import metadata_store
+from orchestration.commands.common import Reply, answers, parsed_by
+from orchestration.data_docs import build_data_docs, latest_per_check
+from orchestration.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+)d$")
 
@@ -33,16 +32,8 @@ def parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO date/datetime or Nd: {text!r}") from exc
+        raise ValueError(f"not an ISO date/datetime or Nd: {text!r}") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def latest_per_check(docs: list[dict]) -> list[dict]:
-    """The newest validation of each (upload, check); `docs` come oldest first."""
-    latest: dict[tuple[str, str], dict] = {}
-    for doc in docs:
-        latest[(doc["upload_id"], doc["check_name"])] = doc
-    return list(latest.values())
 
 
 def aggregate(docs: list[dict], uploads: dict[str, dict], top: int = 10) -> dict[str, Any]:
@@ -94,57 +85,10 @@ def aggregate(docs: list[dict], uploads: dict[str, dict], top: int = 10) -> dict
     }
 
 
-def build_data_docs(home: Path, docs: list[dict]) -> Path:
-    """GX Data Docs for these validations, rebuilt from scratch in a file context at home/gx."""
-    from great_expectations.core import ExpectationSuiteValidationResult
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier,
-        ValidationResultIdentifier,
-    )
-
-    from assets.checks import import_gx, load_suites, quiet_context
-
-    root = home / "gx"
-    for stale in ("expectations", "uncommitted/validations", "uncommitted/data_docs"):
-        shutil.rmtree(root / stale, ignore_errors=True)
-    gx, _ = import_gx()
-    context = quiet_context(gx, mode="file", project_root_dir=str(home))
-    for suite in load_suites().values():
-        context.suites.add(suite.to_gx())
-    for doc in latest_per_check(docs):
-        if not doc.get("gx_result_json"):
-            continue
-        result = ExpectationSuiteValidationResult(**json.loads(doc["gx_result_json"]))
-        run_id = RunIdentifier(run_name=doc["upload_id"], run_time=doc["created_at"])
-        # Shown on each page; upload ids are opaque, subject ids stay out of the static site.
-        result.meta["run_id"] = run_id
-        result.meta["avatarpipe"] = {
-            "upload_id": doc["upload_id"],
-            "asset": doc["asset_key"],
-            "artifact_id": doc.get("artifact_id"),
-            "dagster_run_id": doc.get("run_id"),
-            "suite_sha": doc["suite_sha"],
-        }
-        key = ValidationResultIdentifier(
-            expectation_suite_identifier=ExpectationSuiteIdentifier(name=doc["suite_name"]),
-            run_id=run_id,
-            batch_identifier=f"{doc['asset_key']}-{(doc.get('artifact_id') or 'none')[:12]}",
-        )
-        context.validation_results_store.set(key, result)
-    sites = context.build_data_docs()
-    return Path(sites["local_site"].removeprefix("file://"))
-
-
 def quality_report(settings: Settings, since: datetime | None, top: int = 10, docs_site: bool = True) -> dict[str, Any]:
-    from storage.metadata_store import open_metadata_store
-
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
+    with metadata_store(settings) as metadata:
         docs = metadata.find_validations(since=since)
         uploads = {u["_id"]: u for u in metadata.list_uploads()} if docs else {}
-    finally:
-        metadata.close()
     report = {"since": since.isoformat() if since else None, "generated_at": datetime.now(UTC).isoformat()}
     report |= aggregate(docs, uploads, top)
     report["data_docs"] = str(build_data_docs(settings.home, docs)) if docs_site else None
@@ -180,23 +124,10 @@ def _human(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_quality_report(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    prepare_environment(settings)
-    with stdout_to_stderr():
-        report = quality_report(settings, args.since, args.top, docs_site=not args.no_docs)
-    print(json.dumps(report, default=str) if args.json else _human(report))
-    sys.stdout.flush()
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "quality-report",
-        help="pass rates of the quality checks across avatars, worst offenders, GX Data Docs",
-    )
-    parser.add_argument("--since", type=parse_since, help="ISO date/datetime (UTC if no zone) or Nd, e.g. 7d")
-    parser.add_argument("--top", type=int, default=10, help="how many worst offenders to list (default 10)")
-    parser.add_argument("--no-docs", action="store_true", help="skip rebuilding the GX Data Docs site")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_quality_report)
+@click.command("quality-report", help="pass rates of the quality checks across avatars, worst offenders, GX Data Docs")
+@click.option("--since", callback=parsed_by(parse_since), help="ISO date/datetime (UTC if no zone) or Nd, e.g. 7d")
+@click.option("--top", type=int, default=10, help="how many worst offenders to list (default 10)")
+@click.option("--no-docs", is_flag=True, help="skip rebuilding the GX Data Docs site")
+@answers()
+def quality_report_command(settings: Settings, since: datetime | None, top: int, no_docs: bool) -> Reply:
+    return Reply(0, quality_report(settings, since, top, docs_site=not no_docs), _human)

@@ -10,15 +10,16 @@ usage errors. The `model_upgrade_sensor` does the same automatically through the
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from typing import Any
 
+import click
+
+from ops.reprocess import plan_reprocess, record_reprocess_request
 from ops.steps import ASSET_MODELS
-from orchestration.cli import stdout_to_stderr
-from orchestration.settings import Settings, prepare_environment
+from orchestration.app import metadata_store
+from orchestration.commands.common import Reply, answers, fail
+from orchestration.settings import Settings
 
 
 def _target_dict(target, assets: tuple[str, ...]) -> dict[str, Any]:
@@ -45,20 +46,17 @@ def reprocess(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Plan (and unless `dry_run`, execute) the reprocessing; returns the `--json` answer."""
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+    from dagster import AssetKey, DagsterInstance, DagsterRunStatus  # Dagster: only when reprocessing
 
-    from ops.reprocess import plan_reprocess, record_reprocess_request
     from orchestration.definitions import REPROCESS_JOB, build_definitions
     from orchestration.registry import production_map
     from orchestration.sensors import AssetLayout, reprocess_tags
-    from storage.metadata_store import open_metadata_store
 
     defs = build_definitions(settings)
     # The versions the code location was built from: its code versions name exactly these.
     production = production_map(defs.resources["model_registry"].production_versions())
     layout = AssetLayout.from_asset_graph(defs.resolve_asset_graph())
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
+    with metadata_store(settings) as metadata:
         plan = plan_reprocess(metadata, production, ASSET_MODELS, layout.order, models, uploads)
         targets = plan.targets[:limit] if limit else plan.targets
         rows = [_target_dict(t, layout.rebuild[t.first_asset]) for t in targets]
@@ -101,8 +99,6 @@ def reprocess(
         ok = sum(r["run_status"] == DagsterRunStatus.SUCCESS.value for r in rows)
         answer["counts"] = {"planned": len(rows), "succeeded": ok, "failed": len(rows) - ok}
         return answer
-    finally:
-        metadata.close()
 
 
 def _human(answer: dict[str, Any]) -> str:
@@ -126,27 +122,20 @@ def _human(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_reprocess(args: argparse.Namespace) -> int:
-    from orchestration.registry import RegistryError
+@click.command("reprocess", help="rebuild what model upgrades made stale (only the affected steps)")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="only outdated versions of this model (repeatable; default: all models)")  # fmt: skip
+@click.option("--upload", "uploads", multiple=True, metavar="ID", help="only this upload (repeatable)")
+@click.option("--limit", type=int, help="reprocess at most N uploads this time")
+@click.option("--dry-run", is_flag=True, help="list what would run; run nothing")
+@answers()
+def reprocess_command(
+    settings: Settings, models: tuple[str, ...], uploads: tuple[str, ...], limit: int | None, dry_run: bool
+) -> Reply:
+    from orchestration.registry import RegistryError  # MLflow: only when reprocessing
 
-    settings = Settings.from_env()
-    prepare_environment(settings)
     try:
-        with stdout_to_stderr():
-            answer = reprocess(settings, args.model, args.upload, args.dry_run, args.limit)
+        answer = reprocess(settings, list(models) or None, list(uploads) or None, dry_run, limit)
     except (RegistryError, ValueError) as exc:
-        print(f"avatarpipe reprocess: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(answer, default=str) if args.json else _human(answer))
-    return 0 if answer["counts"]["failed"] == 0 else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    cmd = sub.add_parser("reprocess", help="rebuild what model upgrades made stale (only the affected steps)")
-    cmd.add_argument("--model", action="append", metavar="NAME",
-                     help="only outdated versions of this model (repeatable; default: all models)")  # fmt: skip
-    cmd.add_argument("--upload", action="append", metavar="ID", help="only this upload (repeatable)")
-    cmd.add_argument("--limit", type=int, help="reprocess at most N uploads this time")
-    cmd.add_argument("--dry-run", action="store_true", help="list what would run; run nothing")
-    cmd.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    cmd.set_defaults(func=cmd_reprocess)
+        return fail(2, f"avatarpipe reprocess: {exc}")
+    return Reply(0 if answer["counts"]["failed"] == 0 else 1, answer, _human)

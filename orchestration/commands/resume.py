@@ -21,14 +21,19 @@ upload), 3 `UPLOAD_BUSY` (another live runner holds the lease longer than `--wai
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.cli import ASSET_ORDER, execute_avatar_job, stdout_to_stderr, summarise
-from orchestration.settings import Settings, prepare_environment
+import click
+
+from models.errors import PERMANENT_CODES
+from ops.fsck import fsck
+from orchestration.app import ASSET_ORDER, execute_avatar_job, metadata_store, object_store, summarise
+from orchestration.commands.common import Reply, answers, fail
+from orchestration.leases import upload_lease
+from orchestration.settings import Settings
+from storage.lease import UploadBusy
+from storage.metadata_store import NotFound
 
 EXIT_READY, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -82,8 +87,6 @@ def first_unfinished_asset(
 
 def refusal(upload: dict) -> str | None:
     """Why an upload cannot be resumed without `--from-start`, or None."""
-    from models.errors import PERMANENT_CODES
-
     status = upload.get("status")
     if status == "erased":
         return "the upload is erased"
@@ -98,21 +101,15 @@ def refusal(upload: dict) -> str | None:
 def resume_upload(settings: Settings, upload_id: str, *, wait_s: float = 0.0, from_start: bool = False) -> ResumeOutcome:
     """Resume one upload (see the module docstring). Raises `storage.lease.UploadBusy`, and
     `storage.metadata_store.NotFound` for an unknown upload."""
-    from dagster import AssetKey
+    from dagster import AssetKey  # Dagster: only when resuming
 
-    from ops.fsck import fsck
     from orchestration.definitions import build_definitions
-    from orchestration.leases import upload_lease
     from orchestration.sensors import AssetLayout
-    from storage.metadata_store import NotFound, open_metadata_store
-    from storage.object_store import object_store_from_config
-    from storage.retry import with_retries
 
-    metadata = open_metadata_store(settings.mongodb_uri, settings.metadata_dir)
-    try:
+    with metadata_store(settings) as metadata:
         if metadata.get_upload(upload_id) is None:
             raise NotFound(upload_id)
-        store = with_retries(object_store_from_config(settings.object_store_config()))
+        store = object_store(settings)
         with upload_lease(settings, upload_id, purpose="resume", wait_s=wait_s) as lease:
             upload = metadata.get_upload(upload_id) or {}  # re-read: the previous holder may have finished
             stale = lease.failed_stale_runs
@@ -141,53 +138,39 @@ def resume_upload(settings: Settings, upload_id: str, *, wait_s: float = 0.0, fr
                 "resumed", run_id=run_id, from_asset=first, selection=selection, repairs=before.repairs,
                 failed_stale_runs=stale,
             )  # fmt: skip
-    finally:
-        metadata.close()
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from storage.lease import UploadBusy
-    from storage.metadata_store import NotFound
+def _resume_text(summary: dict[str, Any], outcome: ResumeOutcome) -> str:
+    steps = ", ".join(outcome.selection) or "none"
+    return (
+        f"upload {summary['upload_id']}: {outcome.action} ({outcome.reason or 'steps: ' + steps}); "
+        f"status {summary['status']}"
+        + (f", error {summary['error']['code']}: {summary['error']['message']}" if summary["error"] else "")
+    )
 
-    settings = Settings.from_env()
-    prepare_environment(settings)
+
+@click.command("resume", help="finish an upload whose run died or failed transiently")
+@click.argument("upload_id")
+@click.option(
+    "--wait", type=float, default=0.0, metavar="SECONDS",
+    help="wait this long for another runner's lease on the upload (default: exit 3 at once)",
+)  # fmt: skip
+@click.option("--from-start", is_flag=True, help=f"rebuild from {ASSET_ORDER[0]}, whatever exists")
+@answers()
+def resume(settings: Settings, upload_id: str, wait: float, from_start: bool) -> Reply:
     try:
-        with stdout_to_stderr():
-            outcome = resume_upload(settings, args.upload_id, wait_s=args.wait, from_start=args.from_start)
-            summary = summarise(settings, args.upload_id, outcome.run_id)
+        outcome = resume_upload(settings, upload_id, wait_s=wait, from_start=from_start)
+        summary = summarise(settings, upload_id, outcome.run_id).to_dict()
     except NotFound:
-        print(f"avatarpipe: no such upload: {args.upload_id}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, f"avatarpipe: no such upload: {upload_id}")
     except UploadBusy as busy:
-        answer = {
-            "upload_id": args.upload_id,
-            "status": "busy",
-            "error": {"code": "UPLOAD_BUSY", "message": str(busy), "step": None},
-        }
-        print(json.dumps(answer, default=str) if args.json else f"avatarpipe: {busy}")
-        return EXIT_BUSY
+        answer = {"upload_id": upload_id, "status": "busy",
+                  "error": {"code": "UPLOAD_BUSY", "message": str(busy), "step": None}}  # fmt: skip
+        text = f"avatarpipe: {busy}"
+        return Reply(EXIT_BUSY, answer, lambda _answer: text)
     summary["resume"] = outcome.to_dict()
-    if args.json:
-        print(json.dumps(summary, default=str))
-    else:
-        steps = ", ".join(outcome.selection) or "none"
-        print(
-            f"upload {args.upload_id}: {outcome.action} ({outcome.reason or 'steps: ' + steps}); "
-            f"status {summary['status']}"
-            + (f", error {summary['error']['code']}: {summary['error']['message']}" if summary["error"] else "")
-        )
     if outcome.action == "refused":
-        return EXIT_FAILED
-    return EXIT_READY if summary["status"] == "ready" else EXIT_FAILED
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("resume", help="finish an upload whose run died or failed transiently")
-    parser.add_argument("upload_id")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
-        help="wait this long for another runner's lease on the upload (default: exit 3 at once)",
-    )  # fmt: skip
-    parser.add_argument("--from-start", action="store_true", help=f"rebuild from {ASSET_ORDER[0]}, whatever exists")
-    parser.set_defaults(func=cmd_resume)
+        code = EXIT_FAILED
+    else:
+        code = EXIT_READY if summary["status"] == "ready" else EXIT_FAILED
+    return Reply(code, summary, lambda s: _resume_text(s, outcome))

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import click
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+@click.command("serve", help="the HTTP API and web app: upload, follow, view, share, erase")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=8080, show_default=True, help="port")
+def serve(host: str, port: int) -> int:
     import uvicorn
 
     from service.app import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("serve", help="the HTTP API and web app: upload, follow, view, share, erase")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.set_defaults(func=cmd_serve)

@@ -9,25 +9,13 @@ read (never "clean" then).
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
+import click
+
+from orchestration.app import verify_erasure
+from orchestration.commands.common import Reply, answers
 from orchestration.settings import Settings
-
-
-def run_verify(settings: Settings, subject_id: str) -> dict:
-    from ops.erasure import needles_for, verify_subject
-    from orchestration.commands.erase import erasure_env
-
-    started = time.perf_counter()
-    with erasure_env(settings) as env:
-        needles = needles_for(env, subject_id)
-        report = verify_subject(env, needles)
-    answer = report.to_dict()
-    answer["needles"] = {"upload_ids": len(needles.upload_ids), "content_hashes": len(needles.content_hashes)}
-    answer["seconds"] = round(time.perf_counter() - started, 3)
-    return answer
 
 
 def _human(answer: dict) -> str:
@@ -40,18 +28,9 @@ def _human(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_verify_erasure(args: argparse.Namespace) -> int:
-    from orchestration.cli import stdout_to_stderr
-
-    settings = Settings.from_env()
-    with stdout_to_stderr():
-        answer = run_verify(settings, args.subject)
-    print(json.dumps(answer, default=str) if args.json else _human(answer))
-    return 0 if answer["clean"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("verify-erasure", help="scan every store for traces of a subject")
-    parser.add_argument("--subject", required=True, metavar="ID")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.set_defaults(func=cmd_verify_erasure)
+@click.command("verify-erasure", help="scan every store for traces of a subject")
+@click.option("--subject", required=True, metavar="ID")
+@answers()
+def verify_erasure_command(settings: Settings, subject: str) -> Reply:
+    answer = verify_erasure(settings, subject)
+    return Reply(0 if answer["clean"] else 1, answer, _human)

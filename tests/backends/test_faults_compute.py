@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.cli import ASSET_ORDER
+from orchestration.app import ASSET_ORDER
 from tests.reliability.helpers import (
     cli_subprocess,
     fsck_report,

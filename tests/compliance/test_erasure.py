@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ops.erasure_stores import MLFLOW_TAG_SUBJECT, MLFLOW_TAG_UPLOAD
-from orchestration.cli import execute_avatar_job, ingest_photo, run_avatar_job
+from orchestration.app import execute_avatar_job, ingest_photo, run_avatar_job
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
 from tests.backends.fixtures import BACKEND_VARS, BACKENDS, Backend, make_backend, use_backend
@@ -264,7 +264,7 @@ def test_erase_subject_dagster_job(home) -> None:
     from dagster import DagsterInstance
 
     from ops.erasure import request_erasure
-    from orchestration.commands.erase import erasure_env
+    from orchestration.app import erasure_env
     from orchestration.definitions import build_definitions
 
     settings = home["settings"]

@@ -18,7 +18,7 @@ from ops.raw_retention import (
     raw_retention_policy,
     raw_retention_schedule,
 )
-from orchestration.cli import ingest_photo, run_avatar_job, summarise
+from orchestration.app import ingest_photo, run_avatar_job, summarise
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store, utcnow
 from storage.object_store import LocalObjectStore
@@ -58,7 +58,7 @@ def test_raw_photo_retention_keeps_the_avatar_and_refuses_photo_rerun(processed)
     metadata.close()
 
     # Every artifact is still there and readable.
-    summary = summarise(settings, ingested.upload_id, None)
+    summary = summarise(settings, ingested.upload_id, None).to_dict()
     assert summary["status"] == "ready"
     for artifact in summary["artifacts"].values():
         assert store.exists(store.key_for_uri(artifact["uri"]))
@@ -93,7 +93,7 @@ def test_default_policy_deletes_the_raw_upload_when_the_avatar_is_ready(avatar_h
     finally:
         metadata.close()
     # Reprocessing starts from the normalised photo: the model steps still run.
-    from orchestration.cli import execute_avatar_job
+    from orchestration.app import execute_avatar_job
 
     run_id = execute_avatar_job(settings, ingested.upload_id, asset_selection=["keypoints"])
     assert DagsterInstance.get().get_run_by_id(run_id).is_success

@@ -7,18 +7,24 @@ import sys
 from pathlib import Path
 
 from assets.steps import _body_hints
-from orchestration.cli import build_parser, hints_from_args, ingest_photo
+from orchestration.app import body_hints, ingest_photo
+from orchestration.cli import cli
 from orchestration.settings import Settings
 
 CLI = Path(sys.executable).parent / "avatarpipe"
 
 
+def _hints_of(argv: list[str]) -> dict:
+    """The hints a command line carries, parsed by the CLI itself (nothing runs)."""
+    command = cli.commands[argv[0]]
+    params = command.make_context(argv[0], argv[1:]).params
+    return body_hints(params["build"], params["height_cm"], params["age_group"])
+
+
 def test_hint_flags_parse_into_the_stored_hints():
-    args = build_parser().parse_args(
-        ["run", "p.png", "--build", "feminine", "--height-cm", "170", "--age-group", "adult"]
-    )
-    assert hints_from_args(args) == {"build": "feminine", "height_cm": 170.0, "age_group": "adult"}
-    assert hints_from_args(build_parser().parse_args(["ingest", "p.png"])) == {}
+    args = ["run", "p.png", "--build", "feminine", "--height-cm", "170", "--age-group", "adult"]
+    assert _hints_of(args) == {"build": "feminine", "height_cm": 170.0, "age_group": "adult"}
+    assert _hints_of(["ingest", "p.png"]) == {}
 
 
 def test_an_out_of_range_height_is_refused_before_anything_is_stored(avatar_home, standing_photo, capfd):

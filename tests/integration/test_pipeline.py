@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
 from models.gltf_read import read_accessor
-from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
+from orchestration.app import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
 from tests.backends.fixtures import BACKENDS, use_backend
@@ -69,7 +69,7 @@ def test_photo_to_rigged_glb_through_dagster(settings, standing_photo):
     metadata.close()
 
     # The GLB: one skin with a real skeleton, 4 normalised influences, texture, animations.
-    summary = summarise(settings, ingested.upload_id, run_id)
+    summary = summarise(settings, ingested.upload_id, run_id).to_dict()
     assert summary["status"] == "ready"
     glb_path = summary["artifacts"]["rigged_glb"]["path"]
     gltf = pygltflib.GLTF2().load(glb_path)
@@ -120,7 +120,7 @@ def test_bad_upload_fails_cleanly_and_keeps_nothing(settings, tmp_path):
     run_id = run_avatar_job(settings, ingested.upload_id)
     instance = DagsterInstance.get()
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
-    summary = summarise(settings, ingested.upload_id, run_id)
+    summary = summarise(settings, ingested.upload_id, run_id).to_dict()
     assert summary["status"] == "failed"
     assert summary["error"]["code"] == "NOT_AN_IMAGE" and summary["error"]["step"] == "photo"
     assert summary["artifacts"] == {}

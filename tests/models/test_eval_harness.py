@@ -91,10 +91,15 @@ def test_summary_flags_missed_targets():
     assert targets["photos_median_keypoint_reprojection_rel"]["met"] is True
 
 
-def test_cli_registers_eval(monkeypatch):
-    from orchestration.cli import build_parser
+def test_cli_registers_eval(monkeypatch, capfd):
+    import click
 
-    args = build_parser().parse_args(["eval", "--photos", "x", "--synthetic", "2", "--json"])
-    assert args.command == "eval" and args.photos == ["x"] and args.synthetic == 2 and args.json
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["eval", "--synthetic", "many"])
+    from orchestration.cli import cli, main
+
+    ctx = cli.commands["eval"].make_context("eval", ["--photos", "x", "--synthetic", "2", "--json"])
+    args = ctx.params
+    assert ctx.info_name == "eval" and list(args["photos"]) == ["x"] and args["synthetic"] == 2 and args["as_json"]
+    with pytest.raises(click.BadParameter):
+        cli.commands["eval"].make_context("eval", ["--synthetic", "many"])
+    assert main(["eval", "--synthetic", "many"]) == 2  # a usage error, as argparse answered it
+    assert "many" in capfd.readouterr().err

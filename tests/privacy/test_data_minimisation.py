@@ -22,7 +22,7 @@ from models.metadata_strip import sniff_format
 from models.photo import normalise_photo
 from ops.privacy_scan import glb_images
 from ops.upload_minimisation import MINIMISED_EVENT
-from orchestration.cli import execute_avatar_job, ingest_photo
+from orchestration.app import execute_avatar_job, ingest_photo
 from orchestration.resources import MetadataStoreResource, ObjectStoreResource
 from orchestration.sensors_ingest import build_folder_sensor
 from storage.metadata_store import open_metadata_store

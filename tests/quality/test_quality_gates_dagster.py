@@ -30,7 +30,8 @@ from dagster import (
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from assets.checks import EXPECTATIONS_DIR
-from orchestration.cli import ingest_photo, main, run_avatar_job, summarise
+from orchestration.app import ingest_photo, run_avatar_job, summarise
+from orchestration.cli import main
 from orchestration.commands.quality_report import quality_report
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
@@ -100,7 +101,7 @@ def test_good_avatar_passes_every_gate(gates: Gates) -> None:
             evaluation.metadata
         )
 
-    summary = summarise(gates.settings, gates.good_upload, gates.good_run)
+    summary = summarise(gates.settings, gates.good_upload, gates.good_run).to_dict()
     assert summary["status"] == "ready" and summary["error"] is None
     assert summary["checks"] == {
         name: {"passed": True, "severity": None, "failed_expectations": []}

@@ -22,7 +22,7 @@ from dagster import (
 from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # Dagster's own UI resolver
 
-from orchestration.cli import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
+from orchestration.app import ASSET_ORDER, ingest_photo, run_avatar_job, summarise
 from orchestration.registry import (
     RegistryLocation,
     asset_code_versions,
@@ -61,7 +61,7 @@ def built(home, standing_photo, skiing_photo) -> dict[str, str]:
     for photo in (standing_photo, skiing_photo):
         ingested = ingest_photo(home, photo.read_bytes(), photo.name, "reprocess-subject")
         runs[ingested.upload_id] = run_avatar_job(home, ingested.upload_id)
-        assert summarise(home, ingested.upload_id, None)["status"] == "ready"
+        assert summarise(home, ingested.upload_id, None).to_dict()["status"] == "ready"
     return runs
 
 
@@ -161,7 +161,7 @@ def test_body_fitter_upgrade_rebuilds_only_the_affected_steps(home, built):
                 assert after[asset]["run_id"] == reprocess_runs[upload]
                 old = metadata.get_artifact(before[upload][asset]["_id"])
                 assert old["superseded_by"] == after[asset]["_id"] and old["superseded_at"] is not None
-            fit = json.loads(Path(summarise(home, upload, None)["artifacts"]["smplx_params"]["path"]).read_text())
+            fit = json.loads(Path(summarise(home, upload, None).to_dict()["artifacts"]["smplx_params"]["path"]).read_text())
             assert fit["config"]["angle_prior"] == 0.08 and fit["config"]["seed"] == 1
             audit = [e for e in metadata.audit_for("reprocess-subject") if e["upload_id"] == upload]
         reprocess_events = [e["details"] for e in audit if e["event"] == "reprocess"]
@@ -240,7 +240,7 @@ def test_model_upgrade_sensor_rebuilds_in_bounded_batches_and_rolls_back(home, b
     mesh = _current(home, uploads[0])["mesh"]
     assert mesh["model_versions"]["reconstructor"] == "1" and mesh["sha256"] == mesh_v1[uploads[0]]["sha256"]
     assert mesh["_id"] == mesh_v1[uploads[0]]["_id"]  # same bytes, same code version: same document
-    assert summarise(home, uploads[0], None)["status"] == "ready"
+    assert summarise(home, uploads[0], None).to_dict()["status"] == "ready"
 
 
 @pytest.mark.parametrize("home", ["sqlite"], indirect=True)
@@ -258,7 +258,7 @@ def test_retention_job_purges_superseded_artifacts_and_keeps_the_avatars(home, b
             current = [d for d in docs if d["superseded_by"] is None]
             parents = {p for d in current for p in d["parent_ids"]}
             assert all(d["superseded_by"] is None or d["_id"] in parents for d in docs)
-            answer = summarise(home, upload, None)
+            answer = summarise(home, upload, None).to_dict()
             assert answer["status"] == "ready" and set(answer["artifacts"]) == set(ASSET_ORDER)
             assert all(Path(a["path"]).is_file() for a in answer["artifacts"].values())
         assert len(metadata.audit_events("purge_superseded")) == len(built)

@@ -25,7 +25,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from PIL import Image
 
 from models.errors import PERMANENT_CODES, ErrorCode
-from orchestration.cli import execute_avatar_job, ingest_photo
+from orchestration.app import execute_avatar_job, ingest_photo
 from tests.conftest import SHARED_PHOTOS
 from tests.reliability.damage import DAMAGED, damaged_file
 from tests.reliability.helpers import (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from orchestration.cli import ASSET_ORDER, ingest_photo
+from orchestration.app import ASSET_ORDER, ingest_photo
 from storage.lease import UploadBusy, UploadLease
 from storage.metadata_store import open_metadata_store
 from tests.reliability.helpers import fsck_report, isolated_home, ledger, popen_cli

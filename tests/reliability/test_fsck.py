@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestration.cli import execute_avatar_job, ingest_photo
+from orchestration.app import execute_avatar_job, ingest_photo
 from storage.lease import UploadLease
 from storage.metadata_store import open_metadata_store
 from storage.object_store import LocalObjectStore

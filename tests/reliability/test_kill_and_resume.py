@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from orchestration.cli import ASSET_ORDER
+from orchestration.app import ASSET_ORDER
 from tests.reliability.helpers import cli_subprocess, fsck_report, isolated_home, ledger, only_upload
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions
 
 from models.errors import ErrorCode
-from orchestration.cli import ingest_photo
+from orchestration.app import ingest_photo
 from orchestration.definitions import AVATAR_JOB, build_definitions
 from storage.metadata_store import ArtifactRecord
 from storage.object_store import LocalObjectStore, ObjectNotFound
