@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pygltflib
 
+from models.gltf_export import drop_orphan_byte_offsets
 from models.mixamo_skeleton import MIXAMO_PREFIX, short_name
 
 VRM_SPEC_VERSION = "1.0"
@@ -151,6 +152,7 @@ def to_vrm(glb: bytes, meta: dict | None = None) -> bytes:
     }
     gltf.extensions = dict(gltf.extensions or {}, VRMC_vrm=vrm)
     gltf.extensionsUsed = sorted(set(gltf.extensionsUsed or []) | {"VRMC_vrm"})
+    drop_orphan_byte_offsets(gltf)
     return b"".join(gltf.save_to_bytes())
 
 
@@ -193,7 +195,8 @@ def _eye_centre(gltf: pygltflib.GLTF2, mesh_node: int, names: list[str]) -> np.n
                 gltf.bufferViews[acc.sparse.indices.bufferView],
                 gltf.bufferViews[acc.sparse.values.bufferView],
             )
-            idx = np.frombuffer(blob, np.uint32, acc.sparse.count, iv.byteOffset or 0)
+            index_dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32}[acc.sparse.indices.componentType]
+            idx = np.frombuffer(blob, index_dtype, acc.sparse.count, iv.byteOffset or 0)
             offsets[idx] = np.frombuffer(blob, np.float32, acc.sparse.count * 3, vv.byteOffset or 0).reshape(
                 -1, 3
             )
