@@ -277,6 +277,11 @@ def sparsify_morph_targets(glb: bytes) -> bytes:
                 )
     # gltfpack packs the targets into the views of the other vertex attributes: move those out
     _own_views(gltf, payloads, shared)
+    return repack_referenced(gltf, payloads)
+
+
+def repack_referenced(gltf: pygltflib.GLTF2, payloads: list[bytes | None]) -> bytes:
+    """`repack` keeping only the views an accessor (or its sparse data) or an image reads."""
     referenced = {a.bufferView for a in gltf.accessors} | {i.bufferView for i in gltf.images}
     referenced |= {
         v

@@ -92,8 +92,9 @@ def test_mixamo_walk_by_name_keeps_the_body_together(played):
         lo, hi = np.array(probe["box"]["min"]), np.array(probe["box"]["max"])
         assert lo[1] > -0.1 and hi[1] < height + 0.1  # no vertex below the floor or above the head
         assert np.all(np.abs(lo[[0, 2]]) < 0.7) and np.all(np.abs(hi[[0, 2]]) < 0.7)
-        # nothing tears off: a detached hand or foot would stretch its seam edges by >> 10
-        # (measured on this clothed GLB: <= 8.5 on 2-3 mm edges at the front armpit and toe crease)
-        assert probe["maxEdgeStretch"] < 10.0
+        # nothing tears: no edge stretches more than 3x (measured on this loose-garment GLB:
+        # 2.5 at the front armpit; it was 5.2 before the weights were smoothed and pruned
+        # continuously, and a detached hand or foot would stretch its seam edges by >> 10)
+        assert probe["maxEdgeStretch"] <= 3.0
         strides.append(bones["mixamorigLeftFoot"][2] - bones["mixamorigRightFoot"][2])
     assert max(strides) > 0.15 and min(strides) < -0.15  # the feet alternate
