@@ -24,8 +24,9 @@ Canonical placement (the choice every consumer of the GLB relies on):
   on y = 0 and the root (hips) is at x = z = 0 (after straightening, the bind is lifted again so
   the feet stay on y = 0).
 - The fitted root delta (camera-frame global orientation and translation) is dropped: the
-  avatar stays upright at the origin facing +Z. The photo pose keeps the root at its rest pose
-  and only the bone rotations change.
+  avatar stays upright at the origin facing +Z. The photo pose keeps the root above its rest
+  position, lifted or lowered so that the posed body's lowest point stands on y = 0
+  (`on_the_ground`: a lunge no longer floats), and only the bone rotations change.
 """
 
 from __future__ import annotations
@@ -605,13 +606,16 @@ def build_rigged_avatar(
         target_names=face.names,
     )
     photo_world = bind.from_anny_frames(c[None] @ body.posed_bone_poses)
+    ground = on_the_ground(mesh, bind.skeleton, photo_world)
+    photo_world[:, 1, 3] += ground
     clips = animation_clips(bind.skeleton.bind_world, photo_world, bind.skeleton.names, bind.skeleton.parents)
     clips = with_face_clips(clips, face.names, expression_weights(face.names, expression))
     glb = write_glb(mesh, bind.skeleton, clips)
 
     # Anny's own skinning of the clothed rest surface into the photo pose, for the check.
     expected = skin_with_anny(body, topo, offsets)
-    errors = _reproduction_errors(mesh, bind.skeleton, clips[0], _apply(c, expected)[src], loss[src])
+    expected = _apply(c, expected) + np.array([0.0, ground, 0.0])  # the same lift as the clip
+    errors = _reproduction_errors(mesh, bind.skeleton, clips[0], expected[src], loss[src])
     return RiggedAvatar(
         glb=glb,
         joint_count=len(bind.skeleton.names),
@@ -627,6 +631,17 @@ def build_rigged_avatar(
         skeleton=bind.skeleton,
         clips=clips,
     )
+
+
+def on_the_ground(mesh: SkinnedMeshData, skeleton: Skeleton, world: np.ndarray) -> float:
+    """How far to lift a pose (world joint matrices (J,4,4)) so that its lowest skinned vertex
+    stands on y = 0: the photo pose keeps the root where it rests, so a lunge or a crouch
+    (shorter legs) would float above the floor, a pose with a leg stretched down sink into it."""
+    posed = linear_blend_skinning(
+        mesh.positions.astype(np.float64), mesh.joints, mesh.weights.astype(np.float64), world,
+        rigid_inverse(np.asarray(skeleton.bind_world, np.float64)),
+    )  # fmt: skip
+    return -float(posed[:, 1].min())
 
 
 @dataclass(frozen=True)
@@ -688,7 +703,7 @@ WEIGHT_SMOOTHING: tuple[tuple[tuple[str, ...], float], ...] = (
     (("LeftForeArm", "RightForeArm", "LeftLeg", "RightLeg"), 0.12),
     # the top of the shoulder: the arm's weight reaches up to the base of the neck
     (("LeftShoulder", "RightShoulder"), 0.10),
-    # X Bot's ankle sits higher above the toes than Anny's: Mixamo clips bend the toes ~30 deg
+    # the toe crease
     (("LeftToeBase", "RightToeBase"), 0.08),
     # hair and collar offsets around the neck tear when the photo pose tilts the head
     (("Neck",), 0.11),

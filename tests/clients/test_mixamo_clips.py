@@ -54,7 +54,7 @@ def test_xbot_tpose_by_name_matches_xbot(played):
             (f"{side}UpLeg", f"{side}Leg"),
             (f"{side}Leg", f"{side}Foot"),
         ]
-        pairs += [(f"{side}Foot", f"{side}ToeBase"), (f"{side}ToeBase", f"{side}Toe_End")]
+        pairs += [(f"{side}ToeBase", f"{side}Toe_End")]  # the foot: flat as at bind (below)
         for finger in ("Thumb", "Index", "Middle", "Ring", "Pinky"):
             pairs += [(f"{side}Hand{finger}{k}", f"{side}Hand{finger}{k + 1}") for k in (1, 2, 3)]
     for bone, child in pairs:
@@ -64,8 +64,15 @@ def test_xbot_tpose_by_name_matches_xbot(played):
         [0, 0, 1]
     )
     assert hips_z[2] > 0.98  # facing +Z
+    bind = _probe(played, "bind", 0.0)["bones"]
     for side in ("Left", "Right"):
         assert _direction(bones, f"{side}ToeBase", f"{side}Toe_End")[2] > 0.95  # toes forward
+        # the foot keeps its bind direction: X Bot's foot frame, not its higher ankle's line
+        # (before: tipped ~29 deg toes-down, the toes bent back up)
+        foot = _direction(bones, f"{side}Foot", f"{side}ToeBase") @ _direction(
+            bind, f"{side}Foot", f"{side}ToeBase"
+        )
+        assert np.degrees(np.arccos(np.clip(foot, -1, 1))) < 3.0
 
 
 def test_mixamo_walk_by_name_keeps_the_body_together(played):
