@@ -10,29 +10,18 @@
 //   {load: {...}, added: [...], frames: [{clip, time, pixels, width, height, mask, probe?}], console: [...]}
 import { readFile } from "node:fs/promises";
 import path from "node:path";
+import { parseCommandLine } from "./cli_args.mjs";
 import { ORIGIN, chromiumPath, localFiles, openOfflinePage } from "./offline_page.mjs";
 
-const args = process.argv.slice(2);
-let screenshotDir = null;
-const shotAt = args.indexOf("--screenshot-dir");
-if (shotAt >= 0) {
-  screenshotDir = args[shotAt + 1];
-  args.splice(shotAt, 2);
-}
-let clipsPath = null;
-const clipsAt = args.indexOf("--clips");
-if (clipsAt >= 0) {
-  clipsPath = args[clipsAt + 1];
-  args.splice(clipsAt, 2);
-}
-const probeAt = args.indexOf("--probe");
-const withProbe = probeAt >= 0;
-if (withProbe) args.splice(probeAt, 1);
-const [glbPath, ...frameSpecs] = args;
-if (!glbPath || frameSpecs.length === 0) {
-  console.error("usage: node three_render.mjs GLB clip:time [clip:time ...] [--screenshot-dir DIR]");
-  process.exit(2);
-}
+const { values, positionals } = parseCommandLine(
+  "node three_render.mjs GLB clip:time [clip:time ...] [--screenshot-dir DIR] [--clips CLIPS.json] [--probe]",
+  { "screenshot-dir": { type: "string" }, clips: { type: "string" }, probe: { type: "boolean" } },
+  2,
+);
+const screenshotDir = values["screenshot-dir"] ?? null;
+const clipsPath = values.clips ?? null;
+const withProbe = Boolean(values.probe);
+const [glbPath, ...frameSpecs] = positionals;
 
 if (!chromiumPath()) {
   console.error("no Chromium found: install Debian's chromium (make clients) or set CHROMIUM_PATH");

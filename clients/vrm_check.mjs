@@ -1,13 +1,10 @@
 // Load a VRM with @pixiv/three-vrm in headless Chromium (playwright-core + Debian's chromium),
 // offline. Usage: node vrm_check.mjs FILE.vrm  -> one JSON object on stdout
 //   {vrm: {...what three-vrm read (harness/vrm.js)...}, console: [...]}
+import { parseCommandLine } from "./cli_args.mjs";
 import { ORIGIN, localFiles, openOfflinePage } from "./offline_page.mjs";
 
-const [vrmPath] = process.argv.slice(2);
-if (!vrmPath) {
-  console.error("usage: node vrm_check.mjs FILE.vrm");
-  process.exit(2);
-}
+const [vrmPath] = parseCommandLine("node vrm_check.mjs FILE.vrm").positionals;
 const { browser, page, messages } = await openOfflinePage(localFiles({ "/avatar.vrm": vrmPath }));
 try {
   await page.goto(`${ORIGIN}/harness/vrm.html`);

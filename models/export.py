@@ -25,7 +25,7 @@ import pygltflib
 from PIL import Image
 
 from models.errors import ErrorCode, PipelineError
-from models.gltf_export import compress_glb, find_gltfpack
+from models.gltf_export import MIN_MORPH_OFFSET_M, compress_glb, drop_orphan_byte_offsets, find_gltfpack
 
 FORMATS = ("glb", "vrm")
 LOD_RATIOS = {0: 1.0, 1: 0.5, 2: 0.25}
@@ -128,6 +128,7 @@ def repack(gltf: pygltflib.GLTF2, payloads: list[bytes | None]) -> bytes:
             image.bufferView = renumber[image.bufferView]
     gltf.buffers = [pygltflib.Buffer(byteLength=len(blob))]
     gltf.set_binary_blob(bytes(blob))
+    drop_orphan_byte_offsets(gltf)
     return b"".join(gltf.save_to_bytes())
 
 
@@ -231,7 +232,7 @@ def _own_views(gltf: pygltflib.GLTF2, payloads: list[bytes | None], views: set[i
 
 
 def sparsify_morph_targets(glb: bytes) -> bytes:
-    """Dense POSITION morph targets -> sparse accessors over one shared zero view (as
+    """Dense POSITION morph targets -> sparse accessors without a bufferView (as
     models.gltf_export writes them); the dense views are dropped."""
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
     blob = gltf.binary_blob()
@@ -245,12 +246,6 @@ def sparsify_morph_targets(glb: bytes) -> bytes:
             shared |= {gltf.accessors[t].bufferView for t in dense}
             if not dense:
                 continue
-            count = gltf.accessors[dense[0]].count
-            payloads.append(bytes(12 * count))
-            zeros = len(payloads) - 1
-            gltf.bufferViews.append(
-                pygltflib.BufferView(buffer=0, byteLength=12 * count, byteStride=12, target=34962)
-            )
             for index in dense:
                 acc = gltf.accessors[index]
                 view = gltf.bufferViews[acc.bufferView]
@@ -260,20 +255,33 @@ def sparsify_morph_targets(glb: bytes) -> bytes:
                     raw[acc.byteOffset or 0 :], (acc.count, 12), (stride, 1)
                 )
                 values = np.ascontiguousarray(rows).view(np.float32).reshape(acc.count, 3)
-                moved = np.flatnonzero(np.abs(values).sum(axis=1) > 0).astype(np.uint32)
+                moved = np.flatnonzero(np.linalg.norm(values, axis=1) >= MIN_MORPH_OFFSET_M)
+                kept = values[moved]
                 if len(moved) == 0:
-                    moved = np.array([0], np.uint32)
-                payloads += [moved.tobytes(), np.ascontiguousarray(values[moved]).tobytes()]
+                    moved, kept = np.array([0]), np.zeros((1, 3), np.float32)
+                small = acc.count <= 65535
+                payloads += [moved.astype(np.uint16 if small else np.uint32).tobytes(), kept.tobytes()]
                 gltf.bufferViews += [pygltflib.BufferView(buffer=0, byteLength=len(payloads[-2])),
                                      pygltflib.BufferView(buffer=0, byteLength=len(payloads[-1]))]  # fmt: skip
-                acc.bufferView, acc.byteOffset = zeros, 0
+                acc.bufferView, acc.byteOffset = None, None  # a sparse accessor over zeros
+                full = np.zeros_like(values)
+                full[moved] = kept
+                acc.min = [float(v) for v in np.minimum(full.min(axis=0), 0.0)]
+                acc.max = [float(v) for v in np.maximum(full.max(axis=0), 0.0)]
                 acc.sparse = pygltflib.Sparse(
                     count=len(moved),
-                    indices=pygltflib.AccessorSparseIndices(bufferView=len(payloads) - 2, componentType=5125),
+                    indices=pygltflib.AccessorSparseIndices(
+                        bufferView=len(payloads) - 2, componentType=5123 if small else 5125
+                    ),
                     values=pygltflib.AccessorSparseValues(bufferView=len(payloads) - 1),
                 )
     # gltfpack packs the targets into the views of the other vertex attributes: move those out
     _own_views(gltf, payloads, shared)
+    return repack_referenced(gltf, payloads)
+
+
+def repack_referenced(gltf: pygltflib.GLTF2, payloads: list[bytes | None]) -> bytes:
+    """`repack` keeping only the views an accessor (or its sparse data) or an image reads."""
     referenced = {a.bufferView for a in gltf.accessors} | {i.bufferView for i in gltf.images}
     referenced |= {
         v

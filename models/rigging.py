@@ -24,13 +24,15 @@ Canonical placement (the choice every consumer of the GLB relies on):
   on y = 0 and the root (hips) is at x = z = 0 (after straightening, the bind is lifted again so
   the feet stay on y = 0).
 - The fitted root delta (camera-frame global orientation and translation) is dropped: the
-  avatar stays upright at the origin facing +Z. The photo pose keeps the root at its rest pose
-  and only the bone rotations change.
+  avatar stays upright at the origin facing +Z. The photo pose keeps the root above its rest
+  position, lifted or lowered so that the posed body's lowest point stands on y = 0
+  (`on_the_ground`: a lunge no longer floats), and only the bone rotations change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,8 +98,20 @@ class RiggedAvatar:
     # How well the GLB's skinning of the `photo_pose` last key reproduces Anny (metres).
     skinning_error_mean_m: float = float("nan")
     skinning_error_max_m: float = float("nan")
-    # Per clip, the largest edge length ratio (posed / bind) over its keys (clip_edge_stretch).
-    max_edge_stretch: dict[str, float] = field(default_factory=dict)
+    # What the GLB was written from, for the measurements below (not part of the result).
+    mesh: SkinnedMeshData | None = field(default=None, repr=False, compare=False)
+    skeleton: Skeleton | None = field(default=None, repr=False, compare=False)
+    clips: list[AnimationClip] = field(default_factory=list, repr=False, compare=False)
+
+    @functools.cached_property
+    def max_edge_stretch(self) -> dict[str, float]:
+        """Per clip, the largest edge length ratio (posed / bind) over its keys
+        (`clip_edge_stretch`). Measured on demand: it skins every key of every clip (about half
+        of the rig step's time), and the pipeline does not need it to write the GLB."""
+        if self.mesh is None or self.skeleton is None:
+            return {}
+        edges = mesh_edges(self.mesh.indices)
+        return {clip.name: clip_edge_stretch(self.mesh, self.skeleton, clip, edges) for clip in self.clips}
 
 
 @dataclass(frozen=True)
@@ -177,12 +191,23 @@ def canonical_transform(rest_vertices: np.ndarray, root_head: np.ndarray) -> np.
 def top_influences(
     indices: np.ndarray, weights: np.ndarray, k: int = MAX_INFLUENCES
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the k largest influences per vertex, renormalised.
+    """Keep the k largest influences per vertex, renormalised, pruned *continuously*: the
+    (k+1)-th largest weight is subtracted from the k kept ones before renormalising.
 
-    Returns (joints (V,k) uint16, weights (V,k) float64, dropped weight fraction (V,))."""
-    order = np.argsort(-weights, axis=1, kind="stable")[:, :k]
-    kept_w = np.take_along_axis(weights, order, axis=1)
-    kept_j = np.take_along_axis(indices, order, axis=1)
+    Why: plain truncation is discontinuous where neighbouring vertices disagree on which
+    influence is the (k+1)-th (one keeps the head, the next the arm): the two then follow
+    different bones and the edge between them tears (wave: an edge at the base of the neck
+    x3.6). Subtracting the first dropped weight takes an influence to 0 exactly when it drops
+    out of the top k, so the pruned weights vary smoothly over the mesh.
+
+    Returns (joints (V,k) uint16, weights (V,k) float64, fraction of the weight changed (V,))."""
+    order = np.argsort(-weights, axis=1, kind="stable")
+    kept_j = np.take_along_axis(indices, order[:, :k], axis=1)
+    sorted_w = np.take_along_axis(weights, order, axis=1)
+    first_dropped = sorted_w[:, k] if sorted_w.shape[1] > k else np.zeros(len(weights))
+    kept_w = np.clip(sorted_w[:, :k] - first_dropped[:, None], 0.0, None)
+    tied = kept_w.sum(axis=1) <= 1e-12  # k+1 equal weights: fall back to plain truncation
+    kept_w[tied] = sorted_w[tied, :k]
     total = weights.sum(axis=1)
     loss = 1.0 - kept_w.sum(axis=1) / total
     kept_w = kept_w / kept_w.sum(axis=1, keepdims=True)
@@ -550,13 +575,16 @@ def build_rigged_avatar(
         target_names=face.names,
     )
     photo_world = bind.from_anny_frames(c[None] @ body.posed_bone_poses)
+    ground = on_the_ground(mesh, bind.skeleton, photo_world)
+    photo_world[:, 1, 3] += ground
     clips = animation_clips(bind.skeleton.bind_world, photo_world, bind.skeleton.names, bind.skeleton.parents)
     clips = with_face_clips(clips, face.names, expression_weights(face.names, expression))
     glb = write_glb(mesh, bind.skeleton, clips)
 
     # Anny's own skinning of the clothed rest surface into the photo pose, for the check.
     expected = skin_with_anny(body, topo, offsets)
-    errors = _reproduction_errors(mesh, bind.skeleton, clips[0], _apply(c, expected)[src], loss[src])
+    expected = _apply(c, expected) + np.array([0.0, ground, 0.0])  # the same lift as the clip
+    errors = _reproduction_errors(mesh, bind.skeleton, clips[0], expected[src], loss[src])
     return RiggedAvatar(
         glb=glb,
         joint_count=len(bind.skeleton.names),
@@ -568,8 +596,21 @@ def build_rigged_avatar(
         height_m=float(mesh.positions[:, 1].max() - mesh.positions[:, 1].min()),
         skinning_error_mean_m=float(errors.mean()),
         skinning_error_max_m=float(errors.max()),
-        max_edge_stretch={clip.name: clip_edge_stretch(mesh, bind.skeleton, clip) for clip in clips},
+        mesh=mesh,
+        skeleton=bind.skeleton,
+        clips=clips,
     )
+
+
+def on_the_ground(mesh: SkinnedMeshData, skeleton: Skeleton, world: np.ndarray) -> float:
+    """How far to lift a pose (world joint matrices (J,4,4)) so that its lowest skinned vertex
+    stands on y = 0: the photo pose keeps the root where it rests, so a lunge or a crouch
+    (shorter legs) would float above the floor, a pose with a leg stretched down sink into it."""
+    posed = linear_blend_skinning(
+        mesh.positions.astype(np.float64), mesh.joints, mesh.weights.astype(np.float64), world,
+        rigid_inverse(np.asarray(skeleton.bind_world, np.float64)),
+    )  # fmt: skip
+    return -float(posed[:, 1].min())
 
 
 @dataclass(frozen=True)
@@ -615,21 +656,30 @@ def mixamo_bind(
     return MixamoBind(vertices=vertices, skeleton=skeleton, anny_frames=full)
 
 
-# Where Anny's weights are smoothed: (joint heads, radius in metres). Anny's weights change
-# abruptly around the armpit, the groin, the back of the elbow and knee and the toe crease:
-# neighbouring vertices with different secondary influences tear apart when the arm is raised
-# (wave: an edge x19.6), the leg swings (walk: x9.4), or a garment offset (SMPL+D) leaves short
-# edges at a straightened elbow. A few Laplacian steps over the weights there spread the change.
+# Where Anny's weights are smoothed: (joint heads, radius in metres for a 1.7 m body, scaled
+# with the body's height). Anny's weights change abruptly around the armpit, the groin, the
+# back of the elbow and knee and the toe crease: neighbouring vertices with different secondary
+# influences tear apart when the arm is raised (wave: an edge x19.6), the leg swings (walk:
+# x9.4), or a garment offset (SMPL+D) leaves short edges at a straightened elbow. Laplacian
+# steps over the weights there spread the change; a gentler pass everywhere else
+# (`GLOBAL_SMOOTHING`) removes the remaining one-edge steps (the chest's shoulder weight, the
+# thumb), which tear when a clip turns a bone Anny's weights were not painted for.
 # "Crotch" is the point between the thighs, below the hip joints by half their spacing.
 WEIGHT_SMOOTHING: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("LeftArm", "RightArm", "LeftUpLeg", "RightUpLeg", "Crotch"), 0.12),
+    # the armpit lies ~12 cm below the shoulder joint: the region must reach it on tall bodies
+    (("LeftArm", "RightArm"), 0.16),
+    (("LeftUpLeg", "RightUpLeg", "Crotch"), 0.12),
     (("LeftForeArm", "RightForeArm", "LeftLeg", "RightLeg"), 0.12),
-    # X Bot's ankle sits higher above the toes than Anny's: Mixamo clips bend the toes ~30 deg
+    # the top of the shoulder: the arm's weight reaches up to the base of the neck
+    (("LeftShoulder", "RightShoulder"), 0.10),
+    # the toe crease
     (("LeftToeBase", "RightToeBase"), 0.08),
     # hair and collar offsets around the neck tear when the photo pose tilts the head
     (("Neck",), 0.11),
 )
-WEIGHT_SMOOTHING_ITERATIONS = 40
+WEIGHT_SMOOTHING_ITERATIONS = 100
+GLOBAL_SMOOTHING = 0.1  # smoothing strength per step away from the regions (0.5 inside them)
+REFERENCE_HEIGHT_M = 1.7
 
 
 def export_skin_weights(
@@ -639,22 +689,22 @@ def export_skin_weights(
     garment: Garment | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """THE place where each vertex's exported skin influences are chosen (unsplit topology):
-    Anny's weights, smoothed near the joints of `WEIGHT_SMOOTHING` (`smooth_weights_near`), a
-    skirt's vertices re-weighted between both legs and the hips (`skirt_skin_weights`), top 4
-    renormalised. `points` (V,3) the bind vertices, `bone_heads` by short bone name, in the
-    skeleton's bone order (the weight columns' order).
-    Returns (joints (V,4), weights (V,4), fraction of Anny's weight dropped by pruning (V,))."""
+    Anny's weights, a skirt's vertices re-weighted between both legs and the hips
+    (`skirt_skin_weights`), smoothed (`smooth_weights`: strongly near the joints of
+    `WEIGHT_SMOOTHING`, gently elsewhere), top 4 pruned continuously (`top_influences`).
+    `points` (V,3) the bind vertices, `bone_heads` by short bone name, in the skeleton's bone
+    order (the weight columns' order).
+    Returns (joints (V,4), weights (V,4), fraction of Anny's weight changed by pruning (V,))."""
     left, right = bone_heads["LeftUpLeg"], bone_heads["RightUpLeg"]
     heads = dict(
         bone_heads, Crotch=(left + right) / 2.0 - np.array([0.0, np.linalg.norm(left - right) / 2.0, 0.0])
     )
     dense = dense_weights(topo["skin_indices"], topo["skin_weights"])
-    for joints, radius in WEIGHT_SMOOTHING:
-        centres = np.stack([heads[j] for j in joints])
-        dense = smooth_weights_near(
-            points, topo["faces"], dense, centres, radius, WEIGHT_SMOOTHING_ITERATIONS
-        )
     dense = skirt_skin_weights(dense, list(bone_heads)[: dense.shape[1]], points, bone_heads, garment)
+    scale = float(np.ptp(points[:, 1])) / REFERENCE_HEIGHT_M
+    regions = [(np.stack([heads[j] for j in joints]), radius * scale) for joints, radius in WEIGHT_SMOOTHING]
+    alpha = smoothing_strength(points, regions, GLOBAL_SMOOTHING)
+    dense = smooth_weights(points, topo["faces"], dense, alpha, WEIGHT_SMOOTHING_ITERATIONS)
     all_joints = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
     return top_influences(all_joints, dense)
 
@@ -667,17 +717,24 @@ def dense_weights(skin_indices: np.ndarray, skin_weights: np.ndarray) -> np.ndar
     return dense
 
 
-def smooth_weights_near(
-    points: np.ndarray,
-    faces: np.ndarray,
-    dense: np.ndarray,
-    centres: np.ndarray,
-    radius: float,
-    iterations: int,
+def smoothing_strength(
+    points: np.ndarray, regions: list[tuple[np.ndarray, float]], floor: float
 ) -> np.ndarray:
-    """Laplacian smoothing of dense skin weights (V,J) over the mesh's edges, only within
-    `radius` of the `centres` (C,3), with a strength fading from 1/2 at a centre to 0 at the
-    radius, so the weights outside stay exactly Anny's and the transition is seamless."""
+    """Per-vertex smoothing strength (V,): 1/2 within half a region's radius of its centres
+    (C,3), fading smoothly to `floor` at the radius, `floor` outside every region."""
+    alpha = np.full(len(points), floor)
+    for centres, radius in regions:
+        distance = np.linalg.norm(points[:, None, :] - centres[None], axis=2).min(axis=1)
+        x = np.clip(2.0 * (1.0 - distance / radius), 0.0, 1.0)
+        alpha = np.maximum(alpha, floor + (0.5 - floor) * x * x * (3.0 - 2.0 * x))
+    return alpha
+
+
+def smooth_weights(
+    points: np.ndarray, faces: np.ndarray, dense: np.ndarray, alpha: np.ndarray, iterations: int
+) -> np.ndarray:
+    """Laplacian smoothing of dense skin weights (V,J) over the mesh's edges, with a
+    per-vertex strength `alpha` (V,) in [0, 1/2]; rows renormalised."""
     edges = mesh_edges(faces)
     n = len(points)
     # Neighbours weighted by 1/edge length: vertices a garment offset squeezed together (short
@@ -689,12 +746,12 @@ def smooth_weights_near(
         shape=(n, n),
     ).tocsr()
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    mean_of_neighbours = scipy.sparse.diags(1.0 / np.maximum(degree, 1)) @ adjacency
-    distance = np.linalg.norm(points[:, None, :] - centres[None], axis=2).min(axis=1)
-    alpha = (0.5 * np.clip(1.0 - distance / radius, 0.0, 1.0))[:, None]
+    # one step: out <- (1 - alpha) out + alpha mean_of_neighbours(out), as one sparse operator
+    step = scipy.sparse.diags(alpha / np.maximum(degree, 1e-12)) @ adjacency + scipy.sparse.diags(1.0 - alpha)
+    step = step.tocsr()
     out = dense.copy()
     for _ in range(iterations):
-        out = (1.0 - alpha) * out + alpha * (mean_of_neighbours @ out)
+        out = step @ out
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -708,10 +765,13 @@ def mesh_edges(faces: np.ndarray) -> np.ndarray:
     return np.column_stack([keys // n, keys % n])
 
 
-def clip_edge_stretch(mesh: SkinnedMeshData, skeleton: Skeleton, clip: AnimationClip) -> float:
+def clip_edge_stretch(
+    mesh: SkinnedMeshData, skeleton: Skeleton, clip: AnimationClip, edges: np.ndarray | None = None
+) -> float:
     """The largest ratio (posed edge length / bind edge length) over all edges and keys of a clip,
-    skinned as a viewer does: > 1 stretches, a seam or a wrongly weighted vertex shows as >> 1."""
-    edges = mesh_edges(mesh.indices)
+    skinned as a viewer does: > 1 stretches, a seam or a wrongly weighted vertex shows as >> 1.
+    `edges` (E,2): the mesh's edges when the caller has them already."""
+    edges = mesh_edges(mesh.indices) if edges is None else edges
     pos = mesh.positions.astype(np.float64)
     bind_len = np.maximum(np.linalg.norm(pos[edges[:, 0]] - pos[edges[:, 1]], axis=1), 1e-6)
     ibm = rigid_inverse(np.asarray(skeleton.bind_world, np.float64))

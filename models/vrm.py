@@ -10,9 +10,13 @@ and clips; VRM only adds the extension on top. What VRM readers use:
   ARKit -> VRM mapping (visemes from jaw and lip shapes, emotions from brow/eye/mouth shapes).
 - lookAt: type "expression" (the rig has no eye bones): lookUp/Down/Left/Right from the
   eyeLook* targets, the eyes' position as the offset from the head bone.
-- The rest pose is the GLB's clean A-pose, not VRM's recommended T-pose: three-vrm's normalised
-  humanoid takes the rest pose as identity, so VRM animations authored for a T-pose (VRMA) play
-  with the arms ~45 deg lower than intended.
+- Rest pose: VRM 1.0 expects a T-pose (three-vrm's normalised humanoid takes the rest pose as
+  identity, and VRM animations, VRMA, are authored for a T-pose). The GLB binds in its clean
+  A-pose; the VRM is re-bound (`rebind_to_t_pose`): the arms, hands and fingers are turned to
+  X Bot's T-pose (the skeleton follows Mixamo's convention, so X Bot's world rotations give its
+  bone directions: arms horizontal, palms down), the mesh is posed there by the GLB's own
+  skinning, and the joint nodes and inverse bind matrices become the T-pose's. The GLB's clips
+  stay as they are: their local rotations are absolute, so they play as before.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from __future__ import annotations
 import numpy as np
 import pygltflib
 
-from models.mixamo_skeleton import MIXAMO_PREFIX, short_name
+from models.gltf_export import (
+    drop_orphan_byte_offsets,
+    local_from_world,
+    matrices_from_trs,
+    quaternions_from_matrices,
+    rigid_inverse,
+)
+from models.mixamo_skeleton import FINGERS, MIXAMO_PREFIX, SIDES, short_name, xbot_bind_rotations
 
 VRM_SPEC_VERSION = "1.0"
 LICENSE_URL = "https://vrm.dev/licenses/1.0/"
@@ -119,7 +130,7 @@ def _expression(binds: list[tuple[str, float]], mesh_node: int, names: list[str]
 def to_vrm(glb: bytes, meta: dict | None = None) -> bytes:
     """The GLB with the `VRMC_vrm` 1.0 extension (see the module docstring). `meta` overrides
     fields of `default_meta()`."""
-    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    gltf = pygltflib.GLTF2.load_from_bytes(rebind_to_t_pose(glb))
     by_name = {
         short_name(n.name): i for i, n in enumerate(gltf.nodes) if n.name and n.name.startswith(MIXAMO_PREFIX)
     }
@@ -151,6 +162,7 @@ def to_vrm(glb: bytes, meta: dict | None = None) -> bytes:
     }
     gltf.extensions = dict(gltf.extensions or {}, VRMC_vrm=vrm)
     gltf.extensionsUsed = sorted(set(gltf.extensionsUsed or []) | {"VRMC_vrm"})
+    drop_orphan_byte_offsets(gltf)
     return b"".join(gltf.save_to_bytes())
 
 
@@ -189,14 +201,134 @@ def _eye_centre(gltf: pygltflib.GLTF2, mesh_node: int, names: list[str]) -> np.n
             offsets = read_accessor(gltf, blob, prim.targets[names.index(target)]["POSITION"]).astype(np.float64)
         else:
             offsets = np.zeros((acc.count, 3))
-            iv, vv = (
-                gltf.bufferViews[acc.sparse.indices.bufferView],
-                gltf.bufferViews[acc.sparse.values.bufferView],
-            )
-            idx = np.frombuffer(blob, np.uint32, acc.sparse.count, iv.byteOffset or 0)
-            offsets[idx] = np.frombuffer(blob, np.float32, acc.sparse.count * 3, vv.byteOffset or 0).reshape(
-                -1, 3
-            )
+            idx, values = _sparse_entries(gltf, blob, acc)
+            offsets[idx] = values
         size = np.linalg.norm(offsets, axis=1)
         centres.append(positions[size > 0.5 * size.max()].mean(axis=0))
     return np.mean(centres, axis=0)
+
+
+def _sparse_entries(
+    gltf: pygltflib.GLTF2, blob: bytes, acc: pygltflib.Accessor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (S,), float values (S,3)) of a sparse VEC3 float accessor (tightly packed)."""
+    iv, vv = gltf.bufferViews[acc.sparse.indices.bufferView], gltf.bufferViews[acc.sparse.values.bufferView]
+    index_dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32}[acc.sparse.indices.componentType]
+    start = (iv.byteOffset or 0) + (acc.sparse.indices.byteOffset or 0)
+    idx = np.frombuffer(blob, index_dtype, acc.sparse.count, start).astype(np.int64)
+    start = (vv.byteOffset or 0) + (acc.sparse.values.byteOffset or 0)
+    return idx, np.frombuffer(blob, np.float32, acc.sparse.count * 3, start).reshape(-1, 3).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# T-pose rest
+# ---------------------------------------------------------------------------------------------
+
+# The bones turned to X Bot's T-pose: the arm chains from the upper arm down (the clavicles, spine
+# and legs keep the GLB's bind, which already stands straight).
+T_POSE_BONES = frozenset(
+    f"{s}{bone}"
+    for s in SIDES
+    for bone in ("Arm", "ForeArm", "Hand", *(f"Hand{f}{k}" for f in FINGERS for k in (1, 2, 3)))
+)
+
+
+def _skeleton_world(gltf: pygltflib.GLTF2) -> tuple[list[int], list[int], np.ndarray]:
+    """(joint nodes, parent joint index per joint (-1 root), world bind matrices (J,4,4)) from the
+    joint nodes' TRS (joints listed parents first, as the writer orders them)."""
+    joints = list(gltf.skins[0].joints)
+    parent_node = {c: p for p, n in enumerate(gltf.nodes) for c in (n.children or [])}
+    parents = [joints.index(parent_node[j]) if parent_node.get(j) in joints else -1 for j in joints]
+    local = matrices_from_trs(
+        np.array([gltf.nodes[j].translation or [0.0, 0.0, 0.0] for j in joints], np.float64),
+        np.array([gltf.nodes[j].rotation or [0.0, 0.0, 0.0, 1.0] for j in joints], np.float64),
+    )
+    world = local.copy()
+    for i, p in enumerate(parents):
+        if p > i:
+            raise ValueError("joints must be listed parents first")
+        if p >= 0:
+            world[i] = world[p] @ local[i]
+    return joints, parents, world
+
+
+def t_pose_world(bind_world: np.ndarray, names: list[str], parents: list[int]) -> np.ndarray:
+    """World matrices (J,4,4) of the T-pose: each bone of `T_POSE_BONES` takes X Bot's bind world
+    rotation (a T-pose), the others keep their bind-local rotation; heads follow by forward
+    kinematics with the bind-local translations."""
+    xbot = xbot_bind_rotations()
+    local = local_from_world(bind_world, parents)
+    world = np.array(bind_world, dtype=np.float64, copy=True)
+    for j, p in enumerate(parents):
+        if p >= 0:
+            world[j] = world[p] @ local[j]
+        bone = short_name(names[j])
+        if bone in T_POSE_BONES:
+            world[j, :3, :3] = xbot[bone]
+    return world
+
+
+def rebind_to_t_pose(glb: bytes) -> bytes:
+    """The GLB bound in the T-pose (`t_pose_world`): vertices, normals and morph target offsets
+    posed by the GLB's own linear blend skinning, joint nodes and inverse bind matrices from the
+    T-pose. Animations are untouched (absolute local rotations)."""
+    from models.export import repack_referenced
+    from models.render import _accessor
+    from models.rigging import linear_blend_skinning
+
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    blob = gltf.binary_blob()
+    joints, parents, bind = _skeleton_world(gltf)
+    names = [gltf.nodes[j].name or "" for j in joints]
+    tpose = t_pose_world(bind, names, parents)
+    ibm = rigid_inverse(bind)
+    payloads: list[bytes | None] = [
+        blob[(v.byteOffset or 0) : (v.byteOffset or 0) + v.byteLength] for v in gltf.bufferViews
+    ]
+
+    def new_view(data: np.ndarray, target: int | None = None) -> int:
+        payloads.append(np.ascontiguousarray(data).tobytes())
+        gltf.bufferViews.append(pygltflib.BufferView(buffer=0, byteLength=len(payloads[-1]), target=target))
+        return len(payloads) - 1
+
+    for mesh in gltf.meshes:
+        for prim in mesh.primitives:
+            attrs = prim.attributes
+            v = _accessor(gltf, blob, attrs.POSITION).astype(np.float64)
+            skin_j = _accessor(gltf, blob, attrs.JOINTS_0).astype(np.int64)
+            skin_w = _accessor(gltf, blob, attrs.WEIGHTS_0).astype(np.float64)
+
+            def pose(points: np.ndarray, rows=slice(None), j=skin_j, w=skin_w) -> np.ndarray:
+                return linear_blend_skinning(points, j[rows], w[rows], tpose, ibm)
+
+            posed = pose(v)
+            position = gltf.accessors[attrs.POSITION]
+            position.bufferView, position.byteOffset = new_view(posed.astype(np.float32), 34962), 0
+            position.min = [float(x) for x in posed.astype(np.float32).min(axis=0)]
+            position.max = [float(x) for x in posed.astype(np.float32).max(axis=0)]
+            if attrs.NORMAL is not None:
+                n = pose(v + _accessor(gltf, blob, attrs.NORMAL).astype(np.float64)) - posed
+                n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+                normal = gltf.accessors[attrs.NORMAL]
+                normal.bufferView, normal.byteOffset = new_view(n.astype(np.float32), 34962), 0
+            for target in prim.targets or []:
+                acc = gltf.accessors[target["POSITION"]]
+                if acc.sparse is None:
+                    raise ValueError("expected sparse morph targets (models.gltf_export writes them so)")
+                idx, offsets = _sparse_entries(gltf, blob, acc)
+                moved = (pose(v[idx] + offsets, idx) - posed[idx]).astype(np.float32)
+                acc.sparse.values.bufferView, acc.sparse.values.byteOffset = new_view(moved), 0
+                full = np.zeros((acc.count, 3), np.float32)
+                full[idx] = moved
+                acc.min = [float(x) for x in np.minimum(full.min(axis=0), 0.0)]
+                acc.max = [float(x) for x in np.maximum(full.max(axis=0), 0.0)]
+    local = local_from_world(tpose, parents)
+    quats = quaternions_from_matrices(local[:, :3, :3])
+    for i, j in enumerate(joints):
+        gltf.nodes[j].rotation = [float(x) for x in quats[i]]
+        gltf.nodes[j].translation = [float(x) for x in local[i, :3, 3]]
+    skin = gltf.skins[0]
+    ibm_acc = gltf.accessors[skin.inverseBindMatrices]
+    new_ibm = np.swapaxes(rigid_inverse(tpose), 1, 2).reshape(len(joints), 16).astype(np.float32)
+    ibm_acc.bufferView, ibm_acc.byteOffset = new_view(new_ibm), 0
+    return repack_referenced(gltf, payloads)

@@ -1,7 +1,11 @@
 // Loads a VRM with three.js's GLTFLoader + @pixiv/three-vrm's VRMLoaderPlugin, as VRM apps do,
 // and reports what three-vrm read: window.vrmHarness.load(url) ->
 //   {specVersion, meta, humanBones: {vrmName: nodeName}, expressions: [...], lookAtType,
-//    expressionEffects: {name: {targetName: influence}}}  (each expression set to 1 alone)
+//    expressionEffects: {name: {targetName: influence}}  (each expression set to 1 alone),
+//    pose: {rest, lowered}}  (upper arm -> elbow world directions per side, through three-vrm's
+//    normalised humanoid: `rest` with every normalised bone at identity, i.e. the T-pose that
+//    VRM animations are authored for; `lowered` with the upper arms turned 75 deg down about Z,
+//    as a T-pose-authored animation would turn them)
 import * as THREE from "three";
 import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
 import { VRMLoaderPlugin } from "@pixiv/three-vrm";
@@ -29,7 +33,10 @@ async function load(url) {
     mesh.morphTargetInfluences.forEach((w, i) => { if (w > 1e-6) effect[targetNames[i]] = w; });
     expressionEffects[name] = effect;
   }
+  for (const other of names) vrm.expressionManager.setValue(other, 0);
+  const pose = { rest: armDirections(vrm, 0), lowered: armDirections(vrm, 75) };
   return {
+    pose,
     specVersion: vrm.meta.metaVersion,
     meta: vrm.meta,
     humanBones,
@@ -37,6 +44,27 @@ async function load(url) {
     lookAtType: vrm.lookAt ? vrm.lookAt.applier.constructor.type : null,
     expressionEffects,
   };
+}
+
+function armDirections(vrm, downDegrees) {
+  // A T-pose-authored animation key: normalised rotations, identity = the VRM's rest
+  vrm.humanoid.resetNormalizedPose();
+  const angle = THREE.MathUtils.degToRad(downDegrees);
+  vrm.humanoid.setNormalizedPose({
+    leftUpperArm: { rotation: new THREE.Quaternion().setFromAxisAngle(new THREE.Vector3(0, 0, 1), -angle).toArray() },
+    rightUpperArm: { rotation: new THREE.Quaternion().setFromAxisAngle(new THREE.Vector3(0, 0, 1), angle).toArray() },
+  });
+  vrm.update(1 / 60);
+  vrm.scene.updateMatrixWorld(true);
+  const out = {};
+  for (const side of ["left", "right"]) {
+    const a = vrm.humanoid.getRawBoneNode(`${side}UpperArm`).getWorldPosition(new THREE.Vector3());
+    const b = vrm.humanoid.getRawBoneNode(`${side}LowerArm`).getWorldPosition(new THREE.Vector3());
+    out[side] = b.sub(a).normalize().toArray();
+  }
+  vrm.humanoid.resetNormalizedPose();
+  vrm.update(1 / 60);
+  return out;
 }
 
 window.vrmHarness = { load, ready: true };

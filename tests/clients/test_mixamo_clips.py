@@ -54,7 +54,7 @@ def test_xbot_tpose_by_name_matches_xbot(played):
             (f"{side}UpLeg", f"{side}Leg"),
             (f"{side}Leg", f"{side}Foot"),
         ]
-        pairs += [(f"{side}Foot", f"{side}ToeBase"), (f"{side}ToeBase", f"{side}Toe_End")]
+        pairs += [(f"{side}ToeBase", f"{side}Toe_End")]  # the foot: flat as at bind (below)
         for finger in ("Thumb", "Index", "Middle", "Ring", "Pinky"):
             pairs += [(f"{side}Hand{finger}{k}", f"{side}Hand{finger}{k + 1}") for k in (1, 2, 3)]
     for bone, child in pairs:
@@ -64,8 +64,15 @@ def test_xbot_tpose_by_name_matches_xbot(played):
         [0, 0, 1]
     )
     assert hips_z[2] > 0.98  # facing +Z
+    bind = _probe(played, "bind", 0.0)["bones"]
     for side in ("Left", "Right"):
         assert _direction(bones, f"{side}ToeBase", f"{side}Toe_End")[2] > 0.95  # toes forward
+        # the foot keeps its bind direction: X Bot's foot frame, not its higher ankle's line
+        # (before: tipped ~29 deg toes-down, the toes bent back up)
+        foot = _direction(bones, f"{side}Foot", f"{side}ToeBase") @ _direction(
+            bind, f"{side}Foot", f"{side}ToeBase"
+        )
+        assert np.degrees(np.arccos(np.clip(foot, -1, 1))) < 3.0
 
 
 def test_mixamo_walk_by_name_keeps_the_body_together(played):
@@ -92,8 +99,9 @@ def test_mixamo_walk_by_name_keeps_the_body_together(played):
         lo, hi = np.array(probe["box"]["min"]), np.array(probe["box"]["max"])
         assert lo[1] > -0.1 and hi[1] < height + 0.1  # no vertex below the floor or above the head
         assert np.all(np.abs(lo[[0, 2]]) < 0.7) and np.all(np.abs(hi[[0, 2]]) < 0.7)
-        # nothing tears off: a detached hand or foot would stretch its seam edges by >> 10
-        # (measured on this clothed GLB: <= 8.5 on 2-3 mm edges at the front armpit and toe crease)
-        assert probe["maxEdgeStretch"] < 10.0
+        # nothing tears: no edge stretches more than 3x (measured on this loose-garment GLB:
+        # 2.5 at the front armpit; it was 5.2 before the weights were smoothed and pruned
+        # continuously, and a detached hand or foot would stretch its seam edges by >> 10)
+        assert probe["maxEdgeStretch"] <= 3.0
         strides.append(bones["mixamorigLeftFoot"][2] - bones["mixamorigRightFoot"][2])
     assert max(strides) > 0.15 and min(strides) < -0.15  # the feet alternate

@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pygltflib
 import pytest
 
@@ -98,6 +99,14 @@ def test_vrm_loads_in_three_vrm(ready, tmp_path):
         bones["hips"] == "mixamorigHips" and bones["leftUpperArm"] == "mixamorigLeftArm" and len(bones) == 52
     )
     assert ARKIT_VRM_PRESETS <= set(vrm["expressions"]) and vrm["lookAtType"] == "expression"
+    # the rest is a T-pose, so a T-pose-authored VRM animation plays as intended: identity
+    # normalised rotations hold the arms horizontal, 75 deg down about Z lowers them by 75 deg
+    # (with the GLB's A-pose rest they were 48 deg low)
+    for key, degrees_down in (("rest", 0.0), ("lowered", 75.0)):
+        for side, sign in (("left", 1.0), ("right", -1.0)):
+            direction = np.array(vrm["pose"][key][side])
+            expected = [sign * np.cos(np.radians(degrees_down)), -np.sin(np.radians(degrees_down)), 0.0]
+            assert np.degrees(np.arccos(np.clip(direction @ expected, -1, 1))) < 5.0, (key, side, direction)
     effects = vrm["expressionEffects"]
     assert effects["blinkLeft"] == {"eyeBlinkLeft": 1}
     assert effects["aa"]["jawOpen"] > 0.5 and "mouthSmileLeft" in effects["happy"]

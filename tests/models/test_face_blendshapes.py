@@ -47,9 +47,11 @@ def _targets(parsed: ParsedGlb) -> dict[str, np.ndarray]:
     out = {}
     for name, target in zip(names, prim.targets, strict=True):
         acc = parsed.gltf.accessors[target["POSITION"]]
-        assert acc.sparse is not None  # only moved vertices stored, over a shared zero view
+        # only moved vertices stored, over no bufferView (zeros), 16-bit indices
+        assert acc.sparse is not None and acc.bufferView is None
+        assert acc.sparse.indices.componentType == 5123
         dense = np.zeros((acc.count, 3))
-        idx = parsed.accessor_like(acc.sparse.indices.bufferView, np.uint32, acc.sparse.count, 1)
+        idx = parsed.accessor_like(acc.sparse.indices.bufferView, np.uint16, acc.sparse.count, 1)
         dense[idx] = parsed.accessor_like(acc.sparse.values.bufferView, np.float32, acc.sparse.count, 3)
         np.testing.assert_allclose(dense.min(axis=0), acc.min, atol=1e-7)
         np.testing.assert_allclose(dense.max(axis=0), acc.max, atol=1e-7)

@@ -30,8 +30,11 @@ from models.skinning import lbs
 from models.surface import split_uv_seams
 
 CLIP_NAMES = ["photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"]
-SKINNING_MEAN_TOLERANCE_M = 5e-4
-SKINNING_MAX_TOLERANCE_M = 0.03  # at the smoothed armpits and knees, by design
+# The weights are smoothed gently everywhere (not only at the armpits and knees) so that no
+# edge stretches more than 3x in any clip: the photo pose then differs from Anny's own by
+# 0.6 mm on average, 0.9 mm clothed (it was 0.4 mm with the smoothing at the joints only).
+SKINNING_MEAN_TOLERANCE_M = 1e-3
+SKINNING_MAX_TOLERANCE_M = 0.035  # at the smoothed armpits and knees, by design (measured 30.5 mm clothed)
 
 
 def _png(size: int = 64) -> bytes:
@@ -230,6 +233,21 @@ def test_animations_well_formed(parsed):
             assert gltf.bufferViews[view].target is None
 
 
+def _clip_times(parsed: ParsedGlb, anim_name: str) -> np.ndarray:
+    """The clip's key times: its longest sampler input (held tracks have only their two ends)."""
+    anim = parsed.animation(anim_name)
+    return max((parsed.accessor(s.input) for s in anim.samplers), key=len)
+
+
+def _sampled(parsed: ParsedGlb, sampler: pygltflib.AnimationSampler, time: float) -> np.ndarray:
+    """A sampler's output at `time`, LINEAR (exact at its keys; a held track is constant)."""
+    times = parsed.accessor(sampler.input).astype(np.float64)
+    out = parsed.accessor(sampler.output).astype(np.float64)
+    out = out.reshape(len(times), -1)
+    value = np.array([np.interp(time, times, out[:, c]) for c in range(out.shape[1])])
+    return value / np.linalg.norm(value) if value.shape == (4,) else value
+
+
 def _animated_world(parsed: ParsedGlb, anim_name: str, key: int) -> np.ndarray:
     """Global joint matrices at one key: bind TRS from the nodes, overridden by the channels."""
     gltf = parsed.gltf
@@ -237,8 +255,11 @@ def _animated_world(parsed: ParsedGlb, anim_name: str, key: int) -> np.ndarray:
     trans = {j: np.array(gltf.nodes[j].translation or [0, 0, 0], float) for j in joints}
     rot = {j: np.array(gltf.nodes[j].rotation or [0, 0, 0, 1], float) for j in joints}
     anim = parsed.animation(anim_name)
+    time = float(_clip_times(parsed, anim_name)[key])
     for channel in anim.channels:
-        value = parsed.accessor(anim.samplers[channel.sampler].output)[key].astype(np.float64)
+        if channel.target.path == "weights":
+            continue
+        value = _sampled(parsed, anim.samplers[channel.sampler], time)
         (rot if channel.target.path == "rotation" else trans)[channel.target.node] = value
     parent = {c: p for p, n in enumerate(gltf.nodes) for c in (n.children or [])}
     world: dict[int, np.ndarray] = {}
@@ -313,15 +334,16 @@ def test_photo_pose_reproduces_anny(model, pose, parsed):
 
     err = np.linalg.norm(skinned - expected, axis=1)
     assert err.mean() < SKINNING_MEAN_TOLERANCE_M, f"mean {err.mean():.2e} m"
-    assert np.percentile(err, 99) < 0.01
+    # 1 % of the vertices lie in the smoothed creases (armpit, elbow, knee), where the smooth
+    # weights deliberately differ from Anny's seams (measured 12.6 mm)
+    assert np.percentile(err, 99) < 0.015
     assert err.max() < SKINNING_MAX_TOLERANCE_M, f"max {err.max():.2e} m"
     # The pose is non-trivial: some vertices moved a lot from the bind pose.
     assert np.linalg.norm(skinned - positions, axis=1).max() > 0.2
 
 
 def test_idle_moves_gently_and_loops(parsed):
-    anim = parsed.animation("idle")
-    times = parsed.accessor(anim.samplers[0].input)
+    times = _clip_times(parsed, "idle")
     assert times[-1] - times[0] == pytest.approx(2.0)
     positions, first = _skin(parsed, _animated_world(parsed, "idle", 0))
     _, middle = _skin(parsed, _animated_world(parsed, "idle", len(times) // 2))
@@ -375,7 +397,7 @@ def test_bone_budget(parsed):
 
 
 def test_wave_raises_the_right_hand_over_the_head(parsed):
-    times = parsed.accessor(parsed.animation("wave").samplers[0].input)
+    times = _clip_times(parsed, "wave")
     bind = _joint_positions(parsed, "wave", 0)
     middle = _joint_positions(parsed, "wave", len(times) // 2)
     assert middle["RightHand"][1] > bind["Head"][1]  # y up
@@ -387,8 +409,7 @@ def test_wave_raises_the_right_hand_over_the_head(parsed):
 
 
 def test_walk_alternates_the_feet(parsed):
-    anim = parsed.animation("walk")
-    times = parsed.accessor(anim.samplers[0].input)
+    times = _clip_times(parsed, "walk")
     quarter, three_quarters = len(times) // 4, (3 * len(times)) // 4
     a = _joint_positions(parsed, "walk", quarter)
     b = _joint_positions(parsed, "walk", three_quarters)
