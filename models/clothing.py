@@ -232,6 +232,7 @@ def fit_clothing(
     topology: dict[str, np.ndarray],
     config: ClothingConfig = ClothingConfig(),
     garment_config: GarmentConfig | None = None,
+    image: np.ndarray | None = None,
 ) -> ClothingFit:
     """Normal offsets that make the posed surface's silhouette match the person mask, then a
     garment spanning the legs (skirt, dress) where the mask fills the gap between them."""
@@ -252,7 +253,7 @@ def fit_clothing(
     garment_config = garment_config or GarmentConfig(enabled=config.enabled)
     if config.enabled and person.any() and garment_config.enabled:
         legs = leg_vertices(body.rest, faces, topology["uv"], topology["face_uv_idx"])
-        garment = detect_garment(body, legs, camera, person, garment_config)
+        garment = detect_garment(body, legs, camera, person, garment_config, image)
         if garment.kind != "none":
             offsets = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config) - body.rest
     posed = body.posed + np.einsum("vij,vj->vi", body.posed_linear, offsets)
@@ -268,6 +269,7 @@ def fit_clothing(
         "garment_hem_fraction": round(garment.hem_fraction if garment.kind != "none" else 0.0, 4),
         "garment_hem_gap_m": round(garment.hem_gap_m, 4),  # the evidence, also when rejected
         "garment_transition": round(garment.transition, 4),
+        "garment_hem_colour_step": None if garment.hem_colour_step is None else round(garment.hem_colour_step, 2),
         "clothing_seconds": round(time.perf_counter() - start, 3),
     }
     return ClothingFit(
@@ -476,6 +478,9 @@ class GarmentConfig:
     min_hem_gap_m: float = 0.0  # the gap the hem spans, wider than two trouser legs' looseness
     max_transition: float = 0.45  # the legs must be seen apart within this share of the leg rows below the hem
     dress_hem: float = 0.55  # a hem lower than this share of the leg makes a long garment
+    ankle_length: float = 0.85  # a hem this low may end out of the frame (a maxi dress)
+    hem_band: float = 0.05  # rows compared above and below the hem, share of the leg rows
+    min_hem_colour_step: float = 12.0  # delta E: below this the cloth goes on past the hem
     min_depth_ratio: float = 0.75  # the skirt's depth (front-back) at least this share of its width
     smoothing_iters: int = 10  # Laplacian steps over the reshaped region (no spikes)
     band_m: float = 0.01  # height bands the skirt's width is measured in
@@ -494,6 +499,7 @@ class Garment:
     bridged_rows: int = 0  # rows of evidence (mask filled between the legs)
     hem_gap_m: float = 0.0  # the naked legs' gap the mask fills on the hem row
     transition: float = 0.0  # rows from the hem to the legs seen apart, share of the leg rows
+    hem_colour_step: float | None = None  # delta E across the hem (None: no photo or not seen)
 
     def to_dict(self) -> dict[str, float | str]:
         return {"kind": self.kind, "hem_fraction": round(self.hem_fraction, 4),
@@ -553,8 +559,42 @@ def _row_extents(pixels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.n
     return lo, hi
 
 
+def row_colours(image: np.ndarray, person: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(len(rows), 3) median CIELAB colour (delta-E units) of the person's pixels on each row
+    between `lo` and `hi` (nan where the row shows none)."""
+    h, w = person.shape
+    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float64)
+    lab[..., 0] *= 100.0 / 255.0  # 8-bit L is scaled to 0..255: back to L* 0..100
+    out = np.full((len(rows), 3), np.nan)
+    for i, row in enumerate(rows):
+        if not (0 <= row < h) or np.isnan(lo[i]) or np.isnan(hi[i]):
+            continue
+        x0, x1 = max(int(np.floor(lo[i])), 0), min(int(np.ceil(hi[i])), w - 1)
+        on = person[row, x0 : x1 + 1]
+        if on.sum() >= 3:
+            out[i] = np.median(lab[row, x0 : x1 + 1][on], axis=0)
+    return out
+
+
+def colour_steps(colours: np.ndarray, band: int) -> np.ndarray:
+    """Per row, the delta E between the median colour of the `band` rows above and of the `band`
+    rows below it (0 where either side shows nothing)."""
+    steps = np.zeros(len(colours))
+    for i in range(band, len(colours) - band):
+        above, below = colours[i - band : i], colours[i + 1 : i + 1 + band]
+        above, below = above[~np.isnan(above[:, 0])], below[~np.isnan(below[:, 0])]
+        if len(above) and len(below):
+            steps[i] = float(np.linalg.norm(np.median(above, axis=0) - np.median(below, axis=0)))
+    return steps
+
+
 def detect_garment(
-    body: _Body, legs: _Legs, camera: Camera, person: np.ndarray, config: GarmentConfig = GarmentConfig()
+    body: _Body,
+    legs: _Legs,
+    camera: Camera,
+    person: np.ndarray,
+    config: GarmentConfig = GarmentConfig(),
+    image: np.ndarray | None = None,
 ) -> Garment:
     """A garment spanning the legs from the mask between the naked legs' projections.
 
@@ -562,7 +602,13 @@ def detect_garment(
     gap of at least `min_gap_px` between them and the mask covers `filled_fraction` of it, *open*
     when it covers less than `open_fraction` (legs touching give no evidence either way). The
     hem is the last bridged row before the legs are seen apart; its rest height follows from the
-    leg vertices projecting onto that row, so the pose does not matter."""
+    leg vertices projecting onto that row, so the pose does not matter.
+
+    Two checks keep trousers out: the legs must be seen below the hem inside the image (a hem
+    on the image's edge is the frame cutting a jacket, not a skirt), unless the garment reaches
+    the ankles; and with the photo (`image`), the colour must change across the hem by at least
+    `min_hem_colour_step` (delta E): baggy or ski trousers fill the gap between the naked legs
+    too, but their cloth goes on below the point where the legs part."""
     if not config.enabled or not legs.left.any() or not legs.right.any():
         return NO_GARMENT
     pixels = camera.project(body.posed)
@@ -570,6 +616,7 @@ def detect_garment(
     top = int(np.floor(np.percentile(leg_px[:, 1], 1)))
     bottom = int(np.ceil(np.percentile(leg_px[:, 1], 99)))
     h, w = person.shape
+    bottom_unclipped = bottom
     top, bottom = max(top, 0), min(bottom, h - 1)
     if bottom - top < 10:
         return NO_GARMENT
@@ -609,7 +656,21 @@ def detect_garment(
     run = bridged[bridged < first_open]
     if len(run) == 0:
         return NO_GARMENT
-    hem_row = rows[run.max()]
+    hem_i = int(run.max())
+    colour_step = None
+    if image is not None:
+        # the hem is where the colour changes most along the bridged rows (the cloth ends there;
+        # legs touching below it may keep the gap filled a while longer)
+        band = max(round(config.hem_band * len(rows)), 2)
+        colours = row_colours(image, person, rows, np.fmin(l_lo, r_lo), np.fmax(l_hi, r_hi))
+        steps = colour_steps(colours, band)
+        steps[hem_i + band + 1 :] = 0.0
+        steps[: int(run.min())] = 0.0
+        best = int(np.argmax(steps))
+        colour_step = float(steps[best])
+        if colour_step >= config.min_hem_colour_step:
+            hem_i = best
+    hem_row = rows[hem_i]
     # rest heights of the leg vertices on the hem row -> pose-free hem
     on_row = np.abs(pixels[:, 1] - hem_row) <= 1.5
     on_row &= legs.left | legs.right
@@ -618,23 +679,27 @@ def detect_garment(
     hem_z = float(np.median(body.rest[on_row, 2]))
     length = legs.crotch_z - legs.ankle_z
     fraction = float(np.clip((legs.crotch_z - hem_z) / max(length, 1e-6), 0.0, 1.0))
-    evidence = len(run) / max(hem_row - rows[0] + 1, 1)
+    evidence = int((run <= hem_i).sum()) / max(hem_row - rows[0] + 1, 1)
     # Trousers fill a gap only as wide as their looseness, and the fill fades over many rows
     # as the naked legs part (the crotch's inverted V); a hem ends the fill across a wide gap
     # within a few rows.
     depth = float(np.median(camera.to_camera(body.posed[on_row])[:, 2]))
-    hem_gap_m = float(gaps[run.max()] * depth / camera.K[0, 0])
+    hem_gap_m = float(gaps[: hem_i + 1].max() * depth / camera.K[0, 0])
     transition = float((first_open - run.max()) / max(len(rows), 1))
+    # no legs seen apart inside the image: the frame cuts the body (a jacket, not a skirt)
+    legs_cut_by_frame = first_open == len(rows) and bottom_unclipped > h - 1
     if (
         fraction < config.min_length
         or evidence < 0.3
         or hem_gap_m < config.min_hem_gap_m
         or transition > config.max_transition
+        or (legs_cut_by_frame and fraction < config.ankle_length)
+        or (colour_step is not None and colour_step < config.min_hem_colour_step)
     ):
-        return Garment("none", fraction, 0.0, len(run), hem_gap_m, transition)
+        return Garment("none", fraction, 0.0, len(run), hem_gap_m, transition, colour_step)
     kind = "dress" if fraction >= config.dress_hem else "skirt"
     floor = body.rest[:, 2].min()
-    return Garment(kind, fraction, float(hem_z - floor), len(run), hem_gap_m, transition)
+    return Garment(kind, fraction, float(hem_z - floor), len(run), hem_gap_m, transition, colour_step)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:

@@ -187,7 +187,7 @@ def evaluate_photo(
     result.phenotype = dict(fit.phenotype)
     result.phenotype_source = {k: v.get("source", "") for k, v in fit.phenotype_estimate.items()}
     result.iterations = fit.metrics["iterations"]
-    clothing = _clothing(body, fit, keypoints)
+    clothing = _clothing(body, fit, keypoints, photo.image)
     if clothing is not None:
         result.clothed_silhouette_iou = clothing.metrics["silhouette_iou"]
     if with_panels:
@@ -195,14 +195,16 @@ def evaluate_photo(
     return result, panels
 
 
-def _clothing(body: BodyModel, fit: BodyFit, keypoints: Keypoints):
+def _clothing(body: BodyModel, fit: BodyFit, keypoints: Keypoints, image: np.ndarray):
     """The mesh step's clothing offsets on an Anny fit (None for other body models)."""
     if not isinstance(body, AnnyBody):
         return None
     from models.body_model import anny_topology
     from models.clothing import fit_clothing
 
-    return fit_clothing(body.model, fit.phenotype, fit.pose_parameters, fit.camera, keypoints.mask, anny_topology(body.model))
+    return fit_clothing(
+        body.model, fit.phenotype, fit.pose_parameters, fit.camera, keypoints.mask, anny_topology(body.model), image=image
+    )
 
 
 def _fit_panels(

@@ -9,7 +9,8 @@ teenager. Here:
 - the prior's centre is an adult (`PRIOR_CENTRE`, age 0.67), unless the evidence says child;
 - `measure_evidence` reads scale-free proportions off MediaPipe's landmarks: the shoulder to
   hip width ratio of its metric 3D landmarks (turning the body changes both alike), and the
-  head's size against the torso (children have big heads for their bodies);
+  head's size against the torso and against the shoulders' width (children have big heads
+  for their bodies);
 - `estimate_phenotype` turns evidence and hints into a centre, a source (`hint`, `estimated`,
   `prior`) and a confidence per value; the fitter pulls each value towards its centre with a
   weight that grows with the confidence, and holds hinted values fixed;
@@ -49,11 +50,21 @@ AGE_GROUP_VALUES = {"child": CHILD_AGE, "adult": ADULT_AGE}
 # for young children.
 SHOULDER_HIP_CENTRE, SHOULDER_HIP_SCALE = 1.40, 0.04
 FACE_TORSO_CENTRE, FACE_TORSO_SCALE = 0.48, 0.03
+# The face's height against the shoulders' width in the image: children's heads are big for
+# their shoulders. Set on synthetic Anny bodies of seeds 100-159 only (adults 0.52 +- 0.04,
+# children 0.60 +- 0.06; the evaluation uses seeds 0-11). Read only when the shoulders face the
+# camera (their width at least `FRONTAL_SHOULDERS` of the torso's length): turned shoulders
+# look narrow and every face would look big.
+FACE_SHOULDER_CENTRE, FACE_SHOULDER_SCALE = 0.57, 0.03
+FRONTAL_SHOULDERS = 0.45
 # The person mask's width at the waist against the hips, standing with the legs together:
 # garments and body both make it wider at the hips for most women.
 WAIST_HIP_CENTRE, WAIST_HIP_SCALE = 1.15, 0.1
 # Weight of each cue's log-odds in the combination; each cue's log-odds is clipped to +-3.
-CUE_WEIGHTS = {"face_model": 1.0, "shoulder_hip_ratio": 0.6, "waist_hip_ratio": 0.6, "face_torso_ratio": 1.0}
+CUE_WEIGHTS = {
+    "face_model": 1.0, "shoulder_hip_ratio": 0.6, "waist_hip_ratio": 0.6, "face_torso_ratio": 1.0,
+    "face_shoulder_ratio": 1.0,
+}  # fmt: skip
 # The face classifier's probabilities are capped at about its measured accuracy: it is
 # confidently wrong at times (right side for 13 of 19 synthetic Anny faces, 10 of 12 dev photos).
 FACE_MODEL_MAX_P = 0.8
@@ -197,6 +208,9 @@ def measure_evidence(
         face_height = float(np.linalg.norm(face[10, :2] - face[152, :2]))
         if torso > 1.0:
             evidence["face_torso_ratio"] = face_height / torso
+            shoulder_width = float(np.linalg.norm(pose[11, :2] - pose[12, :2]))
+            if shoulder_width >= FRONTAL_SHOULDERS * torso:
+                evidence["face_shoulder_ratio"] = face_height / shoulder_width
     if mask is not None and _standing_legs_together(pose):
         ratio = waist_hip_ratio(pose, mask)
         if ratio is not None:
@@ -239,6 +253,9 @@ def estimate_phenotype(evidence: dict[str, float], hints: dict | None = None) ->
     if "face_torso_ratio" in evidence:
         z = (evidence["face_torso_ratio"] - FACE_TORSO_CENTRE) / FACE_TORSO_SCALE
         child.append(CUE_WEIGHTS["face_torso_ratio"] * _clip3(z))
+    if "face_shoulder_ratio" in evidence:
+        z = (evidence["face_shoulder_ratio"] - FACE_SHOULDER_CENTRE) / FACE_SHOULDER_SCALE
+        child.append(CUE_WEIGHTS["face_shoulder_ratio"] * _clip3(z))
     if child:
         p_child = _logistic(sum(child))
         years = evidence.get("face_age_years")

@@ -335,7 +335,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     topo = anny_topology(model)
     clothing = fit_clothing(
         model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, topo,
-        ClothingConfig(enabled=bool(reconstructor.get("clothing", True))),
+        ClothingConfig(enabled=bool(reconstructor.get("clothing", True))), image=image,
     )  # fmt: skip
     vertices = clothing.posed_vertices
     bake_surface = vertices  # the photo's face: an open mouth bakes onto open lips

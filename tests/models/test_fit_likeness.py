@@ -13,6 +13,7 @@ from models.phenotype import (
     CHILD_AGE,
     PHENOTYPE_LABELS,
     estimate_phenotype,
+    measure_evidence,
     solve_height_value,
     typical_height_m,
     years_to_age_value,
@@ -55,6 +56,29 @@ def test_evidence_moves_build_and_age():
     # conflicting cues: less confident than agreeing ones
     mixed = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.55})
     assert mixed.confidence["gender"] < womanly.confidence["gender"]
+
+
+def _pose_and_face(shoulder_half_width: float, face_height: float) -> tuple[np.ndarray, np.ndarray]:
+    """A standing figure in pixels (torso 200 px long) and a face of the given height."""
+    pose = np.zeros((33, 4))
+    pose[:, 3] = 1.0
+    pose[11, :2], pose[12, :2] = (300 + shoulder_half_width, 300), (300 - shoulder_half_width, 300)
+    pose[23, :2], pose[24, :2] = (340, 500), (260, 500)
+    face = np.zeros((478, 3))
+    face[10, :2], face[152, :2] = (300, 280 - face_height), (300, 280)
+    return pose, face
+
+
+def test_a_big_face_for_the_shoulders_says_child_only_when_they_face_the_camera():
+    # adult: face 0.5 x the shoulders' width; child: 0.7 x
+    pose, face = _pose_and_face(80, 80)
+    adult = measure_evidence(pose, None, face)
+    pose, face = _pose_and_face(80, 112)
+    child = measure_evidence(pose, None, face)
+    assert adult["face_shoulder_ratio"] == pytest.approx(0.5) and child["face_shoulder_ratio"] == pytest.approx(0.7)
+    assert estimate_phenotype(child).centre["age"] < estimate_phenotype(adult).centre["age"]
+    pose, face = _pose_and_face(30, 112)  # shoulders turned side-on: 60 px wide for a 200 px torso
+    assert "face_shoulder_ratio" not in measure_evidence(pose, None, face)
 
 
 def test_a_hint_always_wins():

@@ -24,6 +24,7 @@ from models.clothing import (
     ClothingConfig,
     Garment,
     GarmentConfig,
+    colour_steps,
     evaluate_body,
     fit_clothing,
     leg_vertices,
@@ -54,16 +55,16 @@ def _fit(name: str):
     kp = detect_keypoints(image)
     body = load_body_model()
     fit = fit_body(kp, body, FitConfig(), BodyHints.from_dict(None))
-    return fit, kp
+    return fit, kp, image
 
 
 @lru_cache(maxsize=8)
 def _clothing(name: str, garments: bool = True):
-    fit, kp = _fit(name)
+    fit, kp, image = _fit(name)
     model = load_anny()
     return fit_clothing(
         model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, anny_topology(model),
-        ClothingConfig(), GarmentConfig(enabled=garments),
+        ClothingConfig(), GarmentConfig(enabled=garments), image=image,
     )  # fmt: skip
 
 
@@ -88,7 +89,7 @@ def section_regions(vertices: np.ndarray, faces: np.ndarray, z: float, pixel_m: 
 
 
 def _mid_skirt_height(name: str) -> float:
-    fit, _ = _fit(name)
+    fit, _, _ = _fit(name)
     model = load_anny()
     topo = anny_topology(model)
     body = evaluate_body(model, fit.phenotype, fit.pose_parameters, topo["faces"])
@@ -97,7 +98,7 @@ def _mid_skirt_height(name: str) -> float:
     return legs.crotch_z - 0.6 * hem * (legs.crotch_z - legs.ankle_z)
 
 
-@pytest.mark.parametrize("name", ["fullbody_08.png", "multi_01.jpg"])
+@pytest.mark.parametrize("name", ["fullbody_08.png", "multi_01.jpg", "occlusion_02.jpg"])
 def test_skirt_is_detected_and_one_closed_section(name):
     clothed = _clothing(name)
     assert clothed.metrics["garment"] in ("skirt", "dress")
@@ -122,6 +123,30 @@ def test_trousers_are_no_skirt(name):
     """Trousers on legs standing close: the mask between the legs is filled near the crotch, but
     the legs are never seen apart below it, so no hem is confirmed."""
     assert _clothing(name).metrics["garment"] == "none"
+
+
+@pytest.mark.parametrize("name", ["person_skiing.jpg", "fullbody_11.jpg"])
+def test_ski_trousers_are_no_skirt(name):
+    """Puffy ski trousers fill the gap between the naked legs' projections like a skirt, but
+    their colour goes on below the point where the legs part: no hem."""
+    clothed = _clothing(name)
+    assert clothed.metrics["garment"] == "none"
+    assert clothed.metrics["garment_hem_colour_step"] < GarmentConfig().min_hem_colour_step
+
+
+@pytest.mark.parametrize("name", ["halfbody_02.jpg", "multi_03.jpg"])
+def test_a_jacket_is_no_skirt(name):
+    """A jacket cut by the frame (legs never seen apart inside the image) and a suit jacket
+    ending just below the crotch are no skirts."""
+    assert _clothing(name).metrics["garment"] == "none"
+
+
+def test_colour_steps_find_the_hem():
+    """Pure function: a blue band over skin-coloured rows steps at the change only."""
+    colours = np.array([[40.0, 10.0, -40.0]] * 10 + [[70.0, 15.0, 20.0]] * 10)
+    steps = colour_steps(colours, 3)
+    assert int(np.argmax(steps)) in (8, 9, 10) and steps.max() > 50  # within a row of the change
+    assert steps[:5].max() == 0.0 and steps[14:].max() == 0.0
 
 
 def test_skirt_weights_are_a_normalised_blend_of_hips_and_thighs():
@@ -151,7 +176,7 @@ def test_skirt_weights_are_a_normalised_blend_of_hips_and_thighs():
 def test_skirt_survives_walking(name):
     from models.rigging import build_rigged_avatar
 
-    fit, _ = _fit(name)
+    fit, _, _ = _fit(name)
     clothed, plain = _clothing(name), _clothing(name, garments=False)
     texture = cv2.imencode(".png", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
     skirt = build_rigged_avatar(load_anny(), fit.phenotype, fit.pose_parameters, texture,
