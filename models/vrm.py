@@ -31,6 +31,7 @@ from models.gltf_export import (
     quaternions_from_matrices,
     rigid_inverse,
 )
+from models.gltf_read import read_accessor
 from models.mixamo_skeleton import FINGERS, MIXAMO_PREFIX, SIDES, short_name, xbot_bind_rotations
 
 VRM_SPEC_VERSION = "1.0"
@@ -189,7 +190,6 @@ def _eye_centre(gltf: pygltflib.GLTF2, mesh_node: int, names: list[str]) -> np.n
     """Mean bind position of the vertices the blink targets move most (the eyelids)."""
     if "eyeBlinkLeft" not in names:
         return None
-    from models.gltf_read import read_accessor
 
     blob = gltf.binary_blob()
     prim = gltf.meshes[gltf.nodes[mesh_node].mesh].primitives[0]
@@ -273,7 +273,6 @@ def rebind_to_t_pose(glb: bytes) -> bytes:
     posed by the GLB's own linear blend skinning, joint nodes and inverse bind matrices from the
     T-pose. Animations are untouched (absolute local rotations)."""
     from models.export import repack_referenced
-    from models.render import _accessor
     from models.rigging import linear_blend_skinning
 
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
@@ -294,9 +293,9 @@ def rebind_to_t_pose(glb: bytes) -> bytes:
     for mesh in gltf.meshes:
         for prim in mesh.primitives:
             attrs = prim.attributes
-            v = _accessor(gltf, blob, attrs.POSITION).astype(np.float64)
-            skin_j = _accessor(gltf, blob, attrs.JOINTS_0).astype(np.int64)
-            skin_w = _accessor(gltf, blob, attrs.WEIGHTS_0).astype(np.float64)
+            v = read_accessor(gltf, blob, attrs.POSITION).astype(np.float64)
+            skin_j = read_accessor(gltf, blob, attrs.JOINTS_0).astype(np.int64)
+            skin_w = read_accessor(gltf, blob, attrs.WEIGHTS_0).astype(np.float64)
 
             def pose(points: np.ndarray, rows=slice(None), j=skin_j, w=skin_w) -> np.ndarray:
                 return linear_blend_skinning(points, j[rows], w[rows], tpose, ibm)
@@ -307,7 +306,7 @@ def rebind_to_t_pose(glb: bytes) -> bytes:
             position.min = [float(x) for x in posed.astype(np.float32).min(axis=0)]
             position.max = [float(x) for x in posed.astype(np.float32).max(axis=0)]
             if attrs.NORMAL is not None:
-                n = pose(v + _accessor(gltf, blob, attrs.NORMAL).astype(np.float64)) - posed
+                n = pose(v + read_accessor(gltf, blob, attrs.NORMAL).astype(np.float64)) - posed
                 n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
                 normal = gltf.accessors[attrs.NORMAL]
                 normal.bufferView, normal.byteOffset = new_view(n.astype(np.float32), 34962), 0
