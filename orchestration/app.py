@@ -183,6 +183,41 @@ def ingest_via_presigned_put(settings: Settings, data: bytes, filename: str, sub
 # -- run -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PresignedUpload:
+    """A browser's ticket to upload straight to the uploads bucket (SSE-KMS headers included):
+    the upload is registered (pending) and runs when the object lands (the S3/SQS sensor)."""
+
+    upload_id: str
+    subject_id: str
+    key: str
+    url: str
+    headers: dict[str, str]
+    expires_in: int
+
+
+def presign_upload(settings: Settings, filename: str, subject_id: str | None, hints: dict | None = None) -> PresignedUpload:
+    """Register a pending upload and return the presigned PUT for its raw object. Raises
+    LookupError when no S3 object store is configured (a local store has nothing to presign)."""
+    from storage.s3_store import S3ObjectStore, S3StoreConfig, create_upload_ticket  # boto3: S3 only
+
+    if not settings.aws.s3_bucket:
+        raise LookupError("presigned uploads need the S3 object store (AVATARPIPE_S3_BUCKET)")
+    subject = subject_id or new_subject_id()
+    suffix = Path(filename).suffix.lower().lstrip(".")
+    config = {k: v for k, v in settings.object_store_config().items() if k != "kind"}
+    ticket = create_upload_ticket(
+        S3ObjectStore(S3StoreConfig(**config)),
+        subject,
+        suffix if re.fullmatch(r"[a-z0-9]{1,5}", suffix) else "bin",
+        mimetypes.guess_type(filename)[0],
+    )
+    ingested = Ingested(upload_id=ticket.upload_id, subject_id=ticket.subject_id, photo_key=ticket.key)
+    register_upload(settings, ingested, {"via": "presigned-put"}, hints)
+    return PresignedUpload(ticket.upload_id, ticket.subject_id, ticket.key, ticket.request.url,
+                           dict(ticket.request.headers), settings.app.presign_expiry_s)  # fmt: skip
+
+
 def run_avatar_job(settings: Settings, upload_id: str, wait_s: float = 0.0) -> str:
     """Materialise the five assets for one partition in one run recorded in the instance,
     holding the upload's lease meanwhile (`orchestration/leases.py`); raises

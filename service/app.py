@@ -103,6 +103,16 @@ class ShareRequest(BaseModel):
     minutes: int = Field(60, ge=1, le=shares.MAX_MINUTES, description="how long the link works")
 
 
+class PresignRequest(BaseModel):
+    filename: str = Field(
+        ..., min_length=1, max_length=255, description="the photo's file name (its extension matters)"
+    )
+    subject_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    build: str | None = None
+    height_cm: float | None = None
+    age_group: str | None = None
+
+
 class Accepted(BaseModel):
     upload_id: str
     subject_id: str
@@ -301,6 +311,27 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
         return await asyncio.to_thread(_accept_upload, state, key, data, photo.filename or "photo", subject_id,
                                        {"build": build, "height_cm": height_cm, "age_group": age_group})  # fmt: skip
 
+    @app.post("/v1/uploads:presign", tags=["uploads"])
+    def presign_upload(key: Caller, body: PresignRequest) -> dict[str, Any]:
+        """With S3: a presigned PUT (SSE-KMS enforced by its signed headers) for the browser to
+        upload straight to the bucket; the upload runs when the object lands."""
+        from models.fitting import BodyHints
+        from orchestration.app import presign_upload as presign
+
+        _require(key, "uploader", "admin")
+        hints = BodyHints(build=body.build, height_cm=body.height_cm, age_group=body.age_group).to_dict()
+        with state.metadata() as metadata:
+            _may_add_to_subject(metadata, key, body.subject_id)
+        try:
+            ticket = presign(state.settings, body.filename, body.subject_id, hints)
+        except LookupError as exc:
+            raise ApiError(409, "PRESIGN_UNAVAILABLE", str(exc)) from None
+        with state.metadata() as metadata:
+            metadata.set_upload_owner(ticket.upload_id, key.key_id)
+        return {"upload_id": ticket.upload_id, "subject_id": ticket.subject_id, "status": "pending",
+                "upload": {"method": "PUT", "url": ticket.url, "headers": ticket.headers,
+                           "expires_in": ticket.expires_in}}  # fmt: skip
+
     @app.get("/v1/uploads/{upload_id}", tags=["uploads"])
     def get_upload(key: Caller, upload_id: str) -> dict[str, Any]:
         with state.metadata() as metadata:
@@ -397,6 +428,14 @@ def _photo_limits(settings: Settings) -> Any:
     return PhotoLimits.with_overrides(settings.app.max_upload_bytes, settings.app.max_image_pixels)
 
 
+def _may_add_to_subject(metadata: Any, key: api_keys.ApiKey, subject_id: str | None) -> None:
+    """An uploader adds to a subject only if every upload of it is its own (else: not found)."""
+    if subject_id is None or key.role != "uploader":
+        return
+    if any(u.get("created_by") != key.key_id for u in metadata.list_uploads(subject_id)):
+        raise not_found("subject")
+
+
 def _accept_upload(
     state: ServiceState,
     key: api_keys.ApiKey,
@@ -414,10 +453,7 @@ def _accept_upload(
     check_upload(data, _photo_limits(state.settings))
     hints = BodyHints(**raw_hints).to_dict()
     with state.metadata() as metadata:
-        if subject_id is not None:
-            existing = metadata.list_uploads(subject_id)
-            if key.role == "uploader" and any(u.get("created_by") != key.key_id for u in existing):
-                raise not_found("subject")
+        _may_add_to_subject(metadata, key, subject_id)
     ingested = ingest_photo(state.settings, data, filename, subject_id, hints=hints)
     with state.metadata() as metadata:
         metadata.set_upload_owner(ingested.upload_id, key.key_id)
