@@ -255,6 +255,8 @@ def fit_clothing(
         legs = leg_vertices(body.rest, faces, topology["uv"], topology["face_uv_idx"])
         garment = detect_garment(body, legs, camera, person, garment_config, image)
         if garment.kind != "none":
+            s = even_hip_offsets(s, body.rest, legs, garment, garment_config)
+            offsets = s[:, None] * body.rest_normals
             offsets = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config) - body.rest
     posed = body.posed + np.einsum("vij,vj->vi", body.posed_linear, offsets)
     clothed_iou = silhouette_iou(posed, faces, camera, person)
@@ -487,6 +489,9 @@ class GarmentConfig:
     waist_blend: float = 0.2  # share of the skirt length over which the shape blends in
     overlap_m: float = 0.015  # each leg's inner wall reaches this far past the midline plane
     wall_cos: float = 0.35  # cos(phi/2) below this: the vertex is on the inner wall
+    hip_reach_m: float = 0.15  # the hips the skirt hangs from reach this far above the crotch
+    hip_ease_m: float = 0.01  # offsets there at most this much above the region's median
+    hip_fade_m: float = 0.06  # the cut fades out over the region's top this far
 
 
 @dataclass(frozen=True)
@@ -700,6 +705,25 @@ def detect_garment(
     kind = "dress" if fraction >= config.dress_hem else "skirt"
     floor = body.rest[:, 2].min()
     return Garment(kind, fraction, float(hem_z - floor), len(run), hem_gap_m, transition, colour_step)
+
+
+def even_hip_offsets(
+    s: np.ndarray, rest: np.ndarray, legs: _Legs, garment: Garment, config: GarmentConfig = GarmentConfig()
+) -> np.ndarray:
+    """Normal offsets with no bulge between the hem and the hips: a skirt hangs from the hips,
+    so an offset there larger than the region's median by more than `hip_ease_m` (hands, a bag
+    or sleeves in the mask beside the hips) is cut to that."""
+    hem_z = legs.crotch_z - garment.hem_fraction * (legs.crotch_z - legs.ankle_z)
+    region = (rest[:, 2] >= hem_z) & (rest[:, 2] <= legs.crotch_z + config.hip_reach_m)
+    if not region.any():
+        return s
+    out = s.copy()
+    cap = float(np.median(s[region])) + config.hip_ease_m
+    # fades out over the region's top `hip_fade_m`: no step where the torso's offsets begin
+    top = legs.crotch_z + config.hip_reach_m
+    weight = np.clip((top - rest[region, 2]) / config.hip_fade_m, 0.0, 1.0)
+    out[region] = s[region] - weight * np.maximum(s[region] - cap, 0.0)
+    return out
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:

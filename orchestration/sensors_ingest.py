@@ -13,6 +13,12 @@ and one run of the avatar job.
   `objects/subjects/*/*/raw/*` by modification time with a cursor.
 
 Raw keys are `subjects/{subject}/{upload}/raw/{name}` (`storage.object_store.raw_upload_key`).
+The uploader's optional body hints (`--build`, `--height-cm`, `--age-group` of `avatarpipe
+run`) travel beside the photo as a sidecar object `subjects/{subject}/{upload}/hints.json`
+(`write_hints_sidecar`; the web tier writes it with the photo's presigned URL, a folder drop
+puts the file next to `raw/`). Admission reads it, validates it exactly as the CLI does
+(`models.fitting.BodyHints`) and stores the hints on the upload; an invalid sidecar fails the
+upload with `INVALID_HINT` and requests no run.
 A run is requested only for an upload still `pending` with no run of its partition yet: an
 upload that `avatarpipe run` is already processing in-process, or that is ready, failed or
 erased, is left alone. Requests per tick are capped; the rest wait for the next tick.
@@ -45,7 +51,13 @@ from dagster import (
 from models.catalogue import PIPELINE_VERSION
 from orchestration.resources import MetadataStoreResource, ObjectStoreResource
 from storage.metadata_store import MetadataStore
-from storage.object_store import RawUploadRef, parse_raw_upload_key
+from storage.object_store import (
+    ObjectNotFound,
+    ObjectStore,
+    RawUploadRef,
+    parse_raw_upload_key,
+    upload_prefix,
+)
 
 PARTITIONS_NAME = "uploads"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -109,6 +121,93 @@ def parse_s3_event(body: str) -> list[NewObject]:
     return objects
 
 
+# -- the uploader's body hints ------------------------------------------------------------------
+
+HINTS_SIDECAR = "hints.json"
+MAX_SIDECAR_BYTES = 4096
+
+
+def hints_sidecar_key(subject_id: str, upload_id: str) -> str:
+    return upload_prefix(subject_id, upload_id) + HINTS_SIDECAR
+
+
+def validated_hints(data: Any) -> dict:
+    """The sidecar's hints as the upload stores them; raises PipelineError(INVALID_HINT) for
+    anything that is not a JSON object of known, valid hints."""
+    from models.errors import ErrorCode, PipelineError
+    from models.fitting import BodyHints
+
+    if not isinstance(data, dict):
+        raise PipelineError(ErrorCode.INVALID_HINT, "the hints sidecar must be a JSON object", "ingest")
+    unknown = sorted(set(data) - {"build", "height_cm", "age_group"})
+    if unknown:
+        raise PipelineError(ErrorCode.INVALID_HINT, f"unknown hints: {', '.join(unknown)}", "ingest")
+    try:
+        return BodyHints.from_dict(data).to_dict()
+    except (TypeError, ValueError):
+        raise PipelineError(ErrorCode.INVALID_HINT, "height must be a number of centimetres", "ingest") from None
+
+
+def write_hints_sidecar(store: ObjectStore, subject_id: str, upload_id: str, hints: dict) -> str:
+    """Validate the hints and store them beside the upload (before its photo arrives)."""
+    key = hints_sidecar_key(subject_id, upload_id)
+    store.put_bytes(key, json.dumps(validated_hints(hints)).encode(), content_type="application/json")
+    return key
+
+
+def read_hints_sidecar(store: ObjectStore, ref: RawUploadRef) -> dict | None:
+    """The validated hints of the upload's sidecar, None when it has none; raises
+    PipelineError(INVALID_HINT) when the sidecar is not valid hints."""
+    from models.errors import ErrorCode, PipelineError
+
+    try:
+        raw = store.get_bytes(hints_sidecar_key(ref.subject_id, ref.upload_id))
+    except (ObjectNotFound, FileNotFoundError):
+        return None
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise PipelineError(ErrorCode.INVALID_HINT, "the hints sidecar is too large", "ingest")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PipelineError(ErrorCode.INVALID_HINT, "the hints sidecar is not JSON", "ingest") from None
+    return validated_hints(data)
+
+
+@dataclass(frozen=True)
+class HintsSidecars:
+    """The hints sidecars of an object store: read at admission, then discarded (the hints
+    live on in the upload's document, erased with it; `ops.fsck` would call a sidecar left
+    behind an orphan)."""
+
+    store: ObjectStore
+
+    def read(self, ref: RawUploadRef) -> dict | None:
+        return read_hints_sidecar(self.store, ref)
+
+    def discard(self, ref: RawUploadRef) -> None:
+        self.store.delete(hints_sidecar_key(ref.subject_id, ref.upload_id))
+
+
+def _admit_hints(metadata: MetadataStore, upload: dict, ref: RawUploadRef, sidecars: HintsSidecars | None) -> str | None:
+    """Store the sidecar's hints on a pending upload that has none yet; the reason to fail the
+    upload when they are invalid (None otherwise)."""
+    from models.errors import PipelineError
+
+    if sidecars is None or upload.get("body_hints"):
+        return None
+    try:
+        hints = sidecars.read(ref)
+    except PipelineError as err:
+        error = {"code": err.code.value, "message": err.message, "step": "ingest"}
+        metadata.set_upload_status(ref.upload_id, "failed", error=error)
+        sidecars.discard(ref)
+        return err.message
+    if hints:
+        metadata.set_upload_body_hints(ref.upload_id, hints)
+        sidecars.discard(ref)
+    return None
+
+
 # -- the shared admission rule ----------------------------------------------------------------
 
 
@@ -122,8 +221,12 @@ def decide(
     obj: NewObject,
     trigger: str,
     min_age: timedelta = timedelta(0),
+    hints: HintsSidecars | None = None,
 ) -> Decision:
     """Register the upload if needed and decide whether this object needs a run.
+
+    `hints` gives the uploader's body hints from the upload's sidecar: stored on a pending
+    upload that has none; invalid ones fail it (`INVALID_HINT`).
 
     Idempotent: deciding twice about the same object gives "done" the second time once the
     daemon has recorded the run requested the first time (run key = object key + version).
@@ -155,6 +258,9 @@ def decide(
         return Decision(obj, "done", f"upload is {upload.get('status')}", ref)
     if _run_exists(context, {_PARTITION_TAG: ref.upload_id}):
         return Decision(obj, "done", "a run of this partition exists", ref)
+    invalid = _admit_hints(metadata, upload, ref, hints)
+    if invalid is not None:
+        return Decision(obj, "done", f"invalid body hints: {invalid}", ref)
     created = upload.get("created_at")
     if min_age and not registered_here and isinstance(created, datetime):
         if created.tzinfo is None:
@@ -268,7 +374,8 @@ def build_sqs_sensor(job_name: str, minimum_interval_seconds: int = 30) -> Senso
             messages.append(_Message(raw["ReceiptHandle"], objects))
             for obj in objects:  # data minimisation first: nothing reads the object as uploaded
                 _minimise(object_store, store, obj)
-            decisions += [decide(context, store, obj, "sqs") for obj in objects]
+            sidecars = HintsSidecars(object_store.store())
+            decisions += [decide(context, store, obj, "sqs", hints=sidecars) for obj in objects]
         by_key = {d.obj.run_key: d for d in decisions}
         for message in messages:
             if all(by_key[o.run_key].action == "done" for o in message.objects):
@@ -328,7 +435,8 @@ def build_folder_sensor(
         settle = timedelta(seconds=settle_seconds)
         for _m, key in batch:  # data minimisation first: nothing reads the file as dropped
             _minimise(object_store, store, NewObject(key, ""))
-        decisions = [decide(context, store, NewObject(k, str(m)), "folder", settle) for m, k in batch]
+        sidecars = HintsSidecars(object_store.store())
+        decisions = [decide(context, store, NewObject(k, str(m)), "folder", settle, sidecars) for m, k in batch]
         # Advance past everything decided; stop before the first object that must be retried.
         done = []
         for (mtime, key), decision in zip(batch, decisions, strict=True):

@@ -215,10 +215,13 @@ def test_folder_sensor_ingests_local_uploads(tmp_path: Path, monkeypatch: pytest
     for name in ("AVATARPIPE_S3_BUCKET", "AVATARPIPE_S3_UPLOADS_BUCKET", "AVATARPIPE_SQS_QUEUE_URL", "MONGODB_URI"):
         monkeypatch.delenv(name, raising=False)
     data = standing_photo.read_bytes()
-    # A photo dropped straight into the store under a raw key, with no registration at all.
+    # A photo dropped straight into the store under a raw key, with no registration at all,
+    # and the uploader's body hints beside it.
     dropped_key = artifact_key("s_drop", "u_dropped0001", "raw", sha256_hex(data), "png")
     (home / "objects" / dropped_key).parent.mkdir(parents=True)
     (home / "objects" / dropped_key).write_bytes(data)
+    sidecar = home / "objects" / "subjects" / "s_drop" / "u_dropped0001" / "hints.json"
+    sidecar.write_text(json.dumps({"build": "feminine", "age_group": "child"}))
 
     with instance_for_test(overrides=QUEUED) as instance, sensor_daemon(instance) as workspace:
         tick(workspace)
@@ -249,3 +252,87 @@ def test_folder_sensor_ingests_local_uploads(tmp_path: Path, monkeypatch: pytest
     with open_metadata_store(None, home / "metadata") as metadata:
         dropped = metadata.get_upload("u_dropped0001")
         assert dropped["status"] == "pending" and dropped["subject_id"] == "s_drop" and dropped["photo_key"] == dropped_key
+        assert dropped["body_hints"] == {"build": "feminine", "age_group": "child"}
+    assert not sidecar.exists()
+
+
+def _put_through_ticket(ticket, data: bytes) -> None:
+    request = urllib.request.Request(ticket.request.url, data=data, method="PUT", headers=ticket.request.headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_presigned_upload_with_a_hints_sidecar_gets_its_hints(aws_ingest, standing_photo) -> None:
+    """The web tier stores the form's hints beside the upload, then hands out the presigned PUT;
+    the SQS sensor stores them on the upload (the fit reads them there) and drops the sidecar.
+    An invalid sidecar fails its upload with INVALID_HINT and requests no run."""
+    from orchestration.sensors_ingest import hints_sidecar_key, write_hints_sidecar
+
+    store = aws_ingest["store"]
+    good = create_upload_ticket(store, "s_hints", "png", content_type="image/png")
+    write_hints_sidecar(store, "s_hints", good.upload_id, {"build": "masculine", "height_cm": 181, "age_group": "adult"})
+    bad = create_upload_ticket(store, "s_hints", "png", content_type="image/png")
+    store.put_bytes(hints_sidecar_key("s_hints", bad.upload_id), json.dumps({"height_cm": 400}).encode())
+    for ticket in (good, bad):
+        _put_through_ticket(ticket, standing_photo.read_bytes())
+
+    with instance_for_test(overrides=QUEUED) as instance, sensor_daemon(instance) as workspace:
+        tick(workspace)
+        tick(workspace)
+        assert len(runs_for(instance, good.upload_id)) == 1
+        assert runs_for(instance, bad.upload_id) == []
+    with open_metadata_store(None, aws_ingest["home"] / "metadata") as metadata:
+        upload = metadata.get_upload(good.upload_id)
+        assert upload["body_hints"] == {"build": "masculine", "height_cm": 181.0, "age_group": "adult"}
+        failed = metadata.get_upload(bad.upload_id)
+        assert failed["status"] == "failed" and failed["error"]["code"] == "INVALID_HINT"
+        assert "between 50 and 250" in failed["error"]["message"]
+    assert not store.exists(hints_sidecar_key("s_hints", good.upload_id))
+    assert not store.exists(hints_sidecar_key("s_hints", bad.upload_id))
+
+
+def test_writing_invalid_hints_is_refused() -> None:
+    from models.errors import ErrorCode, PipelineError
+    from orchestration.sensors_ingest import validated_hints
+
+    for hints in ({"build": "stocky"}, {"age_group": "teen"}, {"height_cm": "tall"}, {"weight": 80}, ["build"]):
+        with pytest.raises(PipelineError) as err:
+            validated_hints(hints)
+        assert err.value.code == ErrorCode.INVALID_HINT
+    assert validated_hints({"height_cm": "172.5"}) == {"height_cm": 172.5}
+
+
+def test_admission_stores_valid_hints_and_fails_invalid_ones(aws_ingest, tmp_path: Path) -> None:
+    """The admission rule itself, without the sensor daemon's timing: on the S3 store (moto) and
+    on the local store, a valid sidecar ends up on the upload and is deleted; an invalid one
+    fails the upload with INVALID_HINT; an upload without a sidecar keeps no hints."""
+    from orchestration.sensors_ingest import (
+        HintsSidecars,
+        _admit_hints,
+        hints_sidecar_key,
+        write_hints_sidecar,
+    )
+    from storage.object_store import LocalObjectStore, RawUploadRef
+
+    for store in (aws_ingest["store"], LocalObjectStore(tmp_path / "objects")):
+        with open_metadata_store(None, tmp_path / f"metadata-{type(store).__name__}") as metadata:
+            refs = {}
+            for name in ("good", "bad", "none"):
+                upload_id = unique(f"u_{name}")
+                key = raw_upload_key("s_admit", upload_id, "png")
+                metadata.ensure_subject("s_admit")
+                metadata.create_upload(upload_id, "s_admit", key, "test")
+                refs[name] = RawUploadRef(subject_id="s_admit", upload_id=upload_id, key=key)
+            write_hints_sidecar(store, "s_admit", refs["good"].upload_id, {"build": "neutral", "height_cm": 150})
+            store.put_bytes(hints_sidecar_key("s_admit", refs["bad"].upload_id), b"{not json")
+            sidecars = HintsSidecars(store)
+            for name, ref in refs.items():
+                reason = _admit_hints(metadata, metadata.get_upload(ref.upload_id), ref, sidecars)
+                assert (reason is None) == (name != "bad")
+            assert metadata.get_upload(refs["good"].upload_id)["body_hints"] == {"build": "neutral", "height_cm": 150.0}
+            failed = metadata.get_upload(refs["bad"].upload_id)
+            assert failed["status"] == "failed" and failed["error"]["code"] == "INVALID_HINT"
+            untouched = metadata.get_upload(refs["none"].upload_id)
+            assert untouched["status"] == "pending" and not untouched.get("body_hints")
+            for ref in refs.values():
+                assert not store.exists(hints_sidecar_key("s_admit", ref.upload_id))

@@ -26,6 +26,7 @@ from models.clothing import (
     GarmentConfig,
     colour_steps,
     evaluate_body,
+    even_hip_offsets,
     fit_clothing,
     leg_vertices,
     skirt_skin_weights,
@@ -139,6 +140,33 @@ def test_a_jacket_is_no_skirt(name):
     """A jacket cut by the frame (legs never seen apart inside the image) and a suit jacket
     ending just below the crotch are no skirts."""
     assert _clothing(name).metrics["garment"] == "none"
+
+
+def test_hip_offsets_lose_their_bulges_but_nothing_else():
+    """Pure function on a column of points: between the hem and the hips an offset far above the
+    region's median (a hand or bag in the mask) is cut to median + ease, fading out at the top;
+    smaller offsets and everything outside the region stay."""
+    from models.clothing import _Legs
+
+    z = np.linspace(0.0, 1.0, 101)
+    rest = np.stack([np.zeros_like(z), np.zeros_like(z), z], axis=1)
+    legs = _Legs(left=z < 0.5, right=np.zeros_like(z, bool), crotch_z=0.5, ankle_z=0.1)
+    garment = Garment("skirt", hem_fraction=0.5, hem_height_m=0.3)  # hem at z = 0.3
+    config = GarmentConfig()
+    s = np.full(len(z), 0.01)
+    bulge = (z > 0.38) & (z < 0.45)
+    s[bulge] = 0.08
+    s[z < 0.2] = 0.08  # below the hem: not the skirt's business
+    out = even_hip_offsets(s, rest, legs, garment, config)
+    assert np.allclose(out[bulge], 0.01 + config.hip_ease_m)
+    assert np.array_equal(out[z < 0.2], s[z < 0.2]) and np.array_equal(out[~bulge & (z >= 0.2)], s[~bulge & (z >= 0.2)])
+    high = (z > 0.5 + config.hip_reach_m - config.hip_fade_m / 2) & (z <= 0.5 + config.hip_reach_m)
+    s2 = s.copy()
+    s2[high] = 0.08
+    faded = even_hip_offsets(s2, rest, legs, garment, config)[high]
+    # between the cap and the full offset, rising to the full offset at the region's top
+    assert (faded > 0.01 + config.hip_ease_m).all() and faded[0] < 0.08 and faded[-1] == 0.08
+    assert (np.diff(faded) >= 0).all()
 
 
 def test_colour_steps_find_the_hem():
