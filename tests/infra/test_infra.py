@@ -480,3 +480,17 @@ def test_api_tier_needs_domain_and_certificate_together() -> None:
     for half in (InfraConfig(api_domain=API_DOMAIN), InfraConfig(api_certificate_arn=API_CERTIFICATE)):
         with pytest.raises(ValueError, match="set together"):
             api_tier_enabled(half)
+
+
+def test_image_holds_every_package_the_project_installs() -> None:
+    """`pip install -e .` in the image needs every listed package (the API's `service/` too)."""
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    ignore = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+    install = dockerfile.index("RUN pip install -e")
+    for package in packages:
+        assert dockerfile.find(f"COPY {package} {package}\n") in range(install), package
+        assert f"!{package}/**" in ignore, package
+    assert "service" in packages
