@@ -106,6 +106,8 @@ class AvatarpipeStack(Stack):
             outputs["ApiTaskDefinition"] = api.task.family
             outputs["ApiServiceSecretArn"] = api.secret.secret_arn
             outputs["ApiServiceSecurityGroup"] = api.service_sg.security_group_id
+            outputs["ApiKeysTaskDefinition"] = api.keys_task.family
+            outputs["ApiKeyDropSecretArn"] = api.key_drop.secret_arn
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
 

@@ -44,6 +44,21 @@ SERVICE_CONTAINER = "service"
 SERVICE_PORT = 8080
 SERVICE_COMMAND = ["avatarpipe", "serve", "--host", "0.0.0.0", "--port", str(SERVICE_PORT)]  # all interfaces of its own task
 HEALTH_PATH = "/healthz"
+KEYS_CONTAINER = "keys"
+KEY_DROP_ENV = "AVATARPIPE_KEY_DROP_SECRET"
+# The keys task's program: the CLI makes the key (stored hashed in the metadata store) and its
+# one-time answer goes straight into the drop secret; stdout, hence the logs, only get the id.
+KEY_DROP_SCRIPT = """\
+import json, os, subprocess, sys
+import boto3
+args = ["avatarpipe", "keys", "create", "--role", os.environ["KEY_ROLE"], "--json"]
+if os.environ.get("KEY_NAME"):
+    args += ["--name", os.environ["KEY_NAME"]]
+answer = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+secret = os.environ["AVATARPIPE_KEY_DROP_SECRET"]
+boto3.client("secretsmanager").put_secret_value(SecretId=secret, SecretString=answer)
+print(f"API key {json.loads(answer)['key_id']} stored in {secret}", file=sys.stderr)
+"""
 ALB_LOG_PREFIX = "alb/api"
 RAW_OBJECTS = "subjects/*/*/raw/*"
 TLS_POLICY = elbv2.SslPolicy.RECOMMENDED_TLS  # ELBSecurityPolicy-TLS13-1-2-2021-06: TLS 1.2 and 1.3 only
@@ -79,6 +94,7 @@ class ApiService(Construct):
         self.secret = secret_for_service(self, platform_key)
         self.task_role = self._task_role(data)
         self.task = self._task_definition(config, compute, platform_key, web_origin)
+        self.keys_task = self._keys_task(config, compute, platform_key)
 
         self.alb_sg = ec2.SecurityGroup(
             self, "AlbSg", vpc=network.vpc, allow_all_outbound=False,
@@ -257,6 +273,13 @@ class ApiService(Construct):
             "AVATARPIPE_SERVICE_DISPATCH": "sensors",
             "AVATARPIPE_CORS_ORIGINS": web_origin,
         }
+        self.environment = environment
+        self.secrets = {
+            "MONGODB_URI": ecs.Secret.from_secrets_manager(compute.mongodb_uri),
+            "DAGSTER_PG_URL": ecs.Secret.from_secrets_manager(compute.postgres_url),
+            "AVATARPIPE_MLFLOW_URI": ecs.Secret.from_secrets_manager(compute.mlflow_uri),  # erasure's registry scan
+            "AVATARPIPE_SERVICE_SECRET": ecs.Secret.from_secrets_manager(self.secret),
+        }
         container = task.add_container(
             SERVICE_CONTAINER,
             image=ecs.ContainerImage.from_ecr_repository(compute.repository, config.image_tag),
@@ -264,15 +287,52 @@ class ApiService(Construct):
             essential=True,
             readonly_root_filesystem=True,
             environment=environment,
-            secrets={
-                "MONGODB_URI": ecs.Secret.from_secrets_manager(compute.mongodb_uri),
-                "DAGSTER_PG_URL": ecs.Secret.from_secrets_manager(compute.postgres_url),
-                "AVATARPIPE_MLFLOW_URI": ecs.Secret.from_secrets_manager(compute.mlflow_uri),  # erasure's registry scan
-                "AVATARPIPE_SERVICE_SECRET": ecs.Secret.from_secrets_manager(self.secret),
-            },
+            secrets=self.secrets,
             logging=ecs.LogDrivers.aws_logs(stream_prefix="api", log_group=self.logs),
             port_mappings=[ecs.PortMapping(container_port=SERVICE_PORT)],
             stop_timeout=Duration.seconds(30),
+        )
+        container.add_mount_points(ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False))
+        return task
+
+    def _keys_task(self, config: InfraConfig, compute: Compute, platform_key: kms.IKey) -> ecs.FargateTaskDefinition:
+        """`avatarpipe keys create` as a one-off task whose new key goes into a Secrets Manager
+        secret (`ApiKeyDrop`), never to stdout: the task's log stream only names the key id."""
+        self.key_drop = secretsmanager.Secret(
+            self,
+            "ApiKeyDrop",
+            description="avatarpipe: the last API key made by the avatarpipe-api-keys task "
+            '({"key_id", "role", "name", "key"}); copy it to its user, then overwrite or delete',
+            encryption_key=platform_key,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        role = iam.Role(
+            self, "KeysTaskRole", assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description="avatarpipe API keys task: store the new key in its secret",
+        )  # fmt: skip
+        role.add_to_policy(
+            iam.PolicyStatement(sid="DropNewKey", actions=["secretsmanager:PutSecretValue"], resources=[self.key_drop.secret_arn])
+        )
+        role.add_to_policy(iam.PolicyStatement(sid="EncryptNewKey", actions=["kms:GenerateDataKey"], resources=[platform_key.key_arn]))
+        task = ecs.FargateTaskDefinition(
+            self,
+            "KeysTask",
+            family=f"{config.prefix}-api-keys",
+            cpu=512,
+            memory_limit_mib=2048,
+            task_role=role,
+            execution_role=self.exec_role,
+        )
+        task.add_volume(name="tmp")
+        container = task.add_container(
+            KEYS_CONTAINER,
+            image=ecs.ContainerImage.from_ecr_repository(compute.repository, config.image_tag),
+            command=["python", "-c", KEY_DROP_SCRIPT],
+            essential=True,
+            readonly_root_filesystem=True,
+            environment={**self.environment, "KEY_ROLE": "uploader", "KEY_NAME": "", KEY_DROP_ENV: self.key_drop.secret_arn},
+            secrets=dict(self.secrets),
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="keys", log_group=self.logs),
         )
         container.add_mount_points(ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False))
         return task

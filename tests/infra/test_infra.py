@@ -190,7 +190,7 @@ def test_dagster_tasks_get_the_secrets_and_the_production_path_config(template: 
         assert {"AVATARPIPE_S3_BUCKET", "AVATARPIPE_SQS_QUEUE_URL", "AVATARPIPE_COMPUTE_MODE",
                 "AVATARPIPE_ECS_TASK_DEFINITION", "AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER",
                 "AVATARPIPE_MLFLOW_ARTIFACT_ROOT"} <= env  # fmt: skip
-    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 4  # + the API's signing secret
+    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 5  # + the API's signing secret and key drop
 
 
 def test_a_production_task_uses_the_images_postgres_instance_and_a_real_registry(template: dict, tmp_path, monkeypatch) -> None:
@@ -494,3 +494,59 @@ def test_image_holds_every_package_the_project_installs() -> None:
         assert dockerfile.find(f"COPY {package} {package}\n") in range(install), package
         assert f"!{package}/**" in ignore, package
     assert "service" in packages
+
+
+def test_keys_task_puts_the_new_key_in_its_secret_not_on_stdout(template: dict, tmp_path, monkeypatch, capsys) -> None:
+    """The keys task's program, run for real (`avatarpipe keys create` in a throwaway home); only
+    the Secrets Manager call is recorded instead of sent. The dropped key authenticates."""
+    import types
+
+    sys.path.insert(0, str(INFRA))
+    try:
+        from stacks.service import KEY_DROP_ENV, KEY_DROP_SCRIPT
+    finally:
+        sys.path.remove(str(INFRA))
+    task = _one(template, "AWS::ECS::TaskDefinition", "Api/KeysTask/")["Properties"]
+    (container,) = task["ContainerDefinitions"]
+    assert container["Command"] == ["python", "-c", KEY_DROP_SCRIPT]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert "ApiApiKeyDrop" in json.dumps(env[KEY_DROP_ENV]) and env["KEY_ROLE"] == "uploader"
+    assert {s["Name"] for s in container["Secrets"]} >= {"MONGODB_URI", "AVATARPIPE_SERVICE_SECRET"}
+    keys_policy = _one(template, "AWS::IAM::Policy", "Api/KeysTaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    drop = next(s for s in keys_policy["Statement"] if s["Sid"] == "DropNewKey")
+    assert drop["Action"] == "secretsmanager:PutSecretValue" and "ApiApiKeyDrop" in json.dumps(drop["Resource"])
+
+    home = tmp_path / "home"
+    pepper = "a-test-pepper-of-sufficient-length-0123456789"
+    monkeypatch.setenv("AVATARPIPE_HOME", str(home))
+    monkeypatch.setenv("AVATARPIPE_SERVICE_SECRET", pepper)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KEY_ROLE", "compliance")
+    monkeypatch.setenv("KEY_NAME", "auditor")
+    monkeypatch.setenv(KEY_DROP_ENV, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:drop")
+    for name in ("MONGODB_URI", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    calls: list[dict] = []
+
+    class Recorder:
+        def put_secret_value(self, **kwargs: Any) -> None:
+            calls.append(kwargs)
+
+    monkeypatch.setitem(sys.modules, "boto3", types.SimpleNamespace(client=lambda service: Recorder()))
+    exec(compile(KEY_DROP_SCRIPT, "key-drop", "exec"), {"__name__": "__main__"})  # noqa: S102 - the task's program
+    (call,) = calls
+    assert call["SecretId"].endswith(":secret:drop")
+    dropped = json.loads(call["SecretString"])
+    assert dropped["role"] == "compliance" and dropped["name"] == "auditor"
+    printed = capsys.readouterr()
+    assert dropped["key"] not in printed.out + printed.err and dropped["key_id"] in printed.err
+
+    from orchestration.settings import Settings
+    from service.keys import authenticate
+    from storage.metadata_store import open_metadata_store
+
+    settings = Settings.from_env()
+    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+        key = authenticate(metadata, pepper.encode(), dropped["key"])
+    assert key is not None and key.role == "compliance" and key.key_id == dropped["key_id"]
