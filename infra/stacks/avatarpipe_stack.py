@@ -9,6 +9,7 @@ from typing import Any
 from aws_cdk import Annotations, CfnOutput, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from stacks.compute import Compute
@@ -50,11 +51,18 @@ class AvatarpipeStack(Stack):
         delivery = GlbDelivery(self, "Glbs", config=config, data=data)
         api_enabled = api_tier_enabled(config)
         web = WebApp(self, "Web", config=config, data=data, api_domain=config.api_domain if api_enabled else None)
+        # The API answers a GLB download with a redirect to a presigned S3 GET; the SPA's fetch
+        # follows it cross-origin, so the artifacts bucket must allow the SPA's origins to GET.
+        data.artifacts.add_cors_rule(
+            allowed_methods=[s3.HttpMethods.GET, s3.HttpMethods.HEAD],
+            allowed_origins=web.origins(config),
+            max_age=600,
+        )
         api = None
         if api_enabled:
             api = ApiService(
                 self, "Api", config=config, network=network, data=data, compute=compute,
-                platform_key=platform_key, web_origin=web.origin,
+                platform_key=platform_key, web_origin=",".join(web.origins(config)),
             )  # fmt: skip
         else:
             Annotations.of(self).add_warning(

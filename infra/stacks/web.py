@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
-from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_s3 as s3
@@ -22,6 +21,7 @@ from constructs import Construct
 
 from stacks.checkov import skip_checks
 from stacks.config import InfraConfig
+from stacks.delivery import default_certificate_reason, edge_settings
 from stacks.storage import DataStores
 
 API_PATHS = ("/v1/*", "/healthz", "/openapi.json")
@@ -51,11 +51,7 @@ class WebApp(Construct):
             server_access_logs_prefix="s3/web/",
             removal_policy=RemovalPolicy.RETAIN,
         )
-        certificate = (
-            acm.Certificate.from_certificate_arn(self, "Certificate", config.web_certificate_arn)
-            if config.web_certificate_arn
-            else None
-        )
+        edge = edge_settings(self, config.web_certificate_arn, config.web_domain, data.log_bucket, "cloudfront-web/")
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
@@ -69,15 +65,8 @@ class WebApp(Construct):
                 response_headers_policy=cloudfront.ResponseHeadersPolicy.SECURITY_HEADERS,
                 compress=True,
             ),
-            http_version=cloudfront.HttpVersion.HTTP2_AND_3,
-            price_class=cloudfront.PriceClass.PRICE_CLASS_100,
-            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021 if certificate else None,
-            domain_names=[config.web_domain] if config.web_domain and certificate else None,
-            certificate=certificate,
             web_acl_id=config.web_acl_arn or None,
-            enable_logging=True,
-            log_bucket=data.log_bucket,
-            log_file_prefix="cloudfront-web/",
+            **edge,
         )
         if api_domain:
             self._route_api(api_domain)
@@ -88,19 +77,20 @@ class WebApp(Construct):
                 "do; set avatarpipe:webAclArn to attach one. The API behind it already has its own "
                 "regional WAF on the ALB (stacks/service.py)."
             )
-        if certificate is None:
-            reasons["CKV_AWS_174"] = (
-                "Without a custom domain CloudFront's default certificate is used, whose TLS policy "
-                "cannot be set; set avatarpipe:webDomain and webCertificateArn to enforce TLS 1.2."
-            )
+        if edge["certificate"] is None:
+            reasons["CKV_AWS_174"] = default_certificate_reason("webDomain", "webCertificateArn")
         if reasons:
             skip_checks(self.distribution, reasons)
 
     @property
     def origin(self) -> str:
-        """The SPA's browser origin (what the API's CORS allows)."""
-        domain = self.distribution.distribution_domain_name
-        return f"https://{domain}"
+        """The SPA's browser origin on CloudFront's domain (what the API's CORS allows)."""
+        return f"https://{self.distribution.distribution_domain_name}"
+
+    def origins(self, config: InfraConfig) -> list[str]:
+        """Every origin the SPA is served from: CloudFront's domain and the custom one, if any."""
+        custom = [f"https://{config.web_domain}"] if config.web_domain and config.web_certificate_arn else []
+        return [self.origin, *custom]
 
     def _route_api(self, api_domain: str) -> None:
         api = origins.HttpOrigin(

@@ -463,6 +463,10 @@ def test_web_app_is_private_s3_behind_cloudfront_sharing_the_api_origin(template
     (read,) = [s for s in policy["Statement"] if s.get("Principal") == {"Service": "cloudfront.amazonaws.com"}]
     assert read["Action"] == "s3:GetObject" and "AWS:SourceArn" in json.dumps(read["Condition"])
     assert "WebDistribution" in json.dumps(read["Condition"])
+    # GLB downloads are redirects to presigned S3 GETs, fetched by the SPA cross-origin.
+    artifacts = _one(template, "AWS::S3::Bucket", "Data/Artifacts/")["Properties"]
+    (cors,) = artifacts["CorsConfiguration"]["CorsRules"]
+    assert cors["AllowedMethods"] == ["GET", "HEAD"] and "WebDistribution" in json.dumps(cors["AllowedOrigins"])
     outputs = template["Outputs"]
     assert {"WebBucket", "WebDistributionDomain", "WebDistributionId", "ApiLoadBalancerDns", "ApiServiceSecretArn"} <= set(outputs)
 
