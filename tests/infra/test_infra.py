@@ -471,6 +471,28 @@ def test_web_app_is_private_s3_behind_cloudfront_sharing_the_api_origin(template
     assert {"WebBucket", "WebDistributionDomain", "WebDistributionId", "ApiLoadBalancerDns", "ApiServiceSecretArn"} <= set(outputs)
 
 
+def test_without_an_api_certificate_synth_leaves_the_api_out_and_says_so(tmp_path: Path) -> None:
+    """cdk.json's defaults (no apiDomain/certificate): a valid template with the web app and no
+    ALB or API service, and a synth warning naming the two settings."""
+    _require(CDK, "the CDK CLI (infra/node_modules)")
+    _require(CFN_LINT, "cfn-lint")
+    env = {**os.environ, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
+    done = subprocess.run(
+        [str(CDK), "synth", "--app", f"{sys.executable} app.py", "--output", str(tmp_path), "--no-notices"],
+        cwd=INFRA, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "avatarpipe:apiDomain and avatarpipe:apiCertificateArn" in done.stdout + done.stderr
+    template = json.loads((tmp_path / "Avatarpipe.template.json").read_text())
+    assert not _resources(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert not _resources(template, "AWS::ECS::Service")
+    web = _one(template, "AWS::CloudFront::Distribution", "Web/Distribution/")["Properties"]["DistributionConfig"]
+    assert "CacheBehaviors" not in web and len(web["Origins"]) == 1
+    lint = subprocess.run([str(CFN_LINT), str(tmp_path / "Avatarpipe.template.json")],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
 def test_api_tier_needs_domain_and_certificate_together() -> None:
     """Without both the API tier is left out (an ALB has no default certificate); one alone is an error."""
     sys.path.insert(0, str(INFRA))
