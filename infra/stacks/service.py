@@ -234,6 +234,15 @@ class ApiService(Construct):
             )
         )
         role.add_to_policy(
+            iam.PolicyStatement(
+                # The Dagster instance (partitions, erasure's run scan) builds its EcsRunLauncher,
+                # which reads the run task definition; the call has no resource-level permissions.
+                sid="InstanceRunLauncher",
+                actions=["ecs:DescribeTaskDefinition"],
+                resources=["*"],
+            )
+        )
+        role.add_to_policy(
             iam.PolicyStatement(sid="EncryptRawPhotos", actions=["kms:GenerateDataKey"], resources=[data.uploads_key.key_arn])
         )
         role.add_to_policy(

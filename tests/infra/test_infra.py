@@ -410,7 +410,9 @@ def test_api_task_runs_serve_in_sensors_mode_with_its_secrets(template: dict) ->
 def test_api_task_role_is_scoped_to_what_the_service_does(template: dict) -> None:
     policy = _one(template, "AWS::IAM::Policy", "Api/TaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"PutRawPhotos", "ReadAvatars", "EraseSubjects", "ListForErasure", "EncryptRawPhotos", "DecryptObjects"}
+    assert set(by_sid) == {"PutRawPhotos", "ReadAvatars", "EraseSubjects", "ListForErasure", "EncryptRawPhotos",
+                           "DecryptObjects", "InstanceRunLauncher"}  # fmt: skip
+    assert by_sid["InstanceRunLauncher"]["Action"] == "ecs:DescribeTaskDefinition"
     put = by_sid["PutRawPhotos"]
     assert "s3:PutObject" in _as_list(put["Action"])
     assert "DataUploads" in json.dumps(put["Resource"]) and "subjects/*/*/raw/*" in json.dumps(put["Resource"])
@@ -422,7 +424,8 @@ def test_api_task_role_is_scoped_to_what_the_service_does(template: dict) -> Non
     assert "UploadsKey" in json.dumps(by_sid["EncryptRawPhotos"]["Resource"])
     assert "Condition" in by_sid["ListForErasure"]
     every_action = {a for s in policy["Statement"] for a in _as_list(s["Action"])}
-    assert not any(a.startswith(("sqs:", "ecs:", "iam:", "secretsmanager:")) for a in every_action)
+    assert not any(a.startswith(("sqs:", "iam:", "secretsmanager:")) for a in every_action)
+    assert {a for a in every_action if a.startswith("ecs:")} == {"ecs:DescribeTaskDefinition"}  # no RunTask
     # The secrets are read by the execution role (at task start), never by the task's code.
     execution = _one(template, "AWS::IAM::Policy", "Api/ExecutionRole/DefaultPolicy")["Properties"]["PolicyDocument"]
     reads = [s for s in execution["Statement"] if "secretsmanager:GetSecretValue" in _as_list(s["Action"])]
