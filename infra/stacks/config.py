@@ -20,6 +20,15 @@ class InfraConfig:
     glb_domain: str = ""  # optional custom domain for the GLB distribution ...
     glb_certificate_arn: str = ""  # ... with its ACM certificate (us-east-1)
     log_retention_days: int = 365
+    # The avatar service (stacks/service.py): its ALB's HTTPS listener needs an ACM certificate
+    # (same region as the stack) for api_domain, a DNS name you point at the ALB. Both empty: the
+    # API tier is left out of the template (synth warns); the SPA's bucket/CDN are still made.
+    api_domain: str = ""
+    api_certificate_arn: str = ""
+    service_desired_count: int = 2
+    web_domain: str = ""  # optional custom domain for the SPA's distribution ...
+    web_certificate_arn: str = ""  # ... with its ACM certificate (us-east-1)
+    web_acl_arn: str = ""  # optional WAF web ACL (scope CLOUDFRONT, us-east-1) for the SPA/API CDN
     worker_gpu_memory_mib: int = 14_336  # g4dn.xlarge: 16 GiB, leave room for the ECS agent
     worker_cpu_vcpu: int = 4  # CPU fallback on Fargate
     worker_cpu_memory_mib: int = 16_384
@@ -44,4 +53,10 @@ class InfraConfig:
             web_origins=tuple(origins),
             glb_domain=str(get("glbDomain", "")),
             glb_certificate_arn=str(get("glbCertificateArn", "")),
+            api_domain=str(get("apiDomain", "")),
+            api_certificate_arn=str(get("apiCertificateArn", "")),
+            service_desired_count=int(get("serviceDesiredCount", 2)),
+            web_domain=str(get("webDomain", "")),
+            web_certificate_arn=str(get("webCertificateArn", "")),
+            web_acl_arn=str(get("webAclArn", "")),
         )

@@ -7,11 +7,14 @@ can never be fetched through the CDN. The artifacts key lets CloudFront decrypt.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Aws
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk import aws_cloudfront_origins as origins
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from stacks.checkov import skip_checks
@@ -21,15 +24,36 @@ from stacks.storage import DataStores
 GLB_OBJECTS = "subjects/*/*/rigged_glb/*"
 
 
+def edge_settings(
+    scope: Construct, certificate_arn: str, domain: str, log_bucket: s3.IBucket, log_prefix: str
+) -> dict[str, Any]:
+    """Distribution settings the stack's CDNs share: HTTP/2 and 3, price class 100, standard logs
+    to the log bucket; with a certificate (us-east-1), the custom domain and TLS 1.2 minimum."""
+    certificate = acm.Certificate.from_certificate_arn(scope, "Certificate", certificate_arn) if certificate_arn else None
+    return {
+        "http_version": cloudfront.HttpVersion.HTTP2_AND_3,
+        "price_class": cloudfront.PriceClass.PRICE_CLASS_100,
+        "minimum_protocol_version": cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021 if certificate else None,
+        "domain_names": [domain] if domain and certificate else None,
+        "certificate": certificate,
+        "enable_logging": True,
+        "log_bucket": log_bucket,
+        "log_file_prefix": log_prefix,
+    }
+
+
+def default_certificate_reason(domain_key: str, certificate_key: str) -> str:
+    return (
+        "Without a custom domain CloudFront's default certificate is used, whose TLS policy "
+        f"cannot be set; set avatarpipe:{domain_key} and {certificate_key} to enforce TLS 1.2."
+    )
+
+
 class GlbDelivery(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: InfraConfig, data: DataStores) -> None:
         super().__init__(scope, construct_id)
         oac = cloudfront.S3OriginAccessControl(self, "Oac", signing=cloudfront.Signing.SIGV4_ALWAYS)
-        certificate = (
-            acm.Certificate.from_certificate_arn(self, "Certificate", config.glb_certificate_arn)
-            if config.glb_certificate_arn
-            else None
-        )
+        edge = edge_settings(self, config.glb_certificate_arn, config.glb_domain, data.log_bucket, "cloudfront/")
         self.distribution = cloudfront.Distribution(
             self,
             "Distribution",
@@ -43,14 +67,7 @@ class GlbDelivery(Construct):
                 response_headers_policy=cloudfront.ResponseHeadersPolicy.CORS_ALLOW_ALL_ORIGINS_WITH_PREFLIGHT_AND_SECURITY_HEADERS,
                 compress=True,
             ),
-            http_version=cloudfront.HttpVersion.HTTP2_AND_3,
-            price_class=cloudfront.PriceClass.PRICE_CLASS_100,
-            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021 if certificate else None,
-            domain_names=[config.glb_domain] if config.glb_domain and certificate else None,
-            certificate=certificate,
-            enable_logging=True,
-            log_bucket=data.log_bucket,
-            log_file_prefix="cloudfront/",
+            **edge,
         )
         cfn = self.distribution.node.default_child
         # Attach the OAC to the S3 origin (CDK's OAC helper would grant the whole bucket).
@@ -86,9 +103,6 @@ class GlbDelivery(Construct):
             "distribution serves only immutable, content-addressed GLBs (GET/HEAD) from S3. Attach a "
             "web ACL per deployment where the threat model asks for one.",
         }
-        if certificate is None:
-            reasons["CKV_AWS_174"] = (
-                "Without a custom domain CloudFront's default certificate is used, whose TLS policy "
-                "cannot be set; set avatarpipe:glbDomain and glbCertificateArn to enforce TLS 1.2."
-            )
+        if edge["certificate"] is None:
+            reasons["CKV_AWS_174"] = default_certificate_reason("glbDomain", "glbCertificateArn")
         skip_checks(self.distribution, reasons)

@@ -22,7 +22,11 @@ CDK = INFRA / "node_modules" / ".bin" / "cdk"
 CHECKOV = Path(os.environ.get("CHECKOV_BIN") or REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov")
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # The suppressions the stack declares, and nothing else may be skipped.
-EXPECTED_SKIPS = {"CKV_AWS_18", "CKV_AWS_68", "CKV_AWS_174"}
+EXPECTED_SKIPS = {"CKV_AWS_18", "CKV_AWS_68", "CKV_AWS_174", "CKV_AWS_260"}
+# The production shape: the API tier needs its domain and a certificate (stacks/avatarpipe_stack.py).
+API_DOMAIN = "api.avatars.example.com"
+API_CERTIFICATE = "arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-4000-8000-000000000000"
+API_CONTEXT = ["-c", f"avatarpipe:apiDomain={API_DOMAIN}", "-c", f"avatarpipe:apiCertificateArn={API_CERTIFICATE}"]
 
 
 def _require(path: Path | None, what: str) -> None:
@@ -42,7 +46,8 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cdk.out")
     env = {**os.environ, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
     done = subprocess.run(
-        [str(CDK), "synth", "--app", f"{sys.executable} app.py", "--output", str(out), "--quiet", "--no-notices"],
+        [str(CDK), "synth", "--app", f"{sys.executable} app.py", "--output", str(out), "--quiet", "--no-notices",
+         *API_CONTEXT],
         cwd=INFRA, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -185,7 +190,7 @@ def test_dagster_tasks_get_the_secrets_and_the_production_path_config(template: 
         assert {"AVATARPIPE_S3_BUCKET", "AVATARPIPE_SQS_QUEUE_URL", "AVATARPIPE_COMPUTE_MODE",
                 "AVATARPIPE_ECS_TASK_DEFINITION", "AVATARPIPE_ECS_GPU_CAPACITY_PROVIDER",
                 "AVATARPIPE_MLFLOW_ARTIFACT_ROOT"} <= env  # fmt: skip
-    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 3
+    assert len(_resources(template, "AWS::SecretsManager::Secret")) == 5  # + the API's signing secret and key drop
 
 
 def test_a_production_task_uses_the_images_postgres_instance_and_a_real_registry(template: dict, tmp_path, monkeypatch) -> None:
@@ -250,12 +255,12 @@ def test_iam_is_least_privilege(template: dict) -> None:
 
 
 def test_cloudfront_serves_only_glbs_through_origin_access_control(template: dict) -> None:
-    (distribution,) = _resources(template, "AWS::CloudFront::Distribution").values()
+    distribution = _one(template, "AWS::CloudFront::Distribution", "Glbs/Distribution")
     config = distribution["Properties"]["DistributionConfig"]
     (origin,) = config["Origins"]
     assert "GlbsOac" in json.dumps(origin["OriginAccessControlId"])
     assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "https-only"
-    (oac,) = _resources(template, "AWS::CloudFront::OriginAccessControl").values()
+    oac = _one(template, "AWS::CloudFront::OriginAccessControl", "Glbs/Oac")
     assert oac["Properties"]["OriginAccessControlConfig"]["SigningBehavior"] == "always"
     artifacts_policy = _one(template, "AWS::S3::BucketPolicy", "Data/Artifacts/Policy")
     cloudfront = [
@@ -306,3 +311,271 @@ def test_dockerfile_and_package_pins() -> None:
     package = json.loads((INFRA / "package.json").read_text())
     lock = json.loads((INFRA / "package-lock.json").read_text())
     assert package["devDependencies"]["aws-cdk"] == lock["packages"]["node_modules/aws-cdk"]["version"]
+
+
+# -- the avatar service (issue 18): ALB + ECS Fargate, the SPA on S3 + CloudFront ------------------
+
+
+def test_api_alb_terminates_tls_1_2_plus_and_redirects_http(template: dict) -> None:
+    alb = _one(template, "AWS::ElasticLoadBalancingV2::LoadBalancer", "Api/Alb/")["Properties"]
+    assert alb["Scheme"] == "internet-facing"
+    attributes = {a["Key"]: a["Value"] for a in alb["LoadBalancerAttributes"]}
+    assert attributes["deletion_protection.enabled"] == "true"
+    assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    assert attributes["access_logs.s3.enabled"] == "true" and attributes["access_logs.s3.prefix"] == "alb/api"
+    assert "DataAccessLogs" in json.dumps(attributes["access_logs.s3.bucket"])
+    log_policy = _one(template, "AWS::S3::BucketPolicy", "Data/AccessLogs/Policy")["Properties"]["PolicyDocument"]
+    (grant,) = [s for s in log_policy["Statement"] if s.get("Sid") == "AlbAccessLogs"]
+    assert grant["Principal"] == {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
+    listeners = {
+        r["Properties"]["Port"]: r["Properties"]
+        for r in _resources(template, "AWS::ElasticLoadBalancingV2::Listener").values()
+    }
+    assert set(listeners) == {80, 443}
+    https = listeners[443]
+    assert https["Protocol"] == "HTTPS" and https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert https["Certificates"] == [{"CertificateArn": API_CERTIFICATE}]
+    (redirect,) = listeners[80]["DefaultActions"]
+    assert redirect["Type"] == "redirect"
+    assert redirect["RedirectConfig"] == {"Port": "443", "Protocol": "HTTPS", "StatusCode": "HTTP_301"}
+    group = _one(template, "AWS::ElasticLoadBalancingV2::TargetGroup", "Api/Alb/Https/ApiGroup")["Properties"]
+    assert group["HealthCheckPath"] == "/healthz" and group["Port"] == 8080 and group["TargetType"] == "ip"
+    rule = _one(template, "AWS::ElasticLoadBalancingV2::ListenerRule", "NoPublicMetrics")["Properties"]
+    assert rule["Conditions"][0]["PathPatternConfig"]["Values"] == ["/metrics", "/metrics/*"]
+    assert rule["Actions"][0]["Type"] == "fixed-response"
+    # A regional WAF in front, logging without the credentials.
+    (association,) = _resources(template, "AWS::WAFv2::WebACLAssociation").values()
+    assert "ApiAlb" in json.dumps(association["Properties"]["ResourceArn"])
+    acl = _one(template, "AWS::WAFv2::WebACL", "Api/WebAcl")["Properties"]
+    assert acl["Scope"] == "REGIONAL"
+    names = {r["Name"] for r in acl["Rules"]}
+    assert {"PerIpRateLimit", "AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet"} == names
+    (logging,) = _resources(template, "AWS::WAFv2::LoggingConfiguration").values()
+    redacted = {f["SingleHeader"]["Name"] for f in logging["Properties"]["RedactedFields"]}
+    assert redacted == {"authorization", "x-api-key"}
+
+
+def test_api_tasks_are_private_and_reachable_only_from_the_alb(template: dict) -> None:
+    service = _one(template, "AWS::ECS::Service", "Api/Service/")["Properties"]
+    assert service["LaunchType"] == "FARGATE" and service["PlatformVersion"] == "LATEST"
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    private = {n for n, r in _resources(template, "AWS::EC2::Subnet").items() if "private" in n.lower()}
+    assert {s["Ref"] for s in network["Subnets"]} == private and private
+    (group_ref,) = network["SecurityGroups"]
+    service_sg = group_ref["Fn::GetAtt"][0]
+    sg = template["Resources"][service_sg]["Properties"]
+    assert "SecurityGroupIngress" not in sg  # no inline rule: the one below is all
+    ingress = [
+        r["Properties"] for r in _resources(template, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Fn::GetAtt": [service_sg, "GroupId"]}
+    ]  # fmt: skip
+    assert len(ingress) == 1
+    assert ingress[0]["FromPort"] == ingress[0]["ToPort"] == 8080
+    assert "ApiAlbSg" in ingress[0]["SourceSecurityGroupId"]["Fn::GetAtt"][0]
+    assert "CidrIp" not in ingress[0]
+    # The ALB's group: 80/443 in from anywhere, out only to the tasks' port.
+    alb_sg = _one(template, "AWS::EC2::SecurityGroup", "Api/AlbSg/")["Properties"]
+    assert {(r["FromPort"], r["CidrIp"]) for r in alb_sg["SecurityGroupIngress"]} == {(443, "0.0.0.0/0"), (80, "0.0.0.0/0")}
+    egress = _one(template, "AWS::EC2::SecurityGroupEgress", "Api/AlbSg/")["Properties"]
+    assert egress["FromPort"] == 8080 and egress["DestinationSecurityGroupId"] == {"Fn::GetAtt": [service_sg, "GroupId"]}
+
+
+def test_api_task_runs_serve_in_sensors_mode_with_its_secrets(template: dict) -> None:
+    task = _one(template, "AWS::ECS::TaskDefinition", "Api/Task/")["Properties"]
+    assert task["Family"] == "avatarpipe-api" and task["RequiresCompatibilities"] == ["FARGATE"]
+    (container,) = task["ContainerDefinitions"]
+    assert container["Command"] == ["avatarpipe", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert container["PortMappings"][0]["ContainerPort"] == 8080
+    assert container["ReadonlyRootFilesystem"] is True
+    worker_image = _one(template, "AWS::ECS::TaskDefinition", "Compute/WorkerGpuTask/")["Properties"]
+    assert container["Image"] == worker_image["ContainerDefinitions"][0]["Image"]  # the same image
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["AVATARPIPE_SERVICE_DISPATCH"] == "sensors"
+    assert "WebDistribution" in json.dumps(env["AVATARPIPE_CORS_ORIGINS"])
+    assert json.dumps(env["AVATARPIPE_CORS_ORIGINS"]).startswith('{"Fn::Join": ["", ["https://"')
+    assert {"AVATARPIPE_S3_BUCKET", "AVATARPIPE_S3_UPLOADS_BUCKET", "AVATARPIPE_S3_KMS_KEY_ID", "DAGSTER_HOME",
+            "DAGSTER_RUN_TASK_DEFINITION"} <= set(env)  # fmt: skip
+    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in container["Secrets"]}
+    assert set(secrets) == {"MONGODB_URI", "DAGSTER_PG_URL", "AVATARPIPE_MLFLOW_URI", "AVATARPIPE_SERVICE_SECRET"}
+    assert "ApiServiceSecret" in secrets["AVATARPIPE_SERVICE_SECRET"]
+    secret = _one(template, "AWS::SecretsManager::Secret", "Api/ServiceSecret")["Properties"]
+    assert secret["GenerateSecretString"]["PasswordLength"] == 64 and "SecretString" not in secret
+    assert "PlatformKey" in json.dumps(secret["KmsKeyId"])
+    # Every variable the production dagster.yaml reads reaches the API task too (it registers partitions).
+    needed = _env_refs(yaml.safe_load((INFRA / "dagster.production.yaml").read_text()))
+    assert needed <= set(env) | set(secrets)
+
+
+def test_api_task_role_is_scoped_to_what_the_service_does(template: dict) -> None:
+    policy = _one(template, "AWS::IAM::Policy", "Api/TaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid) == {"PutRawPhotos", "ReadAvatars", "EraseSubjects", "ListForErasure", "EncryptRawPhotos",
+                           "DecryptObjects", "InstanceRunLauncher"}  # fmt: skip
+    assert by_sid["InstanceRunLauncher"]["Action"] == "ecs:DescribeTaskDefinition"
+    put = by_sid["PutRawPhotos"]
+    assert "s3:PutObject" in _as_list(put["Action"])
+    assert "DataUploads" in json.dumps(put["Resource"]) and "subjects/*/*/raw/*" in json.dumps(put["Resource"])
+    assert "Artifacts" not in json.dumps(put["Resource"])  # the service never writes derived artifacts
+    read = by_sid["ReadAvatars"]
+    assert read["Action"] == "s3:GetObject" and "subjects/*/*/rigged_glb/*" in json.dumps(read["Resource"])
+    assert "DataArtifacts" in json.dumps(read["Resource"])
+    assert by_sid["EncryptRawPhotos"]["Action"] == "kms:GenerateDataKey"
+    assert "UploadsKey" in json.dumps(by_sid["EncryptRawPhotos"]["Resource"])
+    assert "Condition" in by_sid["ListForErasure"]
+    every_action = {a for s in policy["Statement"] for a in _as_list(s["Action"])}
+    assert not any(a.startswith(("sqs:", "iam:", "secretsmanager:")) for a in every_action)
+    assert {a for a in every_action if a.startswith("ecs:")} == {"ecs:DescribeTaskDefinition"}  # no RunTask
+    # The secrets are read by the execution role (at task start), never by the task's code.
+    execution = _one(template, "AWS::IAM::Policy", "Api/ExecutionRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    reads = [s for s in execution["Statement"] if "secretsmanager:GetSecretValue" in _as_list(s["Action"])]
+    assert reads and "*" not in json.dumps([s["Resource"] for s in reads])
+
+
+def test_web_app_is_private_s3_behind_cloudfront_sharing_the_api_origin(template: dict) -> None:
+    bucket = _one(template, "AWS::S3::Bucket", "Web/Bucket/")["Properties"]
+    assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True}
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert "LoggingConfiguration" in bucket and "BucketEncryption" in bucket
+    distribution = _one(template, "AWS::CloudFront::Distribution", "Web/Distribution/")["Properties"]
+    config = distribution["DistributionConfig"]
+    assert config["DefaultRootObject"] == "index.html"
+    assert config["Logging"]["Prefix"] == "cloudfront-web/"
+    s3_origin, api_origin = config["Origins"]
+    oac = _one(template, "AWS::CloudFront::OriginAccessControl", "Web/Distribution/")
+    assert "WebDistributionOrigin1S3OriginAccessControl" in json.dumps(s3_origin["OriginAccessControlId"])
+    assert oac["Properties"]["OriginAccessControlConfig"]["SigningBehavior"] == "always"
+    assert api_origin["DomainName"] == API_DOMAIN
+    custom = api_origin["CustomOriginConfig"]
+    assert custom["OriginProtocolPolicy"] == "https-only" and custom["OriginSSLProtocols"] == ["TLSv1.2"]
+    default = config["DefaultCacheBehavior"]
+    assert default["ViewerProtocolPolicy"] == "redirect-to-https"
+    security_headers = "67f7725c-6f97-4210-82d7-5512b31e9d03"  # CloudFront's managed SecurityHeadersPolicy
+    assert default["ResponseHeadersPolicyId"] == security_headers
+    behaviours = {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+    assert set(behaviours) == {"/v1/*", "/healthz", "/openapi.json"}
+    for behaviour in behaviours.values():
+        assert behaviour["TargetOriginId"] == api_origin["Id"] and behaviour["ViewerProtocolPolicy"] == "https-only"
+        assert "POST" in behaviour["AllowedMethods"] and behaviour["ResponseHeadersPolicyId"] == security_headers
+    cache = _one(template, "AWS::CloudFront::CachePolicy", "Web/ApiCachePolicy")["Properties"]["CachePolicyConfig"]
+    assert cache["DefaultTTL"] == 0 and cache["MaxTTL"] <= 1
+    headers = cache["ParametersInCacheKeyAndForwardedToOrigin"]["HeadersConfig"]["Headers"]
+    assert set(headers) == {"Authorization", "X-API-Key"}  # forwarded, and one key's answer is never another's
+    # Only this distribution may read the web bucket, and only objects.
+    policy = _one(template, "AWS::S3::BucketPolicy", "Web/Bucket/Policy")["Properties"]["PolicyDocument"]
+    (read,) = [s for s in policy["Statement"] if s.get("Principal") == {"Service": "cloudfront.amazonaws.com"}]
+    assert read["Action"] == "s3:GetObject" and "AWS:SourceArn" in json.dumps(read["Condition"])
+    assert "WebDistribution" in json.dumps(read["Condition"])
+    # GLB downloads are redirects to presigned S3 GETs, fetched by the SPA cross-origin.
+    artifacts = _one(template, "AWS::S3::Bucket", "Data/Artifacts/")["Properties"]
+    (cors,) = artifacts["CorsConfiguration"]["CorsRules"]
+    assert cors["AllowedMethods"] == ["GET", "HEAD"] and "WebDistribution" in json.dumps(cors["AllowedOrigins"])
+    outputs = template["Outputs"]
+    assert {"WebBucket", "WebDistributionDomain", "WebDistributionId", "ApiLoadBalancerDns", "ApiServiceSecretArn"} <= set(outputs)
+
+
+def test_without_an_api_certificate_synth_leaves_the_api_out_and_says_so(tmp_path: Path) -> None:
+    """cdk.json's defaults (no apiDomain/certificate): a valid template with the web app and no
+    ALB or API service, and a synth warning naming the two settings."""
+    _require(CDK, "the CDK CLI (infra/node_modules)")
+    _require(CFN_LINT, "cfn-lint")
+    env = {**os.environ, "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1", "CDK_DISABLE_CLI_TELEMETRY": "true"}
+    done = subprocess.run(
+        [str(CDK), "synth", "--app", f"{sys.executable} app.py", "--output", str(tmp_path), "--no-notices"],
+        cwd=INFRA, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "avatarpipe:apiDomain and avatarpipe:apiCertificateArn" in done.stdout + done.stderr
+    template = json.loads((tmp_path / "Avatarpipe.template.json").read_text())
+    assert not _resources(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert not _resources(template, "AWS::ECS::Service")
+    web = _one(template, "AWS::CloudFront::Distribution", "Web/Distribution/")["Properties"]["DistributionConfig"]
+    assert "CacheBehaviors" not in web and len(web["Origins"]) == 1
+    lint = subprocess.run([str(CFN_LINT), str(tmp_path / "Avatarpipe.template.json")],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_api_tier_needs_domain_and_certificate_together() -> None:
+    """Without both the API tier is left out (an ALB has no default certificate); one alone is an error."""
+    sys.path.insert(0, str(INFRA))
+    try:
+        from stacks.avatarpipe_stack import api_tier_enabled
+        from stacks.config import InfraConfig
+    finally:
+        sys.path.remove(str(INFRA))
+    assert api_tier_enabled(InfraConfig()) is False
+    assert api_tier_enabled(InfraConfig(api_domain=API_DOMAIN, api_certificate_arn=API_CERTIFICATE)) is True
+    for half in (InfraConfig(api_domain=API_DOMAIN), InfraConfig(api_certificate_arn=API_CERTIFICATE)):
+        with pytest.raises(ValueError, match="set together"):
+            api_tier_enabled(half)
+
+
+def test_image_holds_every_package_the_project_installs() -> None:
+    """`pip install -e .` in the image needs every listed package (the API's `service/` too)."""
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    ignore = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+    install = dockerfile.index("RUN pip install -e")
+    for package in packages:
+        assert dockerfile.find(f"COPY {package} {package}\n") in range(install), package
+        assert f"!{package}/**" in ignore, package
+    assert "service" in packages
+
+
+def test_keys_task_puts_the_new_key_in_its_secret_not_on_stdout(template: dict, tmp_path, monkeypatch, capsys) -> None:
+    """The keys task's program, run for real (`avatarpipe keys create` in a throwaway home); only
+    the Secrets Manager call is recorded instead of sent. The dropped key authenticates."""
+    import types
+
+    sys.path.insert(0, str(INFRA))
+    try:
+        from stacks.service import KEY_DROP_ENV, KEY_DROP_SCRIPT
+    finally:
+        sys.path.remove(str(INFRA))
+    task = _one(template, "AWS::ECS::TaskDefinition", "Api/KeysTask/")["Properties"]
+    (container,) = task["ContainerDefinitions"]
+    assert container["Command"] == ["python", "-c", KEY_DROP_SCRIPT]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert "ApiApiKeyDrop" in json.dumps(env[KEY_DROP_ENV]) and env["KEY_ROLE"] == "uploader"
+    assert {s["Name"] for s in container["Secrets"]} >= {"MONGODB_URI", "AVATARPIPE_SERVICE_SECRET"}
+    keys_policy = _one(template, "AWS::IAM::Policy", "Api/KeysTaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    drop = next(s for s in keys_policy["Statement"] if s["Sid"] == "DropNewKey")
+    assert drop["Action"] == "secretsmanager:PutSecretValue" and "ApiApiKeyDrop" in json.dumps(drop["Resource"])
+
+    home = tmp_path / "home"
+    pepper = "a-test-pepper-of-sufficient-length-0123456789"
+    monkeypatch.setenv("AVATARPIPE_HOME", str(home))
+    monkeypatch.setenv("AVATARPIPE_SERVICE_SECRET", pepper)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KEY_ROLE", "compliance")
+    monkeypatch.setenv("KEY_NAME", "auditor")
+    monkeypatch.setenv(KEY_DROP_ENV, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:drop")
+    for name in ("MONGODB_URI", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    calls: list[dict] = []
+
+    class Recorder:
+        def put_secret_value(self, **kwargs: Any) -> None:
+            calls.append(kwargs)
+
+    monkeypatch.setitem(sys.modules, "boto3", types.SimpleNamespace(client=lambda service: Recorder()))
+    exec(compile(KEY_DROP_SCRIPT, "key-drop", "exec"), {"__name__": "__main__"})  # noqa: S102 - the task's program
+    (call,) = calls
+    assert call["SecretId"].endswith(":secret:drop")
+    dropped = json.loads(call["SecretString"])
+    assert dropped["role"] == "compliance" and dropped["name"] == "auditor"
+    printed = capsys.readouterr()
+    assert dropped["key"] not in printed.out + printed.err and dropped["key_id"] in printed.err
+
+    from orchestration.settings import Settings
+    from service.keys import authenticate
+    from storage.metadata_store import open_metadata_store
+
+    settings = Settings.from_env()
+    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+        key = authenticate(metadata, pepper.encode(), dropped["key"])
+    assert key is not None and key.role == "compliance" and key.key_id == dropped["key_id"]
