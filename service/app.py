@@ -45,6 +45,7 @@ API_VERSION = "1.0.0"
 WEB_DIST = Path(__file__).resolve().parents[1] / "web" / "dist"
 SSE_POLL_S = 0.5
 SSE_MAX_S = 30 * 60
+SSE_KEEPALIVE_S = 15
 STATUS_OF_CODE = {
     ErrorCode.EMPTY_FILE: 422, ErrorCode.NOT_AN_IMAGE: 415, ErrorCode.TRUNCATED_IMAGE: 422,
     ErrorCode.CORRUPT_IMAGE: 422, ErrorCode.FILE_TOO_LARGE: 413, ErrorCode.DECOMPRESSION_BOMB: 413,
@@ -524,7 +525,7 @@ def _start_erasure(state: ServiceState, subject_id: str, operator: str) -> dict[
 async def _status_events(state: ServiceState, upload_id: str) -> AsyncIterator[bytes]:
     """One `status` event whenever the upload's view changes, until it is final (or 30 min)."""
     last = None
-    started = time.monotonic()
+    started = said_at = time.monotonic()
     while time.monotonic() - started < SSE_MAX_S:
         view = await asyncio.to_thread(_view_or_none, state, upload_id)
         if view is None:
@@ -533,7 +534,10 @@ async def _status_events(state: ServiceState, upload_id: str) -> AsyncIterator[b
         body = json.dumps(view.to_dict(), default=str)
         if body != last:
             yield f"event: status\ndata: {body}\n\n".encode()
-            last = body
+            last, said_at = body, time.monotonic()
+        elif time.monotonic() - said_at > SSE_KEEPALIVE_S:  # proxies (CloudFront: 60 s) cut silent streams
+            yield b": keep-alive\n\n"
+            said_at = time.monotonic()
         if view.final:
             return
         await asyncio.sleep(SSE_POLL_S)
