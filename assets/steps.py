@@ -19,6 +19,7 @@ from models.catalogue import ASSET_MODELS
 from models.errors import ErrorCode, PipelineError
 from ops.faults import FAULT_KILL_ENV, kill_if_armed
 from ops.steps import StepResult
+from orchestration.registry import mlflow_version_url
 from storage.metadata_store import ArtifactRecord, MetadataStore
 from storage.object_store import ObjectStore, StoredObject, artifact_key, key_without_subject, sha256_hex
 from storage.retry import StoreUnavailable, with_retries
@@ -59,6 +60,7 @@ class StepContext:
     code_version: str
     timer: dict[str, float] = field(default_factory=dict)
     retries_left: int = 0  # Dagster RetryPolicy attempts still to come after this one
+    model_urls: dict[str, str] = field(default_factory=dict)  # MLflow UI page of each version used (issue 19)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
         model_params={name: production[name].params for name in names} | _body_hints(asset_key, upload),
         code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
         retries_left=_retries_left(context),
+        model_urls={name: mlflow_version_url(registry.location(), name, production[name].version) for name in names},
     )
 
 
@@ -266,6 +269,7 @@ def result_metadata(step: StepContext, artifact_id: str, obj: StoredObject, metr
         "bytes": obj.bytes,
         "compute_seconds": round(step.timer.get("compute", 0.0), 3),
         "model_versions": MetadataValue.json(step.model_versions),
+        **{f"mlflow_{name}": MetadataValue.url(url) for name, url in step.model_urls.items()},
     }
     for name, value in metrics.items():
         if isinstance(value, (int, float, str, bool)):

@@ -194,7 +194,9 @@ class ModelRegistry:
             self.location.local_dir.mkdir(parents=True, exist_ok=True)
             with self._init_lock():
                 _start_from_migrated_schema(self.location)
-        return MlflowClient(tracking_uri=self.location.tracking_uri, registry_uri=self.location.effective_registry_uri)
+        return MlflowClient(
+            tracking_uri=self.location.tracking_uri, registry_uri=self.location.effective_registry_uri
+        )
 
     # -- initialisation ------------------------------------------------------------------
 
@@ -305,6 +307,7 @@ class ModelRegistry:
 
     def get_version(self, name: str, version: str, with_metrics: bool = False) -> ModelVersion:
         self._check_name(name)
+        self.ensure_initialised()  # a fresh home has version 1 of everything
         try:
             mv = self.client.get_model_version(name, str(version))
         except Exception as exc:
@@ -394,7 +397,9 @@ class ModelRegistry:
         _drop_snapshot(self.location)
         return version
 
-    def log_evaluation(self, name: str, version: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    def log_evaluation(
+        self, name: str, version: str, metrics: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None:
         """Evaluation metrics on the version's run (MLflow shows them there and on the version)
         and `tags` on both."""
         from mlflow.entities import Metric, RunTag
@@ -482,10 +487,15 @@ class ModelRegistry:
         client.log_dict(run_id, config, CONFIG_ARTIFACT)
         client.log_text(run_id, mlmodel_yaml(spec, run_id), f"{CONFIG_ARTIFACT_DIR}/MLmodel")
         client.set_terminated(run_id)
-        version_tags = tags | provenance_tags() | dict(extra_tags or {}) | {
-            TAG_PARAMS: json.dumps(spec.params, sort_keys=True),
-            TAG_PARAMS_SHA: params_digest(spec.params),
-        }
+        version_tags = (
+            tags
+            | provenance_tags()
+            | dict(extra_tags or {})
+            | {
+                TAG_PARAMS: json.dumps(spec.params, sort_keys=True),
+                TAG_PARAMS_SHA: params_digest(spec.params),
+            }
+        )
         if based_on:
             version_tags[TAG_BASED_ON] = based_on
         mv = client.create_model_version(
@@ -518,7 +528,11 @@ def provenance_tags() -> dict[str, str]:
         package = version("avatarpipe")
     except PackageNotFoundError:
         package = "unknown"
-    return {TAG_USER: user, TAG_GIT_COMMIT: git_commit(), "avatarpipe.code_version": f"{package}+{PIPELINE_VERSION}"}
+    return {
+        TAG_USER: user,
+        TAG_GIT_COMMIT: git_commit(),
+        "avatarpipe.code_version": f"{package}+{PIPELINE_VERSION}",
+    }
 
 
 @functools.lru_cache(maxsize=4)

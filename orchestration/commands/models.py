@@ -3,7 +3,13 @@
     avatarpipe models list [--json]
     avatarpipe models register NAME [--from-version V] --set key=value ... [--metric key=value ...]
                                [--description TEXT] [--promote] [--json]
-    avatarpipe models promote NAME VERSION [--json]
+    avatarpipe models promote NAME VERSION [--force --reason TEXT] [--json]
+    avatarpipe models compare NAME V1 V2 [--json]
+    avatarpipe models evaluate NAME VERSION [--eval-photos DIR] [--eval-max-photos N] [--eval-synthetic N] [--json]
+    avatarpipe models rollback NAME [--dry-run] [--json]
+    avatarpipe models avatars NAME VERSION [--all] [--json]
+
+The logic lives in `orchestration.model_ops`; these are thin wrappers.
 
 `--set` values are JSON when they parse as JSON (`iters=[20,60,30]`, `lr=0.02`), else strings.
 Promoting (also an older version: that is a rollback) moves the `production` alias; the
@@ -18,6 +24,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from typing import Any
 
 from models.catalogue import default_model_specs
@@ -153,11 +160,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
+def _promote(
+    settings: Settings, name: str, version: str, force: bool = False, reason: str | None = None
+) -> dict[str, Any]:
+    from orchestration import model_ops
+
+    gate = model_ops.gate_promotion(_registry(settings), name, version, force, reason)
     promotion = _registry(settings).promote(name, version)
+    model_ops.after_promotion(_registry(settings), name, promotion.production)
     _audit(settings, "model_promote", {"model": name, "previous": promotion.previous,
-                                       "production": promotion.production, "trigger": "cli"})  # fmt: skip
+                                       "production": promotion.production, "trigger": "cli"} | gate.audit_details())  # fmt: skip
     return {
+        "gate": gate.comparison.to_dict() if gate.comparison else None,
+        "forced": gate.forced,
         "model": name,
         "previous": promotion.previous,
         "production": promotion.production,
@@ -168,6 +183,8 @@ def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
 
 
 def _print_promotion(result: dict[str, Any]) -> None:
+    if result.get("forced"):
+        print(f"{result['model']}: FORCED past the gates: {'; '.join(result['gate']['reasons'])}")
     print(
         f"{result['model']}: production v{result['previous']} -> v{result['production']}; "
         f"{result['outdated_uploads']} upload(s) have {', '.join(result['assets'])} built with another "
@@ -181,13 +198,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     changes = dict(args.set or [])
     try:
         with stdout_to_stderr():
-            version = _registry(settings).register_version(
-                args.name,
-                changes,
-                from_version=args.from_version,
-                metrics=dict(args.metric or []),
-                description=args.description,
-            )
+            from orchestration.model_ops import register_candidate
+
+            registration = register_candidate(settings, args.name, changes, args.from_version, dict(args.metric or []),
+                                              args.description, _evaluation_set(args) if args.evaluate else None)  # fmt: skip
+            version = registration.version
             _audit(settings, "model_register", {"model": args.name, "version": version.version,
                                                 "based_on": version.based_on, "changes": changes})  # fmt: skip
             promotion = _promote(settings, args.name, version.version) if args.promote else None
@@ -195,7 +210,9 @@ def cmd_register(args: argparse.Namespace) -> int:
         print(f"avatarpipe models register: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"registered": version.to_dict(), "promotion": promotion}, default=str))
+        evaluation = registration.evaluation
+        print(json.dumps({"registered": version.to_dict(), "promotion": promotion,
+                          "evaluation": asdict(evaluation) if evaluation else None}, default=str))  # fmt: skip
         return 0
     what = ", ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) or "same parameters"
     print(f"{args.name}: registered v{version.version} (from v{version.based_on}): {what}")
@@ -209,7 +226,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     prepare_environment(settings)
     try:
         with stdout_to_stderr():
-            result = _promote(settings, args.name, args.version)
+            result = _promote(settings, args.name, args.version, args.force, args.reason)
             result["production_versions"] = production_map(_registry(settings).production_versions())
     except RegistryError as exc:
         print(f"avatarpipe models promote: {exc}", file=sys.stderr)
@@ -219,6 +236,98 @@ def cmd_promote(args: argparse.Namespace) -> int:
     else:
         _print_promotion(result)
     return 0
+
+
+def _evaluation_set(args: argparse.Namespace):
+    from orchestration.model_ops import EvaluationSet
+
+    default = EvaluationSet()
+    return EvaluationSet(
+        photo_folders=tuple(args.eval_photos) if args.eval_photos else default.photo_folders,
+        max_photos=args.eval_max_photos, synthetic=args.eval_synthetic, seed=args.eval_seed,
+    )  # fmt: skip
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-photos", action="append", metavar="DIR", help="photo folder (repeatable; default samples/)"
+    )
+    parser.add_argument(
+        "--eval-max-photos", type=int, default=2, metavar="N", help="at most N photos (default 2)"
+    )
+    parser.add_argument(
+        "--eval-synthetic", type=int, default=2, metavar="N", help="synthetic bodies (default 2)"
+    )
+    parser.add_argument("--eval-seed", type=int, default=0, help="first synthetic seed (default 0)")
+
+
+def _run(label: str, fn) -> int:
+    """Run one model-ops call: RegistryError -> exit 2 with the message on stderr."""
+    settings = Settings.from_env()
+    prepare_environment(settings)
+    try:
+        with stdout_to_stderr():
+            out = fn(settings)
+    except RegistryError as exc:
+        print(f"avatarpipe models {label}: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from orchestration.model_ops import compare_versions, format_comparison
+
+    def go(settings: Settings) -> str:
+        comparison = compare_versions(_registry(settings), args.name, args.v1, args.v2)
+        return json.dumps(comparison.to_dict()) if args.json else format_comparison(comparison)
+
+    return _run("compare", go)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from orchestration.model_ops import evaluate_version
+
+    def go(settings: Settings) -> str:
+        evaluation = evaluate_version(settings, args.name, args.version, _evaluation_set(args))
+        if args.json:
+            return json.dumps(asdict(evaluation), default=str)
+        return f"{args.name} v{args.version}: " + ", ".join(
+            f"{k}={v:g}" for k, v in sorted(evaluation.metrics.items())
+        )
+
+    return _run("evaluate", go)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from orchestration.model_ops import rollback
+
+    def go(settings: Settings) -> str:
+        result = rollback(settings, args.name, run=not args.dry_run)
+        if args.json:
+            return json.dumps(asdict(result), default=str)
+        return (f"{result.model}: production v{result.bad} -> v{result.restored} (rollback); "
+                f"{len(result.uploads)} upload(s) built with v{result.bad}: {' '.join(result.uploads) or '-'}"
+                + (f"; reprocessed {result.reprocess.get('counts')}" if result.reprocess else ""))  # fmt: skip
+
+    return _run("rollback", go)
+
+
+def cmd_avatars(args: argparse.Namespace) -> int:
+    from orchestration.model_ops import avatar_lines, avatars_of_version, sync_avatar_tags
+    from storage.metadata_store import open_metadata_store
+
+    def go(settings: Settings) -> str:
+        location = RegistryLocation.for_settings(settings)
+        _registry(settings).get_version(args.name, args.version)  # unknown versions: exit 2
+        with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+            result = avatars_of_version(
+                metadata, location, args.name, args.version, include_superseded=args.all
+            )
+        sync_avatar_tags(settings, args.name)
+        return json.dumps(result.to_dict()) if args.json else "\n".join(avatar_lines(result))
+
+    return _run("avatars", go)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -238,11 +347,50 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="evaluation metric to log with the version; repeatable")  # fmt: skip
     reg.add_argument("--description", help="free text stored on the version")
     reg.add_argument("--promote", action="store_true", help="point `production` at the new version")
+    reg.add_argument(
+        "--evaluate", action="store_true", help="run the evaluation harness, log its metrics on the version"
+    )
+    _add_evaluation_options(reg)
     reg.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     reg.set_defaults(func=cmd_register)
 
     pro = msub.add_parser("promote", help="point `production` at VERSION (an older one rolls back)")
     pro.add_argument("name")
     pro.add_argument("version")
+    pro.add_argument(
+        "--force", action="store_true", help="promote although the gates refuse (needs --reason)"
+    )
+    pro.add_argument("--reason", help="why a refused promotion is forced (audit log and version tag)")
     pro.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     pro.set_defaults(func=cmd_promote)
+
+    cmp_ = msub.add_parser("compare", help="two versions' metrics side by side with a verdict per metric")
+    cmp_.add_argument("name")
+    cmp_.add_argument("v1", help="champion")
+    cmp_.add_argument("v2", help="challenger")
+    cmp_.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    cmp_.set_defaults(func=cmd_compare)
+
+    ev = msub.add_parser("evaluate", help="run the evaluation harness on a version, log the metrics on it")
+    ev.add_argument("name")
+    ev.add_argument("version")
+    _add_evaluation_options(ev)
+    ev.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rb = msub.add_parser(
+        "rollback", help="restore the previous production version, rebuild what the bad one built"
+    )
+    rb.add_argument("name")
+    rb.add_argument(
+        "--dry-run", action="store_true", help="move the alias, list the uploads, rebuild nothing"
+    )
+    rb.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    rb.set_defaults(func=cmd_rollback)
+
+    av = msub.add_parser("avatars", help="the avatars a model version built (ledger), with its MLflow URL")
+    av.add_argument("name")
+    av.add_argument("version")
+    av.add_argument("--all", action="store_true", help="also uploads whose artifacts of it were superseded")
+    av.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    av.set_defaults(func=cmd_avatars)

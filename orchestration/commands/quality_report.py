@@ -133,7 +133,11 @@ def build_data_docs(home: Path, docs: list[dict]) -> Path:
         )
         context.validation_results_store.set(key, result)
     sites = context.build_data_docs()
-    return Path(sites["local_site"].removeprefix("file://"))
+    index = Path(sites["local_site"].removeprefix("file://"))
+    from orchestration.offline_docs import strip_remote_references
+
+    strip_remote_references(index.parent)  # offline: no CDN, no remote logo (issue 19)
+    return index
 
 
 def quality_report(settings: Settings, since: datetime | None, top: int = 10, docs_site: bool = True) -> dict[str, Any]:
@@ -148,7 +152,18 @@ def quality_report(settings: Settings, since: datetime | None, top: int = 10, do
     report = {"since": since.isoformat() if since else None, "generated_at": datetime.now(UTC).isoformat()}
     report |= aggregate(docs, uploads, top)
     report["data_docs"] = str(build_data_docs(settings.home, docs)) if docs_site else None
+    report["html_report"] = str(write_html_report(settings.home, docs, report)) if docs_site else None
     return report
+
+
+def write_html_report(home: Path, docs: list[dict], report: dict[str, Any]) -> Path:
+    """The self-contained quality page (no external reference) beside the GX site."""
+    from orchestration.offline_docs import render_quality_html
+
+    path = home / "gx" / "quality_report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_quality_html(latest_per_check(docs), report))
+    return path
 
 
 def _human(report: dict[str, Any]) -> str:
@@ -177,6 +192,8 @@ def _human(report: dict[str, Any]) -> str:
                          f"{o['warn_count']} WARN: {names}")  # fmt: skip
     if report["data_docs"]:
         lines.append(f"  Data Docs: {report['data_docs']}")
+    if report.get("html_report"):
+        lines.append(f"  self-contained report: {report['html_report']}")
     return "\n".join(lines)
 
 

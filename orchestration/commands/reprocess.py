@@ -126,14 +126,34 @@ def _human(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _canary(settings: Settings, args: argparse.Namespace) -> int:
+    """`--canary N`: the candidate on N seeded-random affected uploads (orchestration.model_ops)."""
+    from orchestration.model_ops import candidate_version, format_canary, run_canary
+
+    if not args.model or len(args.model) != 1:
+        raise ValueError("--canary needs exactly one --model NAME")
+    with stdout_to_stderr():
+        version = args.candidate or candidate_version(settings, args.model[0])
+        report = run_canary(settings, args.model[0], version, args.canary, args.seed)
+    print(json.dumps(report.to_dict(), default=str) if args.json else format_canary(report))
+    return 0 if report.passed else 1
+
+
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from orchestration.registry import RegistryError
 
     settings = Settings.from_env()
     prepare_environment(settings)
     try:
+        if args.canary is not None:
+            return _canary(settings, args)
         with stdout_to_stderr():
             answer = reprocess(settings, args.model, args.upload, args.dry_run, args.limit)
+            if not args.dry_run and answer["counts"]["planned"]:
+                from orchestration.model_ops import sync_avatar_tags
+
+                for name in {m.split("@")[0] for row in answer["uploads"] for m in row["models"]}:
+                    sync_avatar_tags(settings, name)  # MLflow: how many avatars each version built
     except (RegistryError, ValueError) as exc:
         print(f"avatarpipe reprocess: {exc}", file=sys.stderr)
         return 2
@@ -148,5 +168,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument("--upload", action="append", metavar="ID", help="only this upload (repeatable)")
     cmd.add_argument("--limit", type=int, help="reprocess at most N uploads this time")
     cmd.add_argument("--dry-run", action="store_true", help="list what would run; run nothing")
+    cmd.add_argument("--canary", type=int, metavar="N",
+                     help="rebuild N random affected uploads with the candidate version (alias candidate), compare "
+                          "with production's artifacts, report; production and the current artifacts stay")  # fmt: skip
+    cmd.add_argument("--candidate", metavar="VERSION", help="with --canary: the version to try (default: the "
+                     "`candidate` alias, else the newest non-production version)")  # fmt: skip
+    cmd.add_argument(
+        "--seed", type=int, default=0, help="with --canary: seed of the random choice (default 0)"
+    )
     cmd.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     cmd.set_defaults(func=cmd_reprocess)
