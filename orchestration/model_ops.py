@@ -236,8 +236,8 @@ def gate_promotion(registry: ModelRegistry, name: str, version: str, force: bool
         raise RegistryError(
             "--force needs --reason TEXT (it is recorded in the audit log and on the version)"
         )
+    target = registry.get_version(name, version)  # unknown model or version: RegistryError
     production = registry.production_versions()[name]
-    target = registry.get_version(name, version)
     if target.version == production.version:
         return PromotionGate(None, False, None)
     comparison = compare_versions(registry, name, production.version, target.version, gates)
@@ -723,7 +723,7 @@ def run_canary(settings: Settings, name: str, version: str, count: int, seed: in
             metadata.append_audit("model_canary", row.subject_id, row.upload_id, {
                 "model": name, "candidate": candidate.version, "champion": before[name],
                 "problems": row.problems(), "candidate_objects": row.candidate_objects,
-                "metrics": {m.metric: [m.champion, m.challenger, m.verdict] for m in row.metrics}})  # fmt: skip
+                "metrics": [[m.metric, m.champion, m.challenger, m.verdict] for m in row.metrics]})  # fmt: skip
         after = production_map(open_registry(location).production_versions())
         report = CanaryReport(name, candidate.version, before[name], seed, gates.version, len(plan.targets),
                               tuple(rows), before, after, round(time.perf_counter() - start, 2))  # fmt: skip

@@ -4,7 +4,6 @@ fitter versions and real pipeline runs is tests/registry/test_model_ops_pipeline
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
