@@ -794,6 +794,7 @@ def rollback(settings: Settings, name: str, run: bool = True) -> Rollback:
         from orchestration.commands.reprocess import reprocess  # the lead may move it into the app layer
 
         answer = reprocess(settings, [name], uploads, dry_run=not run)
+        sync_avatar_tags(settings, name)
     return Rollback(name, bad, restored, tuple(uploads), answer)
 
 

@@ -102,7 +102,7 @@ def test_worse_fitter_is_refused_canaried_forced_and_rolled_back(home, capfd):
     assert {u: _current_ids(settings, u) for u in uploads} == before  # nothing became current
     assert len(instance.get_runs()) == runs_before  # no Dagster run, no materialisation
     assert registry.version_tags("body_fitter", "2")["avatarpipe.canary"] == "failed"
-    assert registry.client.get_model_version_by_alias("body_fitter", "candidate").version == "2"
+    assert str(registry.client.get_model_version_by_alias("body_fitter", "candidate").version) == "2"
 
     # 4. forced promotion (the failed canary is one more reason it needs --force); rebuild one upload
     forced = _cli(capfd, "models", "promote", "body_fitter", "2", "--force", "--reason", "evidence test", "--json")
