@@ -731,8 +731,14 @@ def run_canary(settings: Settings, name: str, version: str, count: int, seed: in
             "model": name, "candidate": candidate.version, "champion": before[name], "seed": seed,
             "uploads": len(rows), "affected": report.affected, "verdict": "passed" if report.passed else "failed",
             "problems": len(report.problems), "gates_version": gates.version})  # fmt: skip
-    summary = f"{len(rows)} upload(s), seed {seed}, vs v{before[name]}: " + (
-        "; ".join(report.problems) or "no regression"
+    # No upload ids in MLflow (erasure verification scans it): what failed, counted.
+    regressed = sorted({m.metric for u in rows for m in u.metrics if m.blocking})
+    failing = sorted({c.asset for u in rows for c in u.candidate_checks if c.severity == "ERROR"})
+    summary = (
+        f"{len(rows)} upload(s), seed {seed}, vs v{before[name]}: {len(report.problems)} problem(s)"
+        + (f"; regressed: {', '.join(regressed)}" if regressed else "")
+        + (f"; blocking checks failed: {', '.join(failing)}" if failing else "")
+        + (f"; {sum(u.error is not None for u in rows)} build error(s)" if any(u.error for u in rows) else "")
     )
     registry.set_version_tags(name, candidate.version, {TAG_CANARY: "passed" if report.passed else "failed",
                                                         TAG_CANARY_SUMMARY: summary[:4000]})  # fmt: skip

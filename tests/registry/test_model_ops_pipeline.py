@@ -101,7 +101,9 @@ def test_worse_fitter_is_refused_canaried_forced_and_rolled_back(home, capfd):
         assert fit["challenger"] > fit["champion"]  # the worse fitter measured worse on the real upload
     assert {u: _current_ids(settings, u) for u in uploads} == before  # nothing became current
     assert len(instance.get_runs()) == runs_before  # no Dagster run, no materialisation
-    assert registry.version_tags("body_fitter", "2")["avatarpipe.canary"] == "failed"
+    canary_tags = registry.version_tags("body_fitter", "2")
+    assert canary_tags["avatarpipe.canary"] == "failed" and "regressed: " in canary_tags["avatarpipe.canary_summary"]
+    assert not any(u in json.dumps(canary_tags) for u in uploads)  # no upload ids in MLflow (erasure scans it)
     assert str(registry.client.get_model_version_by_alias("body_fitter", "candidate").version) == "2"
 
     # 4. forced promotion (the failed canary is one more reason it needs --force); rebuild one upload
