@@ -557,19 +557,12 @@ def mlmodel_yaml(spec: ModelSpec, run_id: str) -> str:
     finds one (no 404). It declares one custom flavour, `avatarpipe`, naming the implementation
     and the config file; there is no `python_function` flavour: these steps are code in this
     repository configured by parameters, not serialised models `mlflow.pyfunc` could load."""
-    from importlib.metadata import version
+    from mlflow.models import Model
 
-    data = {
-        "artifact_path": CONFIG_ARTIFACT_DIR,
-        "run_id": run_id,
-        "utc_time_created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
-        "mlflow_version": version("mlflow"),
-        "flavors": {"avatarpipe": {"implementation": spec.implementation, "model": spec.name,
-                                   "config": "config.json", "pipeline_version": PIPELINE_VERSION}},
-    }  # fmt: skip
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False)
+    model = Model(artifact_path=CONFIG_ARTIFACT_DIR, run_id=run_id)
+    model.add_flavor("avatarpipe", implementation=spec.implementation, model=spec.name, config="config.json",
+                     pipeline_version=PIPELINE_VERSION)  # fmt: skip
+    return model.to_yaml()
 
 
 def _experiment_artifacts(root: str | None, name: str) -> str | None:
