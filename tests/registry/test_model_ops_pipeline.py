@@ -9,6 +9,7 @@ Dagster metadata links each model version to MLflow, `models avatars` lists what
 built, and the quality pages reference no outside host."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,9 @@ def test_worse_fitter_is_refused_canaried_forced_and_rolled_back(home, capfd):
     assert canary_tags["avatarpipe.canary"] == "failed" and "regressed: " in canary_tags["avatarpipe.canary_summary"]
     assert not any(u in json.dumps(canary_tags) for u in uploads)  # no upload ids in MLflow (erasure scans it)
     assert str(registry.client.get_model_version_by_alias("body_fitter", "candidate").version) == "2"
+
+    if os.environ.get("AVATARPIPE_EVIDENCE_OUT"):  # numbers for a report, when asked for
+        Path(os.environ["AVATARPIPE_EVIDENCE_OUT"]).write_text(json.dumps({"compare": comparison, "canary": canary}))
 
     # 4. forced promotion (the failed canary is one more reason it needs --force); rebuild one upload
     forced = _cli(capfd, "models", "promote", "body_fitter", "2", "--force", "--reason", "evidence test", "--json")
