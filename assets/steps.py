@@ -57,6 +57,7 @@ class StepContext:
     upload: dict = field(default_factory=dict)  # the uploads document
     timer: dict[str, float] = field(default_factory=dict)
     retries_left: int = 0  # Dagster RetryPolicy attempts still to come after this one
+    model_urls: dict[str, str] = field(default_factory=dict)  # MLflow UI page of each version used (issue 19)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def step_context(context: AssetExecutionContext, asset_key: str) -> StepContext:
         code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
         upload=upload,
         retries_left=_retries_left(context),
+        model_urls={name: registry.version_url(name, production[name].version) for name in names},
     )
 
 
@@ -273,6 +275,7 @@ def result_metadata(step: StepContext, artifact_id: str, obj: StoredObject, metr
         "bytes": obj.bytes,
         "compute_seconds": round(step.timer.get("compute", 0.0), 3),
         "model_versions": MetadataValue.json(step.model_versions),
+        **{f"mlflow_{name}": MetadataValue.url(url) for name, url in step.model_urls.items()},
     }
     for name, value in metrics.items():
         if isinstance(value, (int, float, str, bool)):

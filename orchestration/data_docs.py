@@ -60,7 +60,11 @@ def build_data_docs(home: Path, docs: list[dict]) -> Path:
         )
         context.validation_results_store.set(key, result)
     sites = context.build_data_docs()
-    return Path(sites["local_site"].removeprefix("file://"))
+    index = Path(sites["local_site"].removeprefix("file://"))
+    from orchestration.offline_docs import strip_remote_references
+
+    strip_remote_references(index.parent)  # offline: no CDN, no remote logo, no outside links
+    return index
 
 
 def rebuild_after_erasure(home: Path, metadata: MetadataStore) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,11 @@ from ops.steps import ASSET_MODELS  # the models each declared step depends on
 from orchestration.settings import Settings
 
 PRODUCTION_ALIAS = "production"
-EXPERIMENT_NAME = "avatarpipe-models"
+CANDIDATE_ALIAS = "candidate"  # the version a canary is running (never what the pipeline runs)
+EXPERIMENT_NAME = "avatarpipe-models"  # homes made before per-model experiments keep their runs there
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 UI: without it, it may infer "GenAI"
+EXPERIMENT_KIND = "custom_model_development"
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
 CONFIG_ARTIFACT_DIR = "model"
 CONFIG_ARTIFACT = f"{CONFIG_ARTIFACT_DIR}/config.json"
 URI_ENV = "AVATARPIPE_MLFLOW_URI"
@@ -51,6 +56,8 @@ TAG_PARAMS = "avatarpipe.params"
 TAG_PARAMS_SHA = "avatarpipe.params_sha256"
 TAG_BASED_ON = "avatarpipe.based_on_version"
 TAG_PIPELINE = "avatarpipe.pipeline_version"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tags: the UI shows them on the run
+TAG_USER = "mlflow.user"
 
 _SNAPSHOT_FILE = "production.json"
 _INIT_LOCK = ".init.lock"
@@ -168,6 +175,7 @@ class ModelRegistry:
         self.location = location
         self._lock = threading.RLock()
         self._initialised = False
+        self._experiments: dict[str, str] = {}
 
     @cached_property
     def client(self) -> Any:
@@ -178,7 +186,9 @@ class ModelRegistry:
             self.location.local_dir.mkdir(parents=True, exist_ok=True)
             with self._init_lock():
                 _start_from_migrated_schema(self.location)
-        return MlflowClient(tracking_uri=self.location.tracking_uri, registry_uri=self.location.effective_registry_uri)
+        return MlflowClient(
+            tracking_uri=self.location.tracking_uri, registry_uri=self.location.effective_registry_uri
+        )
 
     # -- initialisation ------------------------------------------------------------------
 
@@ -249,16 +259,25 @@ class ModelRegistry:
         finally:
             os.close(fd)
 
-    @cached_property
-    def experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
-        if experiment is not None:
-            return experiment.experiment_id
-        return self.client.create_experiment(
-            EXPERIMENT_NAME,
-            artifact_location=self.location.artifact_location,
-            tags={"avatarpipe.purpose": "model registry: one run per registered model version"},
-        )
+    def experiment_id(self, name: str) -> str:
+        """A plain (non-GenAI) experiment named after the model: one run per version."""
+        with self._lock:
+            if name in self._experiments:
+                return self._experiments[name]
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                experiment_id = experiment.experiment_id
+                if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                    self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            else:
+                experiment_id = self.client.create_experiment(
+                    name,
+                    artifact_location=_experiment_artifacts(self.location.artifact_location, name),
+                    tags={"avatarpipe.purpose": f"model registry: one run per version of `{name}`",
+                          EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )  # fmt: skip
+            self._experiments[name] = experiment_id
+            return experiment_id
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -280,6 +299,7 @@ class ModelRegistry:
 
     def get_version(self, name: str, version: str, with_metrics: bool = False) -> ModelVersion:
         self._check_name(name)
+        self.ensure_initialised()  # a fresh home has version 1 of everything
         try:
             mv = self.client.get_model_version(name, str(version))
         except Exception as exc:
@@ -331,17 +351,12 @@ class ModelRegistry:
 
     # -- writes --------------------------------------------------------------------------
 
-    def register_version(
-        self,
-        name: str,
-        changes: Mapping[str, Any] | None = None,
-        from_version: str | None = None,
-        metrics: Mapping[str, float] | None = None,
-        description: str | None = None,
-    ) -> ModelVersion:
-        """A new version of `name`: the parameters of `from_version` (default: production)
-        with `changes` applied. Unknown keys, changed types and parameter values this code
-        cannot run are refused before anything is written."""
+    def plan_params(
+        self, name: str, changes: Mapping[str, Any] | None = None, from_version: str | None = None
+    ) -> tuple[ModelVersion, dict[str, Any]]:
+        """The version a registration starts from and the parameters it would get: those of
+        `from_version` (default: production) with `changes` applied. Unknown keys, changed
+        types and values this code cannot run raise `RegistryError`; nothing is written."""
         self._check_name(name)
         self.ensure_initialised()
         base = self.get_version(name, from_version) if from_version else self.production_versions()[name]
@@ -353,12 +368,65 @@ class ModelRegistry:
             validate_params(name, base.implementation, params)
         except ValueError as exc:
             raise RegistryError(f"{name}: {exc}") from exc
+        return base, params
+
+    def register_version(
+        self,
+        name: str,
+        changes: Mapping[str, Any] | None = None,
+        from_version: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> ModelVersion:
+        """A new version of `name` (parameters as `plan_params` says); `tags` go on the version
+        and its run."""
+        base, params = self.plan_params(name, changes, from_version)
         spec = ModelSpec(name=name, implementation=base.implementation, params=params)
         version = self._create_version(
-            spec, based_on=base.version, metrics=dict(metrics or {}), description=description
+            spec, based_on=base.version, metrics=dict(metrics or {}), description=description, extra_tags=tags
         )
         _drop_snapshot(self.location)
         return version
+
+    def log_evaluation(
+        self, name: str, version: str, metrics: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None:
+        """Evaluation metrics on the version's run (MLflow shows them there and on the version)
+        and `tags` on both."""
+        from mlflow.entities import Metric, RunTag
+
+        mv = self.get_version(name, version)
+        if not mv.run_id:
+            raise RegistryError(f"{name} version {version} has no run to log an evaluation on")
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        self.client.log_batch(
+            mv.run_id,
+            metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        self.set_version_tags(name, version, tags)
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        self._check_name(name)
+        return dict(self.client.get_model_version(name, str(version)).tags or {})
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Any alias but `production` (which only `promote` moves, with its checks)."""
+        if alias == PRODUCTION_ALIAS:
+            raise RegistryError("the production alias moves only through promote")
+        self.get_version(name, version)
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        if alias == PRODUCTION_ALIAS:
+            raise RegistryError("the production alias cannot be deleted")
+        with contextlib.suppress(Exception):  # absent already: nothing to do
+            self.client.delete_registered_model_alias(name, alias)
 
     def promote(self, name: str, version: str) -> Promotion:
         """Point `production` at `version` (also the way to roll back)."""
@@ -378,7 +446,12 @@ class ModelRegistry:
         return Promotion(name=name, previous=previous, production=target.version)
 
     def _create_version(
-        self, spec: ModelSpec, based_on: str | None, metrics: dict[str, float], description: str | None
+        self,
+        spec: ModelSpec,
+        based_on: str | None,
+        metrics: dict[str, float],
+        description: str | None,
+        extra_tags: Mapping[str, str] | None = None,
     ) -> ModelVersion:
         """One MLflow run per version: params + config artifact (+ metrics), then the version."""
         from mlflow.entities import Metric, Param, RunTag
@@ -390,8 +463,9 @@ class ModelRegistry:
             TAG_PIPELINE: PIPELINE_VERSION,
         }
         run = client.create_run(
-            self.experiment_id, run_name=f"{spec.name}:{spec.implementation}", tags=dict(tags)
-        )
+            self.experiment_id(spec.name), run_name=f"{spec.name}:{spec.implementation}",
+            tags=dict(tags) | provenance_tags() | dict(extra_tags or {}),
+        )  # fmt: skip
         run_id = run.info.run_id
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         client.log_batch(
@@ -403,11 +477,17 @@ class ModelRegistry:
         config = {"name": spec.name, "implementation": spec.implementation, "params": spec.params,
                   "pipeline_version": PIPELINE_VERSION, "based_on_version": based_on}  # fmt: skip
         client.log_dict(run_id, config, CONFIG_ARTIFACT)
+        client.log_text(run_id, mlmodel_yaml(spec, run_id), f"{CONFIG_ARTIFACT_DIR}/MLmodel")
         client.set_terminated(run_id)
-        version_tags = tags | {
-            TAG_PARAMS: json.dumps(spec.params, sort_keys=True),
-            TAG_PARAMS_SHA: params_digest(spec.params),
-        }
+        version_tags = (
+            tags
+            | provenance_tags()
+            | dict(extra_tags or {})
+            | {
+                TAG_PARAMS: json.dumps(spec.params, sort_keys=True),
+                TAG_PARAMS_SHA: params_digest(spec.params),
+            }
+        )
         if based_on:
             version_tags[TAG_BASED_ON] = based_on
         mv = client.create_model_version(
@@ -424,6 +504,75 @@ class ModelRegistry:
         if name not in default_model_specs():
             known = ", ".join(default_model_specs())
             raise RegistryError(f"unknown model {name!r}; registered models are: {known}")
+
+
+def provenance_tags() -> dict[str, str]:
+    """Who registered a version and from which code: MLflow's own user and git-commit tags (the
+    UI shows them on the run) plus the avatarpipe code version."""
+    import getpass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    try:
+        package = version("avatarpipe")
+    except PackageNotFoundError:
+        package = "unknown"
+    return {
+        TAG_USER: user,
+        TAG_GIT_COMMIT: git_commit(),
+        "avatarpipe.code_version": f"{package}+{PIPELINE_VERSION}",
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def git_commit(repo: Path | None = None) -> str:
+    """HEAD of the source tree this code runs from ("unknown" outside a git checkout), with
+    `-dirty` when tracked files are modified."""
+    import subprocess
+
+    where = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def mlmodel_yaml(spec: ModelSpec, run_id: str) -> str:
+    """An `MLmodel` file for the version's `model/` directory, so the MLflow UI's version page
+    finds one (no 404). It declares one custom flavour, `avatarpipe`, naming the implementation
+    and the config file; there is no `python_function` flavour: these steps are code in this
+    repository configured by parameters, not serialised models `mlflow.pyfunc` could load."""
+    from mlflow.models import Model
+
+    model = Model(artifact_path=CONFIG_ARTIFACT_DIR, run_id=run_id)
+    model.add_flavor("avatarpipe", implementation=spec.implementation, model=spec.name, config="config.json",
+                     pipeline_version=PIPELINE_VERSION)  # fmt: skip
+    return model.to_yaml()
+
+
+def _experiment_artifacts(root: str | None, name: str) -> str | None:
+    return f"{root.rstrip('/')}/{name}" if root else None
+
+
+def mlflow_ui_base(location: RegistryLocation) -> str:
+    """The MLflow UI: the tracking server itself when the tracking URI is one, else where
+    `mlflow ui --backend-store-uri …` listens by default."""
+    uri = location.tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI_DEFAULT
+
+
+def mlflow_version_url(location: RegistryLocation, name: str, version: str) -> str:
+    """The MLflow UI page of one model version (for Dagster metadata and CLI output)."""
+    from urllib.parse import quote
+
+    return f"{mlflow_ui_base(location)}/#/models/{quote(name)}/versions/{quote(str(version))}"
 
 
 def _start_from_migrated_schema(location: RegistryLocation) -> None:

@@ -111,6 +111,12 @@ class ModelRegistryResource(ConfigurableResource):
             pinned_json=json.dumps({name: mv.to_dict() for name, mv in production.items()}, sort_keys=True),
         )
 
+    def version_url(self, name: str, version: str) -> str:
+        """The MLflow UI page of one model version (linked from every artifact's metadata)."""
+        from orchestration.registry import mlflow_version_url
+
+        return mlflow_version_url(self.location(), name, version)
+
     def location(self) -> RegistryLocation:
         return RegistryLocation(
             tracking_uri=self.tracking_uri,

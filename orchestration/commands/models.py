@@ -3,7 +3,13 @@
     avatarpipe models list [--json]
     avatarpipe models register NAME [--from-version V] --set key=value ... [--metric key=value ...]
                                [--description TEXT] [--promote] [--json]
-    avatarpipe models promote NAME VERSION [--json]
+    avatarpipe models promote NAME VERSION [--force --reason TEXT] [--json]
+    avatarpipe models compare NAME V1 V2 [--json]
+    avatarpipe models evaluate NAME VERSION [--eval-photos DIR] [--eval-max-photos N] [--eval-synthetic N] [--json]
+    avatarpipe models rollback NAME [--dry-run] [--json]
+    avatarpipe models avatars NAME VERSION [--all] [--json]
+
+The logic lives in `orchestration.model_ops`; these are thin wrappers.
 
 `--set` values are JSON when they parse as JSON (`iters=[20,60,30]`, `lr=0.02`), else strings.
 Promoting (also an older version: that is a rollback) moves the `production` alias; the
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -153,11 +160,19 @@ def list_models(settings: Settings) -> Reply:
     return Reply(0, answer, lambda a: _list_text(a, catalogue))
 
 
-def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
+def _promote(
+    settings: Settings, name: str, version: str, force: bool = False, reason: str | None = None
+) -> dict[str, Any]:
+    from orchestration import model_ops
+
+    gate = model_ops.gate_promotion(_registry(settings), name, version, force, reason)
     promotion = _registry(settings).promote(name, version)
+    model_ops.after_promotion(_registry(settings), name, promotion.production)
     _audit(settings, "model_promote", {"model": name, "previous": promotion.previous,
-                                       "production": promotion.production, "trigger": "cli"})  # fmt: skip
+                                       "production": promotion.production, "trigger": "cli"} | gate.audit_details())  # fmt: skip
     return {
+        "gate": gate.comparison.to_dict() if gate.comparison else None,
+        "forced": gate.forced,
         "model": name,
         "previous": promotion.previous,
         "production": promotion.production,
@@ -168,11 +183,32 @@ def _promote(settings: Settings, name: str, version: str) -> dict[str, Any]:
 
 
 def _promotion_text(result: dict[str, Any]) -> str:
-    return (
+    forced = f"{result['model']}: FORCED past the gates: {'; '.join(result['gate']['reasons'])}\n" if result.get("forced") else ""
+    return forced + (
         f"{result['model']}: production v{result['previous']} -> v{result['production']}; "
         f"{result['outdated_uploads']} upload(s) have {', '.join(result['assets'])} built with another "
         f"version (the model_upgrade_sensor or `avatarpipe reprocess` rebuilds them)"
     )
+
+
+def evaluation_options(command: Any) -> Any:
+    """The bounded evaluation set a version is judged on (`--evaluate`, `models evaluate`)."""
+    command = click.option("--eval-seed", type=int, default=0, show_default=True, help="first synthetic seed")(command)
+    command = click.option("--eval-synthetic", type=int, default=2, show_default=True, metavar="N",
+                           help="synthetic bodies")(command)  # fmt: skip
+    command = click.option("--eval-max-photos", type=int, default=2, show_default=True, metavar="N",
+                           help="at most N photos")(command)  # fmt: skip
+    return click.option("--eval-photos", multiple=True, metavar="DIR",
+                        help="photo folder (repeatable; default samples/)")(command)  # fmt: skip
+
+
+def _evaluation_set(eval_photos: tuple[str, ...], eval_max_photos: int, eval_synthetic: int, eval_seed: int) -> Any:
+    from orchestration.model_ops import EvaluationSet
+
+    return EvaluationSet(
+        photo_folders=tuple(eval_photos) if eval_photos else EvaluationSet().photo_folders,
+        max_photos=eval_max_photos, synthetic=eval_synthetic, seed=eval_seed,
+    )  # fmt: skip
 
 
 @models.command("register", help="create a new version with changed parameters")
@@ -184,16 +220,22 @@ def _promotion_text(result: dict[str, Any]) -> str:
               help="evaluation metric to log with the version; repeatable")  # fmt: skip
 @click.option("--description", help="free text stored on the version")
 @click.option("--promote", is_flag=True, help="point `production` at the new version")
+@click.option("--evaluate", is_flag=True, help="run the evaluation harness, log its metrics on the version")
+@evaluation_options
 @answers()
 def register_model(
     settings: Settings, name: str, from_version: str | None, assignments: tuple, metrics: tuple,
-    description: str | None, promote: bool,
+    description: str | None, promote: bool, evaluate: bool, eval_photos: tuple[str, ...], eval_max_photos: int,
+    eval_synthetic: int, eval_seed: int,
 ) -> Reply:  # fmt: skip
+    from orchestration.model_ops import register_candidate
+
     changes = dict(assignments)
+    evaluation_set = _evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed) if evaluate else None
     try:
-        version = _registry(settings).register_version(
-            name, changes, from_version=from_version, metrics=dict(metrics), description=description
-        )
+        registration = register_candidate(settings, name, changes, from_version, dict(metrics), description,
+                                          evaluation_set)  # fmt: skip
+        version = registration.version
         _audit(settings, "model_register", {"model": name, "version": version.version,
                                             "based_on": version.based_on, "changes": changes})  # fmt: skip
         promotion = _promote(settings, name, version.version) if promote else None
@@ -205,17 +247,93 @@ def register_model(
         lines = [f"{name}: registered v{version.version} (from v{version.based_on}): {what}"]
         return "\n".join(lines + ([_promotion_text(promotion)] if promotion else []))
 
-    return Reply(0, {"registered": version.to_dict(), "promotion": promotion}, text)
+    evaluation = registration.evaluation
+    answer = {"registered": version.to_dict(), "promotion": promotion,
+              "evaluation": asdict(evaluation) if evaluation else None}  # fmt: skip
+    return Reply(0, answer, text)
 
 
 @models.command("promote", help="point `production` at VERSION (an older one rolls back)")
 @click.argument("name")
 @click.argument("version")
+@click.option("--force", is_flag=True, help="promote although the gates refuse (needs --reason)")
+@click.option("--reason", help="why a refused promotion is forced (audit log and version tag)")
 @answers()
-def promote_model(settings: Settings, name: str, version: str) -> Reply:
+def promote_model(settings: Settings, name: str, version: str, force: bool, reason: str | None) -> Reply:
     try:
-        result = _promote(settings, name, version)
+        result = _promote(settings, name, version, force, reason)
         result["production_versions"] = production_map(_registry(settings).production_versions())
     except RegistryError as exc:
         return fail(2, f"avatarpipe models promote: {exc}")
     return Reply(0, result, _promotion_text)
+
+
+@models.command("compare", help="two versions' metrics side by side with a verdict per metric")
+@click.argument("name")
+@click.argument("v1")
+@click.argument("v2")
+@answers()
+def compare_models(settings: Settings, name: str, v1: str, v2: str) -> Reply:
+    from orchestration.model_ops import compare_versions, format_comparison
+
+    try:
+        comparison = compare_versions(_registry(settings), name, v1, v2)
+    except RegistryError as exc:
+        return fail(2, f"avatarpipe models compare: {exc}")
+    return Reply(0, comparison.to_dict(), lambda _a: format_comparison(comparison))
+
+
+@models.command("evaluate", help="run the evaluation harness on a version, log the metrics on it")
+@click.argument("name")
+@click.argument("version")
+@evaluation_options
+@answers()
+def evaluate_model(
+    settings: Settings, name: str, version: str, eval_photos: tuple[str, ...], eval_max_photos: int,
+    eval_synthetic: int, eval_seed: int,
+) -> Reply:  # fmt: skip
+    from orchestration.model_ops import evaluate_version
+
+    try:
+        evaluation = evaluate_version(settings, name, version,
+                                      _evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed))  # fmt: skip
+    except RegistryError as exc:
+        return fail(2, f"avatarpipe models evaluate: {exc}")
+    return Reply(0, asdict(evaluation), lambda _a: f"{name} v{version}: " + ", ".join(
+        f"{k}={v:g}" for k, v in sorted(evaluation.metrics.items())))  # fmt: skip
+
+
+@models.command("rollback", help="restore the previous production version, rebuild what the bad one built")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="move the alias, list the uploads, rebuild nothing")
+@answers()
+def rollback_model(settings: Settings, name: str, dry_run: bool) -> Reply:
+    from orchestration.model_ops import rollback
+
+    try:
+        result = rollback(settings, name, run=not dry_run)
+    except RegistryError as exc:
+        return fail(2, f"avatarpipe models rollback: {exc}")
+    return Reply(0, asdict(result), lambda _a: (
+        f"{result.model}: production v{result.bad} -> v{result.restored} (rollback); "
+        f"{len(result.uploads)} upload(s) built with v{result.bad}: {' '.join(result.uploads) or '-'}"
+        + (f"; reprocessed {result.reprocess.get('counts')}" if result.reprocess else "")))  # fmt: skip
+
+
+@models.command("avatars", help="the avatars a model version built (ledger), with its MLflow URL")
+@click.argument("name")
+@click.argument("version")
+@click.option("--all", "include_superseded", is_flag=True, help="also uploads whose artifacts of it were superseded")
+@answers()
+def avatars_of_model(settings: Settings, name: str, version: str, include_superseded: bool) -> Reply:
+    from orchestration.model_ops import avatar_lines, avatars_of_version, sync_avatar_tags
+
+    try:
+        _registry(settings).get_version(name, version)  # unknown versions: exit 2
+    except RegistryError as exc:
+        return fail(2, f"avatarpipe models avatars: {exc}")
+    with metadata_store(settings) as metadata:
+        result = avatars_of_version(metadata, RegistryLocation.for_settings(settings), name, version,
+                                    include_superseded=include_superseded)  # fmt: skip
+    sync_avatar_tags(settings, name)
+    return Reply(0, result.to_dict(), lambda _a: "\n".join(avatar_lines(result)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -92,7 +93,18 @@ def quality_report(settings: Settings, since: datetime | None, top: int = 10, do
     report = {"since": since.isoformat() if since else None, "generated_at": datetime.now(UTC).isoformat()}
     report |= aggregate(docs, uploads, top)
     report["data_docs"] = str(build_data_docs(settings.home, docs)) if docs_site else None
+    report["html_report"] = str(write_html_report(settings.home, docs, report)) if docs_site else None
     return report
+
+
+def write_html_report(home: Path, docs: list[dict], report: dict[str, Any]) -> Path:
+    """The self-contained quality page (no external reference) beside the GX site."""
+    from orchestration.offline_docs import render_quality_html
+
+    path = home / "gx" / "quality_report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_quality_html(latest_per_check(docs), report))
+    return path
 
 
 def _human(report: dict[str, Any]) -> str:
@@ -121,6 +133,8 @@ def _human(report: dict[str, Any]) -> str:
                          f"{o['warn_count']} WARN: {names}")  # fmt: skip
     if report["data_docs"]:
         lines.append(f"  Data Docs: {report['data_docs']}")
+    if report.get("html_report"):
+        lines.append(f"  self-contained report: {report['html_report']}")
     return "\n".join(lines)
 
 

@@ -128,14 +128,40 @@ def _human(answer: dict[str, Any]) -> str:
 @click.option("--upload", "uploads", multiple=True, metavar="ID", help="only this upload (repeatable)")
 @click.option("--limit", type=int, help="reprocess at most N uploads this time")
 @click.option("--dry-run", is_flag=True, help="list what would run; run nothing")
+@click.option("--canary", type=int, metavar="N",
+              help="rebuild N random affected uploads with the candidate version (alias candidate), compare with "
+                   "production's artifacts, report; production and the current artifacts stay")  # fmt: skip
+@click.option("--candidate", metavar="VERSION",
+              help="with --canary: the version to try (default: the `candidate` alias, else the newest "
+                   "non-production version)")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="with --canary: seed of the random choice")
 @answers()
 def reprocess_command(
-    settings: Settings, models: tuple[str, ...], uploads: tuple[str, ...], limit: int | None, dry_run: bool
-) -> Reply:
+    settings: Settings, models: tuple[str, ...], uploads: tuple[str, ...], limit: int | None, dry_run: bool,
+    canary: int | None, candidate: str | None, seed: int,
+) -> Reply:  # fmt: skip
     from orchestration.registry import RegistryError  # MLflow: only when reprocessing
 
     try:
+        if canary is not None:
+            return _canary(settings, models, canary, candidate, seed)
         answer = reprocess(settings, list(models) or None, list(uploads) or None, dry_run, limit)
+        if not dry_run and answer["counts"]["planned"]:
+            from orchestration.model_ops import sync_avatar_tags
+
+            for name in {m.split("@")[0] for row in answer["uploads"] for m in row["models"]}:
+                sync_avatar_tags(settings, name)  # MLflow: how many avatars each version built
     except (RegistryError, ValueError) as exc:
         return fail(2, f"avatarpipe reprocess: {exc}")
     return Reply(0 if answer["counts"]["failed"] == 0 else 1, answer, _human)
+
+
+def _canary(settings: Settings, models: tuple[str, ...], count: int, candidate: str | None, seed: int) -> Reply:
+    """`--canary N`: the candidate on N seeded-random affected uploads (orchestration.model_ops)."""
+    from orchestration.model_ops import candidate_version, format_canary, run_canary
+
+    if len(models) != 1:
+        raise ValueError("--canary needs exactly one --model NAME")
+    version = candidate or candidate_version(settings, models[0])
+    report = run_canary(settings, models[0], version, count, seed)
+    return Reply(0 if report.passed else 1, report.to_dict(), lambda _a: format_canary(report))
