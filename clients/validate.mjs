@@ -60,7 +60,7 @@ for (const file of args) {
     numWarnings: issues.numWarnings,
     numInfos: issues.numInfos,
     numHints: issues.numHints,
-    messages: issues.messages.slice(0, 20),
+    messages: [...issues.messages].sort((a, b) => a.severity - b.severity).slice(0, 20),  // the worst first
     errors: issues.messages.filter((m) => m.severity === 0).slice(0, 20),
     warnings: issues.messages.filter((m) => m.severity === 1).slice(0, 20),
     extensionsUsed: report.info?.extensionsUsed ?? [],
