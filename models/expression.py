@@ -19,7 +19,10 @@ The measurements (mouth opening, width and corner height, jaw drop, eye opening,
 height, mouth shift) are nearly linear in the weights, so one bounded, ridge-regularised
 linear least squares (`scipy.optimize.lsq_linear`) on the finite-difference Jacobian gives the
 weights; measurements that depend on who the person is rather than on the expression (mouth
-width, brow height) are weighted down. Targets not measured stay 0. Pure functions; the
+width, brow height) are weighted down. The weights are then calibrated against identity
+(`calibrate_weights`: dead zones, wide for targets a neutral face reads as - a narrow mouth
+as a pucker) and faded out as the head turns (`frontal_confidence`). Targets not measured
+stay 0. Pure functions; the
 target loading is cached.
 """
 

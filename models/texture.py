@@ -15,8 +15,14 @@ Unseen texels get a believable colour from what was seen, never by mirroring the
   and sleeve cuffs stay where they are. A region never seen borrows from its mirror (both
   shoes alike), an arm from its parent (sleeves), and otherwise a neutral outfit (trousers,
   shoes, top) - invented legs are never bare or skin-coloured;
+  Torso slices are summarised from their outer part only (a print sits in the middle), and
+  the side colours are lifted by the photo's own shading curve (`shading_by_view_angle`), so
+  the back is neither the print nor a shade darker than the front;
 - head: the nearest seen head surface outside the face, so the back of the head continues
   the hair seen on top and at the sides;
+- hair: the photo's hair (`hair_in_photo`, crown-coloured pixels connected to the head) is an
+  occluder of shirt and face; hair seen beside the neck is long and continues as a band down
+  the back of the neck and the upper back (`long_hair_in_photo`);
 - eyes: a procedural eyeball (sclera, iris in the photo's iris colour, pupil), mouth cavity
   and tongue in fixed mouth colours;
 - the made-up colours are relaxed over the mesh with the seen colours held fixed (harmonic
@@ -33,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -854,6 +861,11 @@ def _view_cosines(points: np.ndarray, normals: np.ndarray, camera: Camera) -> np
     return np.einsum("nd,nd->n", normals, view) / np.maximum(den, 1e-12)
 
 
+# The darkest shade the side statistics are lifted from: a real photo's sides are not always
+# darker because of the angle (a side light, a dark garment), and an over-lifted back would
+# be brighter than the front.
+MIN_SHADE = 0.65
+SHADING_SAMPLES = 50_000  # texels the shading curve is measured on
 # View-angle cosines at which the photo's shading is measured (bin edges).
 SHADING_COS_EDGES = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.01)
 
@@ -870,27 +882,30 @@ def shading_by_view_angle(
     """
     edges = np.asarray(SHADING_COS_EDGES)
     n_bins = len(edges) - 1
-    angle = np.clip(np.searchsorted(edges, cos, side="right") - 1, 0, n_bins - 1)
-    key = region * bins + np.clip((t * bins).astype(np.int64), 0, bins - 1)
-    lum = colours.mean(axis=1)
+    usable = np.flatnonzero(seen & (cos >= edges[0]))
+    usable = usable[:: max(1, len(usable) // SHADING_SAMPLES)]  # a curve needs no more
+    angle = np.clip(np.searchsorted(edges, cos[usable], side="right") - 1, 0, n_bins - 1)
+    key = region[usable] * bins + np.clip((t[usable] * bins).astype(np.int64), 0, bins - 1)
+    lum = colours[usable].mean(axis=1)
     ratios: list[list[float]] = [[] for _ in range(n_bins)]
-    usable = seen & (cos >= edges[0])
-    for k in np.unique(key[usable]):
-        members = usable & (key == k)
-        face_on = members & (angle == n_bins - 1)
-        if face_on.sum() < 20:
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1], True])
+    for a, b_end in itertools.pairwise(bounds):
+        members = order[a:b_end]
+        face_on = members[angle[members] == n_bins - 1]
+        if len(face_on) < 10:
             continue
         ref = float(np.median(lum[face_on]))
         if ref < 20:  # too dark to measure a ratio
             continue
         for b in range(n_bins - 1):
-            inside = members & (angle == b)
-            if inside.sum() >= 20:
+            inside = members[angle[members] == b]
+            if len(inside) >= 10:
                 ratios[b].append(float(np.median(lum[inside])) / ref)
     curve = np.ones(n_bins)
     for b in range(n_bins - 1):
         if len(ratios[b]) >= 3:
-            curve[b] = float(np.clip(np.median(ratios[b]), 0.4, 1.0))
+            curve[b] = float(np.clip(np.median(ratios[b]), MIN_SHADE, 1.0))
     centres = 0.5 * (edges[:-1] + edges[1:])
     return np.interp(np.clip(cos, centres[0], centres[-1]), centres, curve).astype(np.float32)
 
