@@ -818,7 +818,7 @@ def _fill_by_regions(
         # the sides are seen at an angle and darker in the photo than the garment seen face-on:
         # their statistics are lifted to the face-on shade, so the back matches the front
         stats = colours / shading_by_view_angle(colours, seen & deep, photo.texel_view_cos, texel_region, texel_t, bins)[:, None]
-        stats = np.minimum(stats, 255.0)
+        stats = _no_brighter_than_face_on(stats, colours, seen & deep, photo.texel_view_cos, texel_region)
     else:
         stats = colours
     # the front's statistics from the outer half of each torso slice: a logo sits in the middle
@@ -908,6 +908,23 @@ def shading_by_view_angle(
             curve[b] = float(np.clip(np.median(ratios[b]), MIN_SHADE, 1.0))
     centres = 0.5 * (edges[:-1] + edges[1:])
     return np.interp(np.clip(cos, centres[0], centres[-1]), centres, curve).astype(np.float32)
+
+
+def _no_brighter_than_face_on(
+    lifted: np.ndarray, colours: np.ndarray, seen: np.ndarray, cos: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """`lifted` colours (N,3) dimmed where the lift made them brighter than their region seen
+    face-on (median) and than they were: a side already lit (a shoulder's highlight) is not
+    lifted into white."""
+    face_on = seen & (cos > 0.9)
+    lum = colours.mean(axis=1)
+    n = len(REGIONS)
+    ref = np.full(n, 255.0)
+    for r in np.unique(region[face_on]):
+        ref[r] = float(np.median(lum[face_on & (region == r)]))
+    cap = np.maximum(ref[region], lum)
+    scale = np.minimum(1.0, cap / np.maximum(lifted.mean(axis=1), 1e-6))
+    return np.minimum(lifted * scale[:, None], 255.0)
 
 
 def _outer_half(
