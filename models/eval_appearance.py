@@ -2,9 +2,11 @@
 
 Each synthetic subject is an Anny body dressed with a ground-truth texture in Anny's UV
 layout: skin, a shirt with a print on the front only and a different back (stripes of another
-colour over a third of it), short
-or long sleeves, trousers, shoes, short or long hair, eyes and lips. Some subjects cross
-their arms in front of the body, some hold a ball in front of the hip. The photo is ray
+colour over a third of it), short or long sleeves, trousers, shoes, short or long hair, eyes
+and lips. Long hair hangs down the back of the neck and the upper back, in a band of random
+width and length, and - as in a real front photo - shows beside the neck, drawn behind the
+body into the photo and the mask. Some subjects cross their arms in front of the body, some
+hold a ball in front of the hip. The photo is ray
 traced through a pinhole camera (Lambert shading); the mask is the body plus the held
 object, as a person segmenter would give it. The texture is then baked from that photo onto
 a slightly wrong fit (the true pose with 2 degrees of noise per joint and half a centimetre of
@@ -14,7 +16,8 @@ surface from the front, back and both sides (models.render, orthographic):
 - masked PSNR and SSIM per view (body pixels only), the unseen back and sides beside the
   seen front;
 - wrong-part texels: the share of observed texels whose photo pixel shows, on the true
-  body, another region more than 8 cm away in the rest pose, or the held object.
+  body, another region more than 8 cm away in the rest pose, or no body at all (the held
+  object, hair beside the neck).
 
 `baseline` bakes with the earlier front-mirrored fill and plain ray visibility
 (`TextureConfig(unseen_fill="mirror")`, no layout), so old and new sit side by side.
@@ -55,6 +58,12 @@ HAIR = np.array([[28, 22, 18], [75, 48, 28], [150, 110, 60], [205, 180, 120]], n
 CAMERA_TO_VIEW = np.diag([1.0, -1.0, -1.0])
 
 
+@dataclass(frozen=True)
+class LongHairTruth:
+    half_width_m: float  # across the back, from the neck's midline
+    end_frac: float  # the ends, as a fraction of the body height from the soles
+
+
 @dataclass
 class AppearanceResult:
     seed: int
@@ -74,23 +83,51 @@ class AppearanceSubject:
     kind: str
     hair: str
     photo: np.ndarray  # (h,w,3) uint8
-    mask: np.ndarray  # (h,w) bool: body + held object
-    obj: np.ndarray  # (h,w) bool: the held object
+    mask: np.ndarray  # (h,w) bool: body + held object + long hair beside the neck
+    obj: np.ndarray  # (h,w) bool: what is no part of the body surface (held object, hanging hair)
     camera: Camera
     true_vertices: np.ndarray  # (V,3) camera frame
     fit_vertices: np.ndarray  # (V,3) camera frame, the perturbed "fit"
     rest_vertices: np.ndarray  # (V,3) Anny frame
     texture: np.ndarray  # (S,S,3) uint8 ground truth, glTF orientation
+    hair_rgb: np.ndarray | None = None  # (3,) the hair's colour in the ground truth
+    long_hair: LongHairTruth | None = None  # how long hair hangs down the back; None: short
 
 
 # --- ground truth ---------------------------------------------------------------------------
 
 
+def draw_hair_beside_the_neck(
+    photo: np.ndarray, covered: np.ndarray, vertices: np.ndarray, layout: BodyLayout, camera: Camera,
+    hair: LongHairTruth, colour: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Long hair hanging behind the shoulders, as a front photo shows it: hair-coloured pixels
+    left and right of the neck, from the ears down to the shoulders, behind the body (only
+    where the body does not cover the photo), as wide as the hair. Returns the photo and
+    those pixels."""
+    h, w = photo.shape[:2]
+    neck = camera.project(vertices[layout.region == REGIONS.index("neck")])
+    head = camera.project(vertices[layout.region == REGIONS.index("head")])
+    torso = camera.project(vertices[layout.region == REGIONS.index("torso")])
+    depth = float(np.mean(camera.to_camera(vertices[layout.region == REGIONS.index("neck")])[:, 2]))
+    half_px = hair.half_width_m * camera.K[0, 0] / depth
+    cx = float(np.median(neck[:, 0]))
+    top = float(np.percentile(head[:, 1], 60))  # about the ears
+    bottom = float(np.percentile(torso[:, 1], 1)) + 0.4 * (float(neck[:, 1].max()) - float(neck[:, 1].min()))
+    yy, xx = np.mgrid[0:h, 0:w]
+    zone = (np.abs(xx - cx) < half_px) & (yy > top) & (yy < bottom) & ~covered
+    shade = 0.85 + 0.15 * np.cos((xx - cx) / max(half_px, 1.0) * 9.0)  # strands
+    out = photo.astype(np.float32)
+    out[zone] = colour * shade[zone, None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), zone
+
+
 def ground_truth_texture(
     layout: BodyLayout, faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray,
-    rng: np.random.Generator, size: int, long_hair: bool,
-) -> np.ndarray:  # fmt: skip
-    """(S,S,3) uint8 clothes-and-skin texture with a front-only print and a different back."""
+    rng: np.random.Generator, size: int, long_hair: LongHairTruth | None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(S,S,3) uint8 clothes-and-skin texture with a front-only print and a different back, and
+    the hair colour (3,). Long hair covers the back of the neck and a band of the upper back."""
     raster = rasterise_uv(uv, face_uv_idx, size)
     corners = faces[raster.tri]
     rest = layout.rest_vertices
@@ -127,14 +164,16 @@ def ground_truth_texture(
     head = region == "head"
     eyes_z = float(p[np.char.startswith(parts.astype(str), "eye_"), 2].mean())
     hair_zone = head & ((p[:, 2] > eyes_z + 0.045) | ((n[:, 1] > 0.1) & (p[:, 2] > eyes_z - 0.07)))
-    if long_hair:  # down the back to the shoulder blades
+    if long_hair is not None:  # down the back to the shoulder blades, about as wide as the head and a half
+        neck_x = float(np.median(p[region == "neck", 0]))
         hair_zone |= (region == "neck") & (n[:, 1] > 0.0)
-        hair_zone |= (region == "torso") & (n[:, 1] > 0.2) & (h > 0.72)
+        hair_zone |= (region == "torso") & (n[:, 1] > 0.2) & (h > long_hair.end_frac)
+        hair_zone &= ~(region == "torso") | (np.abs(p[:, 0] - neck_x) < long_hair.half_width_m)
     col[hair_zone] = hair
     col[np.isin(parts, ["eye_front.L", "eye_front.R", "eye_back.L", "eye_back.R"])] = [70, 50, 40]
     col[np.isin(parts, ["mouth_cavity", "tongue"])] = [120, 50, 50]
     col = col + rng.normal(0, 5, col.shape)
-    return raster.scatter(np.clip(col, 0, 255).astype(np.uint8), fill=0)
+    return raster.scatter(np.clip(col, 0, 255).astype(np.uint8), fill=0), hair
 
 
 def subject_pose(body: AnnyBody, rng: np.random.Generator, kind: str) -> torch.Tensor:
@@ -171,8 +210,8 @@ def make_subject(body: AnnyBody, seed: int, kind: str, size: tuple[int, int] = (
     shape = phenotype_shape(phenotype)
     rest = body.rest_vertices(shape)
     layout = body_layout(rest, topo["faces"], topo["uv"], topo["face_uv_idx"], topo["skin_indices"], topo["skin_weights"], list(model.bone_labels))
-    long_hair = bool(rng.random() < 0.5)
-    texture = ground_truth_texture(layout, topo["faces"], topo["uv"], topo["face_uv_idx"], rng, texture_size, long_hair)
+    long_hair = LongHairTruth(half_width_m=rng.uniform(0.09, 0.15), end_frac=rng.uniform(0.70, 0.76)) if rng.random() < 0.5 else None
+    texture, hair_rgb = ground_truth_texture(layout, topo["faces"], topo["uv"], topo["face_uv_idx"], rng, texture_size, long_hair)
     yaw = rng.uniform(-15, 15) * np.pi / 180
     joints = subject_pose(body, rng, kind)
     camera = Camera.from_focal(1.2 * max(w, h), w, h)
@@ -186,15 +225,19 @@ def make_subject(body: AnnyBody, seed: int, kind: str, size: tuple[int, int] = (
     fit_vertices = body.posed_vertices(noisy)
     photo, covered = render_textured(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], texture, camera, random_background(rng, w, h))
     obj = np.zeros((h, w), bool)
+    if long_hair is not None:  # hanging behind the shoulders, the hair shows beside the neck
+        photo, obj = draw_hair_beside_the_neck(photo, covered, vertices, layout, camera, long_hair, hair_rgb)
     if kind == "holding":
         hand = vertices[layout.region == REGIONS.index("hand.R")].mean(axis=0)
         radius_m = 0.12
         centre = camera.project((hand + np.array([0.0, 0.0, -radius_m]))[None])[0]
         radius_px = camera.K[0, 0] * radius_m / (hand[2] - radius_m)
-        photo, obj = draw_ball(photo, centre, radius_px, rng.uniform(40, 220, 3))
+        photo, ball = draw_ball(photo, centre, radius_px, rng.uniform(40, 220, 3))
+        obj |= ball
     return AppearanceSubject(
-        seed=seed, kind=kind, hair="long" if long_hair else "short", photo=photo, mask=covered | obj, obj=obj,
+        seed=seed, kind=kind, hair="long" if long_hair is not None else "short", photo=photo, mask=covered | obj, obj=obj,
         camera=camera, true_vertices=vertices, fit_vertices=fit_vertices, rest_vertices=rest, texture=texture,
+        hair_rgb=hair_rgb, long_hair=long_hair,
     )  # fmt: skip
 
 

@@ -19,7 +19,10 @@ The measurements (mouth opening, width and corner height, jaw drop, eye opening,
 height, mouth shift) are nearly linear in the weights, so one bounded, ridge-regularised
 linear least squares (`scipy.optimize.lsq_linear`) on the finite-difference Jacobian gives the
 weights; measurements that depend on who the person is rather than on the expression (mouth
-width, brow height) are weighted down. Targets not measured stay 0. Pure functions; the
+width, brow height) are weighted down. The weights are then calibrated against identity
+(`calibrate_weights`: dead zones, wide for targets a neutral face reads as - a narrow mouth
+as a pucker) and faded out as the head turns (`frontal_confidence`). Targets not measured
+stay 0. Pure functions; the
 target loading is cached.
 """
 
@@ -74,6 +77,18 @@ FEATURES = tuple(FEATURE_WEIGHTS)
 # typical open eye (eye aspect ratio about 0.3, Soukupova and Cech 2016), not with Anny's.
 HUMAN_NEUTRAL = {"eye_open.L": 0.30, "eye_open.R": 0.30}
 RIDGE = 0.02  # pulls unobserved combinations towards neutral
+# Dead zones of the fitted weights (see `calibrate_weights`): the targets that carry the
+# expression itself have a narrow one, all others (`IDENTITY_DEAD_ZONE`) a wide one.
+DEAD_ZONE = {
+    "jawOpen": 0.1, "mouthClose": 0.1,  # a pair: the lips closed over an opened jaw
+    "mouthSmileLeft": 0.1, "mouthSmileRight": 0.1, "eyeBlinkLeft": 0.15, "eyeBlinkRight": 0.15,
+    "browInnerUp": 0.1,  # raised brows are expression (the brows are weighted down already)
+}  # fmt: skip
+IDENTITY_DEAD_ZONE = 0.4
+# The nose tip's shift off the eyes' midline (in eye distances) up to which a face counts as
+# frontal, and over which the confidence then falls to 0.
+FRONTAL_NOSE_SHIFT = 0.12
+TURNED_NOSE_SHIFT_SPAN = 0.2
 MAKEHUMAN_VERTEX_COUNT = 20_000  # the base mesh has 19,158 vertices; targets index into it
 
 
@@ -210,6 +225,7 @@ def face_features(points: dict[str, np.ndarray]) -> dict[str, float]:
         "corner_height.R": y("mouth_corner.R") - lips_y,
         "jaw_drop": y("nose_tip") - y("chin"),
         "mouth_shift": 0.5 * (x("mouth_corner.L") + x("mouth_corner.R")) - x("nose_tip"),
+        "nose_shift": x("nose_tip"),  # head turn (not fitted)
     }
     for side in ("L", "R"):
         width = abs(x(f"eye_outer.{side}") - x(f"eye_inner.{side}"))
@@ -269,15 +285,37 @@ def fit_expression(
     a = np.concatenate([w[:, None] * jac, np.sqrt(RIDGE) * np.eye(len(FITTED))])
     b = np.concatenate([w * (_feature_vector(target) - f0), np.zeros(len(FITTED))])
     solution = lsq_linear(a, b, bounds=(0.0, 1.0), method="bvls")
+    calibrated = calibrate_weights(solution.x, frontal_confidence(observed))
     weights = neutral_expression(targets.names)
-    for name, value in zip(FITTED, solution.x, strict=True):
+    for name, value in zip(FITTED, calibrated, strict=True):
         weights[name] = round(float(value), 4)
-    misfit = w * (jac @ solution.x + f0 - _feature_vector(target))
+    misfit = w * (jac @ calibrated + f0 - _feature_vector(target))
     return ExpressionFit(
         weights=weights,
         residual=float(np.sqrt(np.mean(misfit**2))),
         features={k: round(v, 4) for k, v in observed.items()},
     )
+
+
+def frontal_confidence(features: dict[str, float]) -> float:
+    """1 for a face seen from the front, falling to 0 as the head turns (the nose tip moves off
+    the eyes' midline): the 2D measurements of a turned face are foreshortened, and an open
+    jaw or a wide eye read from them would be made up."""
+    turn = abs(features.get("nose_shift", 0.0))
+    return float(np.clip(1.0 - (turn - FRONTAL_NOSE_SHIFT) / TURNED_NOSE_SHIFT_SPAN, 0.0, 1.0))
+
+
+def calibrate_weights(raw: np.ndarray, confidence: float) -> np.ndarray:
+    """`FITTED` weights (K,) after their dead zones, scaled by the face's frontal confidence.
+
+    Much of what the measurements see on a neutral face is who the person is, not what they do:
+    a narrower mouth than Anny's reads as a pucker, a lower lip line as a frown, a face a little
+    asymmetric as a mouth pulled aside. A weight counts only beyond its dead zone (`DEAD_ZONE`,
+    wide for such identity-laden targets, narrow for the jaw, smiles and blinks, which a neutral
+    face does not mimic), rescaled so a full expression still reaches 1.
+    """
+    dead = np.array([DEAD_ZONE.get(name, IDENTITY_DEAD_ZONE) for name in FITTED])
+    return np.clip((np.asarray(raw, np.float64) - dead) / (1.0 - dead), 0.0, 1.0) * confidence
 
 
 # --- Anny convenience ----------------------------------------------------------------------

@@ -15,8 +15,14 @@ Unseen texels get a believable colour from what was seen, never by mirroring the
   and sleeve cuffs stay where they are. A region never seen borrows from its mirror (both
   shoes alike), an arm from its parent (sleeves), and otherwise a neutral outfit (trousers,
   shoes, top) - invented legs are never bare or skin-coloured;
+  Torso slices are summarised from their outer part only (a print sits in the middle), and
+  the side colours are lifted by the photo's own shading curve (`shading_by_view_angle`), so
+  the back is neither the print nor a shade darker than the front;
 - head: the nearest seen head surface outside the face, so the back of the head continues
   the hair seen on top and at the sides;
+- hair: the photo's hair (`hair_in_photo`, crown-coloured pixels connected to the head) is an
+  occluder of shirt and face; hair seen beside the neck is long and continues as a band down
+  the back of the neck and the upper back (`long_hair_in_photo`);
 - eyes: a procedural eyeball (sclera, iris in the photo's iris colour, pupil), mouth cavity
   and tongue in fixed mouth colours;
 - the made-up colours are relaxed over the mesh with the seen colours held fixed (harmonic
@@ -33,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +88,13 @@ TONGUE = (168, 92, 96)
 CROWN_ABOVE_EYES_M = 0.03  # the crown starts no lower than this above the eyes
 CROWN_BAND_M = 0.02  # the top-most seen band of the head is taken as the crown
 NAPE_BELOW_EYES_M = 0.07  # where hair at the back of the head usually ends
+# Long hair seen from the front ends, unseen, at the shoulder blades: this fraction of the
+# body height below the shoulders.
+LONG_HAIR_BELOW_SHOULDERS_FRAC = 0.09
+# Hair pixels beside the neck, per pixel of the head, that make the hair long.
+LONG_HAIR_MIN_HEAD_SHARE = 0.03
+HAIR_NOT_NEAR_HAND_FRAC = 0.01  # of the body height: fingers the body model lacks are not hair
+HAIR_SEED_RING_FRAC = 0.1  # hair-coloured pixels this close to the head (its height) are its hair
 IRIS_R, PUPIL_R = 0.3, 0.12  # of the eye disk's UV radius (measured on renders of the rest face)
 
 
@@ -105,6 +119,9 @@ class TextureConfig:
     relax_iters: int = 25  # harmonic relaxation of the made-up colours over the mesh
     mirror_blur_frac: float = 0.01  # photo blur for the mirrored body, fraction of image height
     nearest_k: int = 16  # seen head texels averaged per unseen head vertex
+    hair_tolerance: float = 40.0  # RGB distance from the crown's colour that still counts as hair,
+    hair_tolerance_rel: float = 0.2  # plus this share of the crown colour's length
+    long_hair_share: float = 0.2  # hair share of the person pixels beside the neck: long hair
     feather_frac: float = 1 / 256  # observed/filled transition width, fraction of `size`
     gutter: bool = True  # extend colours from the charts over all empty texels
 
@@ -154,6 +171,18 @@ class UVRaster:
         return out.reshape(self.size, self.size, *values.shape[1:])
 
 
+@dataclass(frozen=True)
+class PhotoEvidence:
+    """What the region fill reads from the photo itself, beyond the texels' colours."""
+
+    image: np.ndarray  # (h,w,3) uint8
+    person: np.ndarray  # (h,w) bool, eroded person mask
+    region_map: np.ndarray  # (h,w) int, the fitted body's region per pixel, -1 off the body
+    metres_per_px: float  # at the neck's depth
+    texel_pixels: np.ndarray  # (N,2) photo pixel of each chart texel
+    texel_view_cos: np.ndarray | None = None  # (N,) cosine between the surface normal and the view ray
+
+
 def bake_texture(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -191,14 +220,18 @@ def bake_texture(
     regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
     if regional:
         texel_region = _texel_region(layout, mesh.faces, raster)
-        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config)
+        zones = occlusion_zones(mesh, camera, layout.region, person.shape, config, person)
+        seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config, zones)
         if face_landmarks is not None:
             seen &= ~_in_face_openings(face_landmarks, pixels, person.shape, labels)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     if regional:
         deep = _deep_inside(person, pixels, config)
-        colours, seen = _fill_by_regions(colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb)
+        scale = _metres_per_pixel(camera, mesh.vertices[layout.region == REGIONS.index("neck")])
+        photo = PhotoEvidence(image=image, person=person, region_map=zones[0], metres_per_px=scale, texel_pixels=pixels,
+                              texel_view_cos=_view_cosines(points, normals, camera))  # fmt: skip
+        colours, seen = _fill_by_regions(colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb, photo)
     else:
         colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
@@ -453,6 +486,9 @@ EYE_PARTS = ("eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R", "eye_cavi
 MOUTH_PARTS = ("mouth_cavity", "tongue")
 # Where an arm meets the torso, along the torso's axis (0 hips, 1 neck).
 SHOULDER_T = 0.85
+# The outer part of a torso slice, whose colour is the garment's and not a print's: farther
+# from the midline than this fraction of the slice's half-width.
+OUTER_TORSO_FRAC = 0.6
 # Torso slices below this (the pelvis) continue the thighs when the photo does not show them.
 PELVIS_T = 0.3
 
@@ -622,6 +658,14 @@ def occlusion_zones(
     return region_map, band, hand_zone
 
 
+def _metres_per_pixel(camera: Camera, points: np.ndarray) -> float:
+    """Size of one photo pixel (metres) at the mean camera depth of `points`."""
+    if not len(points):
+        return 0.0
+    depth = float(np.mean(camera.to_camera(np.asarray(points, np.float64))[:, 2]))
+    return depth / float(camera.K[0, 0])
+
+
 def _dilate(binary: np.ndarray, radius_px: float) -> np.ndarray:
     """`binary` grown by a disk of `radius_px`, by distance transform (cost independent of r)."""
     r = float(radius_px)
@@ -639,10 +683,14 @@ def occluded_texels(
     pixels: np.ndarray,
     person: np.ndarray,
     config: TextureConfig,
+    zones: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Texels (N,) whose photo pixel belongs to another region, an occluding contour's band, or
-    (for texels not of a hand) the zone around a hand, narrower for the head."""
-    region_map, band, hand_zone = occlusion_zones(mesh, camera, vertex_region, person.shape, config, person)
+    (for texels not of a hand) the zone around a hand, narrower for the head. `zones`: what
+    `occlusion_zones` returned for these arguments, when already computed."""
+    if zones is None:
+        zones = occlusion_zones(mesh, camera, vertex_region, person.shape, config, person)
+    region_map, band, hand_zone = zones
     h, w = person.shape
     rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
     cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
@@ -742,6 +790,7 @@ def _fill_by_regions(
     layout: BodyLayout,
     config: TextureConfig,
     iris_rgb: tuple[float, float, float] | None,
+    photo: PhotoEvidence | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colours (N,3) for all chart texels and the texels kept as observed (see module doc)."""
     names = part_names()
@@ -751,29 +800,47 @@ def _fill_by_regions(
     corners = mesh.faces[raster.tri]
     dominant = _dominant(corners, raster.bary)  # the texel's nearest corner, for per-vertex flags
     seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
+    head = layout.region == REGIONS.index("head")
+    hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head)
+    skin = _skin_colour(colours, seen, layout, dominant)
+    long_hair = None
+    if photo is not None and hair is not None:
+        hair_mask = hair_in_photo(photo.image, photo.person, photo.region_map, hair, skin, config)
+        seen &= ~_covered_by_hair(hair_mask, photo.texel_pixels, seen, texel_region, _below_hairline(corners, raster.bary, layout))
+        long_hair = long_hair_in_photo(hair_mask, photo.person, photo.region_map, photo.image, photo.metres_per_px, layout, config)
     texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
     bins = config.slice_bins
     # slices are summarised from the seen sides of the body (normal across the view): they
     # border the unseen back, and a print on the front is no part of them
     forward = np.abs(np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1].astype(np.float32)))
     sides = seen & deep & (forward < 0.6)
-    table, filled = _slice_medians(colours, sides, texel_region, texel_t, bins)
+    if photo is not None and photo.texel_view_cos is not None:
+        # the sides are seen at an angle and darker in the photo than the garment seen face-on:
+        # their statistics are lifted to the face-on shade, so the back matches the front
+        stats = colours / shading_by_view_angle(colours, seen & deep, photo.texel_view_cos, texel_region, texel_t, bins)[:, None]
+        stats = _no_brighter_than_face_on(stats, colours, seen & deep, photo.texel_view_cos, texel_region)
+    else:
+        stats = colours
+    # the front's statistics from the outer half of each torso slice: a logo sits in the middle
+    sides = _outer_half(sides, texel_region, texel_t, corners, raster.bary, layout, bins)
+    table, filled = _slice_medians(stats, sides, texel_region, texel_t, bins)
     # a region seen only face-on (no side slice at all) falls back to all its seen texels;
     # otherwise slices without sides are interpolated from the neighbouring side slices, so a
     # print the arms hide the sides of is not repeated either
-    front_table, front_filled = _slice_medians(colours, seen & deep, texel_region, texel_t, bins)
+    # the front's statistics from the outer half of each torso slice: a logo sits in the middle
+    outer = _outer_half(seen & deep, texel_region, texel_t, corners, raster.bary, layout, bins)
+    front_table, front_filled = _slice_medians(stats, outer, texel_region, texel_t, bins)
     _place_gaps_by_the_front(table, filled, front_table, front_filled)
     front_only = ~filled.any(axis=1)
     table[front_only] = front_table[front_only]
     filled[front_only] = front_filled[front_only]
-    skin = _skin_colour(colours, seen, layout, dominant)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
-    head = layout.region == REGIONS.index("head")
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
-    _hair_at_the_back(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant, head)
+    _hair_at_the_back(vertex_fill, layout, head, hair)
+    _long_hair_down_the_back(vertex_fill, layout, long_hair)
     vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
     vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
     out = colours.copy()
@@ -785,6 +852,102 @@ def _fill_by_regions(
     out[mouth] = MOUTH_CAVITY
     out[mouth & tongue] = TONGUE
     return out, seen
+
+
+def _view_cosines(points: np.ndarray, normals: np.ndarray, camera: Camera) -> np.ndarray:
+    """Cosine (N,) between each texel's surface normal and the ray to the camera."""
+    view = camera.center_world.astype(np.float32) - points
+    den = np.linalg.norm(view, axis=1) * np.linalg.norm(normals, axis=1)
+    return np.einsum("nd,nd->n", normals, view) / np.maximum(den, 1e-12)
+
+
+# The darkest shade the side statistics are lifted from: a real photo's sides are not always
+# darker because of the angle (a side light, a dark garment), and an over-lifted back would
+# be brighter than the front.
+MIN_SHADE = 0.65
+SHADING_SAMPLES = 50_000  # texels the shading curve is measured on
+# View-angle cosines at which the photo's shading is measured (bin edges).
+SHADING_COS_EDGES = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.01)
+
+
+def shading_by_view_angle(
+    colours: np.ndarray, seen: np.ndarray, cos: np.ndarray, region: np.ndarray, t: np.ndarray, bins: int
+) -> np.ndarray:
+    """The photo's shade (N,) of each texel relative to the same garment seen face-on.
+
+    Per region slice (one garment, one colour, mostly), the median brightness in each
+    view-angle bin over that of the face-on bin; the median of these ratios over all slices
+    (prints and logos are a few slices' business) is the photo's shading curve, interpolated
+    at each texel's angle. 1 where nothing can be measured.
+    """
+    edges = np.asarray(SHADING_COS_EDGES)
+    n_bins = len(edges) - 1
+    usable = np.flatnonzero(seen & (cos >= edges[0]))
+    usable = usable[:: max(1, len(usable) // SHADING_SAMPLES)]  # a curve needs no more
+    angle = np.clip(np.searchsorted(edges, cos[usable], side="right") - 1, 0, n_bins - 1)
+    key = region[usable] * bins + np.clip((t[usable] * bins).astype(np.int64), 0, bins - 1)
+    lum = colours[usable].mean(axis=1)
+    ratios: list[list[float]] = [[] for _ in range(n_bins)]
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, key[order][1:] != key[order][:-1], True])
+    for a, b_end in itertools.pairwise(bounds):
+        members = order[a:b_end]
+        face_on = members[angle[members] == n_bins - 1]
+        if len(face_on) < 10:
+            continue
+        ref = float(np.median(lum[face_on]))
+        if ref < 20:  # too dark to measure a ratio
+            continue
+        for b in range(n_bins - 1):
+            inside = members[angle[members] == b]
+            if len(inside) >= 10:
+                ratios[b].append(float(np.median(lum[inside])) / ref)
+    curve = np.ones(n_bins)
+    for b in range(n_bins - 1):
+        if len(ratios[b]) >= 3:
+            curve[b] = float(np.clip(np.median(ratios[b]), MIN_SHADE, 1.0))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    return np.interp(np.clip(cos, centres[0], centres[-1]), centres, curve).astype(np.float32)
+
+
+def _no_brighter_than_face_on(
+    lifted: np.ndarray, colours: np.ndarray, seen: np.ndarray, cos: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """`lifted` colours (N,3) dimmed where the lift made them brighter than their region seen
+    face-on (median) and than they were: a side already lit (a shoulder's highlight) is not
+    lifted into white."""
+    face_on = seen & (cos > 0.9)
+    lum = colours.mean(axis=1)
+    n = len(REGIONS)
+    ref = np.full(n, 255.0)
+    for r in np.unique(region[face_on]):
+        ref[r] = float(np.median(lum[face_on & (region == r)]))
+    cap = np.maximum(ref[region], lum)
+    scale = np.minimum(1.0, cap / np.maximum(lifted.mean(axis=1), 1e-6))
+    return np.minimum(lifted * scale[:, None], 255.0)
+
+
+def _outer_half(
+    seen: np.ndarray, texel_region: np.ndarray, t: np.ndarray, corners: np.ndarray, bary: np.ndarray,
+    layout: BodyLayout, bins: int,
+) -> np.ndarray:  # fmt: skip
+    """`seen` texels (N,), but of the torso only those in the outer part of their slice (farther
+    from the midline than `OUTER_TORSO_FRAC` of the slice's half-width): prints, logos, buttons
+    and zips sit in the middle of the chest, the garment's own colour at its sides. A slice
+    whose outer part is hidden (arms crossed) is left to its neighbours. Other regions keep
+    all their seen texels."""
+    torso = texel_region == REGIONS.index("torso")
+    if not (seen & torso).any():
+        return seen
+    ids = np.flatnonzero(torso)
+    x = np.einsum("nk,nk->n", bary[ids], layout.rest_vertices[corners[ids], 0])
+    lateral = np.abs(x - float(np.median(layout.rest_vertices[layout.region == REGIONS.index("neck"), 0])))
+    key = np.clip((t[ids] * bins).astype(np.int64), 0, bins - 1)
+    half_width = np.zeros(bins)
+    np.maximum.at(half_width, key, lateral)
+    out = seen.copy()
+    out[ids] &= lateral > OUTER_TORSO_FRAC * half_width[key]
+    return out
 
 
 def _place_gaps_by_the_front(
@@ -1016,35 +1179,178 @@ def _median_of_nearest(
     vertex_fill[ids] = np.median(colours[sources][nearest], axis=1)
 
 
-def _hair_at_the_back(
-    vertex_fill: np.ndarray,
-    colours: np.ndarray,
-    seen: np.ndarray,
-    corners: np.ndarray,
-    bary: np.ndarray,
-    layout: BodyLayout,
-    dominant: np.ndarray,
-    head: np.ndarray,
-) -> None:
+def crown_colour(
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout, head: np.ndarray
+) -> np.ndarray | None:
+    """Median seen colour (3,) of the crown - hair, or scalp when bald - or None when the photo
+    shows too little of it. `seen` (N,) texels, `head` (V,) vertices of the head region."""
+    dominant = _dominant(corners, bary)
+    point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
+    top = seen & head[dominant]
+    if not top.any():
+        return None
+    # the top of the head as far up as the photo shows it (a camera at chest height sees the
+    # crown only at a grazing angle)
+    top_seen = float(point_z[top].max())
+    crown = top & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
+    return np.median(colours[crown], axis=0) if crown.sum() >= 50 else None
+
+
+def _hair_at_the_back(vertex_fill: np.ndarray, layout: BodyLayout, head: np.ndarray, hair: np.ndarray | None) -> None:
     """The back of the head above the ears in the colour of the crown (hair, or scalp when
     bald), blending into the sides and the nape, in place. A front photo shows the crown but
     rarely the back; the nearest seen surface there is often the skin by the ears."""
-    point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
-    texel_head = head[dominant]
-    if not (seen & texel_head).any():
+    if hair is None:
         return
-    # the top of the head as far up as the photo shows it (a camera at chest height sees the
-    # crown only at a grazing angle)
-    top_seen = float(point_z[seen & texel_head].max())
-    crown = seen & texel_head & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
-    if crown.sum() < 50:
-        return
-    hair = np.median(colours[crown], axis=0)
     z = layout.rest_vertices[:, 2]
     backward = np.clip((layout.rest_normals[:, 1] + 0.1) / 0.4, 0.0, 1.0)  # Anny faces -Y
     above_nape = np.clip((z - (layout.eye_height - NAPE_BELOW_EYES_M)) / 0.03, 0.0, 1.0)
     w = (backward * above_nape * head)[:, None]
     vertex_fill[:] = (1 - w) * vertex_fill + w * hair
+
+
+@dataclass(frozen=True)
+class LongHair:
+    """Hair that hangs down the back, as far as one front photo tells: its colour, half its
+    width across the back (metres) and the rest-pose height its ends reach."""
+
+    colour: np.ndarray  # (3,)
+    half_width_m: float
+    end_z: float
+
+
+def hair_in_photo(
+    image: np.ndarray, person: np.ndarray, region_map: np.ndarray, hair: np.ndarray, skin: np.ndarray, config: TextureConfig
+) -> np.ndarray:
+    """(h,w) bool: the photo's hair - person pixels of the crown's colour (nearer to it than to
+    the skin) connected to such pixels on or right beside the fitted head, down to two head
+    heights below it.
+
+    Hair hanging over the shoulders or the chest is an occluder like a hand: what it covers is
+    unseen, and what it shows is hair, not shirt.
+    """
+    head = region_map == REGIONS.index("head")
+    rows = np.flatnonzero(head.any(axis=1))
+    if len(rows) < 2 or float(np.linalg.norm(hair - skin)) < config.hair_tolerance:
+        return np.zeros(person.shape, bool)
+    pixels = image.astype(np.float32)
+    to_hair = _distance_to_shades(pixels, hair, 0.8, 1.2)
+    # light hair varies more in the photo than dark hair does (strands, shine); skin in shadow
+    # is darker skin, not brown hair
+    tolerance = config.hair_tolerance + config.hair_tolerance_rel * float(np.linalg.norm(hair))
+    like = person & (to_hair < tolerance) & (to_hair < _distance_to_shades(pixels, skin, 0.4, 1.2))
+    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
+    body_rows = np.flatnonzero((region_map >= 0).any(axis=1))
+    like &= ~_dilate(hands, HAIR_NOT_NEAR_HAND_FRAC * float(body_rows[-1] - body_rows[0] + 1))  # fingers
+    like[min(person.shape[0], int(rows[-1] + 2 * (rows[-1] - rows[0]))) :] = False
+    count, label = cv2.connectedComponents(like.astype(np.uint8), connectivity=8)
+    # hair beside the head (behind it, or the fit a little off) touches it, not only its crown
+    near_head = _dilate(head, HAIR_SEED_RING_FRAC * float(rows[-1] - rows[0]))
+    touching = np.unique(label[like & near_head])
+    keep = np.zeros(count, bool)
+    keep[touching[touching > 0]] = True
+    return keep[label]
+
+
+def _distance_to_shades(pixels: np.ndarray, colour: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """RGB distance (...) of each pixel to the nearest shade k * colour, k in [lo, hi]."""
+    c = np.asarray(colour, np.float32)
+    k = np.clip((pixels @ c) / max(float(c @ c), 1e-6), lo, hi)
+    return np.linalg.norm(pixels - k[..., None] * c, axis=-1)
+
+
+def long_hair_in_photo(
+    hair_mask: np.ndarray,
+    person: np.ndarray,
+    region_map: np.ndarray,
+    image: np.ndarray,
+    metres_per_px: float,
+    layout: BodyLayout,
+    config: TextureConfig,
+) -> LongHair | None:
+    """Long hair from a front photo: hair hanging behind the shoulders shows beside the neck,
+    on person pixels that are no part of the fitted body (or on the neck's sides).
+
+    The strip from the ears to the bottom of the neck, as wide as the head and a half, is read
+    from the region map; when a good share of its person pixels off the fitted body is hair
+    (`hair_in_photo`), and they are not a handful, the hair is long. Its width across the back is the width of those
+    pixels; how far down it reaches a photo from the front does not show, so it ends at the
+    shoulder blades (`LONG_HAIR_BELOW_SHOULDERS_FRAC`).
+    """
+    head = region_map == REGIONS.index("head")
+    neck = region_map == REGIONS.index("neck")
+    if head.sum() < 20 or neck.sum() < 5 or not hair_mask.any():
+        return None
+    head_cols = np.flatnonzero(head.any(axis=0))
+    head_rows = np.flatnonzero(head.any(axis=1))
+    neck_rows = np.flatnonzero(neck.any(axis=1))
+    head_w = float(head_cols[-1] - head_cols[0] + 1)
+    centre = 0.5 * (head_cols[0] + head_cols[-1])
+    r0, r1 = int(np.median(head_rows)), int(neck_rows[-1]) + 1  # from the ears to the shoulders
+    c0, c1 = int(max(0, centre - 0.75 * head_w)), int(min(person.shape[1], centre + 0.75 * head_w + 1))
+    strip = np.zeros(person.shape, bool)
+    strip[r0:r1, c0:c1] = True
+    candidates = strip & person & (region_map == -1)
+    is_hair = hair_mask[candidates]
+    if is_hair.sum() < config.long_hair_share * candidates.sum() or is_hair.sum() < LONG_HAIR_MIN_HEAD_SHARE * head.sum():
+        return None
+    cols = np.nonzero(candidates)[1][is_hair]
+    half_px = float(np.percentile(np.abs(cols - centre), 95))  # one side may hide behind the head
+    half_width = float(np.clip(half_px * metres_per_px, 0.06, 0.2))
+    torso = layout.region == REGIONS.index("torso")
+    shoulders = float(np.percentile(layout.rest_vertices[torso, 2], 99))
+    height = float(np.ptp(layout.rest_vertices[:, 2]))
+    return LongHair(
+        colour=np.median(image[candidates][is_hair].astype(np.float32), axis=0),
+        half_width_m=half_width,
+        end_z=shoulders - LONG_HAIR_BELOW_SHOULDERS_FRAC * height,
+    )
+
+
+def _below_hairline(corners: np.ndarray, bary: np.ndarray, layout: BodyLayout) -> np.ndarray:
+    """Texels (N,) of the head that are skin on nearly everyone: below the eyes and not facing
+    backwards (cheeks, jaw, ears, the sides of the neck's top)."""
+    z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
+    backward = np.einsum("nk,nk->n", bary, layout.rest_normals[corners, 1])
+    return (z < layout.eye_height - 0.02) & (backward < 0.1)
+
+
+def _covered_by_hair(
+    hair_mask: np.ndarray,
+    pixels: np.ndarray,
+    seen: np.ndarray,
+    texel_region: np.ndarray,
+    below_hairline: np.ndarray,
+    max_share: float = 0.5,
+) -> np.ndarray:
+    """Seen texels (N,) whose pixel is hair though they are not scalp - off the head, or on the
+    head `below_hairline` (cheeks, jaw, ears): hair over the shoulders, the chest or the face
+    is not baked onto them. A region of which most is "hair" is the hair's colour itself (a
+    black shirt under black hair) and keeps its texels."""
+    h, w = hair_mask.shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    not_scalp = (texel_region != REGIONS.index("head")) | below_hairline
+    on_hair = seen & hair_mask[rows, cols] & not_scalp
+    n = len(REGIONS)
+    share = np.bincount(texel_region[on_hair], minlength=n) / np.maximum(np.bincount(texel_region[seen], minlength=n), 1)
+    return on_hair & (share[texel_region] <= max_share)
+
+
+def _long_hair_down_the_back(vertex_fill: np.ndarray, layout: BodyLayout, hair: LongHair | None) -> None:
+    """Back of the neck and the upper back, within the hair's width and down to its ends, in
+    the hair's colour, in place; soft edges, so the strands do not end in a hard line."""
+    if hair is None:
+        return
+    rest, normals = layout.rest_vertices, layout.rest_normals
+    region = layout.region
+    torso_or_neck = np.isin(region, [REGIONS.index("torso"), REGIONS.index("neck")])
+    backward = np.clip(normals[:, 1] / 0.3, 0.0, 1.0)
+    centre_x = float(np.median(rest[region == REGIONS.index("neck"), 0]))
+    across = np.clip((hair.half_width_m - np.abs(rest[:, 0] - centre_x)) / 0.03, 0.0, 1.0)
+    down = np.clip((rest[:, 2] - hair.end_z) / 0.04, 0.0, 1.0)
+    w = (backward * across * down * torso_or_neck)[:, None]
+    vertex_fill[:] = (1 - w) * vertex_fill + w * hair.colour
 
 
 def _eye_colours(texel_xy: np.ndarray, labels: np.ndarray, iris_rgb: tuple[float, float, float] | None) -> np.ndarray:

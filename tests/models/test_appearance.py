@@ -58,16 +58,79 @@ def _region_texels(body, topo, subject, names):
 
 
 def test_back_does_not_repeat_the_front_print(body):
-    """Over several bodies the region fill beats the mirror fill on the back (one body alone can
-    lose: seed 0 of the issue-12 phenotype sampler is 1.1 dB worse, seeds 1-3 0.5-2.5 dB better)."""
+    """On every one of six bodies (short and long hair) the region fill beats the mirror fill
+    on the back, by 1.5 dB in the median (measured: 0.5-3.1 dB per body, median 2.6)."""
     gains = []
-    for seed in range(4):
+    for seed in range(6):
         subject = make_subject(body, seed, "plain", texture_size=SIZE)
         old, _ = evaluate_subject(body, subject, "baseline")
         new, _ = evaluate_subject(body, subject, "regions")
         gains.append(new.psnr["back"] - old.psnr["back"])
-    assert float(np.median(gains)) > 0.5, gains
-    assert sum(g > 0 for g in gains) >= 3, gains
+    assert min(gains) > 0.3, gains
+    assert float(np.median(gains)) > 1.5, gains
+
+
+def _upper_back(body, topo, subject, layout, half_width_m: float, band=(0.77, 0.8)):
+    """Chart texels (N,) of the back near the spine between heights `band` (fractions of the
+    body height; by default below the neck, above long hair's ends)."""
+    raster = rasterise_uv(topo["uv"], topo["face_uv_idx"], SIZE)
+    corners = topo["faces"][raster.tri]
+    rest = np.einsum("nk,nkd->nd", raster.bary, layout.rest_vertices[corners])
+    normal_y = np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1])
+    torso = layout.region[corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]] == REGIONS.index("torso")
+    neck_x = float(np.median(layout.rest_vertices[layout.region == REGIONS.index("neck"), 0]))
+    z0, z1 = layout.rest_vertices[:, 2].min(), layout.rest_vertices[:, 2].max()
+    h = (rest[:, 2] - z0) / (z1 - z0)
+    near_spine = np.abs(rest[:, 0] - neck_x) < half_width_m
+    return torso & (normal_y > 0.5) & near_spine & (h > band[0]) & (h < band[1]), raster
+
+
+def test_long_hair_continues_down_the_back(body, topo):
+    """Hair the photo shows beside the neck continues on the upper back in the hair's colour;
+    short hair leaves the shirt there."""
+    for seed, long_hair in ((0, True), (1, False)):
+        subject = make_subject(body, seed, "plain", texture_size=SIZE)
+        assert (subject.long_hair is not None) == long_hair
+        layout = _layout(body, topo, subject)
+        baked = _bake(topo, subject, layout=layout)
+        texels, raster = _upper_back(body, topo, subject, layout, 0.05)
+        assert texels.sum() > 50
+        made = np.median(baked.image.reshape(-1, 3)[raster.flat[texels]].astype(float), axis=0)
+        truth = np.median(subject.texture.reshape(-1, 3)[raster.flat[texels]].astype(float), axis=0)
+        if long_hair:
+            np.testing.assert_allclose(truth, subject.hair_rgb, atol=15)  # the ground truth is hair there
+            assert np.abs(made - truth).max() < 35, (seed, made, truth)
+        else:  # no band of hair: the upper back looks like the back below it
+            below, _ = _upper_back(body, topo, subject, layout, 0.05, (0.68, 0.71))
+            lower = np.median(baked.image.reshape(-1, 3)[raster.flat[below]].astype(float), axis=0)
+            assert np.abs(made - lower).max() < 25, (seed, made, lower)
+
+
+def test_arms_crossed_back_is_the_shirt_not_the_print(body, topo):
+    """Arms across the chest hide the shirt's sides: the back still takes the shirt's colour
+    from the outer part of the chest, never the print in its middle."""
+    subject = make_subject(body, 4, "arms_crossed", texture_size=SIZE)
+    layout = _layout(body, topo, subject)
+    baked = _bake(topo, subject, layout=layout)
+    raster = rasterise_uv(topo["uv"], topo["face_uv_idx"], SIZE)
+    corners = topo["faces"][raster.tri]
+    normal_y = np.einsum("nk,nk->n", raster.bary, layout.rest_normals[corners, 1])
+    torso = layout.region[corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]] == REGIONS.index("torso")
+    rest_z = np.einsum("nk,nk->n", raster.bary, layout.rest_vertices[corners, 2])
+    z0, z1 = layout.rest_vertices[:, 2].min(), layout.rest_vertices[:, 2].max()
+    h = (rest_z - z0) / (z1 - z0)
+    back = torso & (normal_y > 0.6) & (h > 0.66) & (h < 0.76)
+    front = torso & (normal_y < -0.8) & (h > 0.66) & (h < 0.76)
+    truth = subject.texture.reshape(-1, 3)[raster.flat]
+    made = baked.image.reshape(-1, 3)[raster.flat].astype(float)
+    print_colour = np.median(truth[front].astype(float), axis=0)
+    shirt = np.median(truth[back].astype(float), axis=0)  # stripes are a third: the median is the shirt
+    got = np.median(made[back], axis=0)
+
+    def hue(c):  # the colour without its shade (the photo's sides are darker)
+        return c / np.linalg.norm(c)
+
+    assert np.linalg.norm(hue(got) - hue(shirt)) < 0.5 * np.linalg.norm(hue(got) - hue(print_colour)), (got, shirt, print_colour)
 
 
 def test_occluders_are_not_baked_onto_the_body(body):
