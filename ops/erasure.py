@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,18 +134,9 @@ class ErasureResult:
 def erasure_salt(home: Path) -> bytes:
     """The per-deployment secret salting subject hashes: `AVATARPIPE_ERASURE_SALT`, else a
     random 32-byte value created once in `$AVATARPIPE_HOME/.erasure_salt` (mode 600)."""
-    from orchestration.config import load_config
+    from orchestration.config import home_secret, load_config
 
-    configured = load_config().erasure_salt
-    if configured:
-        return configured.encode()
-    path = Path(home) / SALT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return home_secret(load_config().erasure_salt, Path(home) / SALT_FILE)
 
 
 def subject_hash(home: Path, subject_id: str) -> str:

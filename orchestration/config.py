@@ -26,8 +26,10 @@ pinned (`psycopg[binary]`), so plain URLs work for MLflow. Dagster's Postgres st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +232,19 @@ def _storage_kind_of(path: Path) -> str:
 
 
 # -- loading ---------------------------------------------------------------------------
+
+
+def home_secret(configured: str | None, path: Path) -> bytes:
+    """A deployment secret: the configured value, else a random one created once at ``path``
+    (mode 600), so every process on one home agrees on it without any configuration."""
+    if configured:
+        return configured.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
