@@ -411,8 +411,12 @@ def _step_files(env: ErasureEnv, subject_id: str, plan: Plan) -> dict[str, int]:
 
     from ops.verification import scan_files
 
-    counts = {"data_docs_removed": 0, "data_docs_rebuilt": 0, "temp_files_removed": 0}
+    counts = {"data_docs_removed": 0, "data_docs_rebuilt": 0, "quality_pages_removed": 0, "temp_files_removed": 0}
     needles = plan.needles(subject_id)
+    page = env.home / "gx" / "quality_report.html"  # the self-contained report: the next quality-report redraws it
+    if page.is_file() and any(value.encode() in page.read_bytes() for _kind, value in needles.items()):
+        page.unlink()
+        counts["quality_pages_removed"] = 1
     gx = env.home / "gx" / "uncommitted"
     if gx.is_dir() and scan_files(gx, needles)[0]:
         for name in ("validations", "data_docs"):
