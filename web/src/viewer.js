@@ -56,12 +56,7 @@ export class AvatarViewer {
     this.scene.add(ground);
 
     this.timer = new THREE.Timer();
-    this.mixer = null;
-    this.avatar = null;
-    this.placeholder = null;
-    this.clips = [];
-    this.faceMeshes = [];
-    this.currentClip = null;
+    this.clearAvatar(); // nothing shown yet: the same empty state as after clearing
     new ResizeObserver(() => this.resize()).observe(container);
     this.resize();
     this.renderer.setAnimationLoop(() => this.frame());
@@ -165,9 +160,7 @@ export class AvatarViewer {
     const weights = EXPRESSIONS[name];
     if (!weights) return false;
     if (this.currentClip && name !== "neutral") {
-      const clip = this.clips.find((c) => c.name === this.currentClip);
-      const action = clip && this.mixer.existingAction(clip);
-      if (action) action.getMixer().stopAllAction();
+      this.mixer.stopAllAction(); // the clip would key the face back
       this.currentClip = null;
     }
     for (const mesh of this.faceMeshes) {
