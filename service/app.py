@@ -316,11 +316,11 @@ def _install_routes(app: FastAPI, state: ServiceState) -> None:
     def presign_upload(key: Caller, body: PresignRequest) -> dict[str, Any]:
         """With S3: a presigned PUT (SSE-KMS enforced by its signed headers) for the browser to
         upload straight to the bucket; the upload runs when the object lands."""
-        from models.fitting import BodyHints
+        from orchestration.app import body_hints
         from orchestration.app import presign_upload as presign
 
         _require(key, "uploader", "admin")
-        hints = BodyHints(build=body.build, height_cm=body.height_cm, age_group=body.age_group).to_dict()
+        hints = body_hints(body.build, body.height_cm, body.age_group)
         with state.metadata() as metadata:
             _may_add_to_subject(metadata, key, body.subject_id)
         try:
@@ -447,12 +447,11 @@ def _accept_upload(
 ) -> Accepted:
     """Refuse at the door what can be refused (size, pixels, not an image, bad hints), then ingest
     exactly as `avatarpipe ingest` does and hand the upload to the dispatcher."""
-    from models.fitting import BodyHints
     from models.photo import check_upload
-    from orchestration.app import ingest_photo
+    from orchestration.app import body_hints, ingest_photo
 
     check_upload(data, _photo_limits(state.settings))
-    hints = BodyHints(**raw_hints).to_dict()
+    hints = body_hints(**raw_hints)
     with state.metadata() as metadata:
         _may_add_to_subject(metadata, key, subject_id)
     ingested = ingest_photo(state.settings, data, filename, subject_id, hints=hints)
