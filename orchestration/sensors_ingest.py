@@ -326,20 +326,26 @@ class _Message:
     objects: list[NewObject]
 
 
-def _receive(sqs: Any, queue_url: str, limit: int) -> Iterator[dict]:
-    """Up to `limit` messages, 10 per call (SQS's maximum); stops when the queue looks empty."""
-    received = 0
-    while received < limit:
+def _receive(sqs: Any, queue_url: str, limit: int) -> list[dict]:
+    """Up to `limit` distinct messages, 10 per call (SQS's maximum), received before any is
+    processed; stops when the queue looks empty or only hands back messages already received.
+
+    A message whose visibility timeout runs out during the tick comes back with a new receipt
+    handle (the one a delete needs) and a higher receive count: it is kept once, with the newest
+    handle, so a slow tick does not spend the redrive budget of good messages."""
+    by_id: dict[str, dict] = {}
+    while len(by_id) < limit:
         batch = sqs.receive_message(
             QueueUrl=queue_url,
-            MaxNumberOfMessages=min(10, limit - received),
+            MaxNumberOfMessages=min(10, limit - len(by_id)),
             WaitTimeSeconds=0,
             AttributeNames=["ApproximateReceiveCount"],
         ).get("Messages", [])
-        if not batch:
-            return
-        received += len(batch)
-        yield from batch
+        fresh = [m for m in batch if m["MessageId"] not in by_id]
+        by_id.update((m["MessageId"], m) for m in batch)
+        if not fresh:
+            break
+    return list(by_id.values())
 
 
 def build_sqs_sensor(job_name: str, minimum_interval_seconds: int = 30) -> SensorDefinition:

@@ -24,7 +24,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.sensor import execute_sensor_iteration
 
-from orchestration.sensors_ingest import parse_s3_event
+from orchestration.sensors_ingest import _receive, parse_s3_event
 from storage.metadata_store import open_metadata_store
 from storage.object_store import artifact_key, raw_upload_key, sha256_hex
 from storage.s3_store import S3ObjectStore, S3StoreConfig, create_upload_ticket
@@ -108,6 +108,23 @@ def aws_ingest(aws_env: str, kms_key: str, tmp_path: Path, monkeypatch: pytest.M
         S3StoreConfig(bucket=artifacts, uploads_bucket=uploads, kms_key_id=kms_key, region=REGION, endpoint_url=endpoint)
     )
     return {"sqs": sqs, "queue": queue_url, "dlq": dlq_url, "store": store, "env": env, "home": tmp_path / "home"}
+
+
+def test_a_tick_receives_each_message_once_even_when_its_visibility_runs_out(aws_env: str) -> None:
+    """A message that becomes visible again while the tick is still receiving (visibility 0 here,
+    a slow tick in life) is kept once, with its newest receipt handle, and the tick stops there:
+    re-receiving it would spend its redrive budget and send good uploads to the DLQ."""
+    sqs = client("sqs", aws_env)
+    queue = sqs.create_queue(QueueName=unique("uploads"), Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    for n in range(5):
+        sqs.send_message(QueueUrl=queue, MessageBody=f"m{n}")
+    received = _receive(sqs, queue, limit=100)
+    assert sorted(m["Body"] for m in received) == [f"m{n}" for n in range(5)]
+    counts = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in received]
+    assert max(counts) <= 2  # the second call only gave back known messages: stop, not 20 rounds
+    for message in received:  # the kept handle is current: the delete takes effect
+        sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    assert queue_depth(sqs, queue) == 0
 
 
 def test_object_put_requests_exactly_one_run_even_if_delivered_twice(aws_ingest, standing_photo) -> None:
