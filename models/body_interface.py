@@ -82,6 +82,7 @@ class BodyModel(abc.ABC):
     facing_camera: np.ndarray  # (3,3) model frame -> camera frame, upright and facing the camera
     turn_around: np.ndarray  # (3,3) 180 degrees about the model's vertical axis (model frame)
     face_point_mask: np.ndarray  # (8,) bool: which FACE_LABELS this model provides
+    device: str = "cpu"  # where its tensors live (`models.device`); the fit runs there
 
     @property
     @abc.abstractmethod

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from models.body_interface import BodyModel, BodyModelInfo, BodyPoints, BodyState, farthest_point_sample
+from models.device import module_device, on_device, resolve_device
 from models.smplx_model import load_smplx_body
 
 ANNY_RIG = "mixamo"
@@ -35,16 +36,21 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "avatarpipe"
 
 
+def load_anny(cache_dir: str | None = None, device: str = "cpu") -> torch.nn.Module:
+    """The Anny model (mixamo rig, float32, eval mode) on ``device`` (`models.device`). First
+    call per cache dir may take minutes."""
+    return _load_anny(cache_dir, resolve_device(device))  # one cache key per (dir, device)
+
+
 @functools.lru_cache(maxsize=2)
-def load_anny(cache_dir: str | None = None) -> torch.nn.Module:
-    """The Anny model (mixamo rig, float32, eval mode). First call per cache dir may take minutes."""
+def _load_anny(cache_dir: str | None, device: str) -> torch.nn.Module:
     import anny
     from anny.paths import set_anny_cache_path
 
     path = Path(cache_dir) if cache_dir else default_cache_dir() / "anny"
     path.mkdir(parents=True, exist_ok=True)
     set_anny_cache_path(path)
-    model = anny.Anny(rig=ANNY_RIG).to(torch.float32)
+    model = anny.Anny(rig=ANNY_RIG).to(torch.float32).to(device)
     model.eval()
     return model
 
@@ -72,8 +78,8 @@ def anny_forward(
     """One Anny forward pass (no gradients), the way every caller in `models/` runs the model:
     `phenotype` through `anny_phenotype_kwargs` (validated, clamped), `pose_parameters`
     (J,4,4) local-ref deltas, None for the rest pose. Returns Anny's output dict (batch 1)."""
-    pose = None if pose_parameters is None else torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None]
-    with torch.no_grad():
+    with on_device(module_device(model)), torch.no_grad():  # inputs beside the model's tensors
+        pose = None if pose_parameters is None else torch.as_tensor(np.asarray(pose_parameters), dtype=torch.float32)[None]
         return model(pose_parameters=pose, phenotype_kwargs=anny_phenotype_kwargs(phenotype or {}))
 
 
@@ -228,7 +234,7 @@ class AnnyBody(BodyModel):
 
     @property
     def silhouette_vertex_ids(self) -> np.ndarray:
-        return self._sil_ids.numpy()
+        return self._sil_ids.cpu().numpy()
 
     def hinge_axes(self) -> dict[int, np.ndarray]:
         forward = np.array([0.0, -1.0, 0.0])  # Anny faces -Y
@@ -382,10 +388,17 @@ def _orthonormal(rot: torch.Tensor) -> torch.Tensor:
     return roma.special_procrustes(rot)
 
 
+def anny_body(cache_dir: str | None = None, device: str = "cpu") -> AnnyBody:
+    """The Anny body model behind the `BodyModel` interface (built once per process and device)."""
+    return _anny_body(cache_dir, resolve_device(device))
+
+
 @functools.lru_cache(maxsize=2)
-def anny_body(cache_dir: str | None = None) -> AnnyBody:
-    """The Anny body model behind the `BodyModel` interface (built once per process)."""
-    return AnnyBody(load_anny(cache_dir))
+def _anny_body(cache_dir: str | None, device: str) -> AnnyBody:
+    with on_device(device):  # the regression bases it precomputes live beside the model
+        body = AnnyBody(load_anny(cache_dir, device))
+    body.device = device
+    return body
 
 
 def configured_body_model_name(smplx_model_dir: str | None = None) -> str:
@@ -393,8 +406,9 @@ def configured_body_model_name(smplx_model_dir: str | None = None) -> str:
     return "smplx" if smplx_model_dir else "anny"
 
 
-def load_body_model(smplx_model_dir: str | None = None, cache_dir: str | None = None) -> BodyModel:
-    """Anny (from ``cache_dir``) by default; SMPL-X when ``smplx_model_dir`` points at SMPL-X files."""
+def load_body_model(smplx_model_dir: str | None = None, cache_dir: str | None = None, device: str = "cpu") -> BodyModel:
+    """Anny (from ``cache_dir``) by default; SMPL-X when ``smplx_model_dir`` points at SMPL-X files;
+    on ``device`` ("cpu" or "cuda", `models.device`)."""
     if smplx_model_dir:
-        return load_smplx_body(smplx_model_dir)
-    return anny_body(cache_dir)
+        return load_smplx_body(smplx_model_dir, device)
+    return anny_body(cache_dir, device)

@@ -112,8 +112,8 @@ def evaluate_body(
 ) -> _Body:
     """Anny's rest and posed surfaces plus the per-vertex skinning of a normal offset."""
     out = anny_forward(model, phenotype, pose_parameters)
-    rest = out["rest_vertices"][0].double().numpy()
-    bones = out["bone_poses"][0].double().numpy() @ np.linalg.inv(out["rest_bone_poses"][0].double().numpy())
+    rest = out["rest_vertices"][0].double().cpu().numpy()
+    bones = out["bone_poses"][0].double().cpu().numpy() @ np.linalg.inv(out["rest_bone_poses"][0].double().cpu().numpy())
     indices = model.vertex_bone_indices.detach().cpu().numpy().astype(np.int64)
     weights = model.vertex_bone_weights.detach().cpu().numpy().astype(np.float64)
     blended = blend_transforms(indices, weights, bones)  # (V,4,4) per-vertex LBS

@@ -27,6 +27,8 @@ class ErrorCode(str, Enum):
     QUALITY_GATE_FAILED = "QUALITY_GATE_FAILED"  # a blocking (ERROR) quality expectation failed
     # transient / operational (not caused by the input; retried or resumable)
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # object or metadata store still failing after retries
+    DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"  # a step asked for a GPU that this worker does not have
+    WORKER_UNAVAILABLE = "WORKER_UNAVAILABLE"  # no queue worker picked the step up in time (ecs_service)
     ARTIFACT_MISSING = "ARTIFACT_MISSING"  # `fsck --repair` found an artifact's object gone
     UPLOAD_BUSY = "UPLOAD_BUSY"  # another live runner holds the upload's lease (CLI answer only)
     # `avatarpipe export` requests (CLI answers only)

@@ -37,6 +37,7 @@ import torch
 
 from models.body_model import BodyModel, BodyModelInfo, BodyState
 from models.camera import Camera
+from models.device import on_device
 from models.errors import ErrorCode, PipelineError
 from models.fit_config import FITTER_ID, FitConfig  # light: the catalogue imports it without torch
 from models.keypoints import POSE_INDEX, Keypoints
@@ -216,7 +217,8 @@ def fit_body(
     failure: PipelineError | None = None
     for number, attempt in enumerate(FIT_ATTEMPTS, start=1):
         try:
-            fit = _fit_once(keypoints, body, config, hints, attempt)
+            with on_device(body.device):  # the fit's tensors beside the body model's
+                fit = _fit_once(keypoints, body, config, hints, attempt)
         except PipelineError as err:
             if err.code != ErrorCode.FIT_FAILED:
                 raise
@@ -314,14 +316,16 @@ def _with_height(body: BodyModel, state: BodyState, height_m: float) -> BodyStat
 
 
 def fitted_state(body: BodyModel, fit: BodyFit) -> BodyState:
-    return body.deserialise(fit.model_parameters())
+    with on_device(body.device):
+        return body.deserialise(fit.model_parameters())
 
 
 def posed_vertices(body: BodyModel, fit: BodyFit) -> np.ndarray:
     """Vertices (V, 3) of the fitted body in the photo's world (= camera) frame."""
     if body.info.name != fit.body_model.name:
         raise ValueError(f"the fit is of {fit.body_model.name}, the model is {body.info.name}")
-    return body.posed_vertices(body.deserialise(fit.model_parameters()))
+    with on_device(body.device):
+        return body.posed_vertices(body.deserialise(fit.model_parameters()))
 
 
 # ---------------------------------------------------------------------------------------------

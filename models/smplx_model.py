@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.body_interface import BodyModel, BodyModelInfo, BodyPoints, BodyState, farthest_point_sample
+from models.device import on_device, resolve_device
 from models.landmarks import BODY_LABELS, FACE_POINTS, HAND_LABELS, SMPLX_BODY_JOINTS, SMPLX_HAND_JOINTS
 
 BODY_JOINTS = (
@@ -253,10 +254,18 @@ class SmplxBody(BodyModel):
         )
 
 
+def load_smplx_body(path: str, device: str = "cpu") -> SmplxBody:
+    """SMPL-X behind the `BodyModel` interface (built once per process, path and device)."""
+    return _load_smplx_body(path, resolve_device(device))
+
+
 @functools.lru_cache(maxsize=4)
-def load_smplx_body(path: str) -> SmplxBody:
-    """SMPL-X behind the `BodyModel` interface (built once per process and path)."""
-    return SmplxBody(path)
+def _load_smplx_body(path: str, device: str) -> SmplxBody:
+    with on_device(device):  # smplx's buffers and the tensors SmplxBody precomputes
+        body = SmplxBody(path)
+    body.model.to(device)
+    body.device = device
+    return body
 
 
 # ---------------------------------------------------------------------------------------------

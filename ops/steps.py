@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +61,7 @@ class StepOutput:
     metrics: dict[str, Any]
     extra_files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # name -> (bytes, ext)
     preview_png: bytes | None = None  # small thumbnail for the Dagster UI; not stored
+    device: str = "cpu"  # where its torch work ran (`WorkerRuntime.device` for the steps that use it)
 
 
 StepFn = Callable[[Mapping[str, bytes], Mapping[str, dict], "WorkerRuntime"], StepOutput]
@@ -106,6 +106,7 @@ class WorkerRuntime:
     max_upload_bytes: int | None = None  # the photo step's limits (None: models.photo's defaults)
     max_image_pixels: int | None = None
     gltfpack: str | None = None  # None: clients/ install, then PATH
+    device: str = "cpu"  # torch device of the fit and the mesh step ("cuda" on a GPU worker)
 
     @staticmethod
     def from_config(config: Any) -> WorkerRuntime:
@@ -295,7 +296,7 @@ def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     from models.fitting import BodyHints, FitConfig, fit_body
 
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
-    body = load_body_model(runtime.smplx_model_dir, runtime.anny_cache_dir)  # Anny; SMPL-X when configured
+    body = load_body_model(runtime.smplx_model_dir, runtime.anny_cache_dir, runtime.device)  # Anny; SMPL-X when configured
     hints = BodyHints.from_dict(params.get("body_hints"))  # the uploader's, from the uploads document
     fit = fit_body(kp, body, FitConfig.from_params(params.get("body_fitter", {})), hints)
     metrics = dict(fit.metrics) | {"framing": fit.framing, "body_model": fit.body_model.name}
@@ -307,7 +308,7 @@ def fit_smplx_params(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
         expression = fit_anny_expression(body.model, fit.phenotype, kp.face)
         data["expression"] = expression.weights
         metrics["expression_residual"] = round(expression.residual, 4)
-    return StepOutput(data=json_bytes(data), ext="json", metrics=metrics)
+    return StepOutput(data=json_bytes(data), ext="json", metrics=metrics, device=body.device)
 
 
 def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], runtime: WorkerRuntime) -> StepOutput:
@@ -331,7 +332,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     kp = load_keypoints(inputs[KEYPOINTS], inputs[MASK])
     reconstructor = params.get("reconstructor", {})
     texture_size = int(reconstructor.get("texture_size", 1024))
-    model = load_anny(runtime.anny_cache_dir)
+    model = load_anny(runtime.anny_cache_dir, runtime.device)
     topo = anny_topology(model)
     clothing = fit_clothing(
         model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, topo,
@@ -372,6 +373,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
             "overlay": (encode_png(overlay), "png"),
             "offsets": (npy_bytes(clothing.offsets.astype(np.float32)), "npy"),
         },
+        device=runtime.device,
         preview_png=thumbnail_png(overlay),
     )
 
@@ -510,23 +512,20 @@ def store_output(
     return obj.key, obj.uri, obj.sha256, obj.bytes, extra_keys
 
 
-def current_device() -> str:
-    """Where the science just ran: "cuda" when torch is loaded (the step imported it) and sees a
-    GPU, else "cpu". Never imports torch itself: a step that did not need it ran on the CPU."""
-    torch = sys.modules.get("torch")
-    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-
-
 def execute_step(
     request: StepRequest, store: ObjectStore, device: str | None = None, runtime: WorkerRuntime | None = None
 ) -> StepResult:
     """Load inputs, run the step, store the outputs. Raises `PipelineError` for bad input.
-    ``device``: what to report (default `current_device` after the run); ``runtime``: this
-    machine's model files (default: the configured ones)."""
+    ``device``: where the torch work runs (default: the runtime's, "cpu" unless configured);
+    ``runtime``: this machine's model files (default: the configured ones). The result's
+    ``device`` is where the step's torch work actually ran ("cpu" for steps without any)."""
     spec = step_spec(request.step)
     inputs = load_inputs(spec, request, store)
     start = time.perf_counter()
-    output = spec.run(inputs, request.params, runtime or WorkerRuntime.configured())
+    runtime = runtime or WorkerRuntime.configured()
+    if device is not None:
+        runtime = replace(runtime, device=device)
+    output = spec.run(inputs, request.params, runtime)
     compute_seconds = round(time.perf_counter() - start, 3)
     key, uri, digest, size, extra_keys = store_output(
         store, request.subject_id, request.upload_id, spec.name, output
@@ -540,6 +539,6 @@ def execute_step(
         extra_files=extra_keys,
         metrics=output.metrics,
         compute_seconds=compute_seconds,
-        device=device or current_device(),
+        device=output.device,
         preview_png=output.preview_png,
     )
