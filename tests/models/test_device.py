@@ -82,3 +82,60 @@ def test_cuda_anny_forward_returns_what_the_cpu_does(anny_model):
     rest_gpu = anny_forward(gpu, {"height": 0.7})["rest_vertices"][0].cpu().numpy()
     rest_cpu = anny_forward(anny_model, {"height": 0.7})["rest_vertices"][0].numpy()
     np.testing.assert_allclose(rest_gpu, rest_cpu, atol=1e-4)
+
+
+# -- benchmarks/gpu_check: its CPU path and its answer when CUDA is missing --------------------
+
+
+def _gpu_check():
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU")
+def test_gpu_check_script_says_plainly_when_torch_has_no_cuda(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 3, done.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["cuda"]["usable"] is False and report["exit_code"] == 3
+    assert "CUDA is not usable" in done.stderr and "runs" not in report  # nothing measured as if on a GPU
+
+
+def test_gpu_check_cpu_path_measures_and_compares(tmp_path, standing_photo):
+    import json
+
+    gpu_check = _gpu_check()
+    code = gpu_check.main(["--out", str(tmp_path), "--devices", "cpu", "--repeats", "0", "--photo", str(standing_photo)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert code == 0 and report["exit_code"] == 0 and report["comparison"] == {}
+    cpu = report["runs"]["cpu"]
+    assert cpu["timings"]["fit_cold_s"] > 0 and cpu["timings"]["clothing_s"] > 0
+    assert cpu["metrics"]["keypoint_reprojection_rel"] < 0.05 and cpu["metrics"]["silhouette_iou"] > 0.6
+
+
+def test_gpu_check_comparison_flags_a_device_that_disagrees():
+    gpu_check = _gpu_check()
+    vertices, offsets = np.zeros((10, 3)), np.zeros((10, 3))
+    metrics = {"keypoint_reprojection_rel": 0.004, "silhouette_iou": 0.85}
+    cpu = gpu_check.DeviceRun("cpu", {}, metrics, vertices, offsets)
+    close = gpu_check.DeviceRun("cuda", {}, metrics, vertices + 1e-5, offsets)
+    far = gpu_check.DeviceRun("cuda", {}, metrics, vertices + np.array([0.0, 0.05, 0.0]), offsets)
+    assert gpu_check.compare(cpu, close)["agrees"] is True
+    result = gpu_check.compare(cpu, far)
+    assert result["agrees"] is False and result["max_difference"]["vertex_m"] == pytest.approx(0.05)
