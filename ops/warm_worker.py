@@ -41,6 +41,7 @@ from typing import Any
 
 OP_PING = "ping"
 OP_STEP = "step"
+OP_QUALITY = "quality"
 CODE_DIRS = ("models", "ops", "storage", "assets")  # what a step's code is made of
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,14 @@ def warm_up() -> dict[str, float]:
     timed("mediapipe", lambda: __import__("mediapipe"))
     timed("science", science_modules)
     timed("body_model", body)
+    timed("great_expectations", _import_gx)
     return seconds
+
+
+def _import_gx() -> None:
+    from assets.checks import import_gx
+
+    import_gx()
 
 
 @dataclass
@@ -219,6 +227,8 @@ class WarmWorker:
                 reply = self.state.answer()
             elif op == OP_STEP:
                 reply = self._run_step(request.get("bootstrap") or {})
+            elif op == OP_QUALITY:
+                reply = self._run_quality(request.get("request") or {})
             else:
                 reply = {"ok": False, "error": f"unknown op {op!r}"}
             try:
@@ -254,6 +264,27 @@ class WarmWorker:
             except Exception as exc:  # noqa: BLE001 - reported to Dagster by the context's close; the worker lives on
                 self.state.failed += 1
                 return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            finally:
+                self.state.busy = False
+                self.state.last_request_at = time.time()
+
+    def _run_quality(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One quality gate's metrics and GX validation (`assets.checks.serve_quality_request`)."""
+        from assets.checks import serve_quality_request
+        from models.errors import ErrorCode, PipelineError
+
+        with self.step_lock:
+            self.state.busy = True
+            try:
+                answer = serve_quality_request(request)
+                self.state.served += 1
+                return answer
+            except PipelineError as exc:
+                return {"ok": False, "error": exc.to_dict()}
+            except Exception as exc:  # noqa: BLE001 - the gate cannot run: a typed answer, the worker lives on
+                self.state.failed += 1
+                message = f"quality check crashed: {type(exc).__name__}: {exc}"[:500]
+                return {"ok": False, "error": {"code": ErrorCode.INTERNAL_ERROR.value, "message": message}}
             finally:
                 self.state.busy = False
                 self.state.last_request_at = time.time()

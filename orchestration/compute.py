@@ -56,6 +56,7 @@ class ComputeLauncherResource(ConfigurableResource):
     warm_workers: int = 2  # worker processes = steps at once (match max_concurrent_runs)
     warm_idle_s: float = 600.0  # a worker exits after this long without a request
     warm_start_timeout_s: float = 900.0
+    warm_quality: bool = True  # the quality gates' metrics and GX validation too
     # ecs mode
     region: str | None = None
     endpoint_url: str | None = None
@@ -126,6 +127,14 @@ class ComputeLauncherResource(ConfigurableResource):
             directory=Path(directory), size=self.warm_workers, idle_s=self.warm_idle_s, python=self.worker_python,
             env=dict(self.worker_env), start_timeout_s=self.warm_start_timeout_s,
         )  # fmt: skip
+
+    def quality_in_worker(self) -> bool:
+        """Whether the quality gates' metrics and GX validation go to the warm workers."""
+        return self.mode == "warm" and self.warm_quality
+
+    def run_quality(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One quality gate's metrics and validation in a warm worker (`assets.checks`)."""
+        return self.warm_pool().run_quality(request)
 
     def _run_warm(self, context: Any, request: StepRequest):
         from orchestration.compute_warm import PipesWarmWorkerClient

@@ -52,7 +52,7 @@ from dagster._core.pipes.utils import (
 )
 
 from models.errors import ErrorCode, PipelineError
-from ops.warm_worker import OP_PING, OP_STEP, worker_fingerprint
+from ops.warm_worker import OP_PING, OP_QUALITY, OP_STEP, worker_fingerprint
 from orchestration.config import home_secret
 
 WORKER_MODULE = "ops.warm_worker"
@@ -238,6 +238,27 @@ class WarmPool:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 raise
+
+    def run_quality(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One quality gate's metrics and GX validation in a warm worker (suites kept loaded);
+        its answer (`assets.checks.serve_quality_request`). A typed error comes back typed."""
+        asset_key = str(request.get("asset_key"))
+        with self.slot() as slot:
+            pid = self.ensure_worker(slot)
+            try:
+                answer = self.request(slot, {"op": OP_QUALITY, "request": dict(request)})
+            except (EOFError, OSError):
+                raise WorkerLost(
+                    f"the warm worker (pid {pid}) checking {asset_key} exited before answering", asset_key
+                ) from None
+        if not answer.get("ok"):
+            error = answer.get("error") or {}
+            try:
+                code = ErrorCode(error.get("code"))
+            except ValueError:
+                code = ErrorCode.INTERNAL_ERROR
+            raise PipelineError(code, str(error.get("message")), asset_key)
+        return answer
 
     def start(self, slots: int | None = None) -> list[SlotStatus]:
         """Start (and wait for) the workers of the first ``slots`` slots (default: all)."""
