@@ -10,7 +10,9 @@ expectation carries `meta.name` (stable, unique in the suite) and `meta.severity
 - `WARN` expectations are recorded: the check fails with severity WARN, nothing is blocked.
 
 A check computes the artifact's metrics row (`ops.quality_rows`, over `models.quality`), validates it with a fresh
-ephemeral GX context (pandas datasource, one-row DataFrame), records one document in the
+ephemeral GX context (pandas datasource, one-row DataFrame) — in the compute mode `warm` both
+happen in a warm worker, which keeps GX imported and the suites loaded (`serve_quality_request`),
+so the run process imports neither GX nor the science — records one document in the
 metadata store's `validations` collection and returns the result with metadata for the UI.
 The `rigged_glb` check is the last gate, so it is the one that marks the upload `ready`.
 
@@ -24,7 +26,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from dagster import (
 
 from assets.partitions import uploads_partitions
 from models.errors import ErrorCode, PipelineError
-from ops.quality_rows import ARTIFACT_METRICS
+from ops.quality_rows import ARTIFACT_METRICS, ArtifactMetrics, wire_doc, wire_parents
 from ops.raw_retention import delete_raw_when_ready, raw_retention_policy
 from ops.steps import CHECKED_ASSETS  # the steps declared `checked` (ops/steps.py)
 from storage.metadata_store import InvalidTransition, MetadataStore, ValidationRecord
@@ -82,6 +84,7 @@ class Suite:
     asset_key: str
     sha: str  # content hash of the JSON file: which version of the bar was applied
     data: dict
+    path: str = ""  # the file it was read from
 
     @property
     def expectations(self) -> list[dict]:
@@ -113,7 +116,8 @@ def load_suite(asset_key: str, directory: Path | None = None) -> Suite:
         if not meta.get("name") or meta["name"] in names:
             raise SuiteError(f"{path}: expectation {index} needs a unique meta.name")
         names.add(meta["name"])
-    return Suite(name=data["name"], asset_key=asset_key, sha=hashlib.sha256(raw).hexdigest()[:12], data=data)
+    sha = hashlib.sha256(raw).hexdigest()[:12]
+    return Suite(name=data["name"], asset_key=asset_key, sha=sha, data=data, path=str(path))
 
 
 def load_suites(directory: Path | None = None) -> dict[str, Suite]:
@@ -180,6 +184,15 @@ class SuiteEvaluation:
     @property
     def passed(self) -> bool:
         return not self.failed
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON for the warm worker's answer (`evaluation_from_wire` reads it back)."""
+        return {
+            "outcomes": [asdict(o) for o in self.outcomes],
+            "gx_result": self.gx_result,
+            "gx_seconds": self.gx_seconds,
+            "gx_import_seconds": self.gx_import_seconds,
+        }
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -265,6 +278,75 @@ def evaluate_suite(suite: Suite, row: dict[str, Any]) -> SuiteEvaluation:
     )
 
 
+def evaluation_from_wire(suite: Suite, data: dict[str, Any]) -> SuiteEvaluation:
+    return SuiteEvaluation(
+        suite=suite,
+        outcomes=[ExpectationOutcome(**o) for o in data["outcomes"]],
+        gx_result=data["gx_result"],
+        gx_seconds=float(data["gx_seconds"]),
+        gx_import_seconds=float(data["gx_import_seconds"]),
+    )
+
+
+@dataclass(frozen=True)
+class ArtifactEvaluation:
+    """A gate's work on one artifact: its metrics row, how long that took, the suite's verdict."""
+
+    metrics: ArtifactMetrics
+    metrics_seconds: float
+    evaluation: SuiteEvaluation
+
+
+def evaluate_artifact(asset_key: str, doc: dict, store: ObjectStore, ledger: Any, suite: Suite) -> ArtifactEvaluation:
+    """Compute the artifact's metrics row (`ops.quality_rows`) and validate it with the suite;
+    in the check's process or, in the warm mode, in a warm worker (`serve_quality_request`)."""
+    start = time.perf_counter()
+    metrics = ARTIFACT_METRICS[asset_key](doc, store, ledger)
+    metrics_seconds = time.perf_counter() - start
+    return ArtifactEvaluation(metrics, metrics_seconds, evaluate_suite(suite, metrics.row))
+
+
+_SUITES: dict[tuple[str, int, int], Suite] = {}  # a warm worker's suites: (path, mtime, size) -> suite
+
+
+def cached_suite(asset_key: str, directory: Path) -> Suite:
+    """The suite, read once per worker (again only when its file changes)."""
+    path = directory / f"{check_name(asset_key)}.json"
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _SUITES:
+        _SUITES[key] = load_suite(asset_key, directory)
+    return _SUITES[key]
+
+
+def serve_quality_request(request: dict[str, Any]) -> dict[str, Any]:
+    """A warm worker's side of a quality gate: the metrics and the GX validation, with GX
+    imported once per worker and the suites kept loaded."""
+    from ops.quality_rows import ParentLedger
+    from storage.object_store import object_store_from_config
+
+    asset_key = request["asset_key"]
+    suite = cached_suite(asset_key, Path(request["suite_dir"]))
+    store = object_store_from_config(request["object_store"])
+    done = evaluate_artifact(asset_key, request["doc"], store, ParentLedger(request["parents"]), suite)
+    return {
+        "ok": True,
+        "row": {k: _jsonable(v) for k, v in done.metrics.row.items()},
+        "extra": done.metrics.extra,
+        "metrics_seconds": done.metrics_seconds,
+        "evaluation": done.evaluation.to_wire(),
+        "suite_sha": suite.sha,
+    }
+
+
+def artifact_from_wire(suite: Suite, answer: dict[str, Any]) -> ArtifactEvaluation:
+    """The warm worker's answer; it must have applied this very suite (same content hash)."""
+    if answer.get("suite_sha") != suite.sha:
+        raise PipelineError(ErrorCode.INTERNAL_ERROR, f"the warm worker applied another version of {suite.name}")
+    metrics = ArtifactMetrics(answer["row"], answer["extra"])
+    return ArtifactEvaluation(metrics, float(answer["metrics_seconds"]), evaluation_from_wire(suite, answer["evaluation"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # the Dagster checks
 # ---------------------------------------------------------------------------------------------
@@ -320,10 +402,14 @@ def _run_quality_check(
     doc = metadata.current_artifact(upload_id, asset_key)
     if doc is None:
         raise PipelineError(ErrorCode.INTERNAL_ERROR, f"no {asset_key} artifact to check", asset_key)
-    start = time.perf_counter()
-    metrics = ARTIFACT_METRICS[asset_key](doc, store, metadata)
-    metrics_seconds = time.perf_counter() - start
-    evaluation = evaluate_suite(suite, metrics.row)
+    compute = context.resources.compute
+    if compute.quality_in_worker():  # the warm mode: GX and the science stay out of this process
+        request = {"asset_key": asset_key, "doc": wire_doc(doc), "parents": wire_parents(metadata, doc),
+                   "object_store": context.resources.object_store.config(), "suite_dir": str(Path(suite.path).parent)}  # fmt: skip
+        done = artifact_from_wire(suite, compute.run_quality(request))
+    else:
+        done = evaluate_artifact(asset_key, doc, store, metadata, suite)
+    metrics, metrics_seconds, evaluation = done.metrics, done.metrics_seconds, done.evaluation
     severity = evaluation.severity
     statistics = evaluation.statistics()
     failed = [o.to_dict() for o in evaluation.failed]
@@ -394,7 +480,7 @@ def _quality_check(asset_key: str, suite: Suite) -> AssetChecksDefinition:
         name=check_name(asset_key),
         blocking=True,
         partitions_def=uploads_partitions,
-        required_resource_keys={"object_store", "metadata"},
+        required_resource_keys={"object_store", "metadata", "compute"},
         description=(
             f"Great Expectations suite {suite.name} ({counts['ERROR']} blocking ERROR and "
             f"{counts['WARN']} WARN expectations) on the {asset_key} artifact's metrics."

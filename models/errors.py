@@ -31,6 +31,7 @@ class ErrorCode(str, Enum):
     WORKER_UNAVAILABLE = "WORKER_UNAVAILABLE"  # no queue worker picked the step up in time (ecs_service)
     ARTIFACT_MISSING = "ARTIFACT_MISSING"  # `fsck --repair` found an artifact's object gone
     UPLOAD_BUSY = "UPLOAD_BUSY"  # another live runner holds the upload's lease (CLI answer only)
+    WORKER_LOST = "WORKER_LOST"  # the warm worker running a step died (killed, out of memory)
     # `avatarpipe export` requests (CLI answers only)
     UNKNOWN_UPLOAD = "UNKNOWN_UPLOAD"
     UPLOAD_NOT_READY = "UPLOAD_NOT_READY"

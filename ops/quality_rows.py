@@ -70,6 +70,28 @@ def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) 
     return ArtifactMetrics(glb_metrics(glb, report, node_modules).row(), extra)
 
 
+class ParentLedger:
+    """The ledger as the metrics see it in a warm worker, which has no metadata store: the
+    artifact's parents, looked up by the check in the run process and sent with the request."""
+
+    def __init__(self, parents: dict[str, dict]) -> None:
+        self._parents = parents
+
+    def get_artifact(self, artifact_id: str) -> dict | None:
+        return self._parents.get(artifact_id)
+
+
+def wire_doc(doc: dict) -> dict:
+    """What the metrics read of an artifact document (JSON-able: no dates, no ObjectIds)."""
+    return {k: doc[k] for k in ("_id", "asset_key", "key", "extra_files", "parent_ids") if k in doc}
+
+
+def wire_parents(metadata: MetadataStore, doc: dict) -> dict[str, dict]:
+    """The artifact's parents by id, as `ParentLedger` serves them."""
+    parents = (metadata.get_artifact(pid) for pid in doc.get("parent_ids", []))
+    return {str(p["_id"]): wire_doc(p) for p in parents if p is not None}
+
+
 ARTIFACT_METRICS: dict[str, Callable[[dict, ObjectStore, MetadataStore], ArtifactMetrics]] = {
     "smplx_params": _smplx_params_metrics,
     "mesh": _mesh_metrics,

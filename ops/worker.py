@@ -1,5 +1,6 @@
 """Pipes worker: `python -m ops.worker`, launched by Dagster to run one step out of process
-(any of the five in `ops.steps.STEPS` that `AVATARPIPE_HEAVY_STEPS` names).
+(any of the five in `ops.steps.STEPS` that `AVATARPIPE_HEAVY_STEPS` names). The warm worker
+(`ops.warm_worker`) runs the same `run` for each step it serves, in a long-lived process.
 
 Locally Dagster starts it with `PipesSubprocessClient`; in AWS it is the command of the ECS
 GPU task (`PipesECSClient`), the same code in the worker image. Dagster injects the Pipes
@@ -20,6 +21,7 @@ answer, which the orchestrator turns into a failed upload. Anything else exits n
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -52,6 +54,7 @@ def materialization_metadata(result: StepResult) -> dict[str, Any]:
         "compute_seconds": result.compute_seconds,
         "device": result.device,
         "worker": "ops.worker",
+        "worker_pid": os.getpid(),  # a warm worker serves many steps: which process this was
     }
     for name, value in result.metrics.items():
         if isinstance(value, (bool, int, float, str)):

@@ -30,6 +30,7 @@ from orchestration.commands import (
     run,
     serve,
     verify_erasure,
+    worker,
 )
 from orchestration.config import ConfigError
 
@@ -37,7 +38,7 @@ COMMANDS: tuple[click.Command, ...] = (
     run.run, quality_report.quality_report_command, ingest.ingest, models.models, reprocess.reprocess_command,
     eval.evaluate, fsck.fsck_command, resume.resume, erase.erase_command, audit.audit,
     verify_erasure.verify_erasure_command, purge_raw.purge_raw, export.export, privacy_scan.privacy_scan,
-    config.config, keys.keys, serve.serve,
+    config.config, keys.keys, serve.serve, worker.worker,
 )  # fmt: skip
 
 

@@ -3,12 +3,18 @@
 * ``inprocess`` — in the Dagster step's own process (`ops.steps.execute_step`);
 * ``subprocess`` — `python -m ops.worker` through Dagster's `PipesSubprocessClient`
   (the embedded default: a crash or OOM in the science cannot take the run worker down);
+* ``warm`` — a pool of long-lived Pipes workers on this machine (`orchestration.compute_warm`,
+  `ops.warm_worker`): the models are loaded once per worker and serve many steps; the same
+  Pipes session and `ops.worker.run` as ``subprocess``, the same isolation (a worker that dies
+  fails its step with WORKER_LOST), without an interpreter start and torch import per step.
+  Every step named in ``warm_steps`` (default: all five) goes there, so the run process
+  imports no torch or MediaPipe;
 * ``ecs`` — the same worker as an ECS task through `dagster_aws.pipes.PipesECSClient`: a GPU
   task (`resourceRequirements` GPU=1) on the GPU capacity provider, or, with ``ecs_gpu``
   off, the CPU fallback. Pipes messages come back through CloudWatch Logs (`awslogs`).
 
 Any of the five steps (`ops.steps.STEPS`) can be named in ``heavy_steps`` (default: the fit
-and the mesh) and then leaves the process; the others run in-process through the same
+and the mesh; ``warm_steps`` in the warm mode) and then leaves the process; the others run in-process through the same
 `execute_step`.
 Every mode returns the same `StepResult`: the outputs are already in the object store, and the
 caller records the `artifacts` document.
@@ -17,6 +23,7 @@ caller records the `artifacts` document.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, MaterializeResult
@@ -28,19 +35,28 @@ from ops.worker import ERROR_MESSAGE, RESULT_MESSAGE
 from storage.keys import ObjectStore
 from storage.object_store import object_store_from_config
 
-MODES = ("inprocess", "subprocess", "ecs")
+MODES = ("inprocess", "subprocess", "warm", "ecs")
 DEFAULT_HEAVY_STEPS = ["smplx_params", "mesh"]
+DEFAULT_WARM_STEPS = ["photo", "keypoints", "smplx_params", "mesh", "rigged_glb"]
 WORKER_MODULE = "ops.worker"
 
 
 class ComputeLauncherResource(ConfigurableResource):
-    """Runs a step in-process, as a Pipes subprocess, or as a Pipes ECS (GPU) task."""
+    """Runs a step in-process, as a Pipes subprocess, in a warm Pipes worker, or as a Pipes ECS
+    (GPU) task."""
 
-    mode: str = Field(default="subprocess", description="inprocess | subprocess | ecs")
+    mode: str = Field(default="subprocess", description="inprocess | subprocess | warm | ecs")
     heavy_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_HEAVY_STEPS))
-    # subprocess mode
+    # subprocess and warm modes
     worker_python: str = Field(default_factory=lambda: sys.executable)
     worker_env: dict[str, str] = Field(default_factory=dict)
+    # warm mode (orchestration.compute_warm.WarmPool)
+    warm_dir: str | None = None  # the pool's sockets and state; default $AVATARPIPE_HOME/worker
+    warm_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_WARM_STEPS))
+    warm_workers: int = 2  # worker processes = steps at once (match max_concurrent_runs)
+    warm_idle_s: float = 600.0  # a worker exits after this long without a request
+    warm_start_timeout_s: float = 900.0
+    warm_quality: bool = True  # the quality gates' metrics and GX validation too
     # ecs mode
     region: str | None = None
     endpoint_url: str | None = None
@@ -60,6 +76,8 @@ class ComputeLauncherResource(ConfigurableResource):
     # -- what runs where -------------------------------------------------------------------
 
     def is_heavy(self, step: str) -> bool:
+        if self.mode == "warm":
+            return step in self.warm_steps
         return self.mode != "inprocess" and step in self.heavy_steps
 
     def placement(self, step: str) -> str:
@@ -80,6 +98,8 @@ class ComputeLauncherResource(ConfigurableResource):
             return execute_step(request, store or object_store_from_config(request.object_store)), {}
         if placement == "subprocess":
             invocation = self._run_subprocess(context, request)
+        elif placement == "warm":
+            invocation = self._run_warm(context, request)
         else:
             invocation = self._run_ecs(context, request)
         result, metadata = _parse_invocation(invocation, request)
@@ -95,6 +115,32 @@ class ComputeLauncherResource(ConfigurableResource):
 
         client = PipesSubprocessClient(env=dict(self.worker_env))
         return client.run(context=context, command=self.worker_command(), extras=request.to_dict())
+
+    # -- warm ------------------------------------------------------------------------------
+
+    def warm_pool(self):
+        """The pool of warm workers this launcher hands steps to (`orchestration.compute_warm`)."""
+        from orchestration.compute_warm import WarmPool
+
+        directory = self.warm_dir or str(_default_home() / "worker")
+        return WarmPool(
+            directory=Path(directory), size=self.warm_workers, idle_s=self.warm_idle_s, python=self.worker_python,
+            env=dict(self.worker_env), start_timeout_s=self.warm_start_timeout_s,
+        )  # fmt: skip
+
+    def quality_in_worker(self) -> bool:
+        """Whether the quality gates' metrics and GX validation go to the warm workers."""
+        return self.mode == "warm" and self.warm_quality
+
+    def run_quality(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One quality gate's metrics and validation in a warm worker (`assets.checks`)."""
+        return self.warm_pool().run_quality(request)
+
+    def _run_warm(self, context: Any, request: StepRequest):
+        from orchestration.compute_warm import PipesWarmWorkerClient
+
+        client = PipesWarmWorkerClient(self.warm_pool())
+        return client.run(context=context, extras=request.to_dict(), step=request.step)
 
     # -- ecs -------------------------------------------------------------------------------
 
@@ -215,10 +261,28 @@ def _with_preview(result: StepResult, request: StepRequest) -> StepResult:
 _SETTINGS_NAMES = {"mode": "compute_mode"}
 
 
+def _default_home() -> Path:
+    from orchestration.config import load_config
+
+    return load_config().resolved_home
+
+
+def warm_values(config: Any, home: Path) -> dict[str, Any]:
+    """The warm pool's launcher fields from the configuration (`AVATARPIPE_WARM_*`)."""
+    steps = [s.strip() for s in config.warm_steps.split(",") if s.strip()]
+    return {
+        "warm_dir": str(home / "worker"),
+        "warm_steps": steps,
+        "warm_workers": config.warm_workers,
+        "warm_idle_s": config.warm_idle_s,
+    }
+
+
 def launcher_from_settings(settings: Any) -> ComputeLauncherResource:
-    """The launcher the environment asks for (`AVATARPIPE_COMPUTE_MODE`, `AVATARPIPE_ECS_*`):
-    every launcher field that `orchestration.settings.AwsSettings` has, under the same name
-    (`_SETTINGS_NAMES` for the one that differs); the rest keep their defaults."""
+    """The launcher the environment asks for (`AVATARPIPE_COMPUTE_MODE`, `AVATARPIPE_ECS_*`,
+    `AVATARPIPE_WARM_*`): every launcher field that `orchestration.settings.AwsSettings` has,
+    under the same name (`_SETTINGS_NAMES` for the one that differs), and the warm pool's
+    (`warm_values`); the rest keep their defaults."""
     aws = settings.aws
     values: dict[str, Any] = {}
     for name in ComputeLauncherResource.model_fields:
@@ -226,4 +290,5 @@ def launcher_from_settings(settings: Any) -> ComputeLauncherResource:
         if hasattr(aws, source):
             value = getattr(aws, source)
             values[name] = list(value) if isinstance(value, tuple) else value
+    values |= warm_values(settings.app, settings.home)
     return ComputeLauncherResource(**values)

@@ -43,7 +43,7 @@ REDACTED = "***"
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|signature|credential)", re.IGNORECASE)
 # set by prepare_environment(): the DAGSTER_HOME value avatarpipe derived itself (not an operator's)
 DERIVED_DAGSTER_HOME_ENV = "AVATARPIPE_DERIVED_DAGSTER_HOME"
-COMPUTE_MODES = ("inprocess", "subprocess", "ecs")
+COMPUTE_MODES = ("inprocess", "subprocess", "warm", "ecs")
 SERVICE_DISPATCH = ("inline", "sensors")
 
 
@@ -66,6 +66,7 @@ _POSITIVE = (0, False, "must be a positive integer")
 _NOT_NEGATIVE = (0, True, "must not be negative")
 _LOWER_BOUNDS: dict[str, tuple[float, bool, str]] = {
     "max_upload_bytes": _POSITIVE, "max_image_pixels": _POSITIVE, "service_workers": _POSITIVE,
+    "warm_workers": _POSITIVE, "warm_idle_s": _POSITIVE, "max_concurrent_runs": _POSITIVE,
     **dict.fromkeys(("raw_retention_days", "lease_ttl_s", "step_retries", "step_retry_delay_s", "presign_expiry_s",
                      "reprocess_max_in_flight", "store_retry_tries", "store_retry_base_s", "store_retry_max_s"),
                     _NOT_NEGATIVE),
@@ -110,8 +111,12 @@ class AppConfig(BaseSettings):
     sqs_queue_url: str | None = _var("AVATARPIPE_SQS_QUEUE_URL", help="S3 ObjectCreated events queue")
     sqs_max_per_tick: int = _var("AVATARPIPE_SQS_MAX_PER_TICK", 100, help="SQS messages per sensor tick")
     # -- compute -------------------------------------------------------------------------
-    compute_mode: str = _var("AVATARPIPE_COMPUTE_MODE", "subprocess", help="inprocess | subprocess | ecs")
+    compute_mode: str = _var("AVATARPIPE_COMPUTE_MODE", "subprocess", help="inprocess | subprocess | warm | ecs")
     heavy_steps: str = _var("AVATARPIPE_HEAVY_STEPS", "smplx_params,mesh", help="steps sent to the heavy launcher")
+    warm_steps: str = _var("AVATARPIPE_WARM_STEPS", "photo,keypoints,smplx_params,mesh,rigged_glb", help="steps sent to the warm workers (mode warm)")
+    warm_workers: int = _var("AVATARPIPE_WARM_WORKERS", 2, help="warm worker processes: steps at once (match the run queue)")
+    warm_idle_s: float = _var("AVATARPIPE_WARM_IDLE_S", 600.0, help="a warm worker exits after this long without a request")
+    max_concurrent_runs: int = _var("AVATARPIPE_MAX_CONCURRENT_RUNS", 2, help="runs the embedded instance's run queue starts at once")
     ecs_cluster: str | None = _var("AVATARPIPE_ECS_CLUSTER", help="ECS cluster of the workers")
     ecs_task_definition: str | None = _var("AVATARPIPE_ECS_TASK_DEFINITION", help="worker task definition")
     ecs_cpu_task_definition: str | None = _var("AVATARPIPE_ECS_CPU_TASK_DEFINITION", help="CPU fallback task definition")
@@ -319,6 +324,17 @@ def redact_text(text: str, config: AppConfig | None = None) -> str:
     for secret in sorted(secrets_, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", rf"\1:{REDACTED}@", text)
+
+
+# -- the Dagster instance --------------------------------------------------------------
+
+
+def instance_yaml(template: str, config: AppConfig) -> str:
+    """The dagster.yaml avatarpipe installs under its home: the repo's template (sqlite or
+    Postgres) with the run queue's ``max_concurrent_runs`` from `AVATARPIPE_MAX_CONCURRENT_RUNS`
+    (written as a number, so any process that loads the instance reads the same limit without
+    the variable). The per-upload tag limit (one run per upload) stays as the template has it."""
+    return re.sub(r"(?m)^(\s*max_concurrent_runs:\s*)\d+", rf"\g<1>{config.max_concurrent_runs}", template)
 
 
 # -- normalisation ---------------------------------------------------------------------

@@ -5,12 +5,17 @@ what Dagster, MLflow and the model caches read themselves."""
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from orchestration.config import DERIVED_DAGSTER_HOME_ENV, AppConfig, dagster_pg_url, load_config
+from orchestration.config import (
+    DERIVED_DAGSTER_HOME_ENV,
+    AppConfig,
+    dagster_pg_url,
+    instance_yaml,
+    load_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,5 +170,7 @@ def prepare_environment(settings: Settings) -> None:
     os.environ[DERIVED_DAGSTER_HOME_ENV] = str(dagster_home)
     source = REPO_ROOT / ("dagster.postgres.yaml" if config.dagster_pg_url else "dagster.yaml")
     target = dagster_home / "dagster.yaml"
-    if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
-        shutil.copyfile(source, target)
+    if source.is_file():  # the run queue's limit from the configuration (config.instance_yaml)
+        text = instance_yaml(source.read_text(), config)
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
