@@ -15,8 +15,13 @@ for Anny and `models.smplx_model.SmplxBody` for SMPL-X. `load_body_model()` pick
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +41,102 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "avatarpipe"
 
 
+# The one-off cache build measured on the 2-core development machine: ≈ 100 s quiet, ≈ 3.5 min
+# under load (issue 17). The estimate shown while building is this range minus the time spent.
+ANNY_BUILD_EXPECTED_S = (100.0, 210.0)
+PROGRESS_LOGGER = "avatarpipe.progress"  # a Dagster-managed Python logger (dagster.yaml): in the run's log
+
+
+def _stderr_and_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    logging.getLogger(PROGRESS_LOGGER).info(line)
+
+
+def _eta(elapsed_s: float) -> str:
+    low, high = (max(0.0, bound - elapsed_s) for bound in ANNY_BUILD_EXPECTED_S)
+    if high <= 0:
+        return "taking longer than the usual 2–3.5 min (a loaded machine)"
+    return f"≈ {low / 60:.1f}–{high / 60:.1f} min left" if low > 0 else f"up to ≈ {high / 60:.1f} min left"
+
+
+class AnnyBuildProgress(logging.Handler):
+    """Anny's own cache-builder log records (`anny.models.model_data.cache_builder`: "No cached
+    model data found at …", "Saved built model data to cache at …"; `load_data`: "Cache not
+    found, loading data from source files …") turned into progress lines with the elapsed time
+    and an estimate. Loading an existing cache logs only "Loading cached …": nothing is shown."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.report = report
+        self.started: float | None = None
+        self.phase_started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        now = time.perf_counter()
+        if message.startswith("No cached model data found"):
+            phase = _phase_name(message)
+            if self.started is None:
+                self.started = now
+                self.report("anny model cache: not built yet; building it once (≈ 790 MB, usually 2–3.5 min on 2 cores)")
+            self.phase_started[phase] = now
+            self.report(f"anny model cache: {phase}: building ({now - self.started:.0f} s elapsed, {_eta(now - self.started)})")
+        elif message.startswith("Cache not found, loading data from source files") and self.started is not None:
+            self.report(f"anny model cache: reading Anny's source mesh, blendshapes and rig ({now - self.started:.0f} s elapsed)")
+        elif message.startswith("Saved built model data") and self.started is not None:
+            phase = _phase_name(message)
+            took = now - self.phase_started.get(phase, self.started)
+            self.report(
+                f"anny model cache: {phase}: built in {took:.0f} s ({now - self.started:.0f} s elapsed, {_eta(now - self.started)})"
+            )
+
+
+def _phase_name(message: str) -> str:
+    """The builder's name from the cache file Anny names after it (`<builder>_<hash>.safetensors`)."""
+    match = re.search(r"([A-Za-z_]+)_[0-9a-f]{32}\.safetensors", message)
+    return match.group(1) if match else "model data"
+
+
 def load_anny(cache_dir: str | None = None, device: str = "cpu") -> torch.nn.Module:
-    """The Anny model (mixamo rig, float32, eval mode) on ``device`` (`models.device`). First
-    call per cache dir may take minutes."""
+    """The Anny model (mixamo rig, float32, eval mode) on ``device`` (`models.device`). The first
+    call per cache dir builds Anny's cache (minutes): its phases are reported on stderr and to
+    the `avatarpipe.progress` logger (:class:`AnnyBuildProgress`)."""
     return _load_anny(cache_dir, resolve_device(device))  # one cache key per (dir, device)
 
 
 @functools.lru_cache(maxsize=2)
 def _load_anny(cache_dir: str | None, device: str) -> torch.nn.Module:
+    report = _stderr_and_log
     import anny
     from anny.paths import set_anny_cache_path
 
     path = Path(cache_dir) if cache_dir else default_cache_dir() / "anny"
     path.mkdir(parents=True, exist_ok=True)
     set_anny_cache_path(path)
-    model = anny.Anny(rig=ANNY_RIG).to(torch.float32).to(device)
+    with anny_build_progress(report) as progress:
+        model = anny.Anny(rig=ANNY_RIG).to(torch.float32).to(device)
+    if progress.started is not None:
+        report(f"anny model cache: ready in {time.perf_counter() - progress.started:.0f} s (later loads take about a second)")
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def anny_build_progress(report: Callable[[str], None]) -> Iterator[AnnyBuildProgress]:
+    """Listen to the `anny` loggers at INFO for the body (their records do not propagate
+    meanwhile, so "Loading cached …" lines stay off the terminal)."""
+    logger = logging.getLogger("anny")
+    handler = AnnyBuildProgress(report)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def anny_info() -> BodyModelInfo:

@@ -218,12 +218,47 @@ def presign_upload(settings: Settings, filename: str, subject_id: str | None, hi
                            dict(ticket.request.headers), settings.app.presign_expiry_s)  # fmt: skip
 
 
-def run_avatar_job(settings: Settings, upload_id: str, wait_s: float = 0.0) -> str:
+def run_avatar_job(
+    settings: Settings,
+    upload_id: str,
+    wait_s: float = 0.0,
+    *,
+    defs: Any = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> str:
     """Materialise the five assets for one partition in one run recorded in the instance,
     holding the upload's lease meanwhile (`orchestration/leases.py`); raises
-    `storage.lease.UploadBusy` if another live runner holds it for more than ``wait_s``."""
+    `storage.lease.UploadBusy` if another live runner holds it for more than ``wait_s``.
+    ``defs``: definitions already built (a batch builds them once)."""
     with upload_lease(settings, upload_id, wait_s=wait_s) as lease:
-        return execute_avatar_job(settings, upload_id, run_id=lease.run_id)
+        return execute_avatar_job(settings, upload_id, run_id=lease.run_id, defs=defs, on_event=on_event)
+
+
+CODE_LOCATION_MODULE = "orchestration.definitions"  # `dagster dev -m orchestration.definitions` (make ui)
+
+
+def code_location_origins(job_name: str) -> tuple[Any, Any]:
+    """The origins a run launched from the UI would carry for ``job_name``: the remote origin
+    (code location `orchestration.definitions`, its single repository) that the UI's
+    re-execution reads, and the Python origin a run worker reconstructs the job from."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from orchestration.settings import REPO_ROOT
+
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=CODE_LOCATION_MODULE, working_directory=str(REPO_ROOT)
+    )
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=CODE_LOCATION_MODULE)
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+    recon = ReconstructableRepository.for_module(CODE_LOCATION_MODULE, "defs", working_directory=str(REPO_ROOT))
+    return remote, ReconstructableJob(recon, job_name).get_python_origin()
 
 
 def execute_avatar_job(
@@ -234,26 +269,52 @@ def execute_avatar_job(
     run_id: str | None = None,
     trigger: str = "cli",
     defs: Any = None,
+    on_event: Callable[[Any], None] | None = None,
 ) -> str:
-    """One in-process run of the avatar job (or of ``asset_selection`` and their checks) for one
-    partition, without the lease: callers hold it (`run_avatar_job`, `avatarpipe resume`)."""
-    from dagster import AssetKey, DagsterInstance
+    """One run of the avatar job (or of ``asset_selection`` and their checks) for one partition,
+    executed in this process, without the lease: callers hold it (`run_avatar_job`,
+    `avatarpipe resume`).
 
+    The run is a run of the code location, not an ephemeral one: its record carries the origins
+    a run launched from the UI would carry (:func:`code_location_origins`), so it is listed under
+    the job in the Dagster UI and can be re-executed from there. `execute_in_process` cannot
+    record an origin, so the run is created here (`create_run_for_job`) and executed in this
+    process the way a run worker executes a launched run (`execute_run`), with the in-process
+    executor; launching it through the run launcher instead would cost a new process that
+    imports everything again (measured in BENCHMARKS.md). ``on_event`` sees each Dagster event
+    of the run as it happens (the CLI's progress lines, `orchestration.console.step_progress`)."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.api import execute_run_iterator
+
+    from orchestration.console import run_logging_config
     from orchestration.definitions import AVATAR_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
     instance = DagsterInstance.get()
     instance.add_dynamic_partitions("uploads", [upload_id])
-    job = defs.resolve_job_def(AVATAR_JOB)
-    result = job.execute_in_process(
-        partition_key=upload_id,
-        instance=instance,
-        raise_on_error=False,
+    selection = [AssetKey(a) for a in asset_selection] if asset_selection else None
+    job = defs.resolve_job_def(AVATAR_JOB).as_ephemeral_job(resource_defs={}, input_values={})
+    remote_origin, code_origin = code_location_origins(AVATAR_JOB)
+    tags = {
+        **job.run_tags,
+        **job.get_tags_for_partition_key(upload_id, selected_asset_keys=selection),
+        "avatarpipe/upload_id": upload_id,
+        "avatarpipe/trigger": trigger,
+    }
+    run = instance.create_run_for_job(
+        job_def=job.get_subset(asset_selection=set(selection)) if selection else job,
         run_id=run_id,
-        asset_selection=[AssetKey(a) for a in asset_selection] if asset_selection else None,
-        tags={"avatarpipe/upload_id": upload_id, "avatarpipe/trigger": trigger},
+        run_config=run_logging_config(),
+        tags=tags,
+        asset_selection=frozenset(selection) if selection else None,
+        remote_job_origin=remote_origin,
+        job_code_origin=code_origin,
     )
-    return result.run_id
+    for event in execute_run_iterator(InMemoryJob(job), run, instance):
+        if on_event is not None:
+            on_event(event)
+    return run.run_id
 
 
 # -- summarise -------------------------------------------------------------------------------

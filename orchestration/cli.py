@@ -1,5 +1,7 @@
 """`avatarpipe` command line. Progress goes to stderr; `--json` prints exactly one JSON object.
 
+`avatarpipe --verbose COMMAND …` also shows what is hidden by default (`orchestration/console.py`).
+
 The commands live in `orchestration/commands/` (one module each, built on click); what they
 do is the application layer's (`orchestration/app.py`), which the Dagster definitions and the
 HTTP service (`service/`) call too. This module only assembles the command group and maps click's
@@ -33,6 +35,7 @@ from orchestration.commands import (
     worker,
 )
 from orchestration.config import ConfigError
+from orchestration.console import configure_output
 
 COMMANDS: tuple[click.Command, ...] = (
     run.run, quality_report.quality_report_command, ingest.ingest, models.models, reprocess.reprocess_command,
@@ -43,8 +46,14 @@ COMMANDS: tuple[click.Command, ...] = (
 
 
 @click.group("avatarpipe", help=__doc__.split("\n\n")[0])
-def cli() -> None:
-    """The `avatarpipe` command group."""
+@click.option(
+    "--verbose", is_flag=True,
+    help="also show Dagster's event lines, library logs, warnings and TFLite/absl chatter on stderr",
+)  # fmt: skip
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """The `avatarpipe` command group; global flags come before the command."""
+    configure_output(verbose, whole_process=bool(ctx.obj and ctx.obj.get("process_entry")))
 
 
 for command in COMMANDS:
@@ -52,9 +61,11 @@ for command in COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command and return its exit status (the console script's entry point)."""
+    """Run one command and return its exit status (the console script's entry point: ``argv``
+    None; a caller passing ``argv`` keeps its own process's warnings, logging and stderr)."""
+    entry = {"process_entry": argv is None}
     try:
-        return int(cli.main(args=argv, prog_name="avatarpipe", standalone_mode=False) or 0)
+        return int(cli.main(args=argv, prog_name="avatarpipe", standalone_mode=False, obj=entry) or 0)
     except click.ClickException as exc:  # usage errors: exit status 2, as before
         exc.show()
         return exc.exit_code

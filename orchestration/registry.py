@@ -29,6 +29,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -673,15 +674,25 @@ def open_registry(location: RegistryLocation) -> ModelRegistry:
         return _REGISTRIES[location]
 
 
+_PRODUCTION_READS: dict[RegistryLocation, tuple[list[int] | None, float, dict[str, ModelVersion]]] = {}
+REMOTE_READ_TTL_S = 30.0  # a registry without a local database to stamp: re-read after this long
+
+
 def load_production_versions(location: RegistryLocation) -> dict[str, ModelVersion]:
-    """The current production versions, from the snapshot when the registry has not changed
-    since it was written, else from MLflow (initialising a fresh registry first)."""
+    """The current production versions, from this process's last read while the registry's
+    database is unchanged (a remote registry: for `REMOTE_READ_TTL_S`), else from the snapshot
+    when the registry has not changed since it was written, else from MLflow (initialising a
+    fresh registry first)."""
     stamp = _db_stamp(location)
-    snapshot = _read_snapshot(location, stamp)
-    if snapshot is not None:
-        return snapshot
-    production = open_registry(location).production_versions()
-    _write_snapshot(location, production)
+    cached = _PRODUCTION_READS.get(location)
+    if cached is not None and cached[0] == stamp and (stamp is not None or time.monotonic() - cached[1] < REMOTE_READ_TTL_S):
+        return dict(cached[2])
+    production = _read_snapshot(location, stamp)
+    if production is None:
+        production = open_registry(location).production_versions()
+        _write_snapshot(location, production)
+        stamp = _db_stamp(location)  # the first read may have initialised the registry
+    _PRODUCTION_READS[location] = (stamp, time.monotonic(), dict(production))
     return production
 
 
@@ -738,6 +749,7 @@ def catalogue_digest() -> str:
 
 
 def _drop_snapshot(location: RegistryLocation) -> None:
+    _PRODUCTION_READS.pop(location, None)  # a write through this process: its next read re-reads
     path = _snapshot_path(location)
     if path is not None:
         path.unlink(missing_ok=True)

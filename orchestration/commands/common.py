@@ -5,7 +5,7 @@ emitter for the answer.
 A command body is a plain function ``(settings, **options) -> Reply``; :func:`answers` turns it
 into a click callback that loads the settings, runs the body with stdout redirected to stderr
 (also for C libraries writing to fd 1), then prints the reply: with ``--json`` exactly one JSON
-object on stdout, otherwise the body's text rendering. The callback returns the exit status.
+object on stdout (one per line for a command answering for several inputs), otherwise the body's text rendering. The callback returns the exit status.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Reply:
     human: Callable[[Any], str] | None = None
     message: str | None = None
     human_on_stderr: bool = False  # a refused request: the text is the error message
+    one_per_line: bool = False  # ``answer`` is a list: one JSON object per line (`run` of several photos)
 
 
 def fail(code: int, message: str) -> Reply:
@@ -62,8 +63,9 @@ def emit(reply: Reply, as_json: bool) -> int:
     if reply.message:
         print(reply.message, file=sys.stderr)
     if as_json:
-        if reply.answer is not None:
-            print(json.dumps(reply.answer, default=str))
+        for answer in reply.answer if reply.one_per_line else [reply.answer]:
+            if answer is not None:
+                print(json.dumps(answer, default=str))
     elif reply.human is not None:
         print(reply.human(reply.answer), file=sys.stderr if reply.human_on_stderr else sys.stdout)
     sys.stdout.flush()
