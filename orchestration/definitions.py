@@ -46,7 +46,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         asset_checks=build_quality_checks(),
         jobs=[avatar_job, reprocess_job, retention_job, raw_retention_job, erase_subject],
         schedules=[retention_schedule, raw_retention_schedule(settings.raw_retention_days)],
-        sensors=[*build_ingest_sensors(AVATAR_JOB), build_model_upgrade_sensor(REPROCESS_JOB)],
+        sensors=[*build_ingest_sensors(AVATAR_JOB), build_model_upgrade_sensor(reprocess_job)],
         resources={
             "object_store": ObjectStoreResource.from_config(settings.object_store_config()),
             "metadata": MetadataStoreResource.for_settings(settings),

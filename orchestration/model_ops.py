@@ -31,6 +31,7 @@ from orchestration.registry import (
     ModelVersion,
     RegistryError,
     RegistryLocation,
+    affected_assets,
     mlflow_version_url,
     open_registry,
     production_map,
@@ -41,11 +42,12 @@ from orchestration.settings import Settings
 GATES_FILE = Path(__file__).resolve().parent / "promotion_gates.json"
 REPO = Path(__file__).resolve().parents[1]
 # The pipeline is a chain: an asset's downstream is everything after it in this order.
-EVALUATED_MODELS = ("body_fitter", "keypoint_detector")  # what the harness's parameters reach
+# what the harness's parameters reach (body_model has nothing tunable)
+EVALUATED_MODELS = ("keypoint_detector", "body_fitter", "reconstructor", "rigger")
 
 TAG_EVALUATED_AT = "avatarpipe.evaluated_at"
 TAG_EVAL_SET = "avatarpipe.evaluation_set"
-TAG_CANARY = "avatarpipe.canary"  # passed | failed
+TAG_CANARY = "avatarpipe.canary"  # running | passed | failed
 TAG_CANARY_SUMMARY = "avatarpipe.canary_summary"
 TAG_FORCED = "avatarpipe.forced_promotion"
 TAG_AVATARS = "avatarpipe.avatars_built"
@@ -263,6 +265,34 @@ def after_promotion(registry: ModelRegistry, name: str, version: str) -> None:
         registry.delete_alias(name, CANDIDATE_ALIAS)
 
 
+def promote_version(settings: Settings, name: str, version: str, force: bool = False, reason: str | None = None,
+                    trigger: str = "cli") -> dict[str, Any]:  # fmt: skip
+    """The gated promotion use-case (`models promote`, `models register --promote`, and the
+    `model_upgrade_sensor`'s canary after a passed canary): compare with the champion, refuse a
+    gated regression or a failed canary unless forced with a reason, move `production`, clear
+    the `candidate` alias, record a `model_promote` audit event. Returns the `--json` answer
+    (the CLI adds what the Dagster UI did)."""
+    from storage.metadata_store import open_metadata_store
+
+    registry = open_registry(RegistryLocation.for_settings(settings))
+    gate = gate_promotion(registry, name, version, force, reason)
+    promotion = registry.promote(name, version)
+    after_promotion(registry, name, promotion.production)
+    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+        metadata.append_audit("model_promote", None, None, {"model": name, "previous": promotion.previous,
+                              "production": promotion.production, "trigger": trigger} | gate.audit_details())  # fmt: skip
+        outdated = metadata.outdated_artifacts(name, promotion.production, affected_assets(name))
+    return {
+        "gate": gate.comparison.to_dict() if gate.comparison else None,
+        "forced": gate.forced,
+        "model": name,
+        "previous": promotion.previous,
+        "production": promotion.production,
+        "assets": affected_assets(name),
+        "outdated_uploads": len({d["upload_id"] for d in outdated}),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation attached to versions
 # ---------------------------------------------------------------------------------------------
@@ -270,13 +300,17 @@ def after_promotion(registry: ModelRegistry, name: str, version: str) -> None:
 
 @dataclass(frozen=True)
 class EvaluationSet:
-    """A bounded evaluation: `max_photos` photos of `photo_folders` (sorted, deduplicated) and
-    `synthetic` generated Anny bodies with ground truth (seeds `seed`…)."""
+    """A bounded evaluation: `max_photos` photos of `photo_folders` (sorted, deduplicated),
+    `synthetic` generated Anny bodies with ground truth (seeds `seed`…), the first `builds` of
+    those photos built end to end by the pipeline's steps (GLB size, step times) and
+    `appearance` synthetic subjects with a ground-truth texture (novel-view PSNR/SSIM)."""
 
     photo_folders: tuple[str, ...] = (str(REPO / "samples"),)
     max_photos: int = 2
     synthetic: int = 2
     seed: int = 0
+    builds: int = 1
+    appearance: int = 1
 
     def describe(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -291,45 +325,98 @@ class Evaluation:
     synthetic: list[dict]
     evaluation_set: EvaluationSet
     seconds: float
+    builds: list[dict] = field(default_factory=list)  # models.evaluation.BuildResult
+    appearance: list[dict] = field(default_factory=list)  # models.eval_appearance.AppearanceResult
+
+
+def build_in_memory(photo: Path, params: Mapping[str, dict], runtime: Any) -> Any:
+    """The five pipeline steps (`ops.steps.STEPS`, the code every asset runs) on one photo,
+    chained in memory with `params`: the delivered GLB's size and each step's time
+    (a `models.evaluation.BuildResult`; a rejected photo gives its error code)."""
+    from models.errors import PipelineError
+    from models.evaluation import BuildResult
+    from ops.steps import RAW, STEPS, input_source, json_bytes
+
+    outputs: dict[str, Any] = {}
+    result = BuildResult(photo=photo.name, status="built")
+    for name, spec in STEPS.items():
+        inputs = {}
+        for input_name in spec.inputs:
+            asset, extra, is_metrics = input_source(input_name)
+            if input_name == RAW:
+                inputs[input_name] = photo.read_bytes()
+            elif is_metrics:
+                inputs[input_name] = json_bytes(outputs[asset].metrics)
+            elif extra is None:
+                inputs[input_name] = outputs[asset].data
+            elif extra in outputs[asset].extra_files:
+                inputs[input_name] = outputs[asset].extra_files[extra][0]
+        start = time.perf_counter()
+        try:
+            outputs[name] = spec.run(inputs, params, runtime)
+        except PipelineError as err:
+            result.status, result.message = err.code.value, err.message
+            return result
+        result.step_seconds[name] = round(time.perf_counter() - start, 3)
+    final = outputs[ASSET_ORDER[-1]].metrics
+    result.glb_bytes = int(final["glb_bytes"])
+    result.glb_uncompressed_bytes = int(final.get("glb_uncompressed_bytes", final["glb_bytes"]))
+    return result
 
 
 def evaluate_params(name: str, params: Mapping[str, Any], production: Mapping[str, ModelVersion],
-                    evaluation_set: EvaluationSet, runtime_cache: str | None = None,
-                    smplx_dir: str | None = None) -> Evaluation:  # fmt: skip
+                    evaluation_set: EvaluationSet, runtime: Any) -> Evaluation:  # fmt: skip
     """Run the evaluation harness with `name`'s candidate parameters (the other model-bearing
-    steps at their production parameters)."""
+    steps at their production parameters): the fit on photos and on synthetic truth
+    (`models.evaluation`, as `make eval`), end-to-end builds by the pipeline's steps (GLB size,
+    step times) and the novel-view fidelity of the texture bake (`models.eval_appearance`).
+    `runtime` is the machine's `ops.steps.WorkerRuntime`."""
     from models.body_model import AnnyBody, load_body_model
-    from models.evaluation import evaluate_photo, evaluate_synthetic, list_photos, summarise
+    from models.evaluation import (
+        evaluate_photo,
+        evaluate_synthetic,
+        list_photos,
+        novel_view_fidelity,
+        summarise,
+        summarise_builds,
+    )
     from models.fitting import FitConfig
     from models.keypoints import DetectorConfig
 
     if name not in EVALUATED_MODELS:
         raise RegistryError(f"the evaluation harness exercises {', '.join(EVALUATED_MODELS)}, not {name}")
     start = time.perf_counter()
-    fitter = dict(params) if name == "body_fitter" else dict(production["body_fitter"].params)
-    detector = dict(params) if name == "keypoint_detector" else dict(production["keypoint_detector"].params)
-    fit_config, detector_config = FitConfig.from_params(fitter), DetectorConfig(**detector)
-    body = load_body_model(smplx_dir, runtime_cache)
+    all_params = {m: dict(mv.params) for m, mv in production.items()} | {name: dict(params)}
+    fit_config = FitConfig.from_params(all_params["body_fitter"])
+    detector_config = DetectorConfig(**all_params["keypoint_detector"])
+    body = load_body_model(runtime.smplx_model_dir, runtime.anny_cache_dir)
     photos = [p for p, _ in list_photos(evaluation_set.photo_folders)][: evaluation_set.max_photos]
     photo_results = [
         evaluate_photo(p, body, fit_config, detector_config, with_panels=False)[0] for p in photos
     ]
-    synthetic = []
+    synthetic, appearance, appearance_rows = [], {}, []
     if isinstance(body, AnnyBody):
         for i in range(evaluation_set.synthetic):
             synthetic.append(evaluate_synthetic(evaluation_set.seed + i, body, fit_config, detector_config,
                                                 with_height_hint=False)[0])  # fmt: skip
+        texture_size = int(all_params["reconstructor"].get("texture_size", 1024))
+        appearance, appearance_rows = novel_view_fidelity(body, evaluation_set.appearance, evaluation_set.seed,
+                                                          texture_size)  # fmt: skip
+    builds = [build_in_memory(p, all_params, runtime) for p in photos[: evaluation_set.builds]]
     summary, _ = summarise(photo_results, synthetic)
+    summary |= summarise_builds(builds) | appearance
     metrics = {
         k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return Evaluation(name, dict(params), metrics, [asdict(r) for r in photo_results], [asdict(r) for r in synthetic],
-                      evaluation_set, round(time.perf_counter() - start, 2))  # fmt: skip
+                      evaluation_set, round(time.perf_counter() - start, 2), [asdict(b) for b in builds],
+                      appearance_rows)  # fmt: skip
 
 
-def _runtime(settings: Settings) -> tuple[str, str | None]:
-    smplx = settings.app.smplx_model_dir
-    return str(settings.anny_cache_dir), (str(smplx) if smplx else None)
+def _runtime(settings: Settings) -> Any:
+    from ops.steps import WorkerRuntime
+
+    return WorkerRuntime.from_config(settings.app)
 
 
 def evaluation_tags(evaluation: Evaluation) -> dict[str, str]:
@@ -346,7 +433,7 @@ def evaluate_version(
     registry = open_registry(RegistryLocation.for_settings(settings))
     target = registry.get_version(name, version)
     evaluation = evaluate_params(name, target.params, registry.production_versions(), evaluation_set,
-                                 *_runtime(settings))  # fmt: skip
+                                 _runtime(settings))  # fmt: skip
     registry.log_evaluation(name, target.version, evaluation.metrics, evaluation_tags(evaluation))
     return evaluation
 
@@ -369,7 +456,7 @@ def register_candidate(settings: Settings, name: str, changes: Mapping[str, Any]
     if evaluation_set is not None:
         _, params = registry.plan_params(name, changes, from_version)
         evaluation = evaluate_params(
-            name, params, registry.production_versions(), evaluation_set, *_runtime(settings)
+            name, params, registry.production_versions(), evaluation_set, _runtime(settings)
         )
         all_metrics = evaluation.metrics | all_metrics
         tags = evaluation_tags(evaluation)
@@ -438,16 +525,20 @@ def sync_avatar_tags(settings: Settings, name: str) -> dict[str, int]:
     command that lists them (refreshed by reprocess, canary, rollback and `models avatars`)."""
     from storage.metadata_store import open_metadata_store
 
-    location = RegistryLocation.for_settings(settings)
+    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+        return tag_avatar_counts(metadata, RegistryLocation.for_settings(settings), name)
+
+
+def tag_avatar_counts(metadata: Any, location: RegistryLocation, name: str) -> dict[str, int]:
+    """`sync_avatar_tags` on an open ledger (the `model_upgrade_sensor` has one)."""
     registry = open_registry(location)
     counts = {}
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
-        for mv in registry.versions(name, with_metrics=False):
-            counts[mv.version] = avatars_of_version(metadata, location, name, mv.version).count
-            registry.set_version_tags(name, mv.version, {
-                TAG_AVATARS: counts[mv.version], TAG_AVATARS_AT: now,
-                TAG_AVATARS_QUERY: f"avatarpipe models avatars {name} {mv.version} --json"})  # fmt: skip
+    for mv in registry.versions(name, with_metrics=False):
+        counts[mv.version] = avatars_of_version(metadata, location, name, mv.version).count
+        registry.set_version_tags(name, mv.version, {
+            TAG_AVATARS: counts[mv.version], TAG_AVATARS_AT: now,
+            TAG_AVATARS_QUERY: f"avatarpipe models avatars {name} {mv.version} --json"})  # fmt: skip
     return counts
 
 
@@ -709,27 +800,33 @@ def run_canary(settings: Settings, name: str, version: str, count: int, seed: in
     before = production_map(production)
     with_candidate = before | {name: candidate.version}
     registry.set_alias(name, CANDIDATE_ALIAS, candidate.version)
-    params = {m: mv.params for m, mv in production.items()} | {name: candidate.params}
-    store = object_store_from_config(settings.object_store_config())
-    with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
-        plan = plan_reprocess(metadata, with_candidate, ASSET_MODELS, ASSET_ORDER, [name])
-        rows = []
-        for target in choose_canary_uploads(plan.targets, count, seed):
-            assets = ASSET_ORDER[ASSET_ORDER.index(target.first_asset) :]
-            upload = metadata.get_upload(target.upload_id)
-            row = _canary_upload(settings, store, metadata, upload, assets, params, gates)
-            rows.append(row)
-            metadata.append_audit("model_canary", row.subject_id, row.upload_id, {
-                "model": name, "candidate": candidate.version, "champion": before[name],
-                "problems": row.problems(), "candidate_objects": row.candidate_objects,
-                "metrics": [[m.metric, m.champion, m.challenger, m.verdict] for m in row.metrics]})  # fmt: skip
-        after = production_map(open_registry(location).production_versions())
-        report = CanaryReport(name, candidate.version, before[name], seed, gates.version, len(plan.targets),
-                              tuple(rows), before, after, round(time.perf_counter() - start, 2))  # fmt: skip
-        metadata.append_audit("model_canary_summary", None, None, {
-            "model": name, "candidate": candidate.version, "champion": before[name], "seed": seed,
-            "uploads": len(rows), "affected": report.affected, "verdict": "passed" if report.passed else "failed",
-            "problems": len(report.problems), "gates_version": gates.version})  # fmt: skip
+    registry.set_version_tags(name, candidate.version, {TAG_CANARY: "running"})  # the sensor waits for it
+    try:
+        params = {m: mv.params for m, mv in production.items()} | {name: candidate.params}
+        store = object_store_from_config(settings.object_store_config())
+        with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
+            plan = plan_reprocess(metadata, with_candidate, ASSET_MODELS, ASSET_ORDER, [name])
+            rows = []
+            for target in choose_canary_uploads(plan.targets, count, seed):
+                assets = ASSET_ORDER[ASSET_ORDER.index(target.first_asset) :]
+                upload = metadata.get_upload(target.upload_id)
+                row = _canary_upload(settings, store, metadata, upload, assets, params, gates)
+                rows.append(row)
+                metadata.append_audit("model_canary", row.subject_id, row.upload_id, {
+                    "model": name, "candidate": candidate.version, "champion": before[name],
+                    "problems": row.problems(), "candidate_objects": row.candidate_objects,
+                    "metrics": [[m.metric, m.champion, m.challenger, m.verdict] for m in row.metrics]})  # fmt: skip
+            after = production_map(open_registry(location).production_versions())
+            report = CanaryReport(name, candidate.version, before[name], seed, gates.version, len(plan.targets),
+                                  tuple(rows), before, after, round(time.perf_counter() - start, 2))  # fmt: skip
+            metadata.append_audit("model_canary_summary", None, None, {
+                "model": name, "candidate": candidate.version, "champion": before[name], "seed": seed,
+                "uploads": len(rows), "affected": report.affected, "verdict": "passed" if report.passed else "failed",
+                "problems": len(report.problems), "gates_version": gates.version})  # fmt: skip
+    except Exception as exc:  # a crashed canary is a failed one (and no longer "running")
+        registry.set_version_tags(name, candidate.version, {TAG_CANARY: "failed",
+                                  TAG_CANARY_SUMMARY: f"the canary crashed: {type(exc).__name__}"})  # fmt: skip
+        raise
     # No upload ids in MLflow (erasure verification scans it): what failed, counted.
     regressed = sorted({m.metric for u in rows for m in u.metrics if m.blocking})
     failing = sorted({c.asset for u in rows for c in u.candidate_checks if c.severity == "ERROR"})
@@ -742,6 +839,50 @@ def run_canary(settings: Settings, name: str, version: str, count: int, seed: in
     registry.set_version_tags(name, candidate.version, {TAG_CANARY: "passed" if report.passed else "failed",
                                                         TAG_CANARY_SUMMARY: summary[:4000]})  # fmt: skip
     return report
+
+
+def candidate_versions(registry: ModelRegistry, production: Mapping[str, str]) -> dict[str, str]:
+    """{model: version} of every model whose `candidate` alias points at a version other than
+    production (what the `model_upgrade_sensor` canaries)."""
+    found = {}
+    for name in production:
+        version = (registry.client.get_registered_model(name).aliases or {}).get(CANDIDATE_ALIAS)
+        if version is not None and str(version) != str(production[name]):
+            found[name] = str(version)
+    return found
+
+
+def canary_started(registry: ModelRegistry, name: str, version: str) -> bool:
+    """Whether a canary of this version ran or is running (the CLI's or the sensor's)."""
+    return TAG_CANARY in registry.version_tags(name, version)
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    """The sensor path's canary: its report and what followed. `promotion` is the
+    `promote_version` answer after a passed canary; `refused` why the gates still refused it."""
+
+    report: CanaryReport
+    promotion: dict[str, Any] | None
+    refused: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"canary": self.report.to_dict(), "promotion": self.promotion, "refused": self.refused}
+
+
+def canary_then_promote(settings: Settings, name: str, version: str, count: int, seed: int = 0,
+                        promote: bool = True) -> CanaryDecision:  # fmt: skip
+    """The canary on `count` seeded-random affected uploads (`run_canary`, recorded exactly as
+    the CLI's); when it passed and `promote`, the gated promotion (trigger `canary`), after
+    which the `model_upgrade_sensor` reprocesses the rest. A failed canary, or a promotion the
+    evaluation gates refuse, leaves production as it was."""
+    report = run_canary(settings, name, version, count, seed)
+    if not (report.passed and promote):
+        return CanaryDecision(report, None)
+    try:
+        return CanaryDecision(report, promote_version(settings, name, version, trigger="canary"))
+    except PromotionRefused as exc:
+        return CanaryDecision(report, None, str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -796,7 +937,7 @@ def rollback(settings: Settings, name: str, run: bool = True) -> Rollback:
     )
     answer: dict[str, Any] = {}
     if uploads:
-        from orchestration.commands.reprocess import reprocess  # the lead may move it into the app layer
+        from orchestration.app import reprocess  # the application layer (Dagster, lazily)
 
         answer = reprocess(settings, [name], uploads, dry_run=not run)
         sync_avatar_tags(settings, name)

@@ -32,6 +32,7 @@ from orchestration.app import metadata_store
 from orchestration.commands.common import Reply, answers, fail, parsed_by
 from orchestration.config import load_config
 from orchestration.registry import (
+    CANDIDATE_ALIAS,
     PRODUCTION_ALIAS,
     ModelVersion,
     RegistryError,
@@ -72,13 +73,6 @@ def _registry(settings: Settings):
 def _audit(settings: Settings, event: str, details: dict[str, Any]) -> None:
     with metadata_store(settings) as metadata:
         metadata.append_audit(event, None, None, details)
-
-
-def _outdated_uploads(settings: Settings, model: str, version: str) -> int:
-    """How many uploads have a current artifact built with another version of `model`."""
-    with metadata_store(settings) as metadata:
-        docs = metadata.outdated_artifacts(model, version, affected_assets(model))
-    return len({d["upload_id"] for d in docs})
 
 
 def reload_dagster_ui() -> str:
@@ -163,23 +157,11 @@ def list_models(settings: Settings) -> Reply:
 def _promote(
     settings: Settings, name: str, version: str, force: bool = False, reason: str | None = None
 ) -> dict[str, Any]:
-    from orchestration import model_ops
+    from orchestration.model_ops import promote_version
 
-    gate = model_ops.gate_promotion(_registry(settings), name, version, force, reason)
-    promotion = _registry(settings).promote(name, version)
-    model_ops.after_promotion(_registry(settings), name, promotion.production)
-    _audit(settings, "model_promote", {"model": name, "previous": promotion.previous,
-                                       "production": promotion.production, "trigger": "cli"} | gate.audit_details())  # fmt: skip
-    return {
-        "gate": gate.comparison.to_dict() if gate.comparison else None,
-        "forced": gate.forced,
-        "model": name,
-        "previous": promotion.previous,
-        "production": promotion.production,
-        "assets": affected_assets(name),
-        "outdated_uploads": _outdated_uploads(settings, name, promotion.production),
-        "dagster_ui": reload_dagster_ui() if promotion.previous != promotion.production else "unchanged",
-    }
+    result = promote_version(settings, name, version, force, reason, trigger="cli")
+    unchanged = result["previous"] == result["production"]
+    return result | {"dagster_ui": "unchanged" if unchanged else reload_dagster_ui()}
 
 
 def _promotion_text(result: dict[str, Any]) -> str:
@@ -193,6 +175,10 @@ def _promotion_text(result: dict[str, Any]) -> str:
 
 def evaluation_options(command: Any) -> Any:
     """The bounded evaluation set a version is judged on (`--evaluate`, `models evaluate`)."""
+    command = click.option("--eval-appearance", type=int, default=1, show_default=True, metavar="N",
+                           help="synthetic subjects with a true texture (novel-view PSNR/SSIM)")(command)  # fmt: skip
+    command = click.option("--eval-builds", type=int, default=1, show_default=True, metavar="N",
+                           help="photos built end to end by the pipeline's steps (GLB size, step times)")(command)  # fmt: skip
     command = click.option("--eval-seed", type=int, default=0, show_default=True, help="first synthetic seed")(command)
     command = click.option("--eval-synthetic", type=int, default=2, show_default=True, metavar="N",
                            help="synthetic bodies")(command)  # fmt: skip
@@ -202,12 +188,14 @@ def evaluation_options(command: Any) -> Any:
                         help="photo folder (repeatable; default samples/)")(command)  # fmt: skip
 
 
-def _evaluation_set(eval_photos: tuple[str, ...], eval_max_photos: int, eval_synthetic: int, eval_seed: int) -> Any:
+def _evaluation_set(eval_photos: tuple[str, ...], eval_max_photos: int, eval_synthetic: int, eval_seed: int,
+                    eval_builds: int, eval_appearance: int) -> Any:  # fmt: skip
     from orchestration.model_ops import EvaluationSet
 
     return EvaluationSet(
         photo_folders=tuple(eval_photos) if eval_photos else EvaluationSet().photo_folders,
-        max_photos=eval_max_photos, synthetic=eval_synthetic, seed=eval_seed,
+        max_photos=eval_max_photos, synthetic=eval_synthetic, seed=eval_seed, builds=eval_builds,
+        appearance=eval_appearance,
     )  # fmt: skip
 
 
@@ -221,34 +209,44 @@ def _evaluation_set(eval_photos: tuple[str, ...], eval_max_photos: int, eval_syn
 @click.option("--description", help="free text stored on the version")
 @click.option("--promote", is_flag=True, help="point `production` at the new version")
 @click.option("--evaluate", is_flag=True, help="run the evaluation harness, log its metrics on the version")
+@click.option("--candidate", is_flag=True,
+              help="point the `candidate` alias at the new version: the model_upgrade_sensor canaries it and "
+                   "promotes it when the canary passes")  # fmt: skip
 @evaluation_options
 @answers()
 def register_model(
     settings: Settings, name: str, from_version: str | None, assignments: tuple, metrics: tuple,
     description: str | None, promote: bool, evaluate: bool, eval_photos: tuple[str, ...], eval_max_photos: int,
-    eval_synthetic: int, eval_seed: int,
+    eval_synthetic: int, eval_seed: int, eval_builds: int, eval_appearance: int, candidate: bool,
 ) -> Reply:  # fmt: skip
     from orchestration.model_ops import register_candidate
 
     changes = dict(assignments)
-    evaluation_set = _evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed) if evaluate else None
+    evaluation_set = (_evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed, eval_builds,
+                                      eval_appearance) if evaluate else None)  # fmt: skip
+    if candidate and promote:
+        return fail(2, "avatarpipe models register: --candidate and --promote exclude each other "
+                    "(a candidate is promoted by its canary)")  # fmt: skip
     try:
         registration = register_candidate(settings, name, changes, from_version, dict(metrics), description,
                                           evaluation_set)  # fmt: skip
         version = registration.version
         _audit(settings, "model_register", {"model": name, "version": version.version,
                                             "based_on": version.based_on, "changes": changes})  # fmt: skip
+        if candidate:
+            _registry(settings).set_alias(name, CANDIDATE_ALIAS, version.version)
         promotion = _promote(settings, name, version.version) if promote else None
     except RegistryError as exc:
         return fail(2, f"avatarpipe models register: {exc}")
 
     def text(_answer: dict[str, Any]) -> str:
         what = ", ".join(f"{k}={json.dumps(v)}" for k, v in changes.items()) or "same parameters"
-        lines = [f"{name}: registered v{version.version} (from v{version.based_on}): {what}"]
+        lines = [f"{name}: registered v{version.version} (from v{version.based_on}): {what}"
+                 + (f"; alias {CANDIDATE_ALIAS} (the model_upgrade_sensor canaries it)" if candidate else "")]
         return "\n".join(lines + ([_promotion_text(promotion)] if promotion else []))
 
     evaluation = registration.evaluation
-    answer = {"registered": version.to_dict(), "promotion": promotion,
+    answer = {"registered": version.to_dict(), "promotion": promotion, "candidate": candidate,
               "evaluation": asdict(evaluation) if evaluation else None}  # fmt: skip
     return Reply(0, answer, text)
 
@@ -290,13 +288,14 @@ def compare_models(settings: Settings, name: str, v1: str, v2: str) -> Reply:
 @answers()
 def evaluate_model(
     settings: Settings, name: str, version: str, eval_photos: tuple[str, ...], eval_max_photos: int,
-    eval_synthetic: int, eval_seed: int,
+    eval_synthetic: int, eval_seed: int, eval_builds: int, eval_appearance: int,
 ) -> Reply:  # fmt: skip
     from orchestration.model_ops import evaluate_version
 
     try:
         evaluation = evaluate_version(settings, name, version,
-                                      _evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed))  # fmt: skip
+                                      _evaluation_set(eval_photos, eval_max_photos, eval_synthetic, eval_seed,
+                                                      eval_builds, eval_appearance))  # fmt: skip
     except RegistryError as exc:
         return fail(2, f"avatarpipe models evaluate: {exc}")
     return Reply(0, asdict(evaluation), lambda _a: f"{name} v{version}: " + ", ".join(

@@ -6,99 +6,18 @@ production one: per upload, one Dagster run (in this process, recorded in the in
 downstream; upstream artifacts are reused. `--dry-run` prints the plan and runs nothing.
 Exit status: 0 when every run succeeded (or nothing was outdated), 1 when one failed, 2 for
 usage errors. The `model_upgrade_sensor` does the same automatically through the run queue.
+The use-case itself is `orchestration.app.reprocess` (also what `models rollback` calls).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 
-from ops.reprocess import plan_reprocess, record_reprocess_request
-from ops.steps import ASSET_MODELS
-from orchestration.app import metadata_store
+from orchestration.app import reprocess
 from orchestration.commands.common import Reply, answers, fail
 from orchestration.settings import Settings
-
-
-def _target_dict(target, assets: tuple[str, ...]) -> dict[str, Any]:
-    return {
-        "upload_id": target.upload_id,
-        "subject_id": target.subject_id,
-        "status": target.status,
-        "first_asset": target.first_asset,
-        "assets": list(assets),
-        "models": target.model_labels(),
-        "outdated": [
-            {"asset": o.asset_key, "model": o.model, "recorded": o.recorded, "production": o.production,
-             "artifact_id": o.artifact_id}
-            for o in target.outdated
-        ],
-    }  # fmt: skip
-
-
-def reprocess(
-    settings: Settings,
-    models: list[str] | None = None,
-    uploads: list[str] | None = None,
-    dry_run: bool = False,
-    limit: int | None = None,
-) -> dict[str, Any]:
-    """Plan (and unless `dry_run`, execute) the reprocessing; returns the `--json` answer."""
-    from dagster import AssetKey, DagsterInstance, DagsterRunStatus  # Dagster: only when reprocessing
-
-    from orchestration.definitions import REPROCESS_JOB, build_definitions
-    from orchestration.registry import production_map
-    from orchestration.sensors import AssetLayout, reprocess_tags
-
-    defs = build_definitions(settings)
-    # The versions the code location was built from: its code versions name exactly these.
-    production = production_map(defs.resources["model_registry"].production_versions())
-    layout = AssetLayout.from_asset_graph(defs.resolve_asset_graph())
-    with metadata_store(settings) as metadata:
-        plan = plan_reprocess(metadata, production, ASSET_MODELS, layout.order, models, uploads)
-        targets = plan.targets[:limit] if limit else plan.targets
-        rows = [_target_dict(t, layout.rebuild[t.first_asset]) for t in targets]
-        answer: dict[str, Any] = {
-            "dry_run": dry_run,
-            "production": plan.production,
-            "models": list(plan.models),
-            "uploads": rows,
-            "skipped": [vars(s) for s in plan.skipped],
-            "deferred": len(plan.targets) - len(targets),
-        }
-        if dry_run or not targets:
-            answer["counts"] = {"planned": len(targets), "succeeded": 0, "failed": 0}
-            return answer
-        instance = DagsterInstance.get()
-        job = defs.resolve_job_def(REPROCESS_JOB)
-        for target, row in zip(targets, rows, strict=True):
-            if not instance.has_dynamic_partition("uploads", target.upload_id):
-                instance.add_dynamic_partitions("uploads", [target.upload_id])  # a retired partition
-            print(f"avatarpipe: reprocessing {target.upload_id} from {target.first_asset} "
-                  f"({', '.join(target.model_labels())})")  # fmt: skip
-            start = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=target.upload_id,
-                instance=instance,
-                asset_selection=[AssetKey(a) for a in row["assets"]],
-                raise_on_error=False,
-                tags=reprocess_tags(target, "cli"),
-            )
-            record_reprocess_request(metadata, target, row["assets"], "cli", {"run_id": result.run_id})
-            run = instance.get_run_by_id(result.run_id)
-            upload = metadata.get_upload(target.upload_id) or {}
-            row.update(
-                run_id=result.run_id,
-                run_status=run.status.value if run else None,
-                seconds=round(time.perf_counter() - start, 2),
-                upload_status=upload.get("status"),
-                error=upload.get("error") if run and run.status != DagsterRunStatus.SUCCESS else None,
-            )
-        ok = sum(r["run_status"] == DagsterRunStatus.SUCCESS.value for r in rows)
-        answer["counts"] = {"planned": len(rows), "succeeded": ok, "failed": len(rows) - ok}
-        return answer
 
 
 def _human(answer: dict[str, Any]) -> str:

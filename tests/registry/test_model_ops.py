@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.models import Model
 
+from models.evaluation import BuildResult, summarise_builds
 from orchestration.cli import main
 from orchestration.model_ops import (
     GATES_FILE,
@@ -20,7 +21,15 @@ from orchestration.model_ops import (
     load_gates,
 )
 from orchestration.offline_docs import remote_references, render_quality_html, strip_remote_references
-from orchestration.registry import EXPERIMENT_KIND, RegistryLocation, mlflow_version_url, open_registry
+from orchestration.registry import (
+    EXPERIMENT_KIND,
+    RegistryLocation,
+    mlflow_version_url,
+    open_registry,
+    production_map,
+)
+from orchestration.resources import ModelRegistryResource
+from orchestration.sensors import CANARY_JOB, SensorCursor, canary_requests
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
 
@@ -131,3 +140,42 @@ def test_offline_quality_pages_reference_no_outside_host(tmp_path):
     assert strip_remote_references(site) == 1
     text = (site / "index.html").read_text()
     assert remote_references(text) == [] and "local.css" in text and "Great Expectations" in text
+
+
+def test_the_sensor_requests_one_canary_per_new_candidate_version(location, capfd):
+    registry = open_registry(location)
+    registry.ensure_initialised()
+    production = production_map(registry.production_versions())
+    resource = ModelRegistryResource.pinned(location, registry.production_versions())
+    cursor = SensorCursor.parse(None).advance(production)
+    assert canary_requests(resource, production, cursor, 2, True)[0] == []  # no candidate alias
+
+    assert main(["models", "register", "rigger", "--set", "compress=true", "--candidate", "--promote"]) == 2
+    assert "exclude each other" in capfd.readouterr().err and len(registry.versions("rigger")) == 1
+    assert main(["models", "register", "rigger", "--set", "compress=true", "--candidate", "--json"]) == 0
+    version = json.loads(capfd.readouterr().out)["registered"]["version"]
+    assert "candidate" in registry.get_version("rigger", version).aliases
+    [request], advanced = canary_requests(resource, production, cursor, 2, True)
+    assert request.job_name == CANARY_JOB and request.run_key == f"canary:rigger:{version}"
+    assert request.run_config["ops"]["run_model_canary"]["config"] == {
+        "model": "rigger", "version": version, "uploads": 2, "seed": 0, "promote": True}  # fmt: skip
+    assert advanced.canaried == {"rigger": version} and SensorCursor.parse(advanced.to_json()) == advanced
+    assert canary_requests(resource, production, advanced, 2, True)[0] == []  # requested once
+    registry.set_version_tags("rigger", version, {"avatarpipe.canary": "running"})  # e.g. the CLI's canary
+    assert canary_requests(resource, production, cursor, 2, True)[0] == []
+    assert SensorCursor.parse('{"production": {"rigger": "1"}, "generation": 3}').canaried == {}  # older cursors
+
+
+def test_build_summary_takes_medians_over_the_built_photos():
+    builds = [BuildResult("a.png", "built", glb_bytes=100, glb_uncompressed_bytes=100,
+                          step_seconds={"photo": 0.1, "mesh": 2.0}),
+              BuildResult("b.png", "built", glb_bytes=300, glb_uncompressed_bytes=500,
+                          step_seconds={"photo": 0.3, "mesh": 4.0}),
+              BuildResult("c.png", "no_person_detected")]  # fmt: skip
+    summary = summarise_builds(builds)
+    assert (summary["builds"], summary["builds_succeeded"]) == (3, 2)
+    assert summary["build_median_glb_bytes"] == 200 and summary["build_median_glb_uncompressed_bytes"] == 300
+    assert summary["build_median_mesh_seconds"] == 3.0 and summary["build_median_total_seconds"] == 3.2
+    gates = load_gates().evaluation
+    assert gates["build_median_glb_bytes"].gated and not gates["build_median_total_seconds"].gated
+    assert gates["appearance_psnr_unseen"].better == "higher"

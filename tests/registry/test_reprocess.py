@@ -29,7 +29,13 @@ from orchestration.registry import (
     load_production_versions,
     open_registry,
 )
-from orchestration.sensors import TAG_FROM, TAG_GENERATION, build_model_upgrade_sensor
+from orchestration.sensors import (
+    CANARY_JOB,
+    TAG_CANARY_VERSION,
+    TAG_FROM,
+    TAG_GENERATION,
+    build_model_upgrade_sensor,
+)
 from orchestration.settings import Settings, prepare_environment
 from storage.metadata_store import open_metadata_store
 from tests.backends.fixtures import BACKEND_VARS, BACKENDS, make_backend
@@ -219,6 +225,9 @@ def test_model_upgrade_sensor_rebuilds_in_bounded_batches_and_rolls_back(home, b
     assert request.partition_key == uploads[1]
     sensor_runs[uploads[1]] = execute(request)
     assert "nothing outdated (2 run(s) requested" in tick(third.cursor).skip_reason.skip_message
+    # the generation is done: the MLflow version page counts what it built (and names the query)
+    tags = registry.version_tags("reconstructor", new.version)
+    assert tags["avatarpipe.avatars_built"] == "2" and tags["avatarpipe.avatars_query"].startswith("avatarpipe models")
 
     for upload in uploads:
         assert _assets_materialised_in(instance, sensor_runs[upload]) == ["mesh", "rigged_glb"]
@@ -241,6 +250,81 @@ def test_model_upgrade_sensor_rebuilds_in_bounded_batches_and_rolls_back(home, b
     assert mesh["model_versions"]["reconstructor"] == "1" and mesh["sha256"] == mesh_v1[uploads[0]]["sha256"]
     assert mesh["_id"] == mesh_v1[uploads[0]]["_id"]  # same bytes, same code version: same document
     assert summarise(home, uploads[0], None).to_dict()["status"] == "ready"
+
+
+@pytest.mark.parametrize("home", ["sqlite"], indirect=True)
+def test_model_upgrade_sensor_canaries_a_candidate_and_promotes_only_after_it_passed(home, built):
+    """The sensor path of the canary: a new `candidate` alias -> one model_canary_job run on a
+    seeded-random affected upload (the CLI's canary code, recorded the same way) -> failed: production
+    and the current artifacts stay; passed: promoted through the gates, then the next tick reprocesses
+    every affected upload."""
+    instance = DagsterInstance.get()
+    uploads = sorted(built)
+    registry = open_registry(RegistryLocation.for_settings(home))
+    defs = _definitions(home)
+    sensor = build_model_upgrade_sensor(defs.resolve_job_def("reprocess_job"), canary_uploads=1)
+
+    def tick(cursor):
+        with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as ctx:
+            return sensor(ctx)
+
+    def execute(request):  # what the run launcher does with the canary job's request
+        job = _definitions(home).resolve_job_def(request.job_name)
+        return job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance,
+                                      raise_on_error=False)  # fmt: skip
+
+    def canary_events(verdict=None):
+        with open_metadata_store(None, home.metadata_dir) as metadata:
+            return [e["details"] for e in metadata.audit_events("model_canary_summary")
+                    if verdict is None or e["details"]["verdict"] == verdict]  # fmt: skip
+
+    def promotions_by_canary():
+        with open_metadata_store(None, home.metadata_dir) as metadata:
+            return [e["details"] for e in metadata.audit_events("model_promote") if e["details"]["trigger"] == "canary"]
+
+    settled = tick(None)
+    assert not settled.run_requests  # nothing outdated, no candidate
+    production = registry.production_versions()["reconstructor"].version
+    current = {u: {a: d["_id"] for a, d in _current(home, u).items()} for u in uploads}
+
+    # 1. a worse candidate (no clothing offsets: the mesh no longer covers the clothed silhouette)
+    worse = registry.register_version("reconstructor", {"clothing": False}, description="canary: worse")
+    registry.set_alias("reconstructor", "candidate", worse.version)
+    requested = tick(settled.cursor)
+    [request] = requested.run_requests
+    assert request.job_name == CANARY_JOB and request.tags[TAG_CANARY_VERSION] == worse.version
+    assert request.run_config["ops"]["run_model_canary"]["config"]["uploads"] == 1
+    assert not tick(requested.cursor).run_requests  # requested once per candidate version
+    failed_before = len(canary_events("failed"))
+    assert not execute(request).success  # the canary job fails, visibly
+    [event] = canary_events("failed")[failed_before:]
+    assert (event["candidate"], event["uploads"], event["affected"]) == (worse.version, 1, 2)
+    assert registry.version_tags("reconstructor", worse.version)["avatarpipe.canary"] == "failed"
+    assert registry.production_versions()["reconstructor"].version == production
+    assert {u: {a: d["_id"] for a, d in _current(home, u).items()} for u in uploads} == current
+    assert promotions_by_canary() == []
+    after_failure = tick(requested.cursor)
+    assert not after_failure.run_requests and "nothing outdated" in after_failure.skip_reason.skip_message
+
+    # 2. a candidate as good as production (a smaller texture atlas): passed -> promoted -> reprocessed
+    good = registry.register_version("reconstructor", {"texture_size": 512}, description="canary: good")
+    registry.set_alias("reconstructor", "candidate", good.version)
+    requested = tick(after_failure.cursor)
+    [request] = requested.run_requests
+    assert request.tags[TAG_CANARY_VERSION] == good.version
+    assert execute(request).success
+    assert canary_events()[-1]["verdict"] == "passed"
+    assert registry.version_tags("reconstructor", good.version)["avatarpipe.canary"] == "passed"
+    assert registry.production_versions()["reconstructor"].version == good.version
+    [promotion] = promotions_by_canary()
+    assert (promotion["previous"], promotion["production"]) == (production, good.version)
+    assert "candidate" not in registry.get_version("reconstructor", good.version).aliases
+    assert {u: {a: d["_id"] for a, d in _current(home, u).items()} for u in uploads} == current  # not yet rebuilt
+    rebuild = tick(requested.cursor)
+    assert sorted(r.partition_key for r in rebuild.run_requests) == uploads
+    assert {r.job_name for r in rebuild.run_requests} == {"reprocess_job"}
+    assert all(r.asset_selection == [AssetKey("mesh"), AssetKey("rigged_glb")] for r in rebuild.run_requests)
+    registry.promote("reconstructor", production)  # leave the module's home as the other tests expect
 
 
 @pytest.mark.parametrize("home", ["sqlite"], indirect=True)
