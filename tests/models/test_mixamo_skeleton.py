@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 from models.body_model import PHENOTYPE_LABELS, anny_topology, load_anny
 from models.mixamo_skeleton import (
     END_BONES,
+    EYE_BONES,
     bone_directions,
     extend_pose,
     posed_world,
@@ -67,9 +68,11 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_the_65_bone_mixamo_hierarchy(parsed):
+    """X Bot's 65 bones, plus the two eye bones under the head (Mixamo Fuse's and Ready Player
+    Me's `LeftEye`/`RightEye`; X Bot has no eyes)."""
     names, parents, _ = _skeleton(parsed)
-    assert len(names) == 65 and all(n.startswith("mixamorig:") for n in names)
-    expected_parent = xbot_parents()
+    assert len(names) == 65 + len(EYE_BONES) and all(n.startswith("mixamorig:") for n in names)
+    expected_parent = xbot_parents() | dict(EYE_BONES)
     assert {short_name(n) for n in names} == set(expected_parent)
     for name, p in zip(names, parents, strict=True):
         assert (short_name(names[p]) if p >= 0 else None) == expected_parent[short_name(name)], name

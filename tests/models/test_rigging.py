@@ -110,7 +110,7 @@ def _primitive(parsed: ParsedGlb) -> pygltflib.Primitive:
 
 
 def test_summary_fields(avatar):
-    assert avatar.joint_count == 65  # Mixamo's 52 skinned bones + 13 end bones
+    assert avatar.joint_count == 67  # Mixamo's 52 skinned bones + 13 end bones + 2 eye bones
     assert avatar.vertex_count > 13718  # UV seams split some vertices
     assert avatar.triangle_count == 27420
     assert avatar.max_influences <= 4
@@ -392,7 +392,7 @@ def _joint_positions(parsed: ParsedGlb, anim: str, key: int) -> dict[str, np.nda
 
 
 def test_bone_budget(parsed):
-    # Mixamo's 65 (13 end bones carry no weight): portable to engines that cap bones per skin at 75+
+    # Mixamo's 65 and 2 eye bones (13 end bones carry no weight): portable to engines that cap bones per skin at 75+
     assert len(parsed.gltf.skins[0].joints) <= 75
 
 

@@ -67,7 +67,7 @@ def _scale_weights(glb: bytes, factor: float) -> bytes:
 def test_good_rigged_glb_passes(good_rigged_glb, failures, validator_installed) -> None:
     report = run_gltf_validator(good_rigged_glb)
     m = glb_metrics(good_rigged_glb, report)
-    assert m.parse_ok and m.skin_count == 1 and m.joint_count == 65  # Mixamo: 52 + 13 end bones
+    assert m.parse_ok and m.skin_count == 1 and m.joint_count == 67  # Mixamo: 52 + 13 end + 2 eye bones
     assert 1 <= m.max_influences <= 4 and m.influence_set_count == 1
     assert m.max_weight_sum_error < 1e-6 and m.negative_weight_count == m.joint_index_out_of_range_count == 0
     assert m.animation_count >= 2 and m.texture_count == 1 and m.texture_width == 512
