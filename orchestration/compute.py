@@ -35,7 +35,7 @@ from ops.worker import ERROR_MESSAGE, RESULT_MESSAGE
 from storage.keys import ObjectStore
 from storage.object_store import object_store_from_config
 
-MODES = ("inprocess", "subprocess", "warm", "ecs")
+MODES = ("inprocess", "subprocess", "warm", "ecs", "ecs_service")
 DEFAULT_HEAVY_STEPS = ["smplx_params", "mesh"]
 DEFAULT_WARM_STEPS = ["photo", "keypoints", "smplx_params", "mesh", "rigged_glb"]
 WORKER_MODULE = "ops.worker"
@@ -45,7 +45,7 @@ class ComputeLauncherResource(ConfigurableResource):
     """Runs a step in-process, as a Pipes subprocess, in a warm Pipes worker, or as a Pipes ECS
     (GPU) task."""
 
-    mode: str = Field(default="subprocess", description="inprocess | subprocess | warm | ecs")
+    mode: str = Field(default="subprocess", description="inprocess | subprocess | warm | ecs | ecs_service")
     heavy_steps: list[str] = Field(default_factory=lambda: list(DEFAULT_HEAVY_STEPS))
     # subprocess and warm modes
     worker_python: str = Field(default_factory=lambda: sys.executable)
@@ -72,6 +72,12 @@ class ComputeLauncherResource(ConfigurableResource):
     ecs_security_groups: list[str] = Field(default_factory=list)
     ecs_poll_seconds: int = 6
     ecs_max_polls: int = 1200  # 2 h at 6 s: a fit takes minutes, a stuck task must not hang forever
+    # ecs_service mode (orchestration/compute_ecs_service.py): the warm GPU worker service
+    ecs_service_queue_url: str | None = None
+    ecs_service_pipes_bucket: str | None = None  # None: the request's S3 object-store bucket
+    ecs_service_pickup_s: int = 900
+    ecs_service_stall_s: int = 300
+    ecs_service_poll_s: float = 2.0
 
     # -- what runs where -------------------------------------------------------------------
 
@@ -100,6 +106,8 @@ class ComputeLauncherResource(ConfigurableResource):
             invocation = self._run_subprocess(context, request)
         elif placement == "warm":
             invocation = self._run_warm(context, request)
+        elif placement == "ecs_service":
+            invocation = self._run_ecs_service(context, request)
         else:
             invocation = self._run_ecs(context, request)
         result, metadata = _parse_invocation(invocation, request)
@@ -215,6 +223,20 @@ class ComputeLauncherResource(ConfigurableResource):
             pipes_container_name=self.ecs_container,
             waiter_config=WaiterConfig(Delay=self.ecs_poll_seconds, MaxAttempts=self.ecs_max_polls),
         )
+
+
+    def _run_ecs_service(self, context: Any, request: StepRequest):
+        import boto3
+
+        from orchestration.compute_ecs_service import ServiceTarget, run_on_service
+
+        bucket = self.ecs_service_pipes_bucket or request.object_store.get("bucket")
+        if not self.ecs_service_queue_url or not bucket:
+            raise ValueError("ecs_service mode needs ecs_service_queue_url and a pipes bucket (or an S3 object store)")
+        target = ServiceTarget(self.ecs_service_queue_url, bucket, self.ecs_service_pickup_s,
+                               self.ecs_service_stall_s, self.ecs_service_poll_s)  # fmt: skip
+        clients = {name: boto3.client(name, region_name=self.region, endpoint_url=self.endpoint_url) for name in ("sqs", "s3")}
+        return run_on_service(context, request, target, clients["sqs"], clients["s3"])
 
 
 def _parse_invocation(invocation: Any, request: StepRequest) -> tuple[StepResult, dict[str, Any]]:

@@ -43,7 +43,7 @@ REDACTED = "***"
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|signature|credential)", re.IGNORECASE)
 # set by prepare_environment(): the DAGSTER_HOME value avatarpipe derived itself (not an operator's)
 DERIVED_DAGSTER_HOME_ENV = "AVATARPIPE_DERIVED_DAGSTER_HOME"
-COMPUTE_MODES = ("inprocess", "subprocess", "warm", "ecs")
+COMPUTE_MODES = ("inprocess", "subprocess", "warm", "ecs", "ecs_service")
 SERVICE_DISPATCH = ("inline", "sensors")
 
 
@@ -126,6 +126,10 @@ class AppConfig(BaseSettings):
     ecs_cpu_capacity_provider: str | None = _var("AVATARPIPE_ECS_CPU_CAPACITY_PROVIDER", help="CPU capacity provider")
     ecs_subnets: str = _var("AVATARPIPE_ECS_SUBNETS", "", help="comma separated (awsvpc)")
     ecs_security_groups: str = _var("AVATARPIPE_ECS_SECURITY_GROUPS", "", help="comma separated (awsvpc)")
+    ecs_service_queue_url: str | None = _var("AVATARPIPE_ECS_SERVICE_QUEUE_URL", help="ecs_service: SQS queue of step requests")
+    ecs_service_pipes_bucket: str | None = _var("AVATARPIPE_ECS_SERVICE_PIPES_BUCKET", help="ecs_service: bucket of Pipes context/messages (default: AVATARPIPE_S3_BUCKET)")
+    ecs_service_pickup_s: int = _var("AVATARPIPE_ECS_SERVICE_PICKUP_S", 900, help="ecs_service: seconds a request may wait for a worker")
+    ecs_service_stall_s: int = _var("AVATARPIPE_ECS_SERVICE_STALL_S", 300, help="ecs_service: seconds without a worker heartbeat before the step fails")
     # -- policies ------------------------------------------------------------------------
     raw_retention_days: float | None = _var("AVATARPIPE_RAW_RETENTION_DAYS", help="raw uploads: days kept after `ready`")
     erasure_salt: str | None = _var("AVATARPIPE_ERASURE_SALT", help="salt of subject hashes (default: $HOME/.erasure_salt)", secret=True)

@@ -105,7 +105,7 @@ class AwsSettings:
     region: str | None = None  # AWS_REGION / AWS_DEFAULT_REGION
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL
     sqs_queue_url: str | None = None  # AVATARPIPE_SQS_QUEUE_URL: S3 ObjectCreated events
-    compute_mode: str = "subprocess"  # AVATARPIPE_COMPUTE_MODE: inprocess | subprocess | ecs
+    compute_mode: str = "subprocess"  # AVATARPIPE_COMPUTE_MODE: inprocess | subprocess | ecs | ecs_service
     heavy_steps: tuple[str, ...] = ("smplx_params", "mesh")  # AVATARPIPE_HEAVY_STEPS
     ecs_cluster: str | None = None  # AVATARPIPE_ECS_CLUSTER
     ecs_task_definition: str | None = None  # AVATARPIPE_ECS_TASK_DEFINITION (family[:revision] or ARN)
@@ -116,6 +116,10 @@ class AwsSettings:
     ecs_cpu_capacity_provider: str | None = None  # AVATARPIPE_ECS_CPU_CAPACITY_PROVIDER
     ecs_subnets: tuple[str, ...] = ()  # AVATARPIPE_ECS_SUBNETS (comma separated; awsvpc mode)
     ecs_security_groups: tuple[str, ...] = ()  # AVATARPIPE_ECS_SECURITY_GROUPS
+    ecs_service_queue_url: str | None = None  # AVATARPIPE_ECS_SERVICE_QUEUE_URL (compute mode ecs_service)
+    ecs_service_pipes_bucket: str | None = None  # AVATARPIPE_ECS_SERVICE_PIPES_BUCKET (default: s3_bucket)
+    ecs_service_pickup_s: int = 900  # AVATARPIPE_ECS_SERVICE_PICKUP_S: longest wait for a worker to take it
+    ecs_service_stall_s: int = 300  # AVATARPIPE_ECS_SERVICE_STALL_S: longest silence of a running worker
 
     @staticmethod
     def from_env() -> AwsSettings:

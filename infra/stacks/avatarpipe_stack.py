@@ -19,6 +19,7 @@ from stacks.network import Network
 from stacks.service import ApiService
 from stacks.storage import DataStores
 from stacks.web import WebApp
+from stacks.worker_service import WorkerService
 
 
 class AvatarpipeStack(Stack):
@@ -48,6 +49,7 @@ class AvatarpipeStack(Stack):
         data = DataStores(self, "Data", config=config)
         network = Network(self, "Network", config=config, logs_key=platform_key)
         compute = Compute(self, "Compute", config=config, network=network, data=data, platform_key=platform_key)
+        workers = WorkerService(self, "GpuWorkers", config=config, compute=compute, data=data, platform_key=platform_key)
         delivery = GlbDelivery(self, "Glbs", config=config, data=data)
         api_enabled = api_tier_enabled(config)
         web = WebApp(self, "Web", config=config, data=data, api_domain=config.api_domain if api_enabled else None)
@@ -98,6 +100,9 @@ class AvatarpipeStack(Stack):
             "WorkerGpuTaskDefinition": compute.worker_gpu.family,
             "WorkerCpuTaskDefinition": compute.worker_cpu.family,
             "DagsterRunTaskDefinition": compute.run_task.family,
+            "WorkerServiceName": workers.service.service_name,
+            "StepRequestQueueUrl": workers.queue.queue_url,
+            "StepRequestDeadLetterQueueUrl": workers.dead_letters.queue_url,
             "ImageRepositoryUri": compute.repository.repository_uri,
             "MongoDbUriSecretArn": compute.mongodb_uri.secret_arn,
             "DagsterPostgresUrlSecretArn": compute.postgres_url.secret_arn,

@@ -32,6 +32,12 @@ class InfraConfig:
     worker_gpu_memory_mib: int = 14_336  # g4dn.xlarge: 16 GiB, leave room for the ECS agent
     worker_cpu_vcpu: int = 4  # CPU fallback on Fargate
     worker_cpu_memory_mib: int = 16_384
+    # The warm GPU worker service (stacks/worker_service.py): the Dagster tasks' compute mode
+    # (ecs_service: steps go to the service through SQS; ecs: one cold task per step) and the
+    # service's task count range (min 1: one warm worker; 0: nothing while idle, cold starts)
+    compute_mode: str = "ecs_service"
+    worker_service_min_tasks: int = 1
+    worker_service_max_tasks: int = 4
 
     @staticmethod
     def from_context(node: Node) -> InfraConfig:
@@ -59,4 +65,7 @@ class InfraConfig:
             web_domain=str(get("webDomain", "")),
             web_certificate_arn=str(get("webCertificateArn", "")),
             web_acl_arn=str(get("webAclArn", "")),
+            compute_mode=str(get("computeMode", "ecs_service")),
+            worker_service_min_tasks=int(get("workerServiceMinTasks", 1)),
+            worker_service_max_tasks=int(get("workerServiceMaxTasks", int(get("gpuMaxInstances", 4)))),
         )

@@ -114,6 +114,12 @@ class DataStores(Construct):
             )
         )
 
+        # Pipes sessions of the GPU worker service (stacks/worker_service.py) are removed by the
+        # orchestrator when they end; a crashed orchestrator's leftovers go after a day.
+        pipes_sessions_expire = s3.LifecycleRule(
+            id="expire-pipes-sessions", prefix="pipes/", expiration=Duration.days(1),
+            noncurrent_version_expiration=Duration.days(1),
+        )  # fmt: skip
         lifecycle = [
             s3.LifecycleRule(
                 id="abort-incomplete-multipart",
@@ -186,7 +192,7 @@ class DataStores(Construct):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             enforce_ssl=True,
             versioned=True,
-            lifecycle_rules=lifecycle,
+            lifecycle_rules=[*lifecycle, pipes_sessions_expire],
             server_access_logs_bucket=self.log_bucket,
             server_access_logs_prefix="s3/artifacts/",
             removal_policy=RemovalPolicy.RETAIN,

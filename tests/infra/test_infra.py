@@ -488,7 +488,8 @@ def test_without_an_api_certificate_synth_leaves_the_api_out_and_says_so(tmp_pat
     assert "avatarpipe:apiDomain and avatarpipe:apiCertificateArn" in done.stdout + done.stderr
     template = json.loads((tmp_path / "Avatarpipe.template.json").read_text())
     assert not _resources(template, "AWS::ElasticLoadBalancingV2::LoadBalancer")
-    assert not _resources(template, "AWS::ECS::Service")
+    services = [r["Metadata"]["aws:cdk:path"] for r in _resources(template, "AWS::ECS::Service").values()]
+    assert services == ["Avatarpipe/GpuWorkers/Service/Service"]  # the GPU workers only, no API service
     web = _one(template, "AWS::CloudFront::Distribution", "Web/Distribution/")["Properties"]["DistributionConfig"]
     assert "CacheBehaviors" not in web and len(web["Origins"]) == 1
     lint = subprocess.run([str(CFN_LINT), str(tmp_path / "Avatarpipe.template.json")],
@@ -579,3 +580,45 @@ def test_keys_task_puts_the_new_key_in_its_secret_not_on_stdout(template: dict, 
     with open_metadata_store(settings.mongodb_uri, settings.metadata_dir) as metadata:
         key = authenticate(metadata, pepper.encode(), dropped["key"])
     assert key is not None and key.role == "compliance" and key.key_id == dropped["key_id"]
+
+
+def test_gpu_worker_service_takes_steps_from_a_queue_and_scales_on_its_backlog(template: dict) -> None:
+    """Compute mode ecs_service (stacks/worker_service.py): a warm ECS service of GPU queue workers."""
+    queue = _one(template, "AWS::SQS::Queue", "GpuWorkers/StepRequests/")["Properties"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 1 and "KmsMasterKeyId" in queue
+    assert "StepRequestsDLQ" in json.dumps(queue["RedrivePolicy"]["deadLetterTargetArn"])
+
+    task = _one(template, "AWS::ECS::TaskDefinition", "GpuWorkers/GpuTask/")["Properties"]
+    (container,) = task["ContainerDefinitions"]
+    assert container["Command"] == ["python", "-m", "ops.queue_worker"]
+    assert container["ResourceRequirements"] == [{"Type": "GPU", "Value": "1"}]
+    assert "AVATARPIPE_ECS_SERVICE_QUEUE_URL" in {e["Name"] for e in container["Environment"]}
+    service = _one(template, "AWS::ECS::Service", "GpuWorkers/Service/")["Properties"]
+    assert "GpuCapacity" in json.dumps(service["CapacityProviderStrategy"]) and service["DesiredCount"] == 1
+
+    target = _one(template, "AWS::ApplicationAutoScaling::ScalableTarget", "GpuWorkers/")["Properties"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
+    policies = [r["Properties"] for r in _resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy").values()
+                if "GpuWorkers" in r["Metadata"]["aws:cdk:path"]]  # fmt: skip
+    configs = [p["StepScalingPolicyConfiguration"] for p in policies]
+    assert {c["AdjustmentType"] for c in configs} == {"ExactCapacity"} and len(configs) == 2  # out and in
+    alarms = [r["Properties"] for r in _resources(template, "AWS::CloudWatch::Alarm").values()
+              if "ScaleOnStepBacklog" in r["Metadata"]["aws:cdk:path"]]  # fmt: skip
+    assert alarms and all("visible + inflight" in json.dumps(a["Metrics"]) for a in alarms)
+    metrics = json.dumps([a["Metrics"] for a in alarms])
+    assert "ApproximateNumberOfMessagesVisible" in metrics and "ApproximateNumberOfMessagesNotVisible" in metrics
+
+    role = _one(template, "AWS::IAM::Policy", "WorkerServiceTaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    by_sid = {s["Sid"]: s for s in role["Statement"]}
+    assert set(_as_list(by_sid["TakeStepRequests"]["Action"])) == {
+        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
+    assert "pipes/*" in json.dumps(by_sid["PipesContextAndMessages"]["Resource"])
+    assert not any("Delete" in a for s in role["Statement"] for a in _as_list(s["Action"]) if a.startswith("s3:"))
+    orchestrator = _one(template, "AWS::IAM::Policy", "OrchestratorTaskRole/DefaultPolicy")["Properties"]["PolicyDocument"]
+    sends = [s for s in orchestrator["Statement"] if s.get("Sid") == "SendStepRequests"]
+    assert len(sends) == 1 and "StepRequests" in json.dumps(sends[0]["Resource"])
+    (daemon,) = _one(template, "AWS::ECS::TaskDefinition", "Compute/DaemonTask/")["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in daemon["Environment"]}
+    assert env["AVATARPIPE_COMPUTE_MODE"] == "ecs_service" and "AVATARPIPE_ECS_SERVICE_QUEUE_URL" in env
+    rules = _one(template, "AWS::S3::Bucket", "Data/Artifacts/")["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == "pipes/" and r["ExpirationInDays"] == 1 for r in rules)
