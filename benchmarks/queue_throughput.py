@@ -199,6 +199,8 @@ def run_queue(
                 daemon.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 daemon.kill()
+            with contextlib.suppress(ProcessLookupError):  # run workers still going (a timeout)
+                os.killpg(daemon.pid, signal.SIGTERM)
             log.close()
         wall = time.monotonic() - started
         records = instance.get_run_records(filters=RunsFilter(job_name="avatar_job"))
@@ -247,6 +249,7 @@ def markdown(result: QueueResult) -> str:
     rss = result.peak_rss_mb
     rows = [
         ("uploads through the folder sensor and the run queue", result.uploads),
+        ("all runs over before the time limit", "no (timed out: the rates are of the runs that finished)" if result.timed_out else "yes"),
         ("compute mode / warm workers / max_concurrent_runs", f"{result.mode} / {result.warm_workers} / {result.max_concurrent_runs}"),
         ("upload statuses", json.dumps(result.statuses)),
         ("runs per upload (count of uploads)", json.dumps(result.runs_per_upload)),

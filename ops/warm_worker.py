@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -171,9 +172,7 @@ class WarmWorker:
         while True:
             try:
                 conn = self.listener.accept()
-            except OSError:  # listener closed by _exit, or a client that failed authentication
-                if self.listener is None:
-                    return 0
+            except (OSError, EOFError, AuthenticationError):  # a client that failed the challenge or hung up
                 continue
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 

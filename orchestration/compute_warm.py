@@ -53,7 +53,7 @@ from dagster._core.pipes.utils import (
 
 from models.errors import ErrorCode, PipelineError
 from ops.warm_worker import OP_PING, OP_QUALITY, OP_STEP, worker_fingerprint
-from orchestration.config import home_secret
+from orchestration.config import child_environment, home_secret
 
 WORKER_MODULE = "ops.warm_worker"
 SLOT_POLL_S = 0.2  # how often a client looks for a free slot when all are taken
@@ -176,7 +176,7 @@ class WarmPool:
     def _start(self, slot: int) -> int:
         token_file = self.directory / "token"
         self.prepare()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES_")} | dict(self.env)
+        env = child_environment(self.env)
         command = [self.python, "-m", WORKER_MODULE, "--socket", str(self.socket_path(slot)),
                    "--token-file", str(token_file), "--slot", str(slot), "--idle-s", str(self.idle_s)]  # fmt: skip
         with open(self.directory / f"slot-{slot}.log", "ab") as log:

@@ -330,6 +330,14 @@ def redact_text(text: str, config: AppConfig | None = None) -> str:
     return re.sub(r"(://[^:/@\s]+):[^@\s/]+@", rf"\1:{REDACTED}@", text)
 
 
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment a warm worker (`orchestration.compute_warm`) starts with: this process's
+    (the configuration it validated, what `prepare_environment` exported), without Dagster
+    Pipes' bootstrap variables (a warm worker gets them per request), plus ``extra``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES_")}
+    return inherited | dict(extra)
+
+
 # -- the Dagster instance --------------------------------------------------------------
 
 

@@ -10,18 +10,22 @@ Exit status: 0; 1 when `start` could not bring a worker up (its log is named).
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from models.errors import PipelineError
 from orchestration.commands.common import Reply, answers
-from orchestration.compute import launcher_from_settings
-from orchestration.compute_warm import SlotStatus, WarmPool
 from orchestration.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestration.compute_warm import SlotStatus, WarmPool
 
 
 def pool_of(settings: Settings) -> WarmPool:
     """The pool the configured launcher would hand steps to (whatever the compute mode)."""
+    from orchestration.compute import launcher_from_settings  # Dagster: only when a worker command runs
+
     return launcher_from_settings(settings).warm_pool()
 
 

@@ -16,7 +16,7 @@ from orchestration.commands.common import Reply, emit
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = {
     "run", "ingest", "quality-report", "models", "reprocess", "eval", "fsck", "resume", "erase", "audit",
-    "verify-erasure", "purge-raw", "export", "privacy-scan", "config", "keys", "serve",
+    "verify-erasure", "purge-raw", "export", "privacy-scan", "config", "keys", "serve", "worker",
 }  # fmt: skip
 NO_ANSWER = {"serve"}  # runs the HTTP service until stopped: nothing to print as JSON
 
