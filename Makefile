@@ -10,7 +10,7 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 SAMPLE := samples/person_standing.png
 CLIENTS_STAMP := clients/node_modules/.installed
 
-.PHONY: demo test test-postgres postgres ui bench eval lint clean-home clients infra-tools infra-synth model-cache web serve
+.PHONY: demo test test-postgres postgres ui bench bench-warm eval lint clean-home clients infra-tools infra-synth model-cache web serve
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -104,8 +104,12 @@ ui: $(STAMP)
 	DAGSTER_HOME=$(AVATARPIPE_HOME)/dagster $(VENV)/bin/python -c "from orchestration.settings import Settings, prepare_environment; prepare_environment(Settings.from_env())"
 	DAGSTER_HOME=$(AVATARPIPE_HOME)/dagster $(VENV)/bin/dagster dev -m orchestration.definitions
 
-bench: $(STAMP)
+bench: $(STAMP) model-cache
 	$(PY) benchmarks/run_benchmarks.py
+
+# The warm-path table alone (≤ 6 min on a quiet 2-core machine): benchmarks/warm_path.py.
+bench-warm: $(STAMP) model-cache
+	$(PY) benchmarks/warm_path.py
 
 # Body-fit evaluation (issue #3): development photos + synthetic ground truth; writes the
 # report, contact sheets and EVAL.md (numbers only; the sheets stay under AVATARPIPE_HOME).

@@ -1,4 +1,5 @@
-"""`make bench`: run the chain on the bundled and development photos, write BENCHMARKS.md.
+"""`make bench`: run the chain on the bundled and development photos, write BENCHMARKS.md,
+then the warm-path table (`benchmarks/warm_path.py`, its own section of the same file).
 
 Each photo runs as a real `avatarpipe run --json` process so that its peak RSS can be read
 with wait4. Dagster overhead = the run's wall time (from Dagster's run stats) minus the
@@ -162,6 +163,7 @@ def main() -> int:
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared" / "data" / "photos")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
+    parser.add_argument("--skip-warm-path", action="store_true", help="do not run benchmarks/warm_path.py after")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="avatarpipe-bench-") as tmp:
@@ -172,7 +174,11 @@ def main() -> int:
     write_report(args.out, render_markdown(results))
     args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     print(f"wrote {args.out} and {args.json}", file=sys.stderr)
-    return 0
+    if args.skip_warm_path:
+        return 0
+    import warm_path  # beside this script (sys.path[0]): the one warm-path table, its own section
+
+    return warm_path.main(["--out", str(args.out)])
 
 
 if __name__ == "__main__":

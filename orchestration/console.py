@@ -10,6 +10,7 @@ worker processes, which inherit the environment. With `--verbose` nothing is fil
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -78,7 +79,8 @@ def filter_native_chatter() -> None:
         with os.fdopen(read_end, "rb", buffering=0) as source:
             for line in iter(source.readline, b""):
                 if not NATIVE_CHATTER.match(line.decode("utf-8", "replace")):
-                    os.write(real, line)
+                    with contextlib.suppress(OSError):  # a closed terminal: keep draining, never block the writers
+                        os.write(real, line)
 
     thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
     thread.start()

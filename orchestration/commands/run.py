@@ -69,7 +69,7 @@ def run_one(settings: Settings, path: Path, subject: str | None, hints: dict, de
     """Ingest one photo and run its five steps (one Dagster run), answering from the ledger."""
     start = time.perf_counter()
     ingested = ingest_photo(settings, path.read_bytes(), path.name, subject, hints=hints)
-    print(f"avatarpipe: {path.name}: upload {ingested.upload_id} registered; running {len(ASSET_ORDER)} steps")
+    print(f"avatarpipe: upload {ingested.upload_id} registered ({path.name}); running {len(ASSET_ORDER)} steps")
     run_id = None
     try:
         run_id = run_avatar_job(settings, ingested.upload_id, defs=defs, on_event=step_progress(ASSET_ORDER))

@@ -163,3 +163,32 @@ def test_native_chatter_leaves_stderr_only_without_verbose(verbose):
         assert all(line in kept for line in CHATTER) and "a library deprecation" in done.stderr
     else:
         assert kept == ["[1/5] photo 0.1s", "keep me", "worker line"]
+
+
+def test_run_of_several_photos_answers_one_line_each_in_order(avatar_home, tmp_path):
+    """The real CLI process: a good photo and a file that is no image in one call. One JSON
+    object per line, in the order given, each its own Dagster run; exit 1 because one failed;
+    stderr has the per-step progress lines and none of Dagster's DEBUG event lines."""
+    import os
+    import subprocess
+    import sys
+
+    bogus = tmp_path / "not_a_photo.jpg"
+    bogus.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n" * 50)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AVATARPIPE_HOME": str(avatar_home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "run", str(STANDING), str(bogus), "--subject", "s_batch", "--json"],
+        check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["status"] for a in answers] == ["ready", "failed"]
+    assert answers[1]["error"]["code"] == "NOT_AN_IMAGE" and answers[1]["error"]["step"] == "photo"
+    assert {a["subject_id"] for a in answers} == {"s_batch"}
+    assert answers[0]["dagster_run_id"] != answers[1]["dagster_run_id"]
+    assert answers[0]["artifacts"]["rigged_glb"]["bytes"] > 100_000
+    for step, n in (("photo", 1), ("keypoints", 2), ("smplx_params", 3), ("mesh", 4), ("rigged_glb", 5)):
+        assert f"[{n}/5] {step} " in done.stderr
+    assert "[1/5] photo FAILED" in done.stderr
+    assert " - DEBUG - " not in done.stderr and "STEP_SUCCESS" not in done.stderr
+    assert "inference_feedback_manager" not in done.stderr and "Warp " not in done.stderr
