@@ -26,7 +26,13 @@ Canonical placement (the choice every consumer of the GLB relies on):
 - The fitted root delta (camera-frame global orientation and translation) is dropped: the
   avatar stays upright at the origin facing +Z. The photo pose keeps the root above its rest
   position, lifted or lowered so that the posed body's lowest point stands on y = 0
-  (`on_the_ground`: a lunge no longer floats), and only the bone rotations change.
+  (`on_the_ground`: a lunge no longer floats), and only the bone rotations change. A spine or
+  neck bone the fit turned beyond the human range of motion is held at its limit
+  (`within_joint_limits`, `SPINE_LIMITS_DEG`): such a bend is a fit artefact that folds the belly.
+- The eyes: each of Anny's two eyeballs (closed spheres behind the lids) is skinned wholly to its
+  own joint, `mixamorig:LeftEye`/`RightEye` under the head at the eyeball's centre
+  (`eyeball_vertices`, `with_rigid_eyes`); clips leave them at their bind, the ARKit eyeLook*
+  targets turn the eyeballs as morphs, and a client (VRM lookAt "bone") turns the joints.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 import scipy.sparse
 import torch
 import trimesh
+from scipy.spatial.transform import Rotation
 
 from models.body_model import anny_forward, anny_topology
 from models.clothing import Garment, skirt_skin_weights
@@ -104,6 +111,9 @@ class RiggedAvatar:
     mesh: SkinnedMeshData | None = field(default=None, repr=False, compare=False)
     skeleton: Skeleton | None = field(default=None, repr=False, compare=False)
     clips: list[AnimationClip] = field(default_factory=list, repr=False, compare=False)
+    # Spine and neck bones whose fitted rotation was beyond `SPINE_LIMITS_DEG` (the photo pose
+    # holds them at the limit).
+    limited_bones: tuple[str, ...] = ()
 
     @functools.cached_property
     def max_edge_stretch(self) -> dict[str, float]:
@@ -124,6 +134,7 @@ class AnnyPosedBody:
     rest_bone_poses: np.ndarray  # (J,4,4)
     posed_vertices: np.ndarray  # (V,3) photo pose, root kept at its rest pose
     posed_bone_poses: np.ndarray  # (J,4,4)
+    limited_bones: tuple[str, ...] = ()  # bones `within_joint_limits` turned back
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +164,39 @@ def canonical_pose_parameters(pose_parameters: np.ndarray) -> np.ndarray:
     return p
 
 
+# The most a spine or neck bone turns from its rest in the photo pose (degrees): the top of the
+# adult range of motion split over the rig's bones (thoracolumbar flexion ~105 deg over Spine,
+# Spine1 and Spine2; flexion plus extension of the neck and the head on it ~45 deg each). A fit
+# beyond them is an artefact, not a pose: pose_03's squat fit, at 110 deg of spine bend, folded the
+# belly so that an edge stretched x3.03 (x2.61 at its fitted 87 deg, x2.28 at 70 deg).
+SPINE_LIMITS_DEG: dict[str, float] = {
+    "Spine": 35.0,
+    "Spine1": 35.0,
+    "Spine2": 35.0,
+    "Neck": 45.0,
+    "Head": 45.0,
+}
+
+
+def within_joint_limits(pose: np.ndarray, bone_labels: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Canonical pose parameters (J,4,4) with each `SPINE_LIMITS_DEG` bone's rotation from its rest
+    turned back to its limit about the same axis; returns (pose, the bones limited). Applied where
+    the rig evaluates the photo pose (`evaluate_anny`), so the clip and the Anny pose it is checked
+    against agree; the fit itself (smplx_params) is not changed."""
+    out = np.array(pose, dtype=np.float64, copy=True)
+    limited = []
+    for j, label in enumerate(bone_labels):
+        limit = SPINE_LIMITS_DEG.get(short_name(str(label)))
+        if limit is None:
+            continue
+        rotvec = Rotation.from_matrix(out[j, :3, :3]).as_rotvec()
+        angle = float(np.linalg.norm(rotvec))
+        if angle > np.radians(limit):
+            out[j, :3, :3] = Rotation.from_rotvec(rotvec * np.radians(limit) / angle).as_matrix()
+            limited.append(short_name(str(label)))
+    return out, tuple(limited)
+
+
 def evaluate_anny(model, phenotype: dict[str, float], pose_parameters: np.ndarray) -> AnnyPosedBody:
     """One Anny forward pass: rest model and the photo pose with the root held at its rest pose.
 
@@ -162,13 +206,14 @@ def evaluate_anny(model, phenotype: dict[str, float], pose_parameters: np.ndarra
     p = canonical_pose_parameters(pose_parameters)
     if p.shape[0] != len(model.bone_labels):
         raise ValueError(f"pose_parameters has {p.shape[0]} bones, the model {len(model.bone_labels)}")
+    p, limited = within_joint_limits(p, list(model.bone_labels))
     out = anny_forward(model, phenotype, p)
     rest_vertices = out["rest_vertices"][0].double().numpy()
     rest_bones = out["rest_bone_poses"][0].double().numpy()
     root_rest = rest_bones[0]
     posed_bones = root_rest[None] @ out["bone_poses"][0].double().numpy()
     posed_vertices = _apply(root_rest, out["vertices"][0].double().numpy())
-    return AnnyPosedBody(rest_vertices, rest_bones, posed_vertices, posed_bones)
+    return AnnyPosedBody(rest_vertices, rest_bones, posed_vertices, posed_bones, limited)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +646,7 @@ def build_rigged_avatar(
         mesh=mesh,
         skeleton=bind.skeleton,
         clips=clips,
+        limited_bones=body.limited_bones,
     )
 
 
