@@ -103,3 +103,42 @@ def test_cli_registers_eval(monkeypatch, capfd):
         cli.commands["eval"].make_context("eval", ["--synthetic", "many"])
     assert main(["eval", "--synthetic", "many"]) == 2  # a usage error, as argparse answered it
     assert "many" in capfd.readouterr().err
+
+
+def test_phenotype_cues_without_the_fit(anny_model):
+    """The cheap held-out check of the phenotype estimate: detector + evidence + centre per
+    synthetic subject, summarised against the truth and against the prior alone."""
+    from models.body_model import anny_body
+    from models.evaluation import cue_summary, evaluate_phenotype_cues
+    from models.phenotype import PRIOR_CENTRE
+
+    results = evaluate_phenotype_cues([5, 6], anny_body())
+    assert [r.seed for r in results] == [5, 6]
+    detected = [r for r in results if r.status == "detected"]
+    assert detected, "the detector found no one on two synthetic subjects"
+    for r in detected:
+        assert set(r.centre) == set(PRIOR_CENTRE) and set(r.source) == set(PRIOR_CENTRE)
+        assert all(0.0 <= v <= 1.0 for v in r.centre.values())
+    summary = cue_summary(results)
+    assert summary["detected"] == len(detected)
+    gender_prior = sorted(abs(0.5 - r.true_phenotype["gender"]) for r in detected)
+    assert summary["prior_median_gender_error"] == pytest.approx(float(np.median(gender_prior)), abs=1e-4)
+    assert all(entry["n"] <= len(detected) for entry in summary["cues"].values())
+
+
+def test_cue_summary_correlations():
+    from models.evaluation import CueResult, cue_summary
+
+    labels = ("gender", "age", "muscle", "weight", "height", "proportions")
+    rows = []
+    for i, g in enumerate((0.1, 0.4, 0.6, 0.9)):
+        truth = dict.fromkeys(labels, 0.5) | {"gender": g, "age": 0.3 + 0.1 * i}
+        centre = dict.fromkeys(labels, 0.5) | {"age": 0.67}
+        evidence = {"rises_with_build": 2.0 * g, "falls_with_age": -truth["age"]}
+        rows.append(CueResult(seed=i, status="detected", true_phenotype=truth, evidence=evidence, centre=centre))
+    rows.append(CueResult(seed=9, status="NO_PERSON"))
+    summary = cue_summary(rows)
+    assert summary["subjects"] == 5 and summary["detected"] == 4
+    assert summary["cues"]["rises_with_build"]["r_gender"] == pytest.approx(1.0)
+    assert summary["cues"]["falls_with_age"]["r_age"] == pytest.approx(-1.0)
+    assert summary["centre_median_gender_error"] == pytest.approx(0.25)  # centre 0.5, builds 0.1..0.9
