@@ -86,18 +86,20 @@ def _peak_rss(pid: int) -> float | None:
     return None
 
 
-def _processes(marker: str) -> list[int]:
-    """Pids whose command line contains ``marker`` (run workers, warm workers)."""
+def _processes(marker: str, home: Path) -> list[int]:
+    """Pids of this home's processes whose command line contains ``marker`` (run workers, warm
+    workers): other homes' on the same machine are not this benchmark's."""
     pids = []
+    own = f"AVATARPIPE_HOME={home.resolve()}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmdline and own in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if marker in cmdline:
-            pids.append(int(entry.name))
     return pids
 
 
@@ -181,7 +183,7 @@ def run_queue(
                 ]
                 max_in_flight = max(max_in_flight, len(in_flight))
                 for kind, marker in (("warm_worker", "ops.warm_worker"), ("run_worker", "api execute_run")):
-                    for pid in _processes(marker):
+                    for pid in _processes(marker, home):
                         rss = _peak_rss(pid)
                         if rss is not None:
                             peaks[pid] = (kind, max(rss, peaks.get(pid, (kind, 0.0))[1]))

@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker_fingerprint() -> str:
-    """What a warm worker is bound to: this interpreter, the code (size and mtime of every
+    """What a warm worker is bound to: this Python environment, the code (size and mtime of every
     source file under `CODE_DIRS`) and the machine configuration a step reads
     (`ops.steps.WorkerRuntime`, the store retries). Client and worker compute it alike; a
     mismatch means the worker runs stale code or another model cache and must be replaced."""
@@ -56,8 +56,10 @@ def worker_fingerprint() -> str:
     from orchestration.config import load_config
 
     config = load_config()
-    digest = hashlib.sha256(sys.executable.encode())
+    # the environment, not the path it was called by (a venv reached through a symlink is the same)
+    digest = hashlib.sha256(f"{os.path.realpath(sys.prefix)}:{sys.version}".encode())
     digest.update(repr(WorkerRuntime.from_config(config)).encode())
+    digest.update(str(config.node_modules).encode())  # the quality gate's glTF validator
     digest.update(
         repr((config.store_retry_tries, config.store_retry_base_s, config.store_retry_max_s)).encode()
     )

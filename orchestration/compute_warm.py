@@ -58,6 +58,7 @@ from orchestration.config import child_environment, home_secret
 WORKER_MODULE = "ops.warm_worker"
 SLOT_POLL_S = 0.2  # how often a client looks for a free slot when all are taken
 STOP_WAIT_S = 30.0
+MAX_SOCKET_PATH = 104  # sun_path: 108 bytes on Linux, 104 on macOS
 
 
 class WorkerLost(PipelineError):
@@ -120,6 +121,9 @@ class WarmPool:
 
     def prepare(self) -> bytes:
         """The pool's directory (0700) and token (0600, made once)."""
+        longest = self.socket_path(max(self.size - 1, 0))
+        if len(os.fsencode(longest)) >= MAX_SOCKET_PATH:
+            raise ValueError(f"{longest} is too long for a Unix socket ({MAX_SOCKET_PATH} bytes): use a shorter AVATARPIPE_HOME")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         return home_secret(None, self.directory / "token")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from assets.avatar import build_avatar_assets
 from assets.checks import build_quality_checks
@@ -30,6 +30,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     avatar_assets = build_avatar_assets(asset_code_versions(production), step_retry_policy(settings.app))
     avatar_job = define_asset_job(
         AVATAR_JOB,
+        executor_def=in_process_executor,  # the steps run one after another, the heavy ones in their workers
         # an asset selection includes the assets' checks: the quality gates run in the job
         selection=AssetSelection.assets(*avatar_assets),
         partitions_def=uploads_partitions,
@@ -37,6 +38,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     )
     reprocess_job = define_asset_job(
         REPROCESS_JOB,
+        executor_def=in_process_executor,
         selection=AssetSelection.assets(*avatar_assets),
         partitions_def=uploads_partitions,
         description="Rebuild one upload from its first asset a model upgrade made stale (runs select a subset).",
