@@ -1,4 +1,4 @@
-"""`avatarpipe` command line. Progress goes to stderr; `--json` prints exactly one JSON object.
+"""`avatarpipe` command line. Progress goes to stderr; `--json` prints one JSON object (one per line for `run` of several photos).
 
 `avatarpipe --verbose COMMAND …` also shows what is hidden by default (`orchestration/console.py`).
 
