@@ -71,6 +71,7 @@ class Outcome:
     request_id: str
     action: str  # ran | expired | redelivered | malformed
     step: str = ""
+    heartbeats: int = 0  # visibility extensions sent while the step ran
 
 
 def parse_request(body: str) -> dict[str, Any]:
@@ -162,17 +163,18 @@ class QueueWorker:
             return Outcome(request_id, "expired", step)
         _log.info("request %s: step %s", request_id, step)
         protected = set_task_protection(True, self.agent_uri)
+        beats: list[float] = []
         try:
-            self.run_session(request["bootstrap"], receipt)
+            self.run_session(request["bootstrap"], receipt, beats)
         except Exception as exc:  # noqa: BLE001 - reported to the orchestrator by the Pipes close
             _log.error("request %s (%s) failed: %s", request_id, step, type(exc).__name__)
         finally:
             self._delete(receipt)
             if protected:
                 set_task_protection(False, self.agent_uri)
-        return Outcome(request_id, "ran", step)
+        return Outcome(request_id, "ran", step, heartbeats=len(beats))
 
-    def run_session(self, bootstrap: dict[str, str], receipt: str) -> None:
+    def run_session(self, bootstrap: dict[str, str], receipt: str, beats: list[float]) -> None:
         """`ops.worker.run` inside the orchestrator's Pipes session (context and messages in S3).
         A fresh `PipesContext` per request: `open_dagster_pipes` would hand back the process's
         first (closed) context to every later one."""
@@ -188,7 +190,8 @@ class QueueWorker:
             self.sqs.change_message_visibility(
                 QueueUrl=self.config.queue_url, ReceiptHandle=receipt, VisibilityTimeout=self.config.visibility_s
             )
-            pipes.report_custom_message({HEARTBEAT_MESSAGE: round(time.time(), 3)})
+            beats.append(time.time())
+            pipes.report_custom_message({HEARTBEAT_MESSAGE: round(beats[-1], 3)})
 
         with pipes, heartbeat(beat, self.config.heartbeat_s):
             run(pipes)

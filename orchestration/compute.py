@@ -12,6 +12,9 @@
 * ``ecs`` — the same worker as an ECS task through `dagster_aws.pipes.PipesECSClient`: a GPU
   task (`resourceRequirements` GPU=1) on the GPU capacity provider, or, with ``ecs_gpu``
   off, the CPU fallback. Pipes messages come back through CloudWatch Logs (`awslogs`).
+* ``ecs_service`` — the step goes on an SQS queue to the warm ECS service of GPU workers
+  (`ops.queue_worker`); Pipes context and messages through S3
+  (`orchestration/compute_ecs_service.py`).
 
 Any of the five steps (`ops.steps.STEPS`) can be named in ``heavy_steps`` (default: the fit
 and the mesh; ``warm_steps`` in the warm mode) and then leaves the process; the others run in-process through the same

@@ -95,7 +95,7 @@ def _pipes_objects(aws_env: str, bucket: str) -> list[str]:
 @pytest.fixture
 def worker_thread(aws_env: str, queues: dict[str, str]) -> Iterator[QueueWorker]:
     """The production queue worker, in a thread, with short timings so heartbeats happen."""
-    config = QueueWorkerConfig(queue_url=queues["url"], visibility_s=4, heartbeat_s=1.0, wait_s=1, message_interval_s=0.5)
+    config = QueueWorkerConfig(queue_url=queues["url"], visibility_s=3, heartbeat_s=1.0, wait_s=1, message_interval_s=0.5)
     worker = QueueWorker(config, client("sqs", aws_env), client("s3", aws_env))
     stop = threading.Event()
     thread = threading.Thread(target=worker.serve, args=(stop,), daemon=True)
@@ -115,7 +115,18 @@ def failure_code(result) -> str | None:
 
 def test_step_round_trips_through_the_queue_and_s3_pipes(aws_env, queues, s3_store, inputs, worker_thread) -> None:
     outcomes = worker_thread.handled
+    seen_visible, done = [], threading.Event()
+
+    def watch_queue() -> None:  # the fit outlasts the 3 s visibility many times over
+        while not done.wait(0.3):
+            depth = _depth(aws_env, queues["url"])
+            seen_visible.append((depth["ApproximateNumberOfMessages"], depth["ApproximateNumberOfMessagesNotVisible"]))
+
+    watcher = threading.Thread(target=watch_queue, daemon=True)
+    watcher.start()
     result, instance = _materialize(_launcher(aws_env, queues["url"]), _request(s3_store, inputs, "u_svc"))
+    done.set()
+    watcher.join()
 
     assert result.success
     (mat,) = result.asset_materializations_for_node("heavy_step")
@@ -129,6 +140,10 @@ def test_step_round_trips_through_the_queue_and_s3_pipes(aws_env, queues, s3_sto
     assert any("worker: step smplx_params for upload u_svc on cpu" in line for line in logs)  # through S3 Pipes
     # the worker took it once, heartbeated while the fit ran, and deleted it; nothing left anywhere
     assert [(o.action, o.step) for o in outcomes] == [("ran", "smplx_params")]
+    # heartbeats kept the taken message invisible for the whole fit: it never reappeared
+    taken = next(i for i, (_, in_flight) in enumerate(seen_visible) if in_flight)
+    assert outcomes[0].heartbeats >= 3 and len(seen_visible) - taken > 10
+    assert [visible for visible, _ in seen_visible[taken:]] == [0] * (len(seen_visible) - taken)
     assert _depth(aws_env, queues["url"]) == {"ApproximateNumberOfMessages": 0, "ApproximateNumberOfMessagesNotVisible": 0}
     assert _depth(aws_env, queues["dlq"])["ApproximateNumberOfMessages"] == 0
     assert _pipes_objects(aws_env, s3_store.config.bucket) == []
