@@ -59,6 +59,11 @@ TAG_BASED_ON = "avatarpipe.based_on_version"
 TAG_PIPELINE = "avatarpipe.pipeline_version"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tags: the UI shows them on the run
 TAG_USER = "mlflow.user"
+# The run page's "Source" field (empty without them; the git commit shows beside it)
+TAG_SOURCE_NAME, TAG_SOURCE_TYPE = "mlflow.source.name", "mlflow.source.type"
+# MLflow 3's UI opens in its GenAI mode (the run under "Evaluations") unless a link asks for the
+# model-training side; the choice is the browser's, not the experiment's, so every link asks.
+MLFLOW_UI_MODE = "workflowType=machine_learning"
 
 _SNAPSHOT_FILE = "production.json"
 _INIT_LOCK = ".init.lock"
@@ -508,8 +513,9 @@ class ModelRegistry:
 
 
 def provenance_tags() -> dict[str, str]:
-    """Who registered a version and from which code: MLflow's own user and git-commit tags (the
-    UI shows them on the run) plus the avatarpipe code version."""
+    """Who registered a version and from which code: MLflow's own user, source and git-commit
+    tags (the run page shows them as "Created by" and "Source": avatarpipe @ commit) plus the
+    avatarpipe code version."""
     import getpass
     from importlib.metadata import PackageNotFoundError, version
 
@@ -523,6 +529,8 @@ def provenance_tags() -> dict[str, str]:
         package = "unknown"
     return {
         TAG_USER: user,
+        TAG_SOURCE_NAME: "avatarpipe",
+        TAG_SOURCE_TYPE: "LOCAL",
         TAG_GIT_COMMIT: git_commit(),
         "avatarpipe.code_version": f"{package}+{PIPELINE_VERSION}",
     }
@@ -570,10 +578,11 @@ def mlflow_ui_base(location: RegistryLocation) -> str:
 
 
 def mlflow_version_url(location: RegistryLocation, name: str, version: str) -> str:
-    """The MLflow UI page of one model version (for Dagster metadata and CLI output)."""
+    """The MLflow UI page of one model version (for Dagster metadata and CLI output), on the
+    UI's model-training side."""
     from urllib.parse import quote
 
-    return f"{mlflow_ui_base(location)}/#/models/{quote(name)}/versions/{quote(str(version))}"
+    return f"{mlflow_ui_base(location)}/#/models/{quote(name)}/versions/{quote(str(version))}?{MLFLOW_UI_MODE}"
 
 
 def _start_from_migrated_schema(location: RegistryLocation) -> None:

@@ -119,7 +119,9 @@ def test_versions_live_in_a_plain_experiment_per_model_with_an_mlmodel_and_prove
     assert model.flavors["avatarpipe"]["implementation"] == mv.tags["avatarpipe.implementation"]
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", run.data.tags["mlflow.source.git.commit"])
     assert run.data.tags["mlflow.user"] and mv.tags["avatarpipe.code_version"].endswith("+0.1.0")
-    assert mlflow_version_url(location, "body_fitter", "1") == "http://127.0.0.1:5000/#/models/body_fitter/versions/1"
+    assert run.data.tags["mlflow.source.name"] == "avatarpipe" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert (mlflow_version_url(location, "body_fitter", "1")
+            == "http://127.0.0.1:5000/#/models/body_fitter/versions/1?workflowType=machine_learning")  # fmt: skip
 
 
 def test_offline_quality_pages_reference_no_outside_host(tmp_path):

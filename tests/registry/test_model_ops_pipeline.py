@@ -25,7 +25,7 @@ from storage.metadata_store import open_metadata_store
 
 pytestmark = pytest.mark.slow
 WORSE = "iters=[2,2,2,0]"  # the catalogue default is [12, 30, 60, 12]
-EVAL = ["--eval-max-photos", "1", "--eval-synthetic", "1"]
+EVAL = ["--eval-max-photos", "1", "--eval-synthetic", "1", "--eval-builds", "1", "--eval-appearance", "1"]
 REPROJECTION = "photos_median_keypoint_reprojection_rel"
 
 
@@ -78,11 +78,18 @@ def test_worse_fitter_is_refused_canaried_forced_and_rolled_back(home, capfd):
     assert v2.metrics[REPROJECTION] == registered["evaluation"]["metrics"][REPROJECTION]
     tags = registry.version_tags("body_fitter", "2")
     assert tags["mlflow.source.git.commit"] and tags["mlflow.user"] and "avatarpipe.evaluation_set" in tags
+    # besides the fit: the photo built end to end by the pipeline's steps, and novel views of the bake
+    for metrics in (champion["metrics"], v2.metrics):
+        assert metrics["builds_succeeded"] == 1 and metrics["build_median_glb_bytes"] > 100_000
+        assert metrics["build_median_smplx_params_seconds"] > 0 and metrics["build_median_rigged_glb_seconds"] > 0
+        assert 10 < metrics["appearance_psnr_front"] < 60 and 0 < metrics["appearance_ssim_unseen"] <= 1
 
     # 2. compare shows it worse; promote refuses
     comparison = _cli(capfd, "models", "compare", "body_fitter", "1", "2", "--json")
     verdicts = {m["metric"]: m["verdict"] for m in comparison["metrics"]}
     assert comparison["verdict"] == "refuse" and verdicts[REPROJECTION] == "regressed", comparison
+    assert verdicts["appearance_psnr_unseen"] == "same"  # the bake's novel views do not depend on the fitter
+    assert verdicts["build_median_glb_bytes"] != "ungated" and verdicts["build_median_mesh_seconds"] != "ungated"
     assert main(["models", "promote", "body_fitter", "2"]) == 2
     assert "refusing to promote" in capfd.readouterr().err
     assert registry.production_versions()["body_fitter"].version == "1"
@@ -119,14 +126,14 @@ def test_worse_fitter_is_refused_canaried_forced_and_rolled_back(home, capfd):
     assert [_fitter_versions(settings, u) for u in uploads] == ["2", "1"]
     avatars = _cli(capfd, "models", "avatars", "body_fitter", "2", "--json")
     assert [a["upload_id"] for a in avatars["avatars"]] == [uploads[0]] and avatars["current_count"] == 1
-    assert avatars["mlflow_url"].endswith("/#/models/body_fitter/versions/2")
+    assert avatars["mlflow_url"].endswith("/#/models/body_fitter/versions/2?workflowType=machine_learning")
     assert registry.version_tags("body_fitter", "2")["avatarpipe.avatars_built"] == "1"
     newest = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("smplx_params"), asset_partitions=[uploads[0]]), limit=1
     ).records[0]
     links = newest.asset_materialization.metadata
-    assert links["mlflow_body_fitter"].url.endswith("/#/models/body_fitter/versions/2")
-    assert links["mlflow_body_model"].url.endswith("/#/models/body_model/versions/1")
+    assert links["mlflow_body_fitter"].url.endswith("/#/models/body_fitter/versions/2?workflowType=machine_learning")
+    assert links["mlflow_body_model"].url.endswith("/#/models/body_model/versions/1?workflowType=machine_learning")
 
     # 5. rollback: production back to v1, exactly the avatar v2 built is rebuilt
     untouched = _current_ids(settings, uploads[1])
