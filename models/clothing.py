@@ -492,6 +492,8 @@ class GarmentConfig:
     hip_reach_m: float = 0.15  # the hips the skirt hangs from reach this far above the crotch
     hip_ease_m: float = 0.01  # offsets there at most this much above the region's median
     hip_fade_m: float = 0.06  # the cut fades out over the region's top this far
+    flare: float = 0.12  # the hem's half-width grows by this share of the skirt's length (A-line)
+    recess_reach_m: float = 0.12  # the cloth hangs from the body's widest points from this far above the crotch
 
 
 @dataclass(frozen=True)
@@ -769,7 +771,10 @@ def skirt_surface(
         if half_width[b] == 0:
             half_width[b], centre_y[b], half_depth[b] = half_width[b - 1], centre_y[b - 1], half_depth[b - 1]
     half_width = np.maximum.accumulate(half_width)
-    half_depth = np.maximum(np.maximum.accumulate(half_depth), config.min_depth_ratio * half_width)
+    # an A-line flare: cloth hangs away from the thighs towards the hem instead of hugging them
+    flare = config.flare * (legs.crotch_z - hem_z) * np.arange(n_bands) / max(n_bands - 1, 1)
+    half_width = half_width + flare
+    half_depth = np.maximum(np.maximum.accumulate(half_depth) + flare, config.min_depth_ratio * half_width)
     pinned = np.zeros(len(rest), bool)
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
@@ -806,6 +811,75 @@ def skirt_surface(
         out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
         out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
         out[pinned, 0] = wall_x
+    return bridge_body_hollows(out, faces, legs, hem_z, float(half_width[0]), config)
+
+
+def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lower and upper y of the convex hull of the points (x, y), at the abscissae `at`."""
+    from scipy.spatial import ConvexHull
+
+    hull = np.asarray([x, y]).T[ConvexHull(np.asarray([x, y]).T).vertices]
+    lo, hi = np.full(len(at), np.inf), np.full(len(at), -np.inf)
+    for (x0, y0), (x1, y1) in zip(hull, np.roll(hull, -1, axis=0)):
+        if x1 == x0:
+            continue
+        inside = (at >= min(x0, x1)) & (at <= max(x0, x1))
+        y_at = y0 + (at[inside] - x0) * (y1 - y0) / (x1 - x0)
+        lo[inside] = np.minimum(lo[inside], y_at)
+        hi[inside] = np.maximum(hi[inside], y_at)
+    return lo, hi
+
+
+def bridge_body_hollows(
+    surface: np.ndarray, faces: np.ndarray, legs: _Legs, hem_z: float, half_width: float,
+    config: GarmentConfig = GarmentConfig(),
+) -> np.ndarray:
+    """The skirt hanging from the body's widest points above: below the belly in front and below
+    the buttocks at the back the cloth falls straight instead of following the body in under
+    them (the fold under the buttocks). A cleft within one height band (between the buttocks)
+    is not bridged.
+
+    From `recess_reach_m` above the crotch down to the hem, in height bands, within the skirt's
+    width: the section's convex hull, front and back, carried down (a front never recedes, a back
+    never comes forward below where it was), is the cloth's envelope. Each vertex keeps its share
+    of the way from its section's own front to its back, so the hull goes onto the envelope and
+    the crotch's inside follows in step (nothing flips from front to back). The change fades in
+    over the top of the region; heights and widths stay."""
+    out = surface.copy()
+    z = surface[:, 2]
+    top = legs.crotch_z + config.recess_reach_m
+    region = (z >= hem_z) & (z <= top) & (np.abs(surface[:, 0]) <= 1.1 * half_width)  # not the hands
+    band = 2.0 * config.band_m  # the mesh is coarse: thinner bands hold too few vertices for a hull
+    bands = np.floor((top - z) / band).astype(np.int64)
+    grid = np.arange(-1.2 * half_width, 1.2 * half_width + 1e-9, config.band_m)
+    front_env, back_env = np.full(len(grid), np.inf), np.full(len(grid), -np.inf)
+    moved = np.zeros(len(surface), bool)
+    for b in np.unique(bands[region]):  # top down
+        idx = np.flatnonzero(region & (bands == b))
+        if len(idx) < 8:
+            continue
+        x, y = surface[idx, 0], surface[idx, 1]
+        lo, hi = _section_chains(x, y, grid)
+        front_env, back_env = np.minimum(front_env, lo), np.maximum(back_env, hi)
+        known = np.isfinite(front_env) & np.isfinite(back_env)
+        if known.sum() < 2:
+            continue
+        env_lo = np.interp(x, grid[known], front_env[known])
+        env_hi = np.interp(x, grid[known], back_env[known])
+        # each vertex keeps its share of the way from the section's own front to its back:
+        # hull points go onto the envelope, inner ones (the crotch's inside) follow in step
+        own_lo, own_hi = _section_chains(x, y, x)
+        own_lo, own_hi = np.where(np.isfinite(own_lo), own_lo, y), np.where(np.isfinite(own_hi), own_hi, y)
+        share = np.clip((y - own_lo) / np.maximum(own_hi - own_lo, 1e-6), 0.0, 1.0)
+        target = np.minimum(env_lo, own_lo) + share * (np.maximum(env_hi, own_hi) - np.minimum(env_lo, own_lo))
+        fade = _smoothstep((top - z[idx]) / config.recess_reach_m)
+        out[idx, 1] = y + fade * (target - y)
+        moved[idx] = True
+    # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends
+    edges = mesh_edges(faces)
+    for _ in range(config.smoothing_iters // 2):
+        mean = _neighbour_mean(out, edges)
+        out[moved, 1] = 0.5 * out[moved, 1] + 0.5 * mean[moved, 1]
     return out
 
 

@@ -212,3 +212,34 @@ def test_skirt_survives_walking(name):
     trousers = build_rigged_avatar(load_anny(), fit.phenotype, fit.pose_parameters, texture, plain.offsets)
     assert skirt.max_influences <= 4 and skirt.max_weight_sum_error < 1e-6
     assert skirt.max_edge_stretch["walk"] <= WALK_STRETCH_FACTOR * trousers.max_edge_stretch["walk"]
+
+
+def test_skirt_hangs_from_the_widest_point_above():
+    """A back that recedes below a height (the fold under the buttocks) on a cylinder is carried
+    down from the bands above: the skirt's back hangs straight to the hem; heights and widths
+    stay, the front is untouched, nothing below the hem moves."""
+    from models.clothing import _Legs, bridge_body_hollows
+
+    mesh = trimesh.creation.cylinder(radius=0.15, height=0.4, sections=64)
+    for _ in range(3):
+        mesh = mesh.subdivide()
+    v = np.asarray(mesh.vertices, dtype=np.float64).copy()
+    side = np.hypot(v[:, 0], v[:, 1]) > 0.14  # the wall, not the caps
+    fold = side & (v[:, 1] > 0.05) & (v[:, 2] < -0.06)
+    v[fold, 1] -= 0.03
+    none = np.zeros(len(v), bool)
+    legs = _Legs(left=none, right=none, crotch_z=-0.12, ankle_z=-0.6)  # bridged: hem -0.18 .. 0.0
+    faces = np.asarray(mesh.faces)
+    exact = bridge_body_hollows(v, faces, legs, hem_z=-0.18, half_width=0.15, config=GarmentConfig(smoothing_iters=0))
+    out = bridge_body_hollows(v, faces, legs, hem_z=-0.18, half_width=0.15)
+    for surface in (exact, out):
+        assert np.array_equal(surface[:, [0, 2]], v[:, [0, 2]])  # only depth changes
+    hung = fold & (v[:, 2] <= -0.12) & (v[:, 2] >= -0.18)  # at and below the crotch: fully carried
+    assert hung.sum() > 3
+    assert np.median(np.abs(exact[hung, 1] - (v[hung, 1] + 0.03))) < 1e-3  # back out to the hull above
+    # the smoothing spreads the step over the (here 5 cm long) edges to the unmoved ring below
+    assert np.median(out[hung, 1] - v[hung, 1]) > 0.015
+    front = side & (v[:, 1] < -0.05) & (v[:, 2] < 0.0)
+    assert np.abs(out[front, 1] - v[front, 1]).max() < 0.005
+    below = v[:, 2] < -0.19
+    assert np.array_equal(out[below], v[below])
