@@ -166,7 +166,7 @@ ingested = ingest_photo(settings, photo.read_bytes(), photo.name, None)
 run_avatar_job(settings, ingested.upload_id)
 with metadata_store(settings) as store:
     status = store.get_upload(ingested.upload_id)["status"]
-heavy = sorted(m for m in ("torch", "mediapipe", "great_expectations", "trimesh", "pandas") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "mediapipe", "great_expectations", "trimesh") if m in sys.modules)
 print(json.dumps({"status": status, "heavy": heavy}))
 """
 
