@@ -87,6 +87,18 @@ def run_cli(photos: list[Path], home: Path, pythonpath: str) -> Call:
                 os.getloadavg()[0], answers)  # fmt: skip
 
 
+def kept(call: Call) -> dict[str, Any]:
+    """What the JSON keeps of a call: its numbers, each answer's status, step timings and
+    ``*_seconds`` metrics; no ids, paths or other metrics of the (real people's) photos."""
+    data = asdict(call)
+    data["answers"] = [
+        {"status": a.get("status"), "timings_s": a.get("timings_s", {}),
+         "metrics": {step: {k: v for k, v in m.items() if k.endswith("_seconds")} for step, m in a.get("metrics", {}).items()}}
+        for a in call.answers
+    ]  # fmt: skip
+    return data
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) by linear interpolation; the median of one value is itself."""
     ordered = sorted(values)
@@ -245,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     section = render(singles, batch, args.label)
     if not args.from_json:
-            args.json.write_text(json.dumps({"singles": [asdict(c) for c in singles],
-                                         "batch": asdict(batch) if batch else None}, indent=1, default=str))  # fmt: skip
+            args.json.write_text(json.dumps({"singles": [kept(c) for c in singles],
+                                         "batch": kept(batch) if batch else None}, indent=1, default=str))  # fmt: skip
     if str(args.out) == "-":
         print(section)
     else:
