@@ -87,6 +87,18 @@ def run_cli(photos: list[Path], home: Path, pythonpath: str) -> Call:
                 os.getloadavg()[0], answers)  # fmt: skip
 
 
+def kept(call: Call) -> dict[str, Any]:
+    """What the JSON keeps of a call: its numbers, each answer's status, step timings and
+    ``*_seconds`` metrics; no ids, paths or other metrics of the (real people's) photos."""
+    data = asdict(call)
+    data["answers"] = [
+        {"status": a.get("status"), "timings_s": a.get("timings_s", {}),
+         "metrics": {step: {k: v for k, v in m.items() if k.endswith("_seconds")} for step, m in a.get("metrics", {}).items()}}
+        for a in call.answers
+    ]  # fmt: skip
+    return data
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) by linear interpolation; the median of one value is itself."""
     ordered = sorted(values)
@@ -143,11 +155,12 @@ def render(singles: list[Call], batch: Call | None, label: str) -> str:
     if batch is not None and batch.exit_status == 0 and len(batch.answers) == batch.photos and batch.photos > 1:
         extra = (batch.wall_s - p50) / (batch.photos - 1)
         extra_compute = (batch.compute_s - compute) / (batch.photos - 1)
-        ratio = extra / extra_compute if extra_compute > 0 else float("nan")
+        extra_cpu = (batch.cpu_s - cpu) / (batch.photos - 1)
+        ratio = f"{extra / extra_compute:.2f}×" if extra > 0 and extra_compute > 0 else "n/a: the load changed between the calls"
         per_avatar_wall = batch.wall_s / batch.photos
         rows += [
             f"| batch of {batch.photos} in one call | {batch.wall_s:.1f} s wall, {batch.cpu_s:.1f} CPU-s, peak RSS {batch.peak_rss_mb:.0f} MB | – |",
-            f"| per additional photo (ratio to its steps' compute) | {extra:.1f} s ({ratio:.2f}×) | ≤ 7 s, ≤ 1.3× |",
+            f"| per additional photo: wall (ratio to its steps' compute); CPU | {extra:.1f} s ({ratio}); {extra_cpu:.1f} CPU-s against {cpu:.1f} for a single call | ≤ 7 s, ≤ 1.3× |",
             f"| CPU-seconds per avatar (batch) | {batch.cpu_s / batch.photos:.1f} s | – |",
         ]
     else:
@@ -230,15 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="Measured", help="what the run measures (e.g. 'before')")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown to update ('-': print)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "warm_path.json")
+    parser.add_argument("--from-json", type=Path, help="render the table from a saved run's JSON, measure nothing")
     args = parser.parse_args(argv)
-    singles, batch = measure(args.photos or default_photos(), max(args.calls, 1), args.code)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        singles = [Call(**c) for c in saved["singles"]]
+        batch = Call(**saved["batch"]) if saved.get("batch") else None
+    else:
+        singles, batch = measure(args.photos or default_photos(), max(args.calls, 1), args.code)
     failed = [c for c in singles if c.exit_status != 0 or not c.answers]
     if failed:
         print(f"warm_path: {len(failed)} single call(s) failed; no table written", file=sys.stderr)
         return 1
     section = render(singles, batch, args.label)
-    args.json.write_text(json.dumps({"singles": [asdict(c) for c in singles],
-                                     "batch": asdict(batch) if batch else None}, indent=1, default=str))  # fmt: skip
+    if not args.from_json:
+            args.json.write_text(json.dumps({"singles": [kept(c) for c in singles],
+                                         "batch": kept(batch) if batch else None}, indent=1, default=str))  # fmt: skip
     if str(args.out) == "-":
         print(section)
     else:
