@@ -17,7 +17,12 @@ Unseen texels get a believable colour from what was seen, never by mirroring the
   shoes, top) - invented legs are never bare or skin-coloured;
   Torso slices are summarised from their outer part only (a print sits in the middle), and
   the side colours are lifted by the photo's own shading curve (`shading_by_view_angle`), so
-  the back is neither the print nor a shade darker than the front;
+  the back is neither the print nor a shade darker than the front; along each region the
+  slices are grouped into garments (`garment_runs`) and each garment's back is one colour, so
+  the photo's lighting leaves no bands, and hems stay lines (no blend across a garment line);
+- a photo from behind (`facing_of` is "away"): the photo goes onto the back and the face is
+  made up from the skin seen on the neck, arms and hands;
+- hands the detector finds in front of the head are occluders of the face and head;
 - head: the nearest seen head surface outside the face, so the back of the head continues
   the hair seen on top and at the sides;
 - hair: the photo's hair (`hair_in_photo`, crown-coloured pixels connected to the head) is an
@@ -133,6 +138,7 @@ class BakedTexture:
     chart: np.ndarray  # (S,S) bool, texel lies inside some UV triangle
     coverage: float  # observed.sum() / chart.sum()
     pixels: np.ndarray | None = None  # (N,2) photo pixel of each chart texel (raster order)
+    facing: str = "camera"  # where the fitted face looks: "camera", "side" or "away" (`facing_of`)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class PhotoEvidence:
     metres_per_px: float  # at the neck's depth
     texel_pixels: np.ndarray  # (N,2) photo pixel of each chart texel
     texel_view_cos: np.ndarray | None = None  # (N,) cosine between the surface normal and the view ray
+    face_landmarks: np.ndarray | None = None  # (478,3) pixels, MediaPipe's face mesh
 
 
 def bake_texture(
@@ -195,13 +202,16 @@ def bake_texture(
     layout: BodyLayout | None = None,
     iris_rgb: tuple[float, float, float] | None = None,
     face_landmarks: np.ndarray | None = None,
+    hand_landmarks: tuple[np.ndarray | None, ...] = (),
 ) -> BakedTexture:
     """Texture (S,S,3) for `faces`/`uv` from one photo of the posed mesh `vertices`.
 
     `layout` (see `body_layout`) switches on the occlusion-aware visibility and the region
     fill; `iris_rgb` colours the procedural eyes (default: `iris_colour` of the landmarks);
     `face_landmarks` (MediaPipe's 478, pixels) mark the photo's mouth and eye openings, whose
-    pixels (teeth, tongue, eyeballs) are never baked onto lips, lids or skin.
+    pixels (teeth, tongue, eyeballs) are never baked onto lips, lids or skin; `hand_landmarks`
+    (MediaPipe's 21 per detected hand, pixels) mark hands in front of the face, whose pixels
+    are not the face.
     """
     if iris_rgb is None:
         iris_rgb = iris_colour(image, face_landmarks)
@@ -218,20 +228,26 @@ def bake_texture(
     seen = visible_texels(mesh, points, normals, raster.tri, camera, on_person, config)
     labels = face_part_labels(uv, face_uv_idx)[raster.tri]
     regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
+    facing = facing_of(mesh, camera, layout, face_landmarks) if layout is not None else "camera"
+    if facing == "away":  # landmarks on the back of a head are the detector's guess, not a face
+        face_landmarks, iris_rgb = None, None
     if regional:
         texel_region = _texel_region(layout, mesh.faces, raster)
         zones = occlusion_zones(mesh, camera, layout.region, person.shape, config, person)
         seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config, zones)
         if face_landmarks is not None:
             seen &= ~_in_face_openings(face_landmarks, pixels, person.shape, labels)
+        seen &= ~_behind_detected_hands(hand_landmarks, pixels, person.shape, texel_region)
     colours = np.zeros((len(points), 3), np.float32)
     colours[seen] = sample_bilinear(image, pixels[seen])
     if regional:
         deep = _deep_inside(person, pixels, config)
         scale = _metres_per_pixel(camera, mesh.vertices[layout.region == REGIONS.index("neck")])
         photo = PhotoEvidence(image=image, person=person, region_map=zones[0], metres_per_px=scale, texel_pixels=pixels,
-                              texel_view_cos=_view_cosines(points, normals, camera))  # fmt: skip
-        colours, seen = _fill_by_regions(colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb, photo)
+                              texel_view_cos=_view_cosines(points, normals, camera), face_landmarks=face_landmarks)  # fmt: skip
+        colours, seen = _fill_by_regions(
+            colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb, photo, facing
+        )
     else:
         colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
@@ -244,7 +260,30 @@ def bake_texture(
         chart=raster.chart,
         coverage=float(seen.sum() / max(len(seen), 1)),
         pixels=pixels,
+        facing=facing,
     )
+
+
+# The fitted face looks at the camera when the median cosine between its normals and the view
+# rays is above this, away from it below minus this, and is seen from the side in between.
+FACING_COS = 0.2
+
+
+def facing_of(mesh: trimesh.Trimesh, camera: Camera, layout: BodyLayout, face_landmarks: np.ndarray | None) -> str:
+    """Whether the photo shows the person's face ("camera"), their profile ("side") or the back
+    of their head ("away"), from the fitted body - whose facing the fitter took from the order
+    of the shoulders - and the face detector: a face the detector did not find and the fit does
+    not turn to the camera is taken as turned away."""
+    zone = np.flatnonzero(layout.face_zone)
+    if not len(zone):
+        return "camera"
+    points = mesh.vertices[zone]
+    view = camera.center_world[None, :] - points
+    cos = np.einsum("nd,nd->n", mesh.vertex_normals[zone], view) / np.maximum(np.linalg.norm(view, axis=1), 1e-12)
+    score = float(np.median(cos))
+    if score < -FACING_COS or (face_landmarks is None and score < FACING_COS):
+        return "away"
+    return "camera" if score > FACING_COS else "side"
 
 
 # --- UV layout --------------------------------------------------------------------------
@@ -739,6 +778,37 @@ def _in_face_openings(
     return holes[rows, cols] & ~_has_part(labels, EYE_PARTS + MOUTH_PARTS)
 
 
+HAND_HULL_GROW = 0.15  # of the hand's landmark extent: the hull of the joints misses the skin around
+
+
+def hand_pixels(hand_landmarks: tuple[np.ndarray | None, ...], shape: tuple[int, int]) -> np.ndarray:
+    """(h,w) bool: the detected hands (convex hull of each hand's landmarks, grown)."""
+    out = np.zeros(shape, bool)
+    for hand in hand_landmarks:
+        if hand is None or len(hand) < 3:
+            continue
+        xy = np.asarray(hand)[:, :2]
+        hull = np.zeros(shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.round(xy).astype(np.int32)), 1)
+        out |= _dilate(hull.astype(bool), HAND_HULL_GROW * float(np.ptp(xy, axis=0).max()))
+    return out
+
+
+def _behind_detected_hands(
+    hand_landmarks: tuple[np.ndarray | None, ...], pixels: np.ndarray, shape: tuple[int, int], texel_region: np.ndarray
+) -> np.ndarray:
+    """Head and neck texels (N,) whose pixel is a hand the detector found: a hand in front of
+    the face (a V sign by the cheek, a chin on a fist) that the fitted hand, often a little off,
+    does not cover. They are made up from the rest of the face."""
+    if not any(h is not None for h in hand_landmarks):
+        return np.zeros(len(pixels), bool)
+    hands = hand_pixels(hand_landmarks, shape)
+    h, w = shape
+    rows = np.clip(np.round(pixels[:, 1]).astype(np.int64), 0, h - 1)
+    cols = np.clip(np.round(pixels[:, 0]).astype(np.int64), 0, w - 1)
+    return hands[rows, cols] & np.isin(texel_region, [REGIONS.index("head"), REGIONS.index("neck")])
+
+
 def iris_colour(image: np.ndarray, face_landmarks: np.ndarray | None) -> tuple[float, float, float] | None:
     """Median photo colour inside both irises (MediaPipe refined landmarks 468-477), or None
     when there are no iris landmarks or the sample looks like a reflection or a closed lid."""
@@ -791,6 +861,7 @@ def _fill_by_regions(
     config: TextureConfig,
     iris_rgb: tuple[float, float, float] | None,
     photo: PhotoEvidence | None = None,
+    facing: str = "camera",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colours (N,3) for all chart texels and the texels kept as observed (see module doc)."""
     names = part_names()
@@ -799,10 +870,22 @@ def _fill_by_regions(
     seen = seen & ~eyes & ~mouth
     corners = mesh.faces[raster.tri]
     dominant = _dominant(corners, raster.bary)  # the texel's nearest corner, for per-vertex flags
+    if facing == "away":
+        # a person seen from behind: what lands on the fitted face's rim is the back or side of
+        # their head (hair, a cap); the face is made up (skin, procedural eyes, the hair around)
+        seen = seen & ~layout.face_zone[dominant]
     seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
     head = layout.region == REGIONS.index("head")
     hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head)
-    skin = _skin_colour(colours, seen, layout, dominant)
+    skin = _skin_colour(colours, seen, layout, dominant, texel_region)
+    photo_crown = _crown_is_hair_in_photo(hair, skin, photo) if photo is not None else None
+    crown_from_photo = photo_crown is not None
+    if crown_from_photo:
+        # the fitted crown shows the forehead's skin while the photo shows hair above it: the
+        # crown's seen skin is not the crown, and the crown is painted in the photo's hair
+        hair = photo_crown
+        crown_texels = _crown_zone(layout)[dominant]
+        seen &= ~(crown_texels & (np.linalg.norm(colours - skin, axis=1) < CROWN_SKIN_TOLERANCE))
     long_hair = None
     if photo is not None and hair is not None:
         hair_mask = hair_in_photo(photo.image, photo.person, photo.region_map, hair, skin, config)
@@ -830,16 +913,21 @@ def _fill_by_regions(
     # the front's statistics from the outer half of each torso slice: a logo sits in the middle
     outer = _outer_half(seen & deep, texel_region, texel_t, corners, raster.bary, layout, bins)
     front_table, front_filled = _slice_medians(stats, outer, texel_region, texel_t, bins)
-    _place_gaps_by_the_front(table, filled, front_table, front_filled)
     front_only = ~filled.any(axis=1)
     table[front_only] = front_table[front_only]
     filled[front_only] = front_filled[front_only]
+    # one colour per garment along each region: slice-to-slice differences within a garment
+    # are the photo's lighting (lit shoulders, the shadow under the arms), which baked onto
+    # the back shows as bands; the garment lines (hem, waist, cuffs) are kept
+    table, filled = _garment_runs(table, filled, front_table, front_filled)
     table = _complete_regions(table, filled, skin)
     vertex_fill = _lookup(table, layout.region, layout.axis_t)
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
     _hair_at_the_back(vertex_fill, layout, head, hair)
+    if crown_from_photo:
+        vertex_fill[_crown_zone(layout)] = hair
     _long_hair_down_the_back(vertex_fill, layout, long_hair)
     vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
     vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
@@ -950,22 +1038,104 @@ def _outer_half(
     return out
 
 
-def _place_gaps_by_the_front(
+# Two slice colours belong to one garment when their brightness differs by less than this
+# factor and their chromaticity (r, g share of r+g+b) by less than this distance; lighting
+# changes brightness gradually and chromaticity little, a garment line changes either at once.
+GARMENT_LUM_RATIO = 1.6
+GARMENT_CHROMA = 0.06
+GARMENT_DARK = 40.0  # below this brightness chromaticity is noise and not compared
+
+
+def same_garment(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two slice colours (3,) are plausibly one garment under different light."""
+    return bool(_same_garments(np.asarray(a, np.float32)[None], np.asarray(b, np.float32)[None])[0])
+
+
+def _same_garments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`same_garment` of colour pairs (N,3), (N,3), vectorised: (N,) bool."""
+    la, lb = a.mean(axis=1), b.mean(axis=1)
+    lo, hi = np.minimum(la, lb), np.maximum(la, lb)
+    similar = hi / np.maximum(lo, 1.0) <= GARMENT_LUM_RATIO
+    ca = a[:, :2] / np.maximum(a.sum(axis=1, keepdims=True), 1e-6)
+    cb = b[:, :2] / np.maximum(b.sum(axis=1, keepdims=True), 1e-6)
+    return similar & ((lo < GARMENT_DARK) | (np.linalg.norm(ca - cb, axis=1) < GARMENT_CHROMA))
+
+
+def garment_runs(colours: np.ndarray, have: np.ndarray) -> list[np.ndarray]:
+    """Consecutive slices (indices into `colours` (B,3) where `have`) of one garment each: a
+    slice starts a new run when it is not `same_garment` as its run's median so far."""
+    runs: list[list[int]] = []
+    for b in np.flatnonzero(have):
+        if runs and same_garment(np.median(colours[runs[-1]], axis=0), colours[b]):
+            runs[-1].append(int(b))
+        else:
+            runs.append([int(b)])
+    return [np.asarray(r) for r in runs]
+
+
+def _garment_runs(
     table: np.ndarray, filled: np.ndarray, front_table: np.ndarray, front_filled: np.ndarray
-) -> None:
-    """Slices without seen sides (arms crossed over the belly) take the colour of the side
-    slice above or below them, whichever is nearer in colour to what the front shows there:
-    the front places the shirt/trouser line, but its own colour (a print) is never copied."""
-    for r in range(table.shape[0]):
-        have = np.flatnonzero(filled[r])
-        if not len(have):
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per region, the slices split into garments along the axis by the front's (print-free,
+    outer) colours (`garment_runs`); each garment takes one colour, the median of its seen side
+    slices that are that garment. Where the sides mostly disagree with the front (a print that
+    reaches round the side, an arm), there is no one garment to flatten and the side slices
+    keep their own colours. A garment with no seen side (the arms hang over the hips) takes
+    the front's colour when another region shows that colour too (the trousers on the thighs,
+    skin on the arms), otherwise that of the nearest garment seen at the sides, so a print the
+    arms hide the sides of is not repeated either."""
+    out, out_filled = table.copy(), filled.copy()
+    elsewhere = [front_table[r][front_filled[r]] for r in range(len(table))]
+    for r in range(len(table)):
+        guide = np.where(front_filled[r][:, None], front_table[r], table[r])
+        runs = garment_runs(guide, front_filled[r] | filled[r])
+        unseen: list[int] = []
+        seen_colour: dict[int, np.ndarray] = {}
+        for k, run in enumerate(runs):
+            out_filled[r, run] = True
+            sides = run[filled[r, run]]
+            if not len(sides):
+                unseen.append(k)
+                continue
+            front = np.median(guide[run], axis=0)
+            agree = sides[[same_garment(front, table[r, b]) for b in sides]]
+            if 2 * len(agree) > len(sides):
+                out[r, run] = np.median(table[r, agree], axis=0)
+            else:
+                for c in range(3):
+                    out[r, run, c] = np.interp(run, sides, table[r, sides, c])
+            seen_colour[k] = np.median(out[r, run], axis=0)
+        for k in unseen:
+            front = np.median(guide[runs[k]], axis=0)
+            shown = any(same_garment(front, c) for q in range(len(table)) if q != r for c in elsewhere[q])
+            if shown or not seen_colour:
+                out[r, runs[k]] = front
+            else:
+                nearest = min(seen_colour, key=lambda j: (abs(j - k), float(np.sum((seen_colour[j] - front) ** 2))))
+                out[r, runs[k]] = seen_colour[nearest]
+        if REGIONS[r] == "torso":
+            _print_between_the_sleeves(out[r], runs, front_table, front_filled)
+    return out, out_filled
+
+
+def _print_between_the_sleeves(torso: np.ndarray, runs: list[np.ndarray], front_table: np.ndarray, front_filled: np.ndarray) -> None:
+    """A torso garment above the waist that the sleeves do not share, next to a longer one
+    they do share, is a print on the top (a band across the chest as wide as the chest, whose
+    sides the arms hide): it takes the top's colour, in place (`torso` (B,3) slice colours)."""
+    sleeves = [front_table[REGIONS.index(f"upper_arm.{s}")][front_filled[REGIONS.index(f"upper_arm.{s}")]] for s in "LR"]
+    sleeves = np.concatenate(sleeves)
+    if not len(sleeves):
+        return
+    sleeve = np.median(sleeves, axis=0)
+    waist = int(PELVIS_T * len(torso))
+    colours = [np.median(torso[run], axis=0) for run in runs]
+    shared = [same_garment(c, sleeve) for c in colours]
+    for k, run in enumerate(runs):
+        if shared[k] or run[0] < waist:
             continue
-        for b in np.flatnonzero(~filled[r] & front_filled[r]):
-            below, above = have[have < b], have[have > b]
-            options = [k for k in (below[-1] if len(below) else None, above[0] if len(above) else None) if k is not None]
-            best = min(options, key=lambda k: float(np.sum((table[r, k] - front_table[r, b]) ** 2)))
-            table[r, b] = table[r, best]
-        filled[r] |= front_filled[r]
+        tops = [j for j in (k - 1, k + 1) if 0 <= j < len(runs) and shared[j] and len(runs[j]) > len(run)]
+        if tops:
+            torso[run] = colours[tops[0]]
 
 
 def _hand_not_skin(
@@ -1012,10 +1182,34 @@ def _slice_medians(
     return table.reshape(n_regions, bins, 3), filled.reshape(n_regions, bins)
 
 
-def _skin_colour(colours: np.ndarray, seen: np.ndarray, layout: BodyLayout, dominant: np.ndarray) -> np.ndarray:
-    """Median seen colour of the face zone (cheeks, nose, forehead), else a default skin."""
+SKIN_REGIONS = ("neck", "hand.L", "hand.R", "forearm.L", "forearm.R", "upper_arm.L", "upper_arm.R")
+# Skin in YCrCb (Chai and Ngan, 1999): Cr and Cb ranges that hold skin of all tones.
+SKIN_CR, SKIN_CB = (133, 173), (77, 127)
+MIN_SKIN_TEXELS = 50
+
+
+def skin_like(colours: np.ndarray) -> np.ndarray:
+    """Colours (N,3) RGB that are plausibly skin (N,) bool, by their chroma in YCrCb."""
+    ycc = cv2.cvtColor(np.clip(colours, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2YCrCb)[0].astype(np.int32)
+    cr, cb = ycc[:, 1], ycc[:, 2]
+    return (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1]) & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (ycc[:, 0] > 30)
+
+
+def _skin_colour(
+    colours: np.ndarray, seen: np.ndarray, layout: BodyLayout, dominant: np.ndarray, texel_region: np.ndarray | None = None
+) -> np.ndarray:
+    """Median seen colour of the face zone (cheeks, nose, forehead); without a seen face (the
+    person seen from behind) that of the skin-coloured texels of the neck, arms and hands;
+    else a default skin."""
     zone = seen & (layout.face_zone[dominant])
-    return np.median(colours[zone], axis=0) if zone.sum() >= 50 else np.asarray(DEFAULT_SKIN, np.float32)
+    if zone.sum() >= MIN_SKIN_TEXELS:
+        return np.median(colours[zone], axis=0)
+    if texel_region is not None:
+        body = np.flatnonzero(seen & np.isin(texel_region, [REGIONS.index(r) for r in SKIN_REGIONS]))
+        body = body[skin_like(colours[body])]
+        if len(body) >= MIN_SKIN_TEXELS:
+            return np.median(colours[body], axis=0)
+    return np.asarray(DEFAULT_SKIN, np.float32)
 
 
 def _complete_regions(table: np.ndarray, filled: np.ndarray, skin: np.ndarray) -> np.ndarray:
@@ -1080,12 +1274,15 @@ def _complete_regions(table: np.ndarray, filled: np.ndarray, skin: np.ndarray) -
 
 
 def _lookup(table: np.ndarray, region: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Per-vertex colour (V,3): the region's slice table, linearly interpolated in t."""
+    """Per-vertex colour (V,3): the region's slice table, linearly interpolated in t within a
+    garment and stepping at a garment line (a hem, a cuff), which stays a line."""
     bins = table.shape[1]
     x = np.clip(t * bins - 0.5, 0.0, bins - 1.0)
     lo = np.floor(x).astype(np.int64)
     hi = np.minimum(lo + 1, bins - 1)
-    a = (x - lo)[:, None].astype(np.float32)
+    a = (x - lo).astype(np.float32)
+    line = np.array([[not same_garment(row[b], row[b + 1]) for b in range(bins - 1)] + [False] for row in table])
+    a = np.where(line[region, lo], (a >= 0.5).astype(np.float32), a)[:, None]
     return (1 - a) * table[region, lo] + a * table[region, hi]
 
 
@@ -1107,9 +1304,14 @@ def _vertex_observations(
 def _relax(fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int) -> np.ndarray:
     """Screened smoothing of the made-up vertex colours, seen vertices held at their colours:
     borders between slices and regions blend over a few rings, and the fill meets the seen
-    surface without a step."""
+    surface without a step. Between two made-up vertices of different garments (`same_garment`)
+    nothing is blended: a hem or a cuff on the unseen back stays a line, not a smear."""
     n = len(fill)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    both_made_up = ~anchored[edges[:, 0]] & ~anchored[edges[:, 1]]
+    garment_line = both_made_up & ~_same_garments(fill[edges[:, 0]], fill[edges[:, 1]])
+    edges = edges[~garment_line]
     edges = np.concatenate([edges, edges[:, ::-1]])
     adjacency = sparse.csr_matrix((np.ones(len(edges), np.float32), (edges[:, 0], edges[:, 1])), shape=(n, n))
     adjacency.data[:] = 1.0
@@ -1194,6 +1396,69 @@ def crown_colour(
     top_seen = float(point_z[top].max())
     crown = top & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
     return np.median(colours[crown], axis=0) if crown.sum() >= 50 else None
+
+
+# The photo's crown: the band above the top of the forehead (landmark 10), from this to this
+# share of the face's height (forehead to chin) above it along the face's own up direction,
+# over the middle of the face's width. The skull reaches some 0.4 face heights above the
+# forehead's top, so the band is the head itself - hair, a hat or the scalp - in every photo of
+# an upright or tilted face, even where the person mask stops at the hairline.
+CROWN_BAND_FACE = (0.15, 0.35)
+CROWN_BAND_WIDTH = 0.6
+FOREHEAD_TOP, CHIN, CHEEK_R, CHEEK_L = 10, 152, 234, 454
+
+
+def crown_in_photo(
+    image: np.ndarray, face_landmarks: np.ndarray | None, person: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Median colour (3,) of the photo just above the person's forehead (hair, a hat, or the
+    scalp), from the face landmarks; None without a face or when the band leaves the photo.
+    Where most of the band lies inside the `person` mask only those pixels count (no
+    background above a small head); where the mask stops at the hairline, all of them."""
+    if face_landmarks is None:
+        return None
+    top, chin = face_landmarks[FOREHEAD_TOP, :2], face_landmarks[CHIN, :2]
+    up = top - chin
+    height = float(np.linalg.norm(up))
+    if height < 4:
+        return None
+    up /= height
+    across = np.array([-up[1], up[0]])
+    half = 0.5 * CROWN_BAND_WIDTH * float(np.linalg.norm(face_landmarks[CHEEK_L, :2] - face_landmarks[CHEEK_R, :2]))
+    a, b = np.meshgrid(np.linspace(*CROWN_BAND_FACE, 8) * height, np.linspace(-half, half, 12))
+    points = top + a.reshape(-1, 1) * up + b.reshape(-1, 1) * across
+    h, w = image.shape[:2]
+    if not ((points >= 0).all() and (points[:, 0] <= w - 1).all() and (points[:, 1] <= h - 1).all()):
+        return None
+    if person is not None:
+        inside = person[np.round(points[:, 1]).astype(np.int64), np.round(points[:, 0]).astype(np.int64)]
+        points = points[inside] if 2 * inside.sum() > len(inside) else points
+    return np.median(sample_bilinear(image, points), axis=0)
+
+
+CROWN_SKIN_TOLERANCE = 40.0  # RGB distance from the face's skin within which a crown is skin
+
+
+def _crown_is_hair_in_photo(crown: np.ndarray | None, skin: np.ndarray, photo: PhotoEvidence) -> np.ndarray | None:
+    """The photo's crown colour (3,) when the one seen on the fitted head's top is the face's
+    skin while the photo shows something else above the forehead (hair, a hat): a fitted head a
+    little too tall, or a person mask that stops at the hairline, puts the forehead's skin on
+    the fitted crown, which painted a bald head. None when the fitted crown stands."""
+    above = crown_in_photo(photo.image, photo.face_landmarks, photo.person)
+    if above is None:
+        return None
+
+    def is_skin(c: np.ndarray) -> bool:
+        return float(np.linalg.norm(c - skin)) < CROWN_SKIN_TOLERANCE
+
+    return above if (crown is None or is_skin(crown)) and not is_skin(above) else None
+
+
+def _crown_zone(layout: BodyLayout) -> np.ndarray:
+    """Head vertices (V,) of the crown: above the brows' band, outside the face."""
+    z = layout.rest_vertices[:, 2]
+    head = layout.region == REGIONS.index("head")
+    return head & ~layout.face_zone & (z > layout.eye_height + CROWN_ABOVE_EYES_M)
 
 
 def _hair_at_the_back(vertex_fill: np.ndarray, layout: BodyLayout, head: np.ndarray, hair: np.ndarray | None) -> None:

@@ -352,7 +352,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
     )  # fmt: skip
     baked = bake_texture(
         bake_surface, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
-        TextureConfig(size=texture_size), layout=layout, face_landmarks=kp.face,
+        TextureConfig(size=texture_size), layout=layout, face_landmarks=kp.face, hand_landmarks=(kp.left_hand, kp.right_hand),
     )  # fmt: skip
     mesh = textured_mesh(vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], baked.image)
     glb = mesh_to_glb_bytes(mesh)
@@ -362,6 +362,7 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
         "face_count": len(mesh.faces),
         "texture_size": texture_size,
         "texture_coverage": round(float(baked.coverage), 4),
+        "facing": baked.facing,  # "away": the photo shows the back; the front is made up (issue 13)
         "height_m": round(float(np.ptp(vertices[:, 1])), 4),
     } | clothing.metrics  # silhouette_iou (clothed), silhouette_iou_naked, offset_*
     return StepOutput(

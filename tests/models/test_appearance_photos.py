@@ -1,0 +1,125 @@
+"""The made-up sides of real photos' avatars (issue 13), with the production detector, fitter,
+clothing and bake: a person photographed from behind gets their back from the photo and a
+made-up face of their own skin, not the back of their head; the unseen back of a plain hoodie
+is one colour (no band of the photo's lighting across the shoulders) and ends at a hem line
+where the trousers begin.
+
+The development photos live outside the repository (`../shared/data/photos`); tests that need
+them are skipped where they are absent.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from models.body_model import anny_topology, load_body_model
+from models.clothing import fit_clothing
+from models.texture import REGIONS, TextureConfig, bake_texture, body_layout, rasterise_uv, skin_like
+from tests.models.test_garments import _fit  # the production detector and fitter, cached
+
+SIZE = 512
+
+
+@lru_cache(maxsize=4)
+def _baked(name: str):
+    """(baked texture, layout, raster, topology) of a photo through the production steps."""
+    fit, kp, image = _fit(name)
+    body = load_body_model()
+    topo = anny_topology(body.model)
+    clothing = fit_clothing(body.model, fit.phenotype, fit.pose_parameters, fit.camera, kp.mask, topo, image=image)
+    layout = body_layout(
+        clothing.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
+        topo["skin_indices"], topo["skin_weights"], [str(b) for b in body.model.bone_labels],
+    )  # fmt: skip
+    baked = bake_texture(
+        clothing.posed_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
+        TextureConfig(size=SIZE), layout=layout, face_landmarks=kp.face, hand_landmarks=(kp.left_hand, kp.right_hand),
+    )  # fmt: skip
+    return baked, layout, rasterise_uv(topo["uv"], topo["face_uv_idx"], SIZE), topo
+
+
+def _texels(baked, layout, raster, topo):
+    """Per chart texel: colour (N,3), dominant vertex (N,)."""
+    corners = topo["faces"][raster.tri]
+    dominant = corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]
+    return baked.image.reshape(-1, 3)[raster.flat].astype(np.float32), dominant
+
+
+def test_photo_from_behind_gets_a_made_up_face_of_skin():
+    baked, layout, raster, topo = _baked("pose_01.jpg")
+    assert baked.facing == "away"
+    colours, dominant = _texels(baked, layout, raster, topo)
+    observed = baked.observed.reshape(-1)[raster.flat]
+    face = layout.face_zone[dominant]
+    assert not (observed & face).any()  # nothing of the photo lands on the face
+    arms = np.isin(layout.region[dominant], [REGIONS.index(r) for r in ("forearm.L", "forearm.R")])
+    arm_skin = np.median(colours[observed & arms & skin_like(colours)], axis=0)
+    face_colour = np.median(colours[face], axis=0)
+    # the face is the arms' skin, not the dark cap and hair of the back of the head
+    assert np.linalg.norm(face_colour - arm_skin) < 40, (face_colour, arm_skin)
+
+
+def test_photo_of_the_front_faces_the_camera():
+    baked, *_ = _baked("person_standing.png")
+    assert baked.facing == "camera"
+
+
+def test_unseen_back_of_a_plain_hoodie_has_no_bands_and_a_hem_line():
+    baked, layout, raster, topo = _baked("person_standing.png")
+    colours, dominant = _texels(baked, layout, raster, topo)
+    observed = baked.observed.reshape(-1)[raster.flat]
+    regions = [REGIONS.index(r) for r in ("torso", "thigh.L", "thigh.R")]
+    back = (
+        np.isin(layout.region[dominant], regions)
+        & (layout.rest_normals[dominant, 1] > 0.5)  # facing backwards (Anny faces -Y)
+        & (np.abs(layout.rest_vertices[dominant, 0]) < 0.1)  # the middle of the back
+        & ~observed
+    )
+    z = layout.rest_vertices[dominant[back], 2]
+    lum = colours[back].mean(axis=1)
+    # brightness in 2 cm bands from the thighs to the neck: black trousers, then the grey hoodie
+    inside = [(z >= a) & (z < a + 0.02) for a in np.arange(z.min(), z.max(), 0.02)]
+    bands = np.array([np.median(lum[m]) for m in inside if m.sum() > 20])
+    first_hoodie = int(np.flatnonzero(bands > 140)[0])
+    assert (bands[:first_hoodie] < 140).all() and (bands[:3] < 30).all()  # trousers below
+    # one colour from the hem to the shoulders: no band of the photo's lighting (was 118 to 195)
+    assert np.ptp(bands[first_hoodie:]) < 25, bands
+    # a hem line: from the trousers to the hoodie within 3 bands (was a smear over 5)
+    assert ((bands > 30) & (bands < 140)).sum() <= 3, bands
+
+
+def test_hand_found_in_front_of_the_face_is_not_baked_onto_it():
+    """A hand the detector finds over the cheek (here 21 landmarks spread over a box on a
+    synthetic subject's face) leaves those face texels unseen, made up from the rest of the face."""
+    from models.eval_appearance import make_subject
+
+    body = load_body_model()
+    topo = anny_topology(body.model)
+    subject = make_subject(body, 0, "plain", texture_size=SIZE)
+    layout = body_layout(
+        subject.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
+        topo["skin_indices"], topo["skin_weights"], list(body.model.bone_labels),
+    )  # fmt: skip
+
+    def bake(hands):
+        return bake_texture(
+            subject.fit_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"], subject.camera, subject.photo,
+            subject.mask, TextureConfig(size=SIZE), layout=layout, hand_landmarks=hands,
+        )  # fmt: skip
+
+    plain = bake(())
+    raster = rasterise_uv(topo["uv"], topo["face_uv_idx"], SIZE)
+    _, dominant = _texels(plain, layout, raster, topo)
+    face_seen = layout.face_zone[dominant] & plain.observed.reshape(-1)[raster.flat]
+    xy = plain.pixels[face_seen]
+    lo, hi = np.percentile(xy, 10, axis=0), np.percentile(xy, 45, axis=0)  # one cheek's quarter
+    grid = np.stack(np.meshgrid(np.linspace(lo[0], hi[0], 7), np.linspace(lo[1], hi[1], 3)), -1).reshape(-1, 2)
+    hand = np.concatenate([grid, np.zeros((21, 1))], axis=1)
+    covered = face_seen & (plain.pixels >= lo).all(axis=1) & (plain.pixels <= hi).all(axis=1)
+    assert covered.sum() > 100
+    occluded = bake((hand, None))
+    observed = occluded.observed.reshape(-1)[raster.flat]
+    assert not (observed & covered).any()
+    assert (observed & face_seen & ~covered).sum() > 0.5 * (face_seen & ~covered).sum()  # the rest stays
