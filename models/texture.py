@@ -1079,13 +1079,17 @@ def _garment_runs(
     """Per region, the slices split into garments along the axis by the front's (print-free,
     outer) colours (`garment_runs`); each garment takes one colour, the median of its seen side
     slices that are that garment. Where the sides mostly disagree with the front (a print that
-    reaches round the side, an arm), there is no one garment to flatten and the side slices
-    keep their own colours. A garment with no seen side (the arms hang over the hips) takes
+    reaches round the side, an arm), the garment is the front's colour when another region
+    (the sleeves) shows it, else the side slices keep their own colours. A garment with no seen side (the arms hang over the hips) takes
     the front's colour when another region shows that colour too (the trousers on the thighs,
     skin on the arms), otherwise that of the nearest garment seen at the sides, so a print the
     arms hide the sides of is not repeated either."""
     out, out_filled = table.copy(), filled.copy()
     elsewhere = [front_table[r][front_filled[r]] for r in range(len(table))]
+
+    def shown_elsewhere(colour: np.ndarray, r: int) -> bool:
+        return any(same_garment(colour, c) for q in range(len(table)) if q != r for c in elsewhere[q])
+
     for r in range(len(table)):
         guide = np.where(front_filled[r][:, None], front_table[r], table[r])
         runs = garment_runs(guide, front_filled[r] | filled[r])
@@ -1101,14 +1105,17 @@ def _garment_runs(
             agree = sides[[same_garment(front, table[r, b]) for b in sides]]
             if 2 * len(agree) > len(sides):
                 out[r, run] = np.median(table[r, agree], axis=0)
+            elif shown_elsewhere(front, r):
+                # the sides show something else (a print round the side) while another region
+                # (the sleeves) shows the front's garment: the garment is the front's
+                out[r, run] = front
             else:
                 for c in range(3):
                     out[r, run, c] = np.interp(run, sides, table[r, sides, c])
             seen_colour[k] = np.median(out[r, run], axis=0)
         for k in unseen:
             front = np.median(guide[runs[k]], axis=0)
-            shown = any(same_garment(front, c) for q in range(len(table)) if q != r for c in elsewhere[q])
-            if shown or not seen_colour:
+            if shown_elsewhere(front, r) or not seen_colour:
                 out[r, runs[k]] = front
             else:
                 nearest = min(seen_colour, key=lambda j: (abs(j - k), float(np.sum((seen_colour[j] - front) ** 2))))
