@@ -111,7 +111,7 @@ class AppConfig(BaseSettings):
     sqs_queue_url: str | None = _var("AVATARPIPE_SQS_QUEUE_URL", help="S3 ObjectCreated events queue")
     sqs_max_per_tick: int = _var("AVATARPIPE_SQS_MAX_PER_TICK", 100, help="SQS messages per sensor tick")
     # -- compute -------------------------------------------------------------------------
-    compute_mode: str = _var("AVATARPIPE_COMPUTE_MODE", "subprocess", help="inprocess | subprocess | warm | ecs")
+    compute_mode: str = _var("AVATARPIPE_COMPUTE_MODE", "warm", help="inprocess | subprocess | warm | ecs | ecs_service")
     heavy_steps: str = _var("AVATARPIPE_HEAVY_STEPS", "smplx_params,mesh", help="steps sent to the heavy launcher")
     warm_steps: str = _var("AVATARPIPE_WARM_STEPS", "photo,keypoints,smplx_params,mesh,rigged_glb", help="steps sent to the warm workers (mode warm)")
     warm_workers: int = _var("AVATARPIPE_WARM_WORKERS", 2, help="warm worker processes: steps at once (match the run queue)")

@@ -105,7 +105,7 @@ class AwsSettings:
     region: str | None = None  # AWS_REGION / AWS_DEFAULT_REGION
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL
     sqs_queue_url: str | None = None  # AVATARPIPE_SQS_QUEUE_URL: S3 ObjectCreated events
-    compute_mode: str = "subprocess"  # AVATARPIPE_COMPUTE_MODE: inprocess | subprocess | ecs | ecs_service
+    compute_mode: str = "warm"  # AVATARPIPE_COMPUTE_MODE: inprocess | subprocess | warm | ecs | ecs_service
     heavy_steps: tuple[str, ...] = ("smplx_params", "mesh")  # AVATARPIPE_HEAVY_STEPS
     ecs_cluster: str | None = None  # AVATARPIPE_ECS_CLUSTER
     ecs_task_definition: str | None = None  # AVATARPIPE_ECS_TASK_DEFINITION (family[:revision] or ARN)

@@ -15,6 +15,11 @@ pytest_plugins = ["tests.backends.fixtures"]  # `backend` (sqlite | postgres), `
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+# The product's default placement is the warm worker pool, whose workers are per home and stay up
+# for AVATARPIPE_WARM_IDLE_S after their last step: a suite that makes a home per test would keep
+# a gigabyte per home alive. Tests run steps in one-shot Pipes workers unless they ask for `warm`
+# (tests/orchestration/test_warm_worker.py, test_queue_throughput.py).
+os.environ.setdefault("AVATARPIPE_COMPUTE_MODE", "subprocess")
 
 
 @pytest.fixture(scope="session")
