@@ -116,7 +116,7 @@ class AppConfig(BaseSettings):
     warm_steps: str = _var("AVATARPIPE_WARM_STEPS", "photo,keypoints,smplx_params,mesh,rigged_glb", help="steps sent to the warm workers (mode warm)")
     warm_workers: int = _var("AVATARPIPE_WARM_WORKERS", 2, help="warm worker processes: steps at once (match the run queue)")
     warm_idle_s: float = _var("AVATARPIPE_WARM_IDLE_S", 600.0, help="a warm worker exits after this long without a request")
-    max_concurrent_runs: int = _var("AVATARPIPE_MAX_CONCURRENT_RUNS", 2, help="runs the embedded instance's run queue starts at once")
+    max_concurrent_runs: int = _var("AVATARPIPE_MAX_CONCURRENT_RUNS", 3, help="runs the embedded instance's run queue starts at once")
     ecs_cluster: str | None = _var("AVATARPIPE_ECS_CLUSTER", help="ECS cluster of the workers")
     ecs_task_definition: str | None = _var("AVATARPIPE_ECS_TASK_DEFINITION", help="worker task definition")
     ecs_cpu_task_definition: str | None = _var("AVATARPIPE_ECS_CPU_TASK_DEFINITION", help="CPU fallback task definition")
