@@ -210,8 +210,6 @@ class QueueWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     import boto3
 
     from orchestration.config import load_config  # the one reader of the environment
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     s3 = boto3.client("s3", region_name=config.region, endpoint_url=config.endpoint_url)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    worker = QueueWorker(config, sqs, s3, agent_uri=os.environ.get("ECS_AGENT_URI"))
+    worker = QueueWorker(config, sqs, s3, agent_uri=app.ecs_agent_uri)
     _log.info("serving %s", config.queue_url.rsplit("/", 1)[-1])
     worker.serve(stop, args.max_requests)
     return 0

@@ -43,6 +43,8 @@ REDACTED = "***"
 _SECRET_QUERY_KEYS = re.compile(r"(pass|secret|token|key|signature|credential)", re.IGNORECASE)
 # set by prepare_environment(): the DAGSTER_HOME value avatarpipe derived itself (not an operator's)
 DERIVED_DAGSTER_HOME_ENV = "AVATARPIPE_DERIVED_DAGSTER_HOME"
+# `avatarpipe --verbose`, carried to the processes the CLI starts (run workers, Pipes workers)
+VERBOSE_ENV = "AVATARPIPE_VERBOSE"
 COMPUTE_MODES = ("inprocess", "subprocess", "warm", "ecs", "ecs_service")
 SERVICE_DISPATCH = ("inline", "sensors")
 
@@ -130,6 +132,7 @@ class AppConfig(BaseSettings):
     ecs_service_pipes_bucket: str | None = _var("AVATARPIPE_ECS_SERVICE_PIPES_BUCKET", help="ecs_service: bucket of Pipes context/messages (default: AVATARPIPE_S3_BUCKET)")
     ecs_service_pickup_s: int = _var("AVATARPIPE_ECS_SERVICE_PICKUP_S", 900, help="ecs_service: seconds a request may wait for a worker")
     ecs_service_stall_s: int = _var("AVATARPIPE_ECS_SERVICE_STALL_S", 300, help="ecs_service: seconds without a worker heartbeat before the step fails")
+    ecs_agent_uri: str | None = _var("ECS_AGENT_URI", help="set by ECS inside a task: the queue worker protects its task from scale-in while busy")
     # -- policies ------------------------------------------------------------------------
     raw_retention_days: float | None = _var("AVATARPIPE_RAW_RETENTION_DAYS", help="raw uploads: days kept after `ready`")
     erasure_salt: str | None = _var("AVATARPIPE_ERASURE_SALT", help="salt of subject hashes (default: $HOME/.erasure_salt)", secret=True)
@@ -435,3 +438,13 @@ def validate_production(config: AppConfig, environ: Mapping[str, str] | None = N
     if home is not None and not (home / "dagster.yaml").is_file() and config.dagster_pg_url:
         problems.append(f"DAGSTER_HOME={home} has no dagster.yaml, so DAGSTER_PG_URL would be ignored")
     return problems
+
+
+def export_verbosity(verbose: bool) -> None:
+    """Record `avatarpipe --verbose` in this process's environment, which the workers it starts inherit."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+
+
+def verbose_output(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process (or the CLI that started it) was asked for `--verbose`."""
+    return (os.environ if environ is None else environ).get(VERBOSE_ENV, "") not in ("", "0", "false")

@@ -20,7 +20,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-VERBOSE_ENV = "AVATARPIPE_VERBOSE"
+from orchestration.config import export_verbosity, verbose_output
+
 # C++ logging of TFLite (TF_CPP_MIN_LOG_LEVEL) and glog/absl (GLOG_minloglevel): errors only
 QUIET_NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "2", "PYTHONWARNINGS": "ignore"}
 # What native libraries write straight to fd 2 whatever the variables above say: absl's log lines
@@ -38,7 +39,7 @@ NATIVE_CHATTER = re.compile(
 
 def is_verbose() -> bool:
     """Whether this process (or the CLI that started it) was asked for `--verbose`."""
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+    return verbose_output()
 
 
 def configure_output(verbose: bool, whole_process: bool = True) -> None:
@@ -46,7 +47,7 @@ def configure_output(verbose: bool, whole_process: bool = True) -> None:
     environment carries the choice to the worker processes. ``whole_process`` False (a command
     called in a process that is not the CLI's own, e.g. a test): only the choice is recorded,
     the process's warnings, logging and fd 2 are left alone."""
-    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    export_verbosity(verbose)
     if not whole_process:
         return
     if verbose:

@@ -119,8 +119,9 @@ def test_anny_cache_build_progress_comes_from_annys_own_builder_records():
 @pytest.mark.parametrize("verbose", [False, True])
 def test_quiet_output_unless_verbose(monkeypatch, verbose):
     from orchestration import console
+    from orchestration.config import VERBOSE_ENV
 
-    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
     console.configure_output(verbose, whole_process=False)  # this test's process keeps its stderr
     assert console.is_verbose() is verbose
     if verbose:
