@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestration.config import DERIVED_DAGSTER_HOME_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -108,6 +110,10 @@ def environment(values: dict[str, str]) -> Iterator[None]:
     """``os.environ`` with ``values`` for the duration (the application layer reads it, and
     `prepare_environment` exports more); all of it is restored afterwards."""
     saved = dict(os.environ)
+    # the queue's instance is the home's own: a DAGSTER_HOME left by an earlier caller (which
+    # avatarpipe would take for an operator's instance) must not stand in for it
+    for name in ("DAGSTER_HOME", DERIVED_DAGSTER_HOME_ENV):
+        os.environ.pop(name, None)
     os.environ.update(values)
     try:
         yield

@@ -71,7 +71,15 @@ def worker_fingerprint() -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports KiB)."""
+    """This process's own peak resident set size (`VmHWM`, KiB). Not `getrusage`'s ru_maxrss:
+    Linux carries that across exec, so a worker started by a large process (a test runner at
+    4 GB) would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # not Linux
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

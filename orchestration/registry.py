@@ -684,17 +684,18 @@ def open_registry(location: RegistryLocation) -> ModelRegistry:
 
 
 _PRODUCTION_READS: dict[RegistryLocation, tuple[list[int] | None, float, dict[str, ModelVersion]]] = {}
-REMOTE_READ_TTL_S = 30.0  # a registry without a local database to stamp: re-read after this long
 
 
 def load_production_versions(location: RegistryLocation) -> dict[str, ModelVersion]:
     """The current production versions, from this process's last read while the registry's
-    database is unchanged (a remote registry: for `REMOTE_READ_TTL_S`), else from the snapshot
+    database is unchanged (a remote registry is read every time), else from the snapshot
     when the registry has not changed since it was written, else from MLflow (initialising a
     fresh registry first)."""
     stamp = _db_stamp(location)
     cached = _PRODUCTION_READS.get(location)
-    if cached is not None and cached[0] == stamp and (stamp is not None or time.monotonic() - cached[1] < REMOTE_READ_TTL_S):
+    # a remote registry has no stamp: another process's promotion must be seen at once, so only
+    # a local database (whose stamp changes with every write) is served from this cache
+    if cached is not None and stamp is not None and cached[0] == stamp:
         return dict(cached[2])
     production = _read_snapshot(location, stamp)
     if production is None:
