@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="avatarpipe warm GPU queue worker (compute mode ecs_service)")
     parser.add_argument("--visibility-s", type=int, default=QueueWorkerConfig.visibility_s)
     parser.add_argument("--heartbeat-s", type=float, default=QueueWorkerConfig.heartbeat_s)
+    parser.add_argument("--message-interval-s", type=float, default=QueueWorkerConfig.message_interval_s,
+                        help="how often buffered Pipes messages go up to S3 (seconds)")
     parser.add_argument("--max-requests", type=int, default=None, help="exit after N requests (default: run forever)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("AVATARPIPE_ECS_SERVICE_QUEUE_URL is not set")
     config = QueueWorkerConfig(
         queue_url=app.ecs_service_queue_url, region=app.aws_region, endpoint_url=app.aws_endpoint_url,
-        visibility_s=args.visibility_s, heartbeat_s=args.heartbeat_s,
+        visibility_s=args.visibility_s, heartbeat_s=args.heartbeat_s, message_interval_s=args.message_interval_s,
     )  # fmt: skip
     sqs = boto3.client("sqs", region_name=config.region, endpoint_url=config.endpoint_url)
     s3 = boto3.client("s3", region_name=config.region, endpoint_url=config.endpoint_url)

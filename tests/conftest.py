@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.config import DERIVED_DAGSTER_HOME_ENV, VERBOSE_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"
@@ -20,6 +22,23 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 # a gigabyte per home alive. Tests run steps in one-shot Pipes workers unless they ask for `warm`
 # (tests/orchestration/test_warm_worker.py, test_queue_throughput.py).
 os.environ.setdefault("AVATARPIPE_COMPUTE_MODE", "subprocess")
+
+
+# What the CLI exports into its own process (`prepare_environment`, `export_verbosity`): a test that
+# runs the CLI in-process must not leave it to the next test, which would take the derived Dagster
+# home for an operator's and ignore the instance settings of its own home.
+PROCESS_EXPORTS = ("DAGSTER_HOME", DERIVED_DAGSTER_HOME_ENV, VERBOSE_ENV)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_exports():
+    saved = {name: os.environ.get(name) for name in PROCESS_EXPORTS}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

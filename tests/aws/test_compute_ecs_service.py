@@ -178,7 +178,8 @@ def test_a_worker_killed_mid_step_fails_the_step_and_its_message_goes_to_the_dlq
     env = os.environ | {"AVATARPIPE_ECS_SERVICE_QUEUE_URL": queues["url"], "AWS_ENDPOINT_URL": aws_env,
                         "AVATARPIPE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "ops.queue_worker", "--visibility-s", "4", "--heartbeat-s", "1"],
+        [sys.executable, "-m", "ops.queue_worker", "--visibility-s", "4", "--heartbeat-s", "1",
+         "--message-interval-s", "0.2"],  # "opened" reaches S3 well before the ~4 s fit ends
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
