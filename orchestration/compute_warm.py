@@ -181,9 +181,11 @@ class WarmPool:
         token_file = self.directory / "token"
         self.prepare()
         env = child_environment(self.env)
+        log_path = self.directory / f"slot-{slot}.log"  # rotated by the worker (`rotate_log`)
         command = [self.python, "-m", WORKER_MODULE, "--socket", str(self.socket_path(slot)),
-                   "--token-file", str(token_file), "--slot", str(slot), "--idle-s", str(self.idle_s)]  # fmt: skip
-        with open(self.directory / f"slot-{slot}.log", "ab") as log:
+                   "--token-file", str(token_file), "--slot", str(slot), "--idle-s", str(self.idle_s),
+                   "--log", str(log_path)]  # fmt: skip
+        with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )  # detached: its own session, outlives this client, exits when idle
