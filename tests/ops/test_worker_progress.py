@@ -6,8 +6,17 @@ the warm worker opens for each step."""
 import logging
 
 from dagster import AssetExecutionContext, DagsterInstance, MaterializeResult, asset, materialize
-from dagster._core.pipes.utils import PipesTempFileContextInjector, PipesTempFileMessageReader, open_pipes_session
-from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesDefaultMessageWriter, PipesMappingParamsLoader
+from dagster._core.pipes.utils import (
+    PipesTempFileContextInjector,
+    PipesTempFileMessageReader,
+    open_pipes_session,
+)
+from dagster_pipes import (
+    PipesContext,
+    PipesDefaultContextLoader,
+    PipesDefaultMessageWriter,
+    PipesMappingParamsLoader,
+)
 
 from ops.worker import PROGRESS_LOGGER, progress_to_pipes
 

@@ -184,6 +184,23 @@ def test_a_client_that_never_answers_the_challenge_does_not_hold_up_others(pool_
     assert pool.status()[0].alive
 
 
+def test_a_worker_runs_the_clients_code_whatever_the_working_directory(tmp_path, monkeypatch) -> None:
+    """`python -m ops.warm_worker` imports from the working directory first: started from another
+    checkout (here a decoy `ops` package that exits at once) it must still run the client's
+    code, or its fingerprint never matches and every step replaces it."""
+    decoy = tmp_path / "elsewhere" / "ops"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    (decoy / "warm_worker.py").write_text("raise SystemExit('decoy ops.warm_worker')\n")
+    monkeypatch.chdir(decoy.parent)
+    pool = warm(tmp_path / "worker", workers=1, idle_s=30).warm_pool()
+    try:
+        (status,) = pool.start(1)
+        assert status.alive and status.ready and status.current
+    finally:
+        pool.stop()
+
+
 ROTATING_PROCESS = """
 import sys
 from pathlib import Path
