@@ -2,7 +2,7 @@
 turn each photo into a rigged GLB avatar, one Dagster run of the code location per photo, then
 answer from the metadata store (the ledger). The definitions are built once per call. Several
 photos run as concurrent runs over the warm pool (at most `AVATARPIPE_MAX_CONCURRENT_RUNS`, and
-in warm mode at most `AVATARPIPE_WARM_WORKERS`, at once; :func:`run_photos`), so one photo's
+in warm mode at most one more than `AVATARPIPE_WARM_WORKERS`; :func:`batch_concurrency`), so one photo's
 bookkeeping overlaps another's steps; answers keep the order of the arguments, and a photo
 that fails fails alone. Exit status: 0 all ready, 1 any failed (or the ledger is unreachable:
 `avatarpipe resume` completes it later), 2 usage errors (a missing file, a bad hint or id:
@@ -136,9 +136,11 @@ def run(
 
 def batch_concurrency(photos: int) -> int:
     """How many of a call's photos run at once: the run queue's limit
-    (`AVATARPIPE_MAX_CONCURRENT_RUNS`) and, in warm mode, the pool's size (a run beyond it would
-    only wait for a slot). One in `inprocess` mode, where every run would load the models itself,
-    and where the platform cannot fork."""
+    (`AVATARPIPE_MAX_CONCURRENT_RUNS`) and, in warm mode, one more than the pool has workers
+    (`AVATARPIPE_WARM_WORKERS`): the extra run does its ingest and bookkeeping while the others'
+    steps hold the workers, as the run queue measured best (docs/operations.md), and a run
+    beyond that would only wait for a slot. One in `inprocess` mode, where every run would load
+    the models itself, and where the platform cannot fork."""
     from orchestration.config import load_config
 
     config = load_config()
@@ -146,7 +148,7 @@ def batch_concurrency(photos: int) -> int:
         return 1
     limit = config.max_concurrent_runs
     if config.compute_mode == "warm":
-        limit = min(limit, config.warm_workers)
+        limit = min(limit, config.warm_workers + 1)
     return max(1, min(photos, limit))
 
 
