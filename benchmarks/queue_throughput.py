@@ -35,10 +35,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestration.config import DERIVED_DAGSTER_HOME_ENV
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script: this tree's modules, not an installed copy's
+
+from ops.procstat import home_processes, peak_rss_mb
+from orchestration.config import DERIVED_DAGSTER_HOME_ENV
 
 SECTION_START = "<!-- queue-throughput:start -->"
 SECTION_END = "<!-- queue-throughput:end -->"
@@ -75,34 +76,6 @@ def _pick(values: list[float], q: float) -> float | None:
 
 def _counts(values: list[str]) -> dict[str, int]:
     return {v: values.count(v) for v in sorted(set(values))}
-
-
-def _peak_rss(pid: int) -> float | None:
-    """A live process's peak RSS in MB (`VmHWM`), None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
-def _processes(marker: str, home: Path) -> list[int]:
-    """Pids of this home's processes whose command line contains ``marker`` (run workers, warm
-    workers): other homes' on the same machine are not this benchmark's."""
-    pids = []
-    own = f"AVATARPIPE_HOME={home.resolve()}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if marker in cmdline and own in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 @contextlib.contextmanager
@@ -189,8 +162,8 @@ def run_queue(
                 ]
                 max_in_flight = max(max_in_flight, len(in_flight))
                 for kind, marker in (("warm_worker", "ops.warm_worker"), ("run_worker", "api execute_run")):
-                    for pid in _processes(marker, home):
-                        rss = _peak_rss(pid)
+                    for pid in home_processes(marker, home):
+                        rss = peak_rss_mb(pid)
                         if rss is not None:
                             peaks[pid] = (kind, max(rss, peaks.get(pid, (kind, 0.0))[1]))
                 done = [r for r in runs if r.status in terminal]

@@ -4,7 +4,8 @@ Measured in ONE invocation (≤ 6 min on 2 cores at low load), on a throwaway ho
 model cache (Anny already built), each call a real `avatarpipe run --json` process so that its
 CPU time and peak RSS come from wait4:
 
-1. a first call in the fresh home (initialises the stores and the instance; not counted);
+1. a first call in the fresh home (initialises the stores and the instance; not counted), then
+   `avatarpipe worker start`, so that every slot of the warm pool is warm (as in production);
 2. ``--calls`` warm single-photo calls: wall p50/p95, CPU-seconds, peak RSS, the steps' own
    compute (`timings_s`) and the science inside them (every ``*_seconds`` metric);
 3. one batch call ``avatarpipe run P1 … Pn --json``: the time per additional photo
@@ -31,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: this tree's modules, not an installed copy's
+
+from ops.procstat import cpu_seconds, peak_rss_mb
+
 BEGIN = "<!-- warm_path:begin (benchmarks/warm_path.py) -->"
 END = "<!-- warm_path:end -->"
 QUEUE_RESULTS = REPO / "benchmarks" / "queue_throughput.json"
@@ -78,13 +83,11 @@ def warm_workers(home: Path) -> dict[int, tuple[float, float]]:
     for state in (home / "worker").glob("slot-*.json"):
         try:
             pid = int(json.loads(state.read_text())["pid"])
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            status = Path(f"/proc/{pid}/status").read_text()
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # not started, or gone
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-        hwm = next((float(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
-        usage[pid] = (cpu, hwm)
+            continue  # not started
+        cpu, hwm = cpu_seconds(pid), peak_rss_mb(pid)
+        if cpu is not None and hwm is not None:  # else gone
+            usage[pid] = (cpu, hwm)
     return usage
 
 
@@ -115,9 +118,10 @@ def cli_env(home: Path, pythonpath: str) -> dict[str, str]:
     return env
 
 
-def stop_workers(home: Path, pythonpath: str) -> None:
+def worker_command(home: Path, pythonpath: str, action: str) -> None:
+    """`avatarpipe worker start|stop` on ``home``."""
     cli = Path(sys.executable).parent / "avatarpipe"
-    subprocess.run([str(cli), "worker", "stop"], env=cli_env(home, pythonpath), capture_output=True, check=False)
+    subprocess.run([str(cli), "worker", action], env=cli_env(home, pythonpath), capture_output=True, check=False)
 
 
 def kept(call: Call) -> dict[str, Any]:
@@ -228,7 +232,7 @@ def render(singles: list[Call], batch: Call | None, label: str) -> str:
         *rows,
         "",
         ("Method: each call is one `avatarpipe run --json` process on a fresh home after one first call "
-        "(stores and instance initialised) and a built model cache; wall, CPU (user + system) and peak RSS "
+        "(stores and instance initialised), `avatarpipe worker start` (every warm slot up) and a built model cache; wall, CPU (user + system) and peak RSS "
         "from wait4, plus the CPU and peak RSS (`/proc`) of the home's warm workers, which serve the steps. Overhead is the call's wall minus the steps' recorded compute (interpreter start, "
         "imports, model loads, checks, Dagster bookkeeping). Cost per avatar = the machine's time per avatar "
         "(batch wall / photos when the batch ran, else the single-call p50) × the on-demand price (us-east-1). "
@@ -263,6 +267,7 @@ def measure(photos: list[Path], calls: int, pythonpath: str) -> tuple[list[Call]
         home = Path(tmp)
         first = run_cli(photos[:1], home, pythonpath)
         print(f"first call: exit {first.exit_status}, {first.wall_s:.1f}s", file=sys.stderr)
+        worker_command(home, pythonpath, "start")  # every slot warm, as the queue benchmark has it
         singles = []
         for i in range(calls):
             call = run_cli(photos[:1], home, pythonpath)
@@ -271,7 +276,7 @@ def measure(photos: list[Path], calls: int, pythonpath: str) -> tuple[list[Call]
         batch = run_cli(photos, home, pythonpath) if len(photos) > 1 else None
         if batch:
             print(f"batch of {len(photos)}: exit {batch.exit_status}, {batch.wall_s:.1f}s", file=sys.stderr)
-        stop_workers(home, pythonpath)  # not left running in a home about to be removed
+        worker_command(home, pythonpath, "stop")  # not left running in a home about to be removed
     return singles, batch
 
 

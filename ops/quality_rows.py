@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ops.steps import decode_mask
@@ -56,7 +57,18 @@ def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) 
 
     node_modules = load_config().node_modules  # AVATARPIPE_NODE_MODULES, else clients/node_modules
     glb = store.get_bytes(doc["key"])
-    report = run_gltf_validator(glb, node_modules)
+    # The validator is a node process of its own (about a second): it runs while this thread
+    # reads the GLB for the metrics, and its verdict then goes into the row's validator fields.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gltf-validator") as pool:
+        validating = pool.submit(run_gltf_validator, glb, node_modules)
+        metrics = glb_metrics(glb, None, node_modules)
+        report = validating.result()
+    metrics = replace(
+        metrics,
+        gltf_validator_status=report.status,
+        gltf_validator_error_count=report.error_count,
+        gltf_validator_warning_count=report.warning_count,
+    )
     extra = {
         "gltf_validator": {
             "status": report.status,
@@ -67,7 +79,7 @@ def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) 
             **({"detail": report.detail} if report.detail else {}),
         }
     }
-    return ArtifactMetrics(glb_metrics(glb, report, node_modules).row(), extra)
+    return ArtifactMetrics(metrics.row(), extra)
 
 
 class ParentLedger:

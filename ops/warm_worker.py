@@ -29,20 +29,23 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import signal
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any
+
+from ops.procstat import peak_rss_mb
 
 OP_PING = "ping"
 OP_STEP = "step"
 OP_QUALITY = "quality"
+HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and does not answer the challenge is dropped
+LOG_MAX_BYTES = 8 * 1024 * 1024  # `slot-N.log` is rotated to `slot-N.log.1` above this size
 CODE_DIRS = ("models", "ops", "storage", "assets")  # what a step's code is made of
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,19 +71,6 @@ def worker_fingerprint() -> str:
             stat = path.stat()
             digest.update(f"{path.relative_to(REPO_ROOT)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident set size (`VmHWM`, KiB). Not `getrusage`'s ru_maxrss:
-    Linux carries that across exec, so a worker started by a large process (a test runner at
-    4 GB) would report its parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # not Linux
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def warm_up() -> dict[str, float]:
@@ -144,12 +134,51 @@ class WorkerState:
         }
 
 
+class _Deadline:
+    """A connection whose reads give up after ``timeout_s`` without data (for the handshake)."""
+
+    def __init__(self, conn: Connection, timeout_s: float):
+        self.conn = conn
+        self.timeout_s = timeout_s
+
+    def send_bytes(self, data: bytes) -> None:
+        self.conn.send_bytes(data)
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        if not self.conn.poll(self.timeout_s):
+            raise TimeoutError(f"no answer to the challenge within {self.timeout_s:g}s")
+        return self.conn.recv_bytes(maxlength)
+
+
+def rotate_log(path: Path, max_bytes: int) -> bool:
+    """When ``path`` (this process's stdout and stderr) is above ``max_bytes``: move it to
+    ``path.1`` (replacing the older one) and point fds 1 and 2 at a fresh ``path``. A log written
+    through file descriptors (native libraries write to fd 2 too) cannot use a logging
+    handler's rotation. True when it rotated."""
+    try:
+        if path.stat().st_size <= max_bytes or os.fstat(2).st_ino != path.stat().st_ino:
+            return False  # small, or fd 2 is not this file (started by hand, a test)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.replace(path, path.with_name(path.name + ".1"))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:
+        return False
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return True
+
+
 class WarmWorker:
     """The server: accepts authenticated connections, answers `ping`, runs `step` requests one
     at a time (a lock: the pool gives each process one client at a time anyway), exits idle."""
 
-    def __init__(self, socket_path: Path, token: bytes, slot: int, idle_s: float, fingerprint: str):
+    def __init__(
+        self, socket_path: Path, token: bytes, slot: int, idle_s: float, fingerprint: str, log_path: Path | None = None
+    ):
         self.socket_path = socket_path
+        self.log_path = log_path  # where this process's stdout/stderr go (rotated by size)
         self.state_path = socket_path.with_suffix(".json")
         self.token = token
         self.idle_s = idle_s
@@ -163,7 +192,7 @@ class WarmWorker:
     def serve(self) -> int:
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # a dead predecessor's socket
-        self.listener = Listener(str(self.socket_path), family="AF_UNIX", authkey=self.token)
+        self.listener = Listener(str(self.socket_path), family="AF_UNIX")  # authenticated per connection
         os.chmod(self.socket_path, 0o600)
         self._write_state(ready=False)
         signal.signal(signal.SIGTERM, lambda *_: self._drain())
@@ -181,10 +210,23 @@ class WarmWorker:
         threading.Thread(target=self._idle_watch, name="idle-watch", daemon=True).start()
         while True:
             try:
-                conn = self.listener.accept()
-            except (OSError, EOFError, AuthenticationError):  # a client that failed the challenge or hung up
+                conn = self.listener.accept()  # no authkey on the listener: the challenge is the thread's
+            except OSError:  # a client that hung up before it was accepted
                 continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._authenticated, args=(conn,), daemon=True).start()
+
+    def _authenticated(self, conn: Connection) -> None:
+        """The pool token's challenge in both directions (what `Listener(authkey=...)` does in
+        `accept`), here in the connection's own thread and with a deadline: a client that connects
+        and never answers holds neither the accept loop nor, after ``HANDSHAKE_TIMEOUT_S``, a thread."""
+        timed = _Deadline(conn, HANDSHAKE_TIMEOUT_S)
+        try:
+            deliver_challenge(timed, self.token)
+            answer_challenge(timed, self.token)
+        except (OSError, EOFError, AuthenticationError, TimeoutError):  # failed the challenge, or silent
+            conn.close()
+            return
+        self._handle(conn)
 
     def _write_state(self, ready: bool) -> None:
         """``slot-N.json``: who serves this socket and whether its models are loaded."""
@@ -203,6 +245,8 @@ class WarmWorker:
     def _idle_watch(self) -> None:
         while True:
             time.sleep(min(1.0, max(self.idle_s / 4, 0.05)))
+            if self.log_path is not None:
+                rotate_log(self.log_path, LOG_MAX_BYTES)
             if not self.state.busy and time.time() - self.state.last_request_at > self.idle_s:
                 print(
                     f"warm worker {self.state.pid}: idle {self.idle_s:g}s, exiting",
@@ -305,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-file", required=True, type=Path, help="the pool's authentication token")
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--idle-s", type=float, default=600.0, help="exit after this long without a request")
+    parser.add_argument("--log", type=Path, help="the file stdout/stderr go to: rotated above LOG_MAX_BYTES")
     args = parser.parse_args(argv)
     token = args.token_file.read_text().strip().encode()
-    worker = WarmWorker(args.socket, token, args.slot, args.idle_s, worker_fingerprint())
+    if args.log is not None:
+        rotate_log(args.log, LOG_MAX_BYTES)  # a predecessor's log may have grown to the limit
+    worker = WarmWorker(args.socket, token, args.slot, args.idle_s, worker_fingerprint(), args.log)
     return worker.serve()
 
 

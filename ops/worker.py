@@ -17,12 +17,20 @@ materialisation (metadata: key, sha256, metrics, device) and a custom message ca
 machine-readable `StepResult`. A bad input (a `PipelineError`, e.g. FIT_FAILED) is reported
 as a custom message `{"error": {...}}` and the process exits 0: the step ran and gave a typed
 answer, which the orchestrator turns into a failed upload. Anything else exits non-zero.
+
+Progress lines of the `avatarpipe.progress` logger (the one-off Anny cache build,
+`models.body_model`) written while a step runs are forwarded as Pipes log messages
+(:class:`PipesLogForwarder`), so they reach the run's Dagster log as they do for an in-process
+step, not only the worker's stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
@@ -34,6 +42,37 @@ from storage.object_store import key_without_subject, object_store_from_config
 EXIT_NOT_PIPES = 2
 RESULT_MESSAGE = "result"
 ERROR_MESSAGE = "error"
+PROGRESS_LOGGER = "avatarpipe.progress"  # `models.body_model.PROGRESS_LOGGER` (models is not imported here)
+
+
+class PipesLogForwarder(logging.Handler):
+    """Each record of a Python logger, as a Pipes log message of the step's context."""
+
+    def __init__(self, pipes: PipesContext):
+        super().__init__(level=logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pipes.log.log(record.levelno, record.getMessage())
+        except Exception:  # noqa: BLE001 - a closed channel must not fail the step
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def progress_to_pipes(pipes: PipesContext, logger_name: str = PROGRESS_LOGGER) -> Iterator[None]:
+    """Forward ``logger_name``'s records to the Dagster log through ``pipes`` for the duration."""
+    logger = logging.getLogger(logger_name)
+    handler = PipesLogForwarder(pipes)
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def select_device() -> str:
@@ -69,7 +108,8 @@ def run(pipes: PipesContext) -> int:
     store = object_store_from_config(request.object_store)
     try:
         # the worker's own machine: its model cache and SMPL-X files (see WorkerRuntime)
-        result = execute_step(request, store, device=device, runtime=WorkerRuntime.configured())
+        with progress_to_pipes(pipes):
+            result = execute_step(request, store, device=device, runtime=WorkerRuntime.configured())
     except PipelineError as exc:
         exc.step = exc.step or request.step
         pipes.log.warning(f"worker: {exc.code.value}: {exc.message}")

@@ -97,8 +97,11 @@ def new_subject_id() -> str:
 
 def body_hints(build: str | None = None, height_cm: float | None = None, age_group: str | None = None) -> dict:
     """The uploader's body hints, validated, as stored on the `uploads` document (read by the
-    fit step; a hint always wins); raises PipelineError(INVALID_HINT)."""
-    from models.fitting import BodyHints  # torch: only when a photo is taken in
+    fit step; a hint always wins); raises PipelineError(INVALID_HINT). No hint: nothing to
+    validate, and `models.fitting` (which imports torch, seconds of CPU) is not imported."""
+    if build is None and height_cm is None and age_group is None:
+        return {}
+    from models.fitting import BodyHints  # torch: only when there is a hint to validate
 
     return BodyHints(build=build, height_cm=height_cm, age_group=age_group).to_dict()
 
@@ -288,7 +291,7 @@ def execute_avatar_job(
     from dagster._core.execution.api import execute_run_iterator
 
     from orchestration.console import run_logging_config
-    from orchestration.definitions import AVATAR_JOB, build_definitions
+    from orchestration.definitions_build import AVATAR_JOB, build_definitions
 
     defs = defs or build_definitions(settings)
     instance = DagsterInstance.get()
@@ -571,7 +574,7 @@ def reprocess(
 
     from ops.reprocess import plan_reprocess, record_reprocess_request
     from ops.steps import ASSET_MODELS
-    from orchestration.definitions import REPROCESS_JOB, build_definitions
+    from orchestration.definitions_build import REPROCESS_JOB, build_definitions
     from orchestration.registry import production_map
     from orchestration.sensors import AssetLayout, reprocess_tags
 

@@ -52,7 +52,7 @@ from dagster._core.pipes.utils import (
 )
 
 from models.errors import ErrorCode, PipelineError
-from ops.warm_worker import OP_PING, OP_QUALITY, OP_STEP, worker_fingerprint
+from ops.warm_worker import OP_PING, OP_QUALITY, OP_STEP, REPO_ROOT, worker_fingerprint
 from orchestration.config import child_environment, home_secret
 
 WORKER_MODULE = "ops.warm_worker"
@@ -181,12 +181,18 @@ class WarmPool:
         token_file = self.directory / "token"
         self.prepare()
         env = child_environment(self.env)
+        log_path = self.directory / f"slot-{slot}.log"  # rotated by the worker (`rotate_log`)
         command = [self.python, "-m", WORKER_MODULE, "--socket", str(self.socket_path(slot)),
-                   "--token-file", str(token_file), "--slot", str(slot), "--idle-s", str(self.idle_s)]  # fmt: skip
-        with open(self.directory / f"slot-{slot}.log", "ab") as log:
+                   "--token-file", str(token_file), "--slot", str(slot), "--idle-s", str(self.idle_s),
+                   "--log", str(log_path)]  # fmt: skip
+        with open(log_path, "ab") as log:
+            # cwd: `python -m` puts the working directory first on sys.path, so a worker started
+            # from another checkout would import that checkout's code, never match this client's
+            # fingerprint, and be replaced at every step. The client's own tree it is.
             process = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )  # detached: its own session, outlives this client, exits when idle
+                command, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip  # detached: its own session, outlives this client, exits when idle
         return process.pid
 
     def _wait_ready(self, slot: int, pid: int) -> None:

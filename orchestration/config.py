@@ -27,6 +27,7 @@ pinned (`psycopg[binary]`), so plain URLs work for MLflow. Dagster's Postgres st
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -260,10 +261,17 @@ def home_secret(configured: str | None, path: Path) -> bytes:
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
-    """Validate the environment (default: os.environ); ConfigError names every bad variable."""
+    """Validate the environment (default: os.environ); ConfigError names every bad variable.
+
+    The validated object is kept per distinct set of avatarpipe variables (:func:`_validated`):
+    a run asks for it dozens of times (every store retry policy), and one validation costs
+    milliseconds of pydantic. The production checks, which look at files, run every time."""
     source = dict(os.environ if environ is None else environ)
+    given = tuple(sorted((name, value) for name, value in source.items() if name in _ENV_NAMES))
+    # pydantic-settings also reads os.environ itself (case-insensitively): that is part of the key
+    ambient = tuple(sorted((name, value) for name, value in os.environ.items() if name.upper() in _ENV_NAMES))
     try:
-        config = AppConfig.model_validate({name: value for name, value in source.items() if name in _ENV_NAMES})
+        config = _validated(given, ambient)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
@@ -274,6 +282,15 @@ def load_config(environ: Mapping[str, str] | None = None) -> AppConfig:
     if problems:
         raise ConfigError("invalid avatarpipe configuration:\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+@functools.lru_cache(maxsize=16)
+def _validated(given: tuple[tuple[str, str], ...], ambient: tuple[tuple[str, str], ...]) -> AppConfig:
+    """`AppConfig` for these variables (``ambient``: what pydantic-settings reads from os.environ
+    besides; only a key here). Frozen, so one object serves every caller; a ValidationError is
+    raised again on every call (lru_cache keeps only results)."""
+    del ambient
+    return AppConfig.model_validate(dict(given))
 
 
 def _field_envs(field: str) -> list[str]:

@@ -103,7 +103,7 @@ def resume_upload(settings: Settings, upload_id: str, *, wait_s: float = 0.0, fr
     `storage.metadata_store.NotFound` for an unknown upload."""
     from dagster import AssetKey  # Dagster: only when resuming
 
-    from orchestration.definitions import build_definitions
+    from orchestration.definitions_build import build_definitions
     from orchestration.sensors import AssetLayout
 
     with metadata_store(settings) as metadata:

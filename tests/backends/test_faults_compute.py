@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.procstat import home_processes
 from orchestration.app import ASSET_ORDER
 from tests.reliability.helpers import (
     cli_subprocess,
@@ -36,19 +37,7 @@ FAST_RETRY = {"AVATARPIPE_STEP_RETRY_DELAY_S": "0.5"}
 
 def _workers(home: Path) -> list[int]:
     """Pids of live `ops.worker` processes of this home, oldest first."""
-    found = []
-    marker = f"AVATARPIPE_HOME={home}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"ops.worker" not in cmdline or marker not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            found.append((int((entry / "stat").read_text().split()[21]), int(entry.name)))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return [pid for _start, pid in sorted(found)]
+    return home_processes("ops.worker", home)
 
 
 def _kill_worker_mid_step(home: Path, nth: int, proc: subprocess.Popen, alive_s: float = 2.0) -> bool:

@@ -193,3 +193,26 @@ def test_run_of_several_photos_answers_one_line_each_in_order(avatar_home, tmp_p
     assert "[1/5] photo FAILED" in done.stderr
     assert " - DEBUG - " not in done.stderr and "STEP_SUCCESS" not in done.stderr
     assert "inference_feedback_manager" not in done.stderr and "Warp " not in done.stderr
+
+
+def test_a_batch_photo_whose_run_process_dies_fails_alone_with_an_answer(avatar_home, tmp_path):
+    """Each photo of a batch runs in its own forked child: a child killed mid-run (SIGKILL at the
+    first step boundary, the test-only fault hook, armed for every photo here) leaves the CLI
+    alive, which answers for each photo, in order, typed, and exits 1."""
+    import os
+    import subprocess
+    import sys
+
+    second = tmp_path / "second.png"
+    second.write_bytes(STANDING.read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AVATARPIPE_HOME": str(avatar_home),
+           "AVATARPIPE_FAULT_KILL_AT": "photo:stored"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "run", str(STANDING), str(second), "--json"],
+        check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["photo"] for a in answers] == [STANDING.name, "second.png"]
+    assert all(a["status"] == "failed" and a["error"]["code"] == "INTERNAL_ERROR" for a in answers)
+    assert "ended without an answer (exit status -9)" in done.stderr

@@ -156,6 +156,78 @@ def test_an_unauthenticated_client_is_refused(pool_dir) -> None:
     assert pool.status()[0].alive  # and the worker serves on
 
 
+def test_a_client_that_never_answers_the_challenge_does_not_hold_up_others(pool_dir) -> None:
+    """A connection that sends nothing (the challenge unanswered) neither blocks the accept loop
+    nor keeps its thread: a real client is served at once, and the silent one is dropped after
+    the handshake deadline."""
+    import socket
+
+    from ops.warm_worker import HANDSHAKE_TIMEOUT_S
+
+    pool = warm(pool_dir).warm_pool()
+    pool.start(1)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(str(pool.socket_path(0)))
+    try:
+        answers: list[dict] = []
+        client = threading.Thread(target=lambda: answers.append(pool.request(0, {"op": "ping"})), daemon=True)
+        client.start()
+        client.join(HANDSHAKE_TIMEOUT_S / 2)  # served while the silent one still holds its handshake
+        assert answers and answers[0]["pid"] == pool.alive_pid(0)
+        silent.settimeout(HANDSHAKE_TIMEOUT_S + 20)
+        received = b""
+        while chunk := silent.recv(4096):  # the challenge, then EOF when the worker gives up
+            received += chunk
+        assert b"#CHALLENGE#" in received
+    finally:
+        silent.close()
+    assert pool.status()[0].alive
+
+
+def test_a_worker_runs_the_clients_code_whatever_the_working_directory(tmp_path, monkeypatch) -> None:
+    """`python -m ops.warm_worker` imports from the working directory first: started from another
+    checkout (here a decoy `ops` package that exits at once) it must still run the client's
+    code, or its fingerprint never matches and every step replaces it."""
+    decoy = tmp_path / "elsewhere" / "ops"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("")
+    (decoy / "warm_worker.py").write_text("raise SystemExit('decoy ops.warm_worker')\n")
+    monkeypatch.chdir(decoy.parent)
+    pool = warm(tmp_path / "worker", workers=1, idle_s=30).warm_pool()
+    try:
+        (status,) = pool.start(1)
+        assert status.alive and status.ready and status.current
+    finally:
+        pool.stop()
+
+
+ROTATING_PROCESS = """
+import sys
+from pathlib import Path
+from ops.warm_worker import rotate_log
+log = Path(sys.argv[1])
+print("x" * 2000, file=sys.stderr, flush=True)
+print("rotated" if rotate_log(log, 1000) else "kept", file=sys.stderr, flush=True)
+print("after", flush=True)
+print("again" if rotate_log(log, 1000) else "kept", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_worker_log_above_its_limit_is_rotated_under_the_running_process(tmp_path) -> None:
+    """What a warm worker does with `slot-N.log` (its stdout and stderr, also native libraries'):
+    above the limit the file moves to `.1` and both descriptors write to a fresh one."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "slot-0.log"
+    with open(log, "ab") as fh:
+        subprocess.run([sys.executable, "-c", ROTATING_PROCESS, str(log)], stdout=fh, stderr=fh, check=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    older = (tmp_path / "slot-0.log.1").read_text()
+    assert older.startswith("x" * 2000) and "after" not in older
+    assert log.read_text().split() == ["rotated", "after", "kept"]
+
+
 RUN_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
