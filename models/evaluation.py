@@ -389,6 +389,12 @@ def cue_summary(results: list[CueResult]) -> dict:
     for label in PHENOTYPE_LABELS:
         out[f"centre_median_{label}_error"] = _median(abs(r.centre[label] - r.true_phenotype[label]) for r in seen)
         out[f"prior_median_{label}_error"] = _median(abs(PRIOR_CENTRE[label] - r.true_phenotype[label]) for r in seen)
+    # the build on clearly built subjects only (the synthetic builds are uniform in [0, 1]; near
+    # 0.5 the prior is right whatever the photo): the population the calibration is judged on
+    clear = clearly_built(seen)
+    out["clearly_built"] = len(clear)
+    out["clear_centre_median_gender_error"] = _median(abs(r.centre["gender"] - r.true_phenotype["gender"]) for r in clear)
+    out["clear_prior_median_gender_error"] = _median(abs(PRIOR_CENTRE["gender"] - r.true_phenotype["gender"]) for r in clear)
     cues: dict[str, dict] = {}
     for cue in sorted({name for r in seen for name in r.evidence}):
         rows = [(r.evidence[cue], r.true_phenotype) for r in seen if cue in r.evidence]

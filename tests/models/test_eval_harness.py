@@ -142,6 +142,7 @@ def test_cue_summary_correlations():
     assert summary["cues"]["rises_with_build"]["r_gender"] == pytest.approx(1.0)
     assert summary["cues"]["falls_with_age"]["r_age"] == pytest.approx(-1.0)
     assert summary["centre_median_gender_error"] == pytest.approx(0.25)  # centre 0.5, builds 0.1..0.9
+    assert summary["clearly_built"] == 2 and summary["clear_prior_median_gender_error"] == pytest.approx(0.4)
 
 
 def _cue_rows(truths, raws):
