@@ -12,8 +12,10 @@ teenager. Here:
   head's size against the torso and against the shoulders' width (children have big heads
   for their bodies);
 - `estimate_phenotype` turns evidence and hints into a centre, a source (`hint`, `estimated`,
-  `prior`) and a confidence per value; the fitter pulls each value towards its centre with a
-  weight that grows with the confidence, and holds hinted values fixed;
+  `prior`) and a confidence per value, calibrated on held-out synthetic seeds (`CALIBRATION`:
+  the recorded confidence is the estimate's held-out skill x the cues' agreement); the fitter
+  pulls each value towards its centre with a weight that grows with the cues' agreement
+  (`PhenotypeEstimate.pull`), and holds hinted values fixed;
 - `solve_height_value` finds the `height` value whose rest body has the hinted standing height
   (a height cannot be read from one uncalibrated photo: a bigger person further away looks the
   same), or without a hint a typical adult height for the build (`typical_height_m`).
