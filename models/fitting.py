@@ -488,7 +488,8 @@ class _FitProblem:
         if estimate is not None:
             self.shape_centre = _logit([estimate.centre[k] for k in PHENOTYPE_LABELS])
             self.shape_weights = torch.as_tensor(
-                [1.0 + config.evidence_weight * estimate.confidence[k] for k in PHENOTYPE_LABELS], dtype=torch.float32
+                [1.0 + config.evidence_weight * estimate.pull.get(k, estimate.confidence[k]) for k in PHENOTYPE_LABELS],
+                dtype=torch.float32,
             )
             free = torch.as_tensor([0.0 if estimate.fixed()[k] else 1.0 for k in PHENOTYPE_LABELS])
             self.state.shape = self.shape_centre.clone()

@@ -142,3 +142,35 @@ def test_cue_summary_correlations():
     assert summary["cues"]["rises_with_build"]["r_gender"] == pytest.approx(1.0)
     assert summary["cues"]["falls_with_age"]["r_age"] == pytest.approx(-1.0)
     assert summary["centre_median_gender_error"] == pytest.approx(0.25)  # centre 0.5, builds 0.1..0.9
+    assert summary["clearly_built"] == 2 and summary["clear_prior_median_gender_error"] == pytest.approx(0.4)
+
+
+def _cue_rows(truths, raws):
+    from models.evaluation import CueResult
+
+    return [
+        CueResult(seed=i, status="detected", true_phenotype={"gender": t}, raw_centre={"gender": r})
+        for i, (t, r) in enumerate(zip(truths, raws))
+    ]
+
+
+def test_the_calibration_shrinks_only_what_the_evidence_supports():
+    """`choose_shrink` / `held_out_skill`: right cues are kept whole, overconfident ones are
+    halved, cues at chance fall back to the prior (skill 0)."""
+    from models.evaluation import choose_shrink, clearly_built, held_out_skill, shrink_errors
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.0, 1.0, 400)
+    right = _cue_rows(truth, truth)
+    assert choose_shrink(right, "gender") == 1.0 and held_out_skill(right, "gender", 1.0) == pytest.approx(1.0)
+    # twice as far from 0.5 as the truth: half of the departure is right
+    loud = _cue_rows(truth, 0.5 + 2.0 * (truth - 0.5))
+    assert choose_shrink(loud, "gender") == pytest.approx(0.5)
+    # at chance: confident answers unrelated to the truth
+    noise = _cue_rows(truth, rng.choice([0.05, 0.95], len(truth)))
+    assert choose_shrink(noise, "gender") == 0.0 and held_out_skill(noise, "gender", 0.0) == 0.0
+    assert shrink_errors(noise, "gender", 0.0)[1] < shrink_errors(noise, "gender", 1.0)[1]
+    # a gain smaller than `min_se` standard errors is no reason to shrink
+    assert choose_shrink(loud[:5], "gender", min_se=1e6) == 1.0
+    assert all(abs(r.true_phenotype["gender"] - 0.5) > 0.2 for r in clearly_built(right))
+    assert 0 < len(clearly_built(right)) < len(right)

@@ -10,8 +10,10 @@ from models.fitting import BodyFit, BodyHints, fit_body
 from models.keypoints import detect_keypoints
 from models.phenotype import (
     ADULT_AGE,
+    CALIBRATION,
     CHILD_AGE,
     PHENOTYPE_LABELS,
+    AxisCalibration,
     estimate_phenotype,
     measure_evidence,
     solve_height_value,
@@ -46,16 +48,38 @@ def test_without_evidence_the_prior_is_an_adult():
     assert set(estimate.source) == set(PHENOTYPE_LABELS)
 
 
-def test_evidence_moves_build_and_age():
-    womanly = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.30, "waist_hip_ratio": 0.9})
-    manly = estimate_phenotype({"face_p_female": 0.1, "shoulder_hip_ratio": 1.50, "waist_hip_ratio": 1.3})
+def test_evidence_moves_build_and_age(monkeypatch):
+    womanly_cues = {"face_p_female": 0.9, "shoulder_hip_ratio": 1.30, "waist_hip_ratio": 0.9}
+    manly_cues = {"face_p_female": 0.1, "shoulder_hip_ratio": 1.50, "waist_hip_ratio": 1.3}
+    womanly, manly = estimate_phenotype(womanly_cues), estimate_phenotype(manly_cues)
+    # calibrated: the share of the cues' departure from 0.5 that held out, and a confidence no
+    # higher than the held-out skill
+    calibration = CALIBRATION["gender"]
+    assert manly.centre["gender"] < 0.5 < womanly.centre["gender"]
+    assert womanly.centre["gender"] <= 0.5 + 0.45 * calibration.shrink + 1e-9
+    assert womanly.source["gender"] == "estimated" and 0.0 < womanly.confidence["gender"] <= calibration.skill
+    # the fitter still holds agreeing cues' build firmly (the pull is not the recorded confidence)
+    assert womanly.pull["gender"] == pytest.approx(calibration.shrink * womanly.confidence["gender"] / calibration.skill)
+    # the cues themselves (no shrink, full skill): agreeing cues say a clear build, confidently
+    monkeypatch.setitem(CALIBRATION, "gender", AxisCalibration(shrink=1.0, skill=1.0))
+    womanly, manly = estimate_phenotype(womanly_cues), estimate_phenotype(manly_cues)
     assert womanly.centre["gender"] > 0.85 and manly.centre["gender"] < 0.15
-    assert womanly.source["gender"] == "estimated" and womanly.confidence["gender"] > 0.7
+    assert womanly.confidence["gender"] > 0.7
     child = estimate_phenotype({"face_age_years": 8.0, "face_age_confidence": 0.8, "face_torso_ratio": 0.55})
     assert child.centre["age"] < 0.45 and child.source["age"] == "estimated"
     # conflicting cues: less confident than agreeing ones
     mixed = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.55})
     assert mixed.confidence["gender"] < womanly.confidence["gender"]
+
+
+def test_an_axis_without_held_out_skill_falls_back_to_the_prior(monkeypatch):
+    monkeypatch.setitem(CALIBRATION, "gender", AxisCalibration(shrink=0.5, skill=0.0))
+    estimate = estimate_phenotype({"face_p_female": 0.9, "shoulder_hip_ratio": 1.30, "waist_hip_ratio": 0.9})
+    assert estimate.centre["gender"] == 0.5 and estimate.source["gender"] == "prior"
+    assert estimate.confidence["gender"] == 0.0 and estimate.pull["gender"] == 0.0
+    hinted = estimate_phenotype({"face_p_female": 0.9}, {"build": "feminine"})
+    assert hinted.centre["gender"] == 0.95 and hinted.source["gender"] == "hint" and hinted.confidence["gender"] == 1.0
+    assert hinted.pull["gender"] == 1.0
 
 
 def _pose_and_face(shoulder_half_width: float, face_height: float) -> tuple[np.ndarray, np.ndarray]:
