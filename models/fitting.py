@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from models.camera import Camera
 from models.device import on_device
 from models.errors import ErrorCode, PipelineError
 from models.fit_config import FITTER_ID, FitConfig  # light: the catalogue imports it without torch
+from models.hints import BodyHints  # light: the CLI validates hints without torch
 from models.keypoints import POSE_INDEX, Keypoints
 from models.landmarks import (
     BODY_LABELS,
@@ -79,41 +80,6 @@ ROLE_PRIOR: dict[str, float] = {
     "hand": 2.0, "finger": 2.0, "upper_leg": 0.5, "lower_leg": 0.5, "foot": 2.0, "toe": 10.0,
     "jaw": 10.0, "eye": 10.0,
 }  # fmt: skip
-
-
-BUILDS = ("masculine", "feminine", "neutral")
-AGE_GROUPS = ("child", "adult")
-
-
-@dataclass(frozen=True)
-class BodyHints:
-    """What the uploader says about the person (all optional); a hint always wins over the
-    estimate from the photo."""
-
-    build: str | None = None  # masculine | feminine | neutral
-    height_cm: float | None = None
-    age_group: str | None = None  # child | adult
-
-    def __post_init__(self) -> None:
-        if self.build is not None and self.build not in BUILDS:
-            raise PipelineError(ErrorCode.INVALID_HINT, f"build must be one of {', '.join(BUILDS)}", STEP)
-        if self.age_group is not None and self.age_group not in AGE_GROUPS:
-            raise PipelineError(ErrorCode.INVALID_HINT, f"age group must be one of {', '.join(AGE_GROUPS)}", STEP)
-        if self.height_cm is not None and not (50.0 <= float(self.height_cm) <= 250.0):
-            raise PipelineError(ErrorCode.INVALID_HINT, "height must be between 50 and 250 cm", STEP)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @staticmethod
-    def from_dict(data: dict | None) -> BodyHints:
-        data = data or {}
-        height = data.get("height_cm")
-        return BodyHints(
-            build=data.get("build") or None,
-            height_cm=None if height in (None, "") else float(height),
-            age_group=data.get("age_group") or None,
-        )
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 from models.catalogue import PIPELINE_VERSION
 from models.errors import ErrorCode, PipelineError
+from models.hints import BodyHints
 from ops.erasure import (
     ErasureEnv,
     UnknownSubject,
@@ -97,12 +98,7 @@ def new_subject_id() -> str:
 
 def body_hints(build: str | None = None, height_cm: float | None = None, age_group: str | None = None) -> dict:
     """The uploader's body hints, validated, as stored on the `uploads` document (read by the
-    fit step; a hint always wins); raises PipelineError(INVALID_HINT). No hint: nothing to
-    validate, and `models.fitting` (which imports torch, seconds of CPU) is not imported."""
-    if build is None and height_cm is None and age_group is None:
-        return {}
-    from models.fitting import BodyHints  # torch: only when there is a hint to validate
-
+    fit step; a hint always wins); raises PipelineError(INVALID_HINT)."""
     return BodyHints(build=build, height_cm=height_cm, age_group=age_group).to_dict()
 
 

@@ -17,7 +17,7 @@ The uploader's optional body hints (`--build`, `--height-cm`, `--age-group` of `
 run`) travel beside the photo as a sidecar object `subjects/{subject}/{upload}/hints.json`
 (`write_hints_sidecar`; the web tier writes it with the photo's presigned URL, a folder drop
 puts the file next to `raw/`). Admission reads it, validates it exactly as the CLI does
-(`models.fitting.BodyHints`) and stores the hints on the upload; an invalid sidecar fails the
+(`models.hints.BodyHints`) and stores the hints on the upload; an invalid sidecar fails the
 upload with `INVALID_HINT` and requests no run.
 A run is requested only for an upload still `pending` with no run of its partition yet: an
 upload that `avatarpipe run` is already processing in-process, or that is ready, failed or
@@ -135,7 +135,7 @@ def validated_hints(data: Any) -> dict:
     """The sidecar's hints as the upload stores them; raises PipelineError(INVALID_HINT) for
     anything that is not a JSON object of known, valid hints."""
     from models.errors import ErrorCode, PipelineError
-    from models.fitting import BodyHints
+    from models.hints import BodyHints
 
     if not isinstance(data, dict):
         raise PipelineError(ErrorCode.INVALID_HINT, "the hints sidecar must be a JSON object", "ingest")

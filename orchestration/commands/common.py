@@ -109,7 +109,7 @@ def parsed_by(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Par
 
 
 def hint_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The uploader's optional body hints (`models.fitting.BodyHints`); a hint always wins."""
+    """The uploader's optional body hints (`models.hints.BodyHints`); a hint always wins."""
     command = click.option("--age-group", type=click.Choice(["child", "adult"]), help="age group hint")(command)
     command = click.option("--height-cm", type=float, help="standing height hint in cm (50-250)")(command)
     return click.option(

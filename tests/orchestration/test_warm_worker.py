@@ -231,8 +231,9 @@ def test_a_worker_log_above_its_limit_is_rotated_under_the_running_process(tmp_p
 RUN_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-from orchestration.app import ingest_photo, metadata_store, prepared_settings, run_avatar_job
+from orchestration.app import body_hints, ingest_photo, metadata_store, prepared_settings, run_avatar_job
 settings = prepared_settings()
+assert body_hints("feminine", 170.0, "adult") == {"build": "feminine", "height_cm": 170.0, "age_group": "adult"}
 photo = Path(sys.argv[1])
 ingested = ingest_photo(settings, photo.read_bytes(), photo.name, None)
 run_avatar_job(settings, ingested.upload_id)
@@ -245,7 +246,8 @@ print(json.dumps({"status": status, "heavy": heavy}))
 
 def test_a_whole_run_in_warm_mode_keeps_the_science_and_gx_out_of_the_run_process(tmp_path, standing_photo) -> None:
     """All five steps and the three quality gates in the warm worker: the avatar is ready, and
-    the process that ran the Dagster run never imported torch, MediaPipe, trimesh or GX."""
+    the process that ran the Dagster run (and validated the uploader's hints) never imported
+    torch, MediaPipe, trimesh or GX."""
     import json
     import subprocess
     import sys
