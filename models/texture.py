@@ -157,6 +157,7 @@ class BodyLayout:
     face_zone: np.ndarray  # (V,) bool
     rest_normals: np.ndarray  # (V,3) unit
     eye_height: float  # rest z of the eyes (metres)
+    lids: np.ndarray | None = None  # (V,) bool, the eyelids (`models.expression.blink_lids`)
 
 
 @dataclass(frozen=True)
@@ -560,8 +561,10 @@ def body_layout(
     skin_indices: np.ndarray,
     skin_weights: np.ndarray,
     bone_names: list[str] | tuple[str, ...],
+    lids: np.ndarray | None = None,
 ) -> BodyLayout:
-    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y)."""
+    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y);
+    `lids` (V,) marks the eyelids, whose photo colour is not theirs (`_lids_are_skin`)."""
     rest = np.asarray(rest_vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     bone_region = np.array([region_of_bone(str(b)) for b in bone_names])
@@ -589,6 +592,7 @@ def body_layout(
         face_zone=_face_zone(rest, faces, uv, face_uv_idx, region),
         rest_normals=trimesh.Trimesh(rest, faces, process=False).vertex_normals,
         eye_height=_eye_height(rest, faces, uv, face_uv_idx),
+        lids=None if lids is None else np.asarray(lids, bool),
     )  # fmt: skip
 
 
@@ -875,6 +879,8 @@ def _fill_by_regions(
         # their head (hair, a cap); the face is made up (skin, procedural eyes, the hair around)
         seen = seen & ~layout.face_zone[dominant]
     seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
+    lids = layout.lids[dominant] if layout.lids is not None else np.zeros(len(seen), bool)
+    seen &= ~lids
     head = layout.region == REGIONS.index("head")
     hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head)
     skin = _skin_colour(colours, seen, layout, dominant, texel_region)
@@ -920,10 +926,14 @@ def _fill_by_regions(
     # are the photo's lighting (lit shoulders, the shadow under the arms), which baked onto
     # the back shows as bands; the garment lines (hem, waist, cuffs) are kept
     table, filled = _garment_runs(table, filled, front_table, front_filled)
+    _one_colour_for_top_and_sleeves(table, filled)
+    _thigh_tops_continue_the_torso(table, filled)
     table = _complete_regions(table, filled, skin)
-    vertex_fill = _lookup(table, layout.region, layout.axis_t)
+    vertex_fill = _garment_fill(table, layout, layout.region, layout.axis_t, layout.rest_vertices[:, 2])
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
+    if layout.lids is not None:
+        _lids_are_skin(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant, skin, config.nearest_k)
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
     _hair_at_the_back(vertex_fill, layout, head, hair)
     if crown_from_photo:
@@ -934,6 +944,7 @@ def _fill_by_regions(
     out = colours.copy()
     unseen = ~seen
     out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
+    _sharp_garment_lines(out, unseen, vertex_fill, table, layout, corners, raster.bary, texel_region, texel_t)
     texel_xy = np.stack([raster.flat % raster.size, raster.flat // raster.size], axis=1)
     out[eyes] = _eye_colours(texel_xy[eyes], labels[eyes], iris_rgb)
     tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
@@ -1055,7 +1066,8 @@ def _same_garments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """`same_garment` of colour pairs (N,3), (N,3), vectorised: (N,) bool."""
     la, lb = a.mean(axis=1), b.mean(axis=1)
     lo, hi = np.minimum(la, lb), np.maximum(la, lb)
-    similar = hi / np.maximum(lo, 1.0) <= GARMENT_LUM_RATIO
+    # two near-blacks are one garment: their brightness ratio is noise (17 against 36)
+    similar = (hi / np.maximum(lo, 1.0) <= GARMENT_LUM_RATIO) | (hi < GARMENT_DARK)
     ca = a[:, :2] / np.maximum(a.sum(axis=1, keepdims=True), 1e-6)
     cb = b[:, :2] / np.maximum(b.sum(axis=1, keepdims=True), 1e-6)
     return similar & ((lo < GARMENT_DARK) | (np.linalg.norm(ca - cb, axis=1) < GARMENT_CHROMA))
@@ -1145,6 +1157,107 @@ def _print_between_the_sleeves(torso: np.ndarray, runs: list[np.ndarray], front_
             torso[run] = colours[tops[0]]
 
 
+SLEEVE_REGIONS = ("upper_arm.L", "upper_arm.R", "forearm.L", "forearm.R")
+
+
+def _one_colour_for_top_and_sleeves(table: np.ndarray, filled: np.ndarray) -> None:
+    """The sleeve slices of a torso garment (`same_garment`), in place, in that garment's torso
+    colour: a hoodie's back and its sleeves are one fabric. Each region alone took its own side
+    slices' colour, and the made-up back showed a lighter torso between darker sleeves. The
+    torso's colour is the one kept: its sides are many and seen face-on beside the chest, while
+    an arm's sides are its top and bottom, lit from above and shaded below."""
+    torso = REGIONS.index("torso")
+    sleeves = [REGIONS.index(r) for r in SLEEVE_REGIONS]
+    for run in garment_runs(table[torso], filled[torso]):
+        colour = np.median(table[torso, run], axis=0)
+        members = [(torso, run)]
+        for r in sleeves:
+            same = np.flatnonzero(filled[r] & _same_garments(table[r], np.broadcast_to(colour, table[r].shape)))
+            if len(same):
+                members.append((r, same))
+        if len(members) == 1:
+            continue
+        for r, bins in members[1:]:
+            table[r, bins] = colour
+
+
+THIGH_TOP_FRAC = 0.4  # the top of the thigh where the torso's bottom garment may be overlapped
+
+
+def _thigh_tops_continue_the_torso(table: np.ndarray, filled: np.ndarray) -> None:
+    """The torso's bottom garment and the thighs' tops, in place, where the thighs take that
+    garment up within their top `THIGH_TOP_FRAC` (trousers under a top): the thighs' slices
+    above it (the top's hem over the trousers, a hand or a sunlit fold of a coat at the front)
+    are no garment of the back, where they showed as a band across the buttocks, and the
+    garment is one colour over the hips and thighs, that of the thighs (its many slices)."""
+    torso = REGIONS.index("torso")
+    bins = table.shape[1]
+    if not filled[torso].any():
+        return
+    runs = garment_runs(table[torso], filled[torso])
+    bottom_run = runs[0]
+    bottom = np.median(table[torso, bottom_run], axis=0)
+    legs = []
+    for side in ("L", "R"):
+        r = REGIONS.index(f"thigh.{side}")
+        have = np.flatnonzero(filled[r])
+        if not len(have):
+            continue
+        same = have[_same_garments(table[r, have], np.broadcast_to(bottom, (len(have), 3)))]
+        top = same[same < THIGH_TOP_FRAC * bins]
+        if not len(top):
+            continue
+        run = next(b for b in garment_runs(table[r], filled[r]) if top[0] in b)
+        colour = np.median(table[r, run], axis=0)
+        table[r, have[have < top[0]]] = colour
+        legs.append(colour)
+    if legs and len(runs) > 1:  # not when the torso is one garment down to the crotch (a coat)
+        table[torso, bottom_run] = np.median(legs, axis=0)
+
+
+def _garment_fill(table: np.ndarray, layout: BodyLayout, region: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Made-up colour (N,3) of points of `region` at axis position `t` and rest height `z`:
+    the region's slice table (`_lookup`), except that the thighs above the torso's lowest point
+    (the buttocks, the hips' sides) read the torso's slices at their height. A hem or a
+    waistband is level across the back, while each region's own axis puts it at another
+    height, and the region border on the buttocks follows the skin weights in a ragged line."""
+    out = _lookup(table, region, t)
+    torso = layout.region == REGIONS.index("torso")
+    if not torso.any():
+        return out
+    zt = layout.rest_vertices[torso, 2]
+    z0, z1 = float(zt.min()), float(zt.max())
+    hips = np.isin(region, [REGIONS.index("thigh.L"), REGIONS.index("thigh.R")]) & (z > z0)
+    if hips.any():
+        t_torso = (z[hips] - z0) / max(z1 - z0, 1e-9)
+        out[hips] = _lookup(table, np.full(int(hips.sum()), REGIONS.index("torso")), t_torso)
+    return out
+
+
+def _sharp_garment_lines(
+    out: np.ndarray, unseen: np.ndarray, vertex_fill: np.ndarray, table: np.ndarray, layout: BodyLayout,
+    corners: np.ndarray, bary: np.ndarray, texel_region: np.ndarray, texel_t: np.ndarray,
+) -> None:  # fmt: skip
+    """Made-up texels of body triangles that a garment line crosses, in place: each takes the
+    corners of its own garment only (read at the texel from `_garment_fill`), so a hem is a
+    line at texel resolution instead of a gradient one triangle wide."""
+    body = unseen & (texel_region != REGIONS.index("head"))
+    ids = np.flatnonzero(body)
+    c = vertex_fill[corners[ids]]  # (n,3 corners,3)
+    straddles = ~(_same_garments(c[:, 0], c[:, 1]) & _same_garments(c[:, 1], c[:, 2]))
+    ids, c = ids[straddles], c[straddles]
+    if not len(ids):
+        return
+    z = np.einsum("nk,nk->n", bary[ids], layout.rest_vertices[corners[ids], 2])
+    own = _garment_fill(table, layout, texel_region[ids], texel_t[ids], z)
+    match = np.stack([_same_garments(c[:, k], own) for k in range(3)], axis=1)
+    w = bary[ids] * match
+    total = w.sum(axis=1)
+    has = total > 1e-6
+    out[ids[has]] = np.einsum("nk,nkd->nd", w[has] / total[has, None], c[has])
+    out[ids[~has]] = own[~has]
+
+
 def _hand_not_skin(
     colours: np.ndarray,
     seen: np.ndarray,
@@ -1197,6 +1310,8 @@ MIN_SKIN_TEXELS = 50
 
 def skin_like(colours: np.ndarray) -> np.ndarray:
     """Colours (N,3) RGB that are plausibly skin (N,) bool, by their chroma in YCrCb."""
+    if not len(colours):
+        return np.zeros(0, bool)
     ycc = cv2.cvtColor(np.clip(colours, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2YCrCb)[0].astype(np.int32)
     cr, cb = ycc[:, 1], ycc[:, 2]
     return (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1]) & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (ycc[:, 0] > 30)
@@ -1366,6 +1481,20 @@ def _face_from_nearest_seen(
     an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
     zone = layout.face_zone[dominant]
     _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
+
+
+def _lids_are_skin(
+    vertex_fill: np.ndarray, colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray,
+    layout: BodyLayout, dominant: np.ndarray, skin: np.ndarray, k: int,
+) -> None:  # fmt: skip
+    """The eyelids' vertices, in place, in the skin seen nearest to them on the face (its
+    shade on that side of the face), or the face's skin. An open eye's photo shows of its
+    lids the lashes and the crease's shadow (the lid is not seen: `bake_texture`), which a
+    blink stretched over the eye as a dark brown lid."""
+    vertex_fill[layout.lids] = skin
+    face = np.flatnonzero(seen & layout.face_zone[dominant] & ~layout.lids[dominant])
+    sources = face[skin_like(colours[face])]
+    _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, layout.lids, k)
 
 
 def _median_of_nearest(
@@ -1777,12 +1906,18 @@ def _compose(
     chart = raster.chart.astype(np.float32)
     chart_blur = np.maximum(cv2.GaussianBlur(chart, (0, 0), sigma), 1e-6)
     smooth = cv2.GaussianBlur(image, (0, 0), sigma) / chart_blur[..., None]
-    # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge
+    # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge; the
+    # made-up side is blended the same way from its edge and kept as it is deep inside, where
+    # a blur would only soften its garment lines (a hem, a cuff)
     near = cv2.GaussianBlur(observed.astype(np.float32), (0, 0), sigma) / chart_blur
-    keep = np.where(observed, 0.5 + 0.5 * np.clip(2.0 * near - 1.0, 0.0, 1.0), 0.0)
+    keep = 0.5 + 0.5 * np.clip(2.0 * np.where(observed, near, 1.0 - near) - 1.0, 0.0, 1.0)
+    # made-up texels deep inside are only anti-aliased (a texel's blur), seen ones kept
+    fine = cv2.GaussianBlur(image, (0, 0), 1.0) / np.maximum(cv2.GaussianBlur(chart, (0, 0), 1.0), 1e-6)[..., None]
+    base = np.where(observed[..., None], image, fine)
     if sharp is not None:
         keep[sharp] = 1.0
-    image = keep[..., None] * image + (1.0 - keep[..., None]) * smooth
+        base[sharp] = image[sharp]
+    image = keep[..., None] * base + (1.0 - keep[..., None]) * smooth
     flat = image.reshape(-1, 3)
     if config.gutter and len(raster.gutter_source):
         flat[~raster.chart.ravel()] = flat[raster.flat[raster.gutter_source]]
