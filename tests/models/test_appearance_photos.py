@@ -89,12 +89,13 @@ def test_unseen_back_of_a_plain_hoodie_has_no_bands_and_a_hem_line():
     # brightness in 2 cm bands from the thighs to the neck: black trousers, then the grey hoodie
     inside = [(z >= a) & (z < a + 0.02) for a in np.arange(z.min(), z.max(), 0.02)]
     bands = np.array([np.median(lum[m]) for m in inside if m.sum() > 20])
-    first_hoodie = int(np.flatnonzero(bands > 140)[0])
-    assert (bands[:first_hoodie] < 140).all() and (bands[:3] < 30).all()  # trousers below
+    # (the hoodie's back is its sleeves' grey since the sleeve rule, 133 here; it was 161)
+    first_hoodie = int(np.flatnonzero(bands > 120)[0])
+    assert (bands[:first_hoodie] < 120).all() and (bands[:3] < 30).all()  # trousers below
     # one colour from the hem to the shoulders: no band of the photo's lighting (was 118 to 195)
-    assert np.ptp(bands[first_hoodie:]) < 25, bands
+    assert np.ptp(bands[first_hoodie:]) < 25, str(bands.round().tolist())
     # a hem line: from the trousers to the hoodie within 3 bands (was a smear over 5)
-    assert ((bands > 30) & (bands < 140)).sum() <= 3, str(bands.round().tolist())
+    assert ((bands > 30) & (bands < 120)).sum() <= 3, str(bands.round().tolist())
 
 
 def test_unseen_back_of_a_hoodie_is_its_sleeves_colour_down_to_a_level_hem():
