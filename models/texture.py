@@ -1587,11 +1587,7 @@ def crown_in_photo(
     if person is not None:
         inside = person[np.round(points[:, 1]).astype(np.int64), np.round(points[:, 0]).astype(np.int64)]
         points = points[inside] if 2 * inside.sum() > len(inside) else points
-    # the darker half: sunlight on a parting, a highlight or the sky at the band's top edge only
-    # ever brighten it (child_02's near-black hair came out light brown as the whole band's median)
-    colours = sample_bilinear(image, points)
-    darker = np.argsort(colours.mean(axis=1))[: max(1, len(colours) // 2)]
-    return np.median(colours[darker], axis=0)
+    return np.median(sample_bilinear(image, points), axis=0)
 
 
 CROWN_SKIN_TOLERANCE = 40.0  # RGB distance from the face's skin within which a crown is skin
