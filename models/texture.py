@@ -944,7 +944,6 @@ def _fill_by_regions(
     out = colours.copy()
     unseen = ~seen
     out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
-    _sharp_garment_lines(out, unseen, vertex_fill, table, layout, corners, raster.bary, texel_region, texel_t)
     texel_xy = np.stack([raster.flat % raster.size, raster.flat // raster.size], axis=1)
     out[eyes] = _eye_colours(texel_xy[eyes], labels[eyes], iris_rgb)
     tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
@@ -1235,30 +1234,6 @@ def _garment_fill(table: np.ndarray, layout: BodyLayout, region: np.ndarray, t: 
         t_torso = (z[hips] - z0) / max(z1 - z0, 1e-9)
         out[hips] = _lookup(table, np.full(int(hips.sum()), REGIONS.index("torso")), t_torso)
     return out
-
-
-def _sharp_garment_lines(
-    out: np.ndarray, unseen: np.ndarray, vertex_fill: np.ndarray, table: np.ndarray, layout: BodyLayout,
-    corners: np.ndarray, bary: np.ndarray, texel_region: np.ndarray, texel_t: np.ndarray,
-) -> None:  # fmt: skip
-    """Made-up texels of body triangles that a garment line crosses, in place: each takes the
-    corners of its own garment only (read at the texel from `_garment_fill`), so a hem is a
-    line at texel resolution instead of a gradient one triangle wide."""
-    body = unseen & (texel_region != REGIONS.index("head"))
-    ids = np.flatnonzero(body)
-    c = vertex_fill[corners[ids]]  # (n,3 corners,3)
-    straddles = ~(_same_garments(c[:, 0], c[:, 1]) & _same_garments(c[:, 1], c[:, 2]))
-    ids, c = ids[straddles], c[straddles]
-    if not len(ids):
-        return
-    z = np.einsum("nk,nk->n", bary[ids], layout.rest_vertices[corners[ids], 2])
-    own = _garment_fill(table, layout, texel_region[ids], texel_t[ids], z)
-    match = np.stack([_same_garments(c[:, k], own) for k in range(3)], axis=1)
-    w = bary[ids] * match
-    total = w.sum(axis=1)
-    has = total > 1e-6
-    out[ids[has]] = np.einsum("nk,nkd->nd", w[has] / total[has, None], c[has])
-    out[ids[~has]] = own[~has]
 
 
 def _hand_not_skin(
@@ -1924,17 +1899,12 @@ def _compose(
     chart = raster.chart.astype(np.float32)
     chart_blur = np.maximum(cv2.GaussianBlur(chart, (0, 0), sigma), 1e-6)
     smooth = cv2.GaussianBlur(image, (0, 0), sigma) / chart_blur[..., None]
-    # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge; the
-    # made-up side is blended the same way from its edge and kept as it is deep inside, where
-    # a blur would only soften its garment lines (a hem, a cuff)
+    # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge
     near = cv2.GaussianBlur(observed.astype(np.float32), (0, 0), sigma) / chart_blur
-    keep = 0.5 + 0.5 * np.clip(2.0 * np.where(observed, near, 1.0 - near) - 1.0, 0.0, 1.0)
-    # made-up texels deep inside are only anti-aliased (a texel's blur), seen ones kept
-    fine = cv2.GaussianBlur(image, (0, 0), 1.0) / np.maximum(cv2.GaussianBlur(chart, (0, 0), 1.0), 1e-6)[..., None]
-    base = np.where(observed[..., None], image, fine)
+    keep = np.where(observed, 0.5 + 0.5 * np.clip(2.0 * near - 1.0, 0.0, 1.0), 0.0)
+    base = image
     if sharp is not None:
         keep[sharp] = 1.0
-        base[sharp] = image[sharp]
     image = keep[..., None] * base + (1.0 - keep[..., None]) * smooth
     flat = image.reshape(-1, 3)
     if config.gutter and len(raster.gutter_source):
