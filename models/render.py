@@ -10,6 +10,7 @@ light. No GPU, no window system: a preview that shows what a client would load.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,14 @@ class GlbMesh:
     texture: np.ndarray | None  # (H,W,3) uint8
 
 
-def read_glb_mesh(glb: bytes) -> GlbMesh:
-    """The first primitive of the first mesh of an uncompressed GLB, in its bind pose."""
+def read_glb_mesh(glb: bytes, morph: Mapping[str, float] | None = None, morph_normals: str = "surface") -> GlbMesh:
+    """The first primitive of the first mesh of an uncompressed GLB, in its bind pose.
+
+    `morph` ({target name: weight}, names from the mesh's `extras.targetNames`) applies morph
+    targets to the positions, as a client does. A target without NORMAL deltas leaves a client
+    shading the moved surface with the rest normals (`morph_normals="rest"`, what three.js
+    shows); "surface" shades it with the normals of the morphed surface (welded over the UV
+    seams), which is how it would look with normal targets."""
     gltf = pygltflib.GLTF2.load_from_bytes(glb)
     blob = gltf.binary_blob() or b""
     if gltf.extensionsRequired:
@@ -61,7 +68,61 @@ def read_glb_mesh(glb: bytes) -> GlbMesh:
     else:
         normals = trimesh.Trimesh(positions, faces, process=False).vertex_normals
     uvs = read_accessor(gltf, blob, attrs.TEXCOORD_0).astype(np.float64) if attrs.TEXCOORD_0 is not None else None
+    if morph:
+        positions, normals = _morphed(gltf, blob, positions, normals, faces, morph, morph_normals)
     return GlbMesh(positions, normals, uvs, faces, _base_colour_texture(gltf, blob, primitive))
+
+
+def _morphed(
+    gltf: pygltflib.GLTF2, blob: bytes, positions: np.ndarray, normals: np.ndarray, faces: np.ndarray,
+    weights: Mapping[str, float], morph_normals: str,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Positions and normals of the first primitive with the named morph targets applied."""
+    mesh = gltf.meshes[0]
+    names = list((mesh.extras or {}).get("targetNames", []))
+    targets = mesh.primitives[0].targets or []
+    positions, normals = positions.copy(), normals.copy()
+    has_normals = True
+    for name, weight in weights.items():
+        if name not in names:
+            raise ValueError(f"the GLB has no morph target {name!r}")
+        target = targets[names.index(name)]
+        positions += weight * _target_deltas(gltf, blob, target["POSITION"], len(positions))
+        if target.get("NORMAL") is not None:
+            normals += weight * _target_deltas(gltf, blob, target["NORMAL"], len(positions))
+        else:
+            has_normals = False
+    if morph_normals == "surface" and not has_normals:
+        # one normal per position: the GLB splits vertices along UV seams
+        _, weld = np.unique(np.round(positions, 6), axis=0, return_inverse=True)
+        weld = weld.ravel()
+        welded = np.zeros((int(weld.max()) + 1, 3))
+        welded[weld] = positions
+        normals = trimesh.Trimesh(welded, weld[faces], process=False).vertex_normals[weld]
+    elif morph_normals not in ("surface", "rest"):
+        raise ValueError(f"morph_normals is 'surface' or 'rest', not {morph_normals!r}")
+    return positions, normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def _target_deltas(gltf: pygltflib.GLTF2, blob: bytes, index: int, count: int) -> np.ndarray:
+    """(count,3) deltas of a morph target accessor, dense or sparse (as avatarpipe writes them)."""
+    accessor = gltf.accessors[index]
+    if accessor.sparse is None:
+        return read_accessor(gltf, blob, index).astype(np.float64)
+    if accessor.bufferView is not None:
+        raise ValueError(f"morph target accessor {index} is sparse over a base buffer (not written here)")
+    out = np.zeros((count, 3))
+    sparse = accessor.sparse
+    index_dtype = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32}[sparse.indices.componentType]
+    rows = np.frombuffer(blob, np.dtype(index_dtype).newbyteorder("<"), sparse.count, _offset(gltf, sparse.indices))
+    values = np.frombuffer(blob, np.dtype(np.float32).newbyteorder("<"), 3 * sparse.count, _offset(gltf, sparse.values))
+    out[rows.astype(np.int64)] = values.reshape(-1, 3)
+    return out
+
+
+def _offset(gltf: pygltflib.GLTF2, part) -> int:
+    """Byte offset in the binary chunk of a sparse accessor's indices or values."""
+    return int((gltf.bufferViews[part.bufferView].byteOffset or 0) + (part.byteOffset or 0))
 
 
 def _base_colour_texture(gltf: pygltflib.GLTF2, blob: bytes, primitive) -> np.ndarray | None:

@@ -157,6 +157,7 @@ class BodyLayout:
     face_zone: np.ndarray  # (V,) bool
     rest_normals: np.ndarray  # (V,3) unit
     eye_height: float  # rest z of the eyes (metres)
+    lids: np.ndarray | None = None  # (V,) bool, the eyelids (`models.expression.blink_lids`)
 
 
 @dataclass(frozen=True)
@@ -560,8 +561,10 @@ def body_layout(
     skin_indices: np.ndarray,
     skin_weights: np.ndarray,
     bone_names: list[str] | tuple[str, ...],
+    lids: np.ndarray | None = None,
 ) -> BodyLayout:
-    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y)."""
+    """Regions, axis positions and the face zone of Anny's rest surface (Z up, facing -Y);
+    `lids` (V,) marks the eyelids, whose photo colour is not theirs (`_lids_are_skin`)."""
     rest = np.asarray(rest_vertices, np.float64)
     faces = np.asarray(faces, np.int64)
     bone_region = np.array([region_of_bone(str(b)) for b in bone_names])
@@ -589,6 +592,7 @@ def body_layout(
         face_zone=_face_zone(rest, faces, uv, face_uv_idx, region),
         rest_normals=trimesh.Trimesh(rest, faces, process=False).vertex_normals,
         eye_height=_eye_height(rest, faces, uv, face_uv_idx),
+        lids=None if lids is None else np.asarray(lids, bool),
     )  # fmt: skip
 
 
@@ -875,6 +879,8 @@ def _fill_by_regions(
         # their head (hair, a cap); the face is made up (skin, procedural eyes, the hair around)
         seen = seen & ~layout.face_zone[dominant]
     seen &= ~_hand_not_skin(colours, seen, deep, texel_region, corners, raster.bary, layout, dominant, config)
+    lids = layout.lids[dominant] if layout.lids is not None else np.zeros(len(seen), bool)
+    seen &= ~lids
     head = layout.region == REGIONS.index("head")
     hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head)
     skin = _skin_colour(colours, seen, layout, dominant, texel_region)
@@ -920,10 +926,14 @@ def _fill_by_regions(
     # are the photo's lighting (lit shoulders, the shadow under the arms), which baked onto
     # the back shows as bands; the garment lines (hem, waist, cuffs) are kept
     table, filled = _garment_runs(table, filled, front_table, front_filled)
+    _one_colour_for_top_and_sleeves(table, filled)
+    _thigh_tops_continue_the_torso(table, filled)
     table = _complete_regions(table, filled, skin)
-    vertex_fill = _lookup(table, layout.region, layout.axis_t)
+    vertex_fill = _garment_fill(table, layout, layout.region, layout.axis_t, layout.rest_vertices[:, 2])
     vertex_fill[layout.face_zone] = skin  # an unseen face is skin, not the hair around it
     _face_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant)
+    if layout.lids is not None:
+        _lids_are_skin(vertex_fill, colours, seen & deep, corners, raster.bary, layout, dominant, skin, config.nearest_k)
     _head_from_nearest_seen(vertex_fill, colours, seen & deep, corners, raster.bary, mesh, layout, dominant, head, config)
     _hair_at_the_back(vertex_fill, layout, head, hair)
     if crown_from_photo:
@@ -1055,7 +1065,8 @@ def _same_garments(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """`same_garment` of colour pairs (N,3), (N,3), vectorised: (N,) bool."""
     la, lb = a.mean(axis=1), b.mean(axis=1)
     lo, hi = np.minimum(la, lb), np.maximum(la, lb)
-    similar = hi / np.maximum(lo, 1.0) <= GARMENT_LUM_RATIO
+    # two near-blacks are one garment: their brightness ratio is noise (17 against 36)
+    similar = (hi / np.maximum(lo, 1.0) <= GARMENT_LUM_RATIO) | (hi < GARMENT_DARK)
     ca = a[:, :2] / np.maximum(a.sum(axis=1, keepdims=True), 1e-6)
     cb = b[:, :2] / np.maximum(b.sum(axis=1, keepdims=True), 1e-6)
     return similar & ((lo < GARMENT_DARK) | (np.linalg.norm(ca - cb, axis=1) < GARMENT_CHROMA))
@@ -1145,6 +1156,86 @@ def _print_between_the_sleeves(torso: np.ndarray, runs: list[np.ndarray], front_
             torso[run] = colours[tops[0]]
 
 
+SLEEVE_REGIONS = ("upper_arm.L", "upper_arm.R", "forearm.L", "forearm.R")
+
+
+SLEEVE_LIFT_MAX = 1.1  # the made-up torso may be this much brighter than its sleeves
+
+
+def _one_colour_for_top_and_sleeves(table: np.ndarray, filled: np.ndarray) -> None:
+    """A torso garment's slices, in place, in the colour of its sleeves (the sleeve slices of
+    the same garment, `same_garment`) when they came out more than `SLEEVE_LIFT_MAX` brighter:
+    a hoodie's back and its sleeves are one fabric. The torso's side statistics are lifted to
+    the shade of the chest seen face-on, and the demo's chest faces the light: its back came
+    out a lighter grey (178) between darker sleeves (148). Where the torso is the darker one,
+    or about as bright, each keeps its own colour (on the synthetic subjects each region's own
+    estimate is the better one there)."""
+    torso = REGIONS.index("torso")
+    sleeves = [REGIONS.index(r) for r in SLEEVE_REGIONS]
+    for run in garment_runs(table[torso], filled[torso]):
+        colour = np.median(table[torso, run], axis=0)
+        same = [table[r, filled[r] & _same_garments(table[r], np.broadcast_to(colour, table[r].shape))] for r in sleeves]
+        same = np.concatenate(same)
+        if not len(same):
+            continue
+        sleeve = np.median(same, axis=0)
+        if colour.mean() > SLEEVE_LIFT_MAX * sleeve.mean():
+            table[torso, run] = sleeve
+
+
+THIGH_TOP_FRAC = 0.4  # the top of the thigh where the torso's bottom garment may be overlapped
+
+
+def _thigh_tops_continue_the_torso(table: np.ndarray, filled: np.ndarray) -> None:
+    """The torso's bottom garment and the thighs' tops, in place, where the thighs take that
+    garment up within their top `THIGH_TOP_FRAC` (trousers under a top): the thighs' slices
+    above it (the top's hem over the trousers, a hand or a sunlit fold of a coat at the front)
+    are no garment of the back, where they showed as a band across the buttocks, and the
+    garment is one colour over the hips and thighs, that of the thighs (its many slices)."""
+    torso = REGIONS.index("torso")
+    bins = table.shape[1]
+    if not filled[torso].any():
+        return
+    runs = garment_runs(table[torso], filled[torso])
+    bottom_run = runs[0]
+    bottom = np.median(table[torso, bottom_run], axis=0)
+    legs = []
+    for side in ("L", "R"):
+        r = REGIONS.index(f"thigh.{side}")
+        have = np.flatnonzero(filled[r])
+        if not len(have):
+            continue
+        same = have[_same_garments(table[r, have], np.broadcast_to(bottom, (len(have), 3)))]
+        top = same[same < THIGH_TOP_FRAC * bins]
+        if not len(top):
+            continue
+        run = next(b for b in garment_runs(table[r], filled[r]) if top[0] in b)
+        colour = np.median(table[r, run], axis=0)
+        table[r, have[have < top[0]]] = colour
+        legs.append(colour)
+    if legs and len(runs) > 1:  # not when the torso is one garment down to the crotch (a coat)
+        table[torso, bottom_run] = np.median(legs, axis=0)
+
+
+def _garment_fill(table: np.ndarray, layout: BodyLayout, region: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Made-up colour (N,3) of points of `region` at axis position `t` and rest height `z`:
+    the region's slice table (`_lookup`), except that the thighs above the torso's lowest point
+    (the buttocks, the hips' sides) read the torso's slices at their height. A hem or a
+    waistband is level across the back, while each region's own axis puts it at another
+    height, and the region border on the buttocks follows the skin weights in a ragged line."""
+    out = _lookup(table, region, t)
+    torso = layout.region == REGIONS.index("torso")
+    if not torso.any():
+        return out
+    zt = layout.rest_vertices[torso, 2]
+    z0, z1 = float(zt.min()), float(zt.max())
+    hips = np.isin(region, [REGIONS.index("thigh.L"), REGIONS.index("thigh.R")]) & (z > z0)
+    if hips.any():
+        t_torso = (z[hips] - z0) / max(z1 - z0, 1e-9)
+        out[hips] = _lookup(table, np.full(int(hips.sum()), REGIONS.index("torso")), t_torso)
+    return out
+
+
 def _hand_not_skin(
     colours: np.ndarray,
     seen: np.ndarray,
@@ -1197,6 +1288,8 @@ MIN_SKIN_TEXELS = 50
 
 def skin_like(colours: np.ndarray) -> np.ndarray:
     """Colours (N,3) RGB that are plausibly skin (N,) bool, by their chroma in YCrCb."""
+    if not len(colours):
+        return np.zeros(0, bool)
     ycc = cv2.cvtColor(np.clip(colours, 0, 255).astype(np.uint8)[None], cv2.COLOR_RGB2YCrCb)[0].astype(np.int32)
     cr, cb = ycc[:, 1], ycc[:, 2]
     return (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1]) & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (ycc[:, 0] > 30)
@@ -1288,7 +1381,9 @@ def _lookup(table: np.ndarray, region: np.ndarray, t: np.ndarray) -> np.ndarray:
     lo = np.floor(x).astype(np.int64)
     hi = np.minimum(lo + 1, bins - 1)
     a = (x - lo).astype(np.float32)
-    line = np.array([[not same_garment(row[b], row[b + 1]) for b in range(bins - 1)] + [False] for row in table])
+    rows = np.asarray(table, np.float32)
+    step = ~_same_garments(rows[:, :-1].reshape(-1, 3), rows[:, 1:].reshape(-1, 3)).reshape(len(rows), bins - 1)
+    line = np.concatenate([step, np.zeros((len(rows), 1), bool)], axis=1)
     a = np.where(line[region, lo], (a >= 0.5).astype(np.float32), a)[:, None]
     return (1 - a) * table[region, lo] + a * table[region, hi]
 
@@ -1308,14 +1403,27 @@ def _vertex_observations(
     return weight_seen > 0.5 * np.maximum(weight_all, 1e-9), mean
 
 
+_EDGE_CACHE: dict[str, np.ndarray] = {}
+
+
+def _mesh_edges(faces: np.ndarray) -> np.ndarray:
+    """Unique undirected edges (E,2) of a triangle list, once per topology (the sort is a
+    fifth of the region fill's time)."""
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    key = hashlib.blake2b(faces.tobytes(), digest_size=16).hexdigest()
+    if key not in _EDGE_CACHE:
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        _EDGE_CACHE[key] = np.unique(np.sort(edges, axis=1), axis=0)
+    return _EDGE_CACHE[key]
+
+
 def _relax(fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int) -> np.ndarray:
     """Screened smoothing of the made-up vertex colours, seen vertices held at their colours:
     borders between slices and regions blend over a few rings, and the fill meets the seen
     surface without a step. Between two made-up vertices of different garments (`same_garment`)
     nothing is blended: a hem or a cuff on the unseen back stays a line, not a smear."""
     n = len(fill)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    edges = _mesh_edges(faces)
     both_made_up = ~anchored[edges[:, 0]] & ~anchored[edges[:, 1]]
     garment_line = both_made_up & ~_same_garments(fill[edges[:, 0]], fill[edges[:, 1]])
     edges = edges[~garment_line]
@@ -1366,6 +1474,20 @@ def _face_from_nearest_seen(
     an open mouth continue the lips seen around them, a cheek behind a hand the cheek."""
     zone = layout.face_zone[dominant]
     _median_of_nearest(vertex_fill, colours, np.flatnonzero(seen & zone), corners, bary, layout, layout.face_zone, k)
+
+
+def _lids_are_skin(
+    vertex_fill: np.ndarray, colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray,
+    layout: BodyLayout, dominant: np.ndarray, skin: np.ndarray, k: int,
+) -> None:  # fmt: skip
+    """The eyelids' vertices, in place, in the skin seen nearest to them on the face (its
+    shade on that side of the face), or the face's skin. An open eye's photo shows of its
+    lids the lashes and the crease's shadow (the lid is not seen: `bake_texture`), which a
+    blink stretched over the eye as a dark brown lid."""
+    vertex_fill[layout.lids] = skin
+    face = np.flatnonzero(seen & layout.face_zone[dominant] & ~layout.lids[dominant])
+    sources = face[skin_like(colours[face])]
+    _median_of_nearest(vertex_fill, colours, sources, corners, bary, layout, layout.lids, k)
 
 
 def _median_of_nearest(
@@ -1780,9 +1902,10 @@ def _compose(
     # share of observed texels nearby: 1 deep inside the seen area, about 0.5 at its edge
     near = cv2.GaussianBlur(observed.astype(np.float32), (0, 0), sigma) / chart_blur
     keep = np.where(observed, 0.5 + 0.5 * np.clip(2.0 * near - 1.0, 0.0, 1.0), 0.0)
+    base = image
     if sharp is not None:
         keep[sharp] = 1.0
-    image = keep[..., None] * image + (1.0 - keep[..., None]) * smooth
+    image = keep[..., None] * base + (1.0 - keep[..., None]) * smooth
     flat = image.reshape(-1, 3)
     if config.gutter and len(raster.gutter_source):
         flat[~raster.chart.ravel()] = flat[raster.flat[raster.gutter_source]]

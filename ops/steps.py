@@ -346,9 +346,11 @@ def reconstruct_mesh(inputs: Mapping[str, bytes], params: Mapping[str, dict], ru
 
         targets = anny_facial_targets(model)
         bake_surface = vertices + posed_expression_offsets(clothing.rest_vertices, vertices, targets, expression)
+    from models.expression import anny_facial_targets, blink_lids
+
     layout = body_layout(
         clothing.rest_vertices, topo["faces"], topo["uv"], topo["face_uv_idx"],
-        topo["skin_indices"], topo["skin_weights"], [str(b) for b in model.bone_labels],
+        topo["skin_indices"], topo["skin_weights"], [str(b) for b in model.bone_labels], blink_lids(anny_facial_targets(model)),
     )  # fmt: skip
     baked = bake_texture(
         bake_surface, topo["faces"], topo["uv"], topo["face_uv_idx"], fit.camera, image, kp.mask,
