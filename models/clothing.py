@@ -53,6 +53,8 @@ from models.texture import face_part_labels, part_names, sample_bilinear
 
 # Anny's frame: Z up, facing -Y.
 _ANNY_FORWARD = np.array([0.0, -1.0, 0.0])
+# Head surface further forward than this share of the nose tip's lead over the head's centre is face.
+FACE_DEPTH_FRACTION = 0.45
 _ZERO_PARTS = ("hand.L", "hand.R", "eye_back.L", "eye_front.L", "eye_back.R", "eye_front.R",
                "eye_cavity.L", "eye_cavity.R", "mouth_cavity", "tongue")  # fmt: skip
 
@@ -171,7 +173,13 @@ def offset_limits(
     crown = rest[:, 2].max()
     face_normal = normals[faces].mean(axis=1)
     forward = face_normal @ _ANNY_FORWARD
-    is_face = head & (forward > 0.2) & (centroid[:, 2] < crown - 0.08)
+    # The face by its normals misses its pockets (the nostrils' undersides face down, the eye
+    # sockets' walls sideways), which then take hair volume and hang as flaps; what lies well in
+    # front of the head's centre is face whatever its normal (the ears do not reach that far).
+    head_centre = rest[np.unique(faces[head])].mean(axis=0) if head.any() else rest.mean(axis=0)
+    ahead = (centroid - head_centre) @ _ANNY_FORWARD
+    in_front = ahead > FACE_DEPTH_FRACTION * max(float(ahead[head].max()) if head.any() else 0.0, 1e-6)
+    is_face = head & ((forward > 0.2) | in_front) & (centroid[:, 2] < crown - 0.08)
     face_out[head] = config.scalp_out_m
     face_in[head] = 0.0
     zero_faces |= is_face

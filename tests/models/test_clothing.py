@@ -86,6 +86,18 @@ def test_limits_keep_hands_and_face_clean(topo, scene):
     assert np.median(outward[torso]) == pytest.approx(config.body_out_m, abs=1e-3)
 
 
+def test_the_face_pockets_take_no_offset(topo, scene):
+    """The undersides of the nose (normals facing down) are face, not scalp: with hair volume
+    there they hung as flaps under the nose on real photos."""
+    rest, normals = scene["body"].rest, scene["body"].rest_normals
+    head = _vertex_parts(topo, ("head",))
+    front = rest[head, 1].min()  # the nose tip: Anny faces -Y
+    under_nose = head & (np.abs(rest[:, 0]) < 0.02) & (rest[:, 1] < front + 0.03) & (normals[:, 2] < -0.3)
+    assert under_nose.sum() >= 5 and scene["outward"][under_nose].max() == 0.0
+    back = head & (rest[:, 1] > front + 0.15) & (rest[:, 2] < rest[:, 2].max() - 0.1)
+    assert back.sum() > 50 and np.median(scene["outward"][back]) > 0.05  # the back of the head keeps room for hair
+
+
 def test_recovers_a_clothed_silhouette(model, topo, scene):
     body, camera = scene["body"], scene["camera"]
     truth = 0.5 * scene["outward"]
