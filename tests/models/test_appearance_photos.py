@@ -141,7 +141,10 @@ def test_eyelids_are_the_skin_beside_them_not_the_lashes():
     face = layout.face_zone[dominant] & ~layout.lids[dominant] & ~eyes
     skin = np.median(colours[face][skin_like(colours[face])], axis=0)
     assert skin_like(colours[lids]).mean() > 0.95, skin_like(colours[lids]).mean()
-    assert np.linalg.norm(np.median(colours[lids], axis=0) - skin) < 35, (np.median(colours[lids], axis=0), skin)
+    # the skin nearest the lids is the socket's shaded skin (demo: 164,119,96 against the face's
+    # 190,140,110, 35-36 apart); with the lashes and crease stretched over them they rendered
+    # 125,90,72, about 90 away
+    assert np.linalg.norm(np.median(colours[lids], axis=0) - skin) < 45, (np.median(colours[lids], axis=0), skin)
 
 
 def test_closed_eyes_render_as_skin_from_the_glb():
