@@ -105,6 +105,16 @@ def worker_thread(aws_env: str, queues: dict[str, str]) -> Iterator[QueueWorker]
     thread.join(timeout=30)
 
 
+def handled(worker: QueueWorker, count: int, timeout_s: float = 120.0) -> list:
+    """The worker's outcomes once it has finished `count` requests. The step's answer reaches the
+    orchestrator when the Pipes session closes, a moment before the worker deletes the message
+    and records the outcome: asserting at once races the worker thread."""
+    deadline = time.monotonic() + timeout_s
+    while len(worker.handled) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return worker.handled
+
+
 def failure_code(result) -> str | None:
     for event in result.all_events:
         if event.is_step_failure:
@@ -114,7 +124,6 @@ def failure_code(result) -> str | None:
 
 
 def test_step_round_trips_through_the_queue_and_s3_pipes(aws_env, queues, s3_store, inputs, worker_thread) -> None:
-    outcomes = worker_thread.handled
     seen_visible, done = [], threading.Event()
 
     def watch_queue() -> None:  # the fit outlasts the 3 s visibility many times over
@@ -139,6 +148,7 @@ def test_step_round_trips_through_the_queue_and_s3_pipes(aws_env, queues, s3_sto
     assert any("queued for the GPU worker service" in line for line in logs)
     assert any("worker: step smplx_params for upload u_svc on cpu" in line for line in logs)  # through S3 Pipes
     # the worker took it once, heartbeated while the fit ran, and deleted it; nothing left anywhere
+    outcomes = handled(worker_thread, 1)
     assert [(o.action, o.step) for o in outcomes] == [("ran", "smplx_params")]
     # heartbeats kept the taken message invisible for the whole fit: it never reappeared
     taken = next(i for i, (_, in_flight) in enumerate(seen_visible) if in_flight)
@@ -150,11 +160,10 @@ def test_step_round_trips_through_the_queue_and_s3_pipes(aws_env, queues, s3_sto
 
 
 def test_a_second_request_reuses_the_warm_worker(aws_env, queues, s3_store, inputs, worker_thread) -> None:
-    outcomes = worker_thread.handled
     for upload in ("u_warm1", "u_warm2"):
         result, _ = _materialize(_launcher(aws_env, queues["url"]), _request(s3_store, inputs, upload))
         assert result.success
-    assert [o.action for o in outcomes] == ["ran", "ran"]  # one process, two Pipes sessions
+    assert [o.action for o in handled(worker_thread, 2)] == ["ran", "ran"]  # one process, two Pipes sessions
 
 
 def test_no_worker_is_a_typed_error_and_the_late_request_is_dropped(aws_env, queues, s3_store, inputs) -> None:
