@@ -29,7 +29,6 @@ import os
 import sqlite3
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -683,7 +682,7 @@ def open_registry(location: RegistryLocation) -> ModelRegistry:
         return _REGISTRIES[location]
 
 
-_PRODUCTION_READS: dict[RegistryLocation, tuple[list[int] | None, float, dict[str, ModelVersion]]] = {}
+_PRODUCTION_READS: dict[RegistryLocation, tuple[list[int], dict[str, ModelVersion]]] = {}
 
 
 def load_production_versions(location: RegistryLocation) -> dict[str, ModelVersion]:
@@ -696,13 +695,14 @@ def load_production_versions(location: RegistryLocation) -> dict[str, ModelVersi
     # a remote registry has no stamp: another process's promotion must be seen at once, so only
     # a local database (whose stamp changes with every write) is served from this cache
     if cached is not None and stamp is not None and cached[0] == stamp:
-        return dict(cached[2])
+        return dict(cached[1])
     production = _read_snapshot(location, stamp)
     if production is None:
         production = open_registry(location).production_versions()
         _write_snapshot(location, production)
         stamp = _db_stamp(location)  # the first read may have initialised the registry
-    _PRODUCTION_READS[location] = (stamp, time.monotonic(), dict(production))
+    if stamp is not None:  # only a local database's reads are served again (above)
+        _PRODUCTION_READS[location] = (stamp, dict(production))
     return production
 
 
