@@ -9,8 +9,9 @@ teenager. Here:
 - the prior's centre is an adult (`PRIOR_CENTRE`, age 0.67), unless the evidence says child;
 - `measure_evidence` reads scale-free proportions off MediaPipe's landmarks: the shoulder to
   hip width ratio of its metric 3D landmarks (turning the body changes both alike), and the
-  head's size against the torso and against the shoulders' width (children have big heads
-  for their bodies);
+  head's size against the torso, the shoulders' width and the stature (`head_body_ratios`:
+  children have big heads for their bodies), each only where the photo shows what it needs;
+  `child_log_odds` combines the age cues (`AGE_CUES`);
 - `estimate_phenotype` turns evidence and hints into a centre, a source (`hint`, `estimated`,
   `prior`) and a confidence per value, calibrated on held-out synthetic seeds (`CALIBRATION`:
   the recorded confidence is the estimate's held-out skill x the cues' agreement); the fitter
