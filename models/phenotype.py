@@ -340,6 +340,13 @@ def child_log_odds(evidence: dict[str, float]) -> float | None:
     return AGE_CUE_WEIGHT * total + AGE_PRIOR_LOG_ODDS
 
 
+def age_cue_coverage(evidence: dict[str, float]) -> float:
+    """The share of the age cues (`AGE_CUES`) the photo showed: the recorded age confidence is
+    scaled by it, so an estimate from the face alone (a head or half-body photo, a seated
+    person) says it rests on less than one from the whole standing body."""
+    return sum(name in evidence for name in AGE_CUES) / len(AGE_CUES)
+
+
 def _log_odds(p: float, cap: float = 0.95) -> float:
     p = float(np.clip(p, 1.0 - cap, cap))
     return math.log(p / (1.0 - p))
@@ -400,6 +407,8 @@ def estimate_phenotype(
     pull = dict(confidence)
     if calibrated:
         _calibrate(centre, source, confidence, pull)
+        if source["age"] == "estimated":  # a head photo's face alone says less than a whole body
+            confidence["age"] *= age_cue_coverage(evidence)
     if hints.get("build"):
         centre["gender"], source["gender"], confidence["gender"] = BUILD_VALUES[hints["build"]], "hint", 1.0
     if hints.get("age_group"):

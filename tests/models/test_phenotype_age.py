@@ -15,6 +15,7 @@ from models.phenotype import (
     AGE_CUES,
     AGE_PRIOR_LOG_ODDS,
     CHILD_AGE,
+    age_cue_coverage,
     child_log_odds,
     estimate_phenotype,
     head_body_ratios,
@@ -149,3 +150,14 @@ def test_on_held_out_synthetic_subjects_the_age_estimate_beats_the_prior(anny_fi
     assert estimate_mean < prior_mean - 0.02
     recognised, children, misread, adults = children_recognised(results)
     assert children > 0 and recognised >= children / 3 and misread <= 1 and adults > 0
+
+
+def test_the_age_confidence_says_how_much_of_the_body_the_photo_showed():
+    """A head photo (the face classifier's years only) and a standing full body with the same
+    verdict: the head photo's recorded confidence is lower, by the share of cues it showed."""
+    adult_body = {name: adult for name, (_, adult, _) in AGE_CUES.items()}
+    head_only = {"face_age_years": adult_body["face_age_years"]}
+    body, head = estimate_phenotype(adult_body), estimate_phenotype(head_only)
+    assert body.centre["age"] == head.centre["age"] == ADULT_AGE
+    assert 0.0 < head.confidence["age"] < body.confidence["age"]
+    assert age_cue_coverage(head_only) == pytest.approx(1 / len(AGE_CUES)) and age_cue_coverage(adult_body) == 1.0
