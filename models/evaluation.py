@@ -392,6 +392,9 @@ def cue_summary(results: list[CueResult]) -> dict:
     # the build on clearly built subjects only (the synthetic builds are uniform in [0, 1]; near
     # 0.5 the prior is right whatever the photo): the population the calibration is judged on
     clear = clearly_built(seen)
+    recognised, children, misread, adults = children_recognised(seen)
+    out["children_recognised"] = f"{recognised}/{children}"
+    out["adults_read_as_children"] = f"{misread}/{adults}"
     out["clearly_built"] = len(clear)
     out["clear_centre_median_gender_error"] = _median(abs(r.centre["gender"] - r.true_phenotype["gender"]) for r in clear)
     out["clear_prior_median_gender_error"] = _median(abs(PRIOR_CENTRE["gender"] - r.true_phenotype["gender"]) for r in clear)
@@ -444,6 +447,36 @@ def held_out_skill(results: list[CueResult], label: str, shrink: float) -> float
     """1 - the estimate's mean absolute error / the prior's (0 when no better than the prior)."""
     estimate, prior = shrink_errors(results, label, shrink)[1], shrink_errors(results, label, 0.0)[1]
     return max(0.0, 1.0 - estimate / prior) if prior > 0 else 0.0
+
+
+def age_cue_table(results: list[CueResult], child_below: float = 0.5) -> dict[str, tuple[float, float, float]]:
+    """Per age cue of `models.phenotype.AGE_CUES`: the mean among children (true age below
+    `child_below`), the mean among adults and the pooled standard deviation, over the subjects
+    the cue was read on: the table the child log-odds is computed from (set it on some seeds,
+    judge it on others)."""
+    from models.phenotype import AGE_CUES
+
+    table: dict[str, tuple[float, float, float]] = {}
+    for cue in AGE_CUES:
+        rows = [(r.evidence[cue], r.true_phenotype["age"] < child_below) for r in results if cue in r.evidence]
+        children = np.array([v for v, child in rows if child], dtype=np.float64)
+        adults = np.array([v for v, child in rows if not child], dtype=np.float64)
+        if len(children) < 2 or len(adults) < 2:
+            continue
+        spread = ((children - children.mean()) ** 2).sum() + ((adults - adults.mean()) ** 2).sum()
+        sd = float(np.sqrt(spread / (len(children) + len(adults) - 2)))
+        table[cue] = (round(float(children.mean()), 4), round(float(adults.mean()), 4), round(sd, 4))
+    return table
+
+
+def children_recognised(results: list[CueResult], child_below: float = 0.5) -> tuple[int, int, int, int]:
+    """(children whose estimated age is below `child_below`, children, adults read as children,
+    adults) among the detected subjects."""
+    seen = [r for r in results if r.centre]
+    children = [r for r in seen if r.true_phenotype["age"] < child_below]
+    adults = [r for r in seen if r.true_phenotype["age"] >= child_below]
+    return (sum(r.centre["age"] < child_below for r in children), len(children),
+            sum(r.centre["age"] < child_below for r in adults), len(adults))  # fmt: skip
 
 
 def clearly_built(results: list[CueResult], margin: float = 0.2) -> list[CueResult]:

@@ -9,8 +9,9 @@ teenager. Here:
 - the prior's centre is an adult (`PRIOR_CENTRE`, age 0.67), unless the evidence says child;
 - `measure_evidence` reads scale-free proportions off MediaPipe's landmarks: the shoulder to
   hip width ratio of its metric 3D landmarks (turning the body changes both alike), and the
-  head's size against the torso and against the shoulders' width (children have big heads
-  for their bodies);
+  head's size against the torso, the shoulders' width and the stature (`head_body_ratios`:
+  children have big heads for their bodies), each only where the photo shows what it needs;
+  `child_log_odds` combines the age cues (`AGE_CUES`);
 - `estimate_phenotype` turns evidence and hints into a centre, a source (`hint`, `estimated`,
   `prior`) and a confidence per value, calibrated on held-out synthetic seeds (`CALIBRATION`:
   the recorded confidence is the estimate's held-out skill x the cues' agreement); the fitter
@@ -45,27 +46,47 @@ PRIOR_CENTRE: dict[str, float] = {
 BUILD_VALUES = {"masculine": 0.05, "feminine": 0.95, "neutral": 0.5}
 AGE_GROUP_VALUES = {"child": CHILD_AGE, "adult": ADULT_AGE}
 
-# Evidence -> probability (logistic): centre and scale of each cue. The shoulder/hip ratio of
-# MediaPipe's 3D landmarks: men's shoulders are broader for their hips (about 1.45 against 1.35
-# on the development photos and on synthetic Anny bodies); the face's height (forehead to chin,
-# Face Mesh 10-152) against the shoulder-hip distance: about 0.3-0.4 for adults, 0.5 and more
-# for young children.
+# Evidence -> probability (logistic): centre and scale of each build cue. The shoulder/hip
+# ratio of MediaPipe's 3D landmarks: men's shoulders are broader for their hips (about 1.45
+# against 1.35 on the development photos and on synthetic Anny bodies).
 SHOULDER_HIP_CENTRE, SHOULDER_HIP_SCALE = 1.40, 0.04
-FACE_TORSO_CENTRE, FACE_TORSO_SCALE = 0.48, 0.03
-# The face's height against the shoulders' width in the image: children's heads are big for
-# their shoulders. Set on synthetic Anny bodies of seeds 100-159 only (adults 0.52 +- 0.04,
-# children 0.60 +- 0.06; the evaluation uses seeds 0-11). Read only when the shoulders face the
+# The age cues (`head_body_ratios`, the face classifier's years): per cue the mean among
+# children (Anny age < 0.5), the mean among adults and the pooled standard deviation, measured
+# on synthetic Anny subjects of seeds 2000-2129 and 2200-2329 (`models.evaluation.age_cue_table`;
+# judged on seeds 3000-3129, never used to set them). Each cue's log-odds of a child is the
+# Gaussian likelihood ratio with that pooled deviation, (mc - ma) / sd^2 x (x - (mc + ma) / 2),
+# clipped to +-`AGE_CUE_CLIP`; the cues are summed, x `AGE_CUE_WEIGHT` (they are correlated: all
+# read the same face), plus `AGE_PRIOR_LOG_ODDS`. Children's heads are big for their bodies,
+# but real photos read bigger heads than Anny's renders for adults too (their camera looks
+# down, their people differ): the development adults' face-to-torso ratio is 0.30-0.42 against
+# 0.32 +- 0.04 on synthetic adults, so the weight and the prior are set on the synthetic seeds
+# among the settings that keep every development adult an adult (EVAL.md, "issue-12a").
+AGE_CUES: dict[str, tuple[float, float, float]] = {
+    "face_age_years": (15.92, 25.73, 11.17),
+    "face_torso_ratio": (0.3454, 0.3155, 0.0324),
+    "face_shoulder_ratio": (0.5856, 0.5135, 0.0577),
+    "face_stature_ratio": (0.1102, 0.0994, 0.0114),
+}
+AGE_CUE_CLIP = 3.0
+AGE_CUE_WEIGHT = 0.6
+AGE_PRIOR_LOG_ODDS = -1.5
+# The face's height against the shoulders' width is read only when the shoulders face the
 # camera (their width at least `FRONTAL_SHOULDERS` of the torso's length): turned shoulders
 # look narrow and every face would look big.
-FACE_SHOULDER_CENTRE, FACE_SHOULDER_SCALE = 0.57, 0.03
 FRONTAL_SHOULDERS = 0.45
+# The torso cues need a torso in the image plane: its 3D landmarks' depth share at most this
+# (synthetic standing subjects: 99 % below 0.28; pose_01 crouching 0.38, pose_03 seated and
+# leaning forward 0.41, whose faces would otherwise read as a child's for their torsos).
+MAX_TORSO_TILT = 0.2
+# A standing leg: the thigh's 3D direction at least this much downwards (synthetic standing
+# subjects: 99 % above 0.93; seated child_02 0.17, pose_03 0.03).
+STANDING_THIGH_DOWN = 0.8
 # The person mask's width at the waist against the hips, standing with the legs together:
 # garments and body both make it wider at the hips for most women.
 WAIST_HIP_CENTRE, WAIST_HIP_SCALE = 1.15, 0.1
 # Weight of each cue's log-odds in the combination; each cue's log-odds is clipped to +-3.
 CUE_WEIGHTS = {
-    "face_model": 1.0, "shoulder_hip_ratio": 0.6, "waist_hip_ratio": 0.6, "face_torso_ratio": 1.0,
-    "face_shoulder_ratio": 1.0,
+    "face_model": 1.0, "shoulder_hip_ratio": 0.6, "waist_hip_ratio": 0.6,
 }  # fmt: skip
 # The face classifier's probabilities are capped at about its measured accuracy: it is
 # confidently wrong at times (right side for 13 of 19 synthetic Anny faces, 10 of 12 dev photos).
@@ -74,7 +95,6 @@ FACE_MODEL_MAX_P = 0.8
 # Anny adds newborn): value = interpolation over these.
 AGE_YEARS = (0.0, 1.0, 11.0, 25.0, 90.0)
 AGE_VALUES = (-1.0 / 3.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
-CHILD_BELOW_YEARS = 16.0
 
 
 @dataclass(frozen=True)
@@ -102,11 +122,14 @@ class AxisCalibration:
 # are uniform in [0, 1], so 4 in 10 are near-neutral bodies, for which the prior (0.5) is right
 # whatever the photo; people are mostly clearly male or female. There the cues' estimate beats
 # the prior on every seed set (mean error 0.298 against 0.350 pooled) and no shrink beats it by
-# more than its noise (0.9: 0.0028 +- 0.0023). Age: all subjects, a quarter of them children;
-# 0.161 against 0.185, the best shrink (0.8) gains 0.0025 +- 0.0018.
+# more than its noise (0.9: 0.0028 +- 0.0023). Age (issue-12a, the child log-odds of
+# `AGE_CUES`): all subjects, a quarter of them children; chosen on seeds 2000-2129 and
+# 2200-2329 (each set alone chose shrink 1.0; held-out skill 0.110 and 0.122 on the other set),
+# reported on seeds 3000-3129: mean error 0.140 against the prior's 0.171 (skill 0.18), median
+# 0.107 against 0.134. The recorded skill is the lower held-out one.
 CALIBRATION: dict[str, AxisCalibration] = {
     "gender": AxisCalibration(shrink=1.0, skill=0.148),
-    "age": AxisCalibration(shrink=1.0, skill=0.125),
+    "age": AxisCalibration(shrink=1.0, skill=0.110),
 }
 
 
@@ -220,6 +243,59 @@ def waist_hip_ratio(pose: np.ndarray, mask: np.ndarray) -> float | None:
     return waist / hip if hip > 0 and waist > 0 else None
 
 
+def torso_tilt(pose_world: np.ndarray | None) -> float | None:
+    """How far the torso leans towards or away from the camera: |depth| / length of the hips-to-
+    shoulders vector in MediaPipe's metric 3D landmarks (0 upright in the image plane, 1 along
+    the camera's axis); None without 3D landmarks."""
+    if pose_world is None or len(pose_world) < 33:
+        return None
+    torso = pose_world[[11, 12]].mean(axis=0) - pose_world[[23, 24]].mean(axis=0)
+    length = float(np.linalg.norm(torso))
+    return abs(float(torso[2])) / length if length > 1e-6 else None
+
+
+def _standing_legs(pose: np.ndarray, pose_world: np.ndarray | None) -> float | None:
+    """The longer leg's hip-knee-ankle length in the image (px) when the person stands: hips,
+    knees and ankles seen and both thighs pointing down (3D landmarks); None when seated,
+    crouching or cut off (a leg length read off a bent or hidden leg says nothing of stature)."""
+    if pose_world is None or len(pose_world) < 33 or not (pose[23:29, 3] >= 0.5).all():
+        return None
+    for hip, knee in ((23, 25), (24, 26)):
+        thigh = pose_world[knee] - pose_world[hip]
+        if float(thigh[1]) < STANDING_THIGH_DOWN * float(np.linalg.norm(thigh)):  # y points down
+            return None
+    return max(
+        float(np.linalg.norm(pose[h, :2] - pose[k, :2]) + np.linalg.norm(pose[k, :2] - pose[a, :2]))
+        for h, k, a in ((23, 25, 27), (24, 26, 28))
+    )
+
+
+def head_body_ratios(pose: np.ndarray, pose_world: np.ndarray | None, face: np.ndarray) -> dict[str, float]:
+    """The head against the body, in the image (scale-free), each only where the photo shows
+    what it needs: the face's height (Face Mesh 10-152) and width (234-454) against the
+    torso's length (shoulders and hips seen, the torso not leaning towards the camera: a
+    foreshortened torso makes every face look big), the face's height against the shoulders'
+    width (shoulders facing the camera) and against the stature (face top to shoulders +
+    torso + the longer leg, standing only). Children's heads are big for their bodies."""
+    out: dict[str, float] = {}
+    shoulder_mid, hip_mid = pose[[11, 12], :2].mean(0), pose[[23, 24], :2].mean(0)
+    torso = float(np.linalg.norm(shoulder_mid - hip_mid))
+    face_height = float(np.linalg.norm(face[10, :2] - face[152, :2]))
+    if torso <= 1.0 or face_height <= 1.0:
+        return out
+    tilt = torso_tilt(pose_world)
+    upright = tilt is None or tilt <= MAX_TORSO_TILT
+    if upright:
+        out["face_torso_ratio"] = face_height / torso
+    shoulder_width = float(np.linalg.norm(pose[11, :2] - pose[12, :2]))
+    if shoulder_width >= FRONTAL_SHOULDERS * torso:
+        out["face_shoulder_ratio"] = face_height / shoulder_width
+    leg = _standing_legs(pose, pose_world)
+    if leg is not None and upright:
+        out["face_stature_ratio"] = face_height / (float(np.linalg.norm(face[10, :2] - shoulder_mid)) + torso + leg)
+    return out
+
+
 def measure_evidence(
     pose: np.ndarray,
     pose_world: np.ndarray | None,
@@ -241,19 +317,34 @@ def measure_evidence(
         hip_width = float(np.linalg.norm(pose_world[23] - pose_world[24]))
         if hip_width > 1e-3:
             evidence["shoulder_hip_ratio"] = float(np.linalg.norm(pose_world[11] - pose_world[12])) / hip_width
-    if face is not None and len(face) > 152 and seen[list(shoulders + hips)].all():
-        torso = float(np.linalg.norm(pose[[11, 12], :2].mean(0) - pose[[23, 24], :2].mean(0)))
-        face_height = float(np.linalg.norm(face[10, :2] - face[152, :2]))
-        if torso > 1.0:
-            evidence["face_torso_ratio"] = face_height / torso
-            shoulder_width = float(np.linalg.norm(pose[11, :2] - pose[12, :2]))
-            if shoulder_width >= FRONTAL_SHOULDERS * torso:
-                evidence["face_shoulder_ratio"] = face_height / shoulder_width
+    if face is not None and len(face) > 454 and seen[list(shoulders + hips)].all():
+        evidence.update(head_body_ratios(pose, pose_world, face))
     if mask is not None and _standing_legs_together(pose):
         ratio = waist_hip_ratio(pose, mask)
         if ratio is not None:
             evidence["waist_hip_ratio"] = ratio
     return evidence
+
+
+def child_log_odds(evidence: dict[str, float]) -> float | None:
+    """The log-odds that the person is a child from the age cues the photo shows (`AGE_CUES`);
+    None when it shows none of them."""
+    seen = [name for name in AGE_CUES if name in evidence]
+    if not seen:
+        return None
+    total = 0.0
+    for name in seen:
+        child_mean, adult_mean, sd = AGE_CUES[name]
+        ratio = (child_mean - adult_mean) / sd**2 * (evidence[name] - 0.5 * (child_mean + adult_mean))
+        total += float(np.clip(ratio, -AGE_CUE_CLIP, AGE_CUE_CLIP))
+    return AGE_CUE_WEIGHT * total + AGE_PRIOR_LOG_ODDS
+
+
+def age_cue_coverage(evidence: dict[str, float]) -> float:
+    """The share of the age cues (`AGE_CUES`) the photo showed: the recorded age confidence is
+    scaled by it, so an estimate from the face alone (a head or half-body photo, a seated
+    person) says it rests on less than one from the whole standing body."""
+    return sum(name in evidence for name in AGE_CUES) / len(AGE_CUES)
 
 
 def _log_odds(p: float, cap: float = 0.95) -> float:
@@ -304,26 +395,20 @@ def estimate_phenotype(
         p_female = _logistic(sum(female))
         centre["gender"] = float(np.clip(p_female, 0.05, 0.95))
         source["gender"], confidence["gender"] = "estimated", abs(2.0 * p_female - 1.0)
-    child = []  # weighted log-odds of a child
-    if "face_age_years" in evidence:
-        z = (CHILD_BELOW_YEARS - evidence["face_age_years"]) / 3.0
-        child.append(CUE_WEIGHTS["face_model"] * _clip3(z) * (0.5 + 0.5 * evidence["face_age_confidence"]))
-    if "face_torso_ratio" in evidence:
-        z = (evidence["face_torso_ratio"] - FACE_TORSO_CENTRE) / FACE_TORSO_SCALE
-        child.append(CUE_WEIGHTS["face_torso_ratio"] * _clip3(z))
-    if "face_shoulder_ratio" in evidence:
-        z = (evidence["face_shoulder_ratio"] - FACE_SHOULDER_CENTRE) / FACE_SHOULDER_SCALE
-        child.append(CUE_WEIGHTS["face_shoulder_ratio"] * _clip3(z))
-    if child:
-        p_child = _logistic(sum(child))
-        years = evidence.get("face_age_years")
-        as_child = CHILD_AGE if years is None else float(np.clip(years_to_age_value(years), 0.1, 0.45))
-        as_adult = ADULT_AGE if years is None else float(np.clip(years_to_age_value(years), 0.55, 0.95))
-        centre["age"] = p_child * as_child + (1.0 - p_child) * as_adult
+    child = child_log_odds(evidence)
+    if child is not None:
+        # a child or an adult, held as hard as the cues agree: a blend of the two would give the
+        # undecided a teenager's body (0.5), the complaint of issue 12; the face classifier's
+        # years as the value within each group made the synthetic age error worse (0.14
+        # against 0.10-0.13 held out), so each group takes its anchor
+        p_child = _logistic(child)
+        centre["age"] = CHILD_AGE if p_child > 0.5 else ADULT_AGE
         source["age"], confidence["age"] = "estimated", abs(2.0 * p_child - 1.0)
     pull = dict(confidence)
     if calibrated:
         _calibrate(centre, source, confidence, pull)
+        if source["age"] == "estimated":  # a head photo's face alone says less than a whole body
+            confidence["age"] *= age_cue_coverage(evidence)
     if hints.get("build"):
         centre["gender"], source["gender"], confidence["gender"] = BUILD_VALUES[hints["build"]], "hint", 1.0
     if hints.get("age_group"):
