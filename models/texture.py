@@ -925,6 +925,7 @@ def _fill_by_regions(
     head = layout.region == REGIONS.index("head")
     hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head, dominant)
     skin = _skin_colour(colours, seen, layout, dominant, texel_region)
+    seen &= ~_not_our_sleeves(colours, seen & deep, texel_region, skin)
     photo_crown = _crown_is_hair_in_photo(hair, skin, photo) if photo is not None else None
     crown_from_photo = photo_crown is not None
     if crown_from_photo:
@@ -1339,6 +1340,59 @@ def _hand_not_skin(
     hands = np.flatnonzero(seen & np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS]))
     out = np.zeros(len(seen), bool)
     out[hands] = np.linalg.norm(colours[hands] - skin, axis=1) > config.hand_skin_tolerance
+    return out
+
+
+ARM_PAIRS = (("upper_arm.L", "upper_arm.R"), ("forearm.L", "forearm.R"))
+MIN_ARM_TEXELS = 200  # seen texels an arm needs before its colour is compared with the other's
+ARM_SKIN_TOLERANCE = 60.0  # RGB distance from the face's skin within which a skin-like arm is bare
+# CIELAB distance beyond which two colours are different things, not one garment in other light:
+# a lit and a shaded sleeve of one jumper differ by 5-20, a pink dress and a green one by 50.
+OTHER_THING_DELTA_E = 30.0
+
+
+def _lab(colours: np.ndarray) -> np.ndarray:
+    """RGB colours (N,3) 0-255 in CIELAB (N,3): L 0-100, a and b about -128..127."""
+    rgb = np.clip(np.asarray(colours, np.float32).reshape(1, -1, 3) / 255.0, 0.0, 1.0)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[0]
+
+
+def _not_our_sleeves(colours: np.ndarray, seen: np.ndarray, texel_region: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Seen arm texels (N,) that show someone else. Where one arm's seen colour is another thing
+    (`OTHER_THING_DELTA_E`) than both the other arm's and the torso's, and not bare skin, while
+    the other arm is the torso's garment or skin, that arm's texels of a colour none of these
+    share are taken as another person's: a neighbour's sleeve in front of ours, which the
+    person mask let in, or a fitted arm behind a neighbour. When they are most of its texels,
+    all of them are (what is left is the arm's outline, mixed with the neighbour), and the arm
+    is made up like an unseen one, from the other. Both arms odd, or both alike, leaves all
+    seen: two sleeves of a colour the torso lacks are a jacket's, not a neighbour's."""
+    out = np.zeros(len(seen), bool)
+    torso = np.flatnonzero(seen & (texel_region == REGIONS.index("torso")))
+    if len(torso) < MIN_ARM_TEXELS:
+        return out
+    torso_lab = _lab(np.median(colours[torso], axis=0)[None])[0]
+
+    def bare(colour: np.ndarray) -> np.ndarray:  # (M,3) -> (M,)
+        return (np.linalg.norm(colour - skin, axis=1) < ARM_SKIN_TOLERANCE) & skin_like(colour)
+
+    for a, b in ARM_PAIRS:
+        ids = {r: np.flatnonzero(seen & (texel_region == REGIONS.index(r))) for r in (a, b)}
+        if min(len(v) for v in ids.values()) < MIN_ARM_TEXELS:
+            continue
+        median = {r: np.median(colours[v], axis=0) for r, v in ids.items()}
+        lab = {r: _lab(median[r][None])[0] for r in (a, b)}
+        ours = {r: np.linalg.norm(lab[r] - torso_lab) < OTHER_THING_DELTA_E or bool(bare(median[r][None])[0]) for r in (a, b)}
+        if ours[a] == ours[b] or np.linalg.norm(lab[a] - lab[b]) < OTHER_THING_DELTA_E:
+            continue
+        odd, good = (b, a) if ours[a] else (a, b)
+        texels = ids[odd]
+        texel_lab = _lab(colours[texels])
+        other = (
+            (np.linalg.norm(texel_lab - lab[good], axis=1) >= OTHER_THING_DELTA_E)
+            & (np.linalg.norm(texel_lab - torso_lab, axis=1) >= OTHER_THING_DELTA_E)
+            & ~bare(colours[texels])
+        )
+        out[texels] = True if 2 * other.sum() > len(other) else other
     return out
 
 
