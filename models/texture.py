@@ -226,15 +226,18 @@ def bake_texture(
     points, normals = _surface_at_texels(mesh, raster)
     person = person_mask(mask, config)
     pixels, on_person = project_onto_person(camera, points, person)
-    seen = visible_texels(mesh, points, normals, raster.tri, camera, on_person, config)
-    labels = face_part_labels(uv, face_uv_idx)[raster.tri]
+    ray = RayMeshIntersector(mesh)  # one embree scene for the visibility and the label map
     regional = layout is not None and config.back_fill and config.unseen_fill == "regions"
+    view_cos = _view_cosines(points, normals, camera) if regional else None
+    seen = visible_texels(mesh, points, normals, raster.tri, camera, on_person, config, ray=ray, view_cos=view_cos)
+    tables = texel_tables(mesh.faces, uv, face_uv_idx, raster)
+    labels = tables.labels
     facing = facing_of(mesh, camera, layout, face_landmarks) if layout is not None else "camera"
     if facing == "away":  # landmarks on the back of a head are the detector's guess, not a face
         face_landmarks, iris_rgb = None, None
     if regional:
-        texel_region = _texel_region(layout, mesh.faces, raster)
-        zones = occlusion_zones(mesh, camera, layout.region, person.shape, config, person)
+        texel_region = layout.region[tables.dominant]
+        zones = occlusion_zones(mesh, camera, layout.region, person.shape, config, person, ray=ray)
         seen &= ~occluded_texels(mesh, camera, layout.region, texel_region, pixels, person, config, zones)
         if face_landmarks is not None:
             seen &= ~_in_face_openings(face_landmarks, pixels, person.shape, labels)
@@ -245,16 +248,16 @@ def bake_texture(
         deep = _deep_inside(person, pixels, config)
         scale = _metres_per_pixel(camera, mesh.vertices[layout.region == REGIONS.index("neck")])
         photo = PhotoEvidence(image=image, person=person, region_map=zones[0], metres_per_px=scale, texel_pixels=pixels,
-                              texel_view_cos=_view_cosines(points, normals, camera), face_landmarks=face_landmarks)  # fmt: skip
+                              texel_view_cos=view_cos, face_landmarks=face_landmarks)  # fmt: skip
         colours, seen = _fill_by_regions(
-            colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb, photo, facing
+            colours, seen, deep, labels, texel_region, mesh, raster, layout, config, iris_rgb, photo, facing, tables
         )
     else:
         colours = _fill_unseen(colours, seen, labels, pixels, image, person, mesh, raster, config)
     observed = raster.scatter(seen, fill=False)
     # the procedural eyes are small and drawn texel-sharp: the seam feathering would blur
     # the iris away
-    sharp = raster.scatter(_has_part(labels, EYE_PARTS), fill=False) if regional else None
+    sharp = raster.scatter(tables.eyes, fill=False) if regional else None
     return BakedTexture(
         image=_compose(raster, colours, observed, config, sharp),
         observed=observed,
@@ -352,6 +355,42 @@ def _nearest_chart(chart: np.ndarray) -> np.ndarray:
     return label.ravel()[~chart.ravel()].astype(np.int64) - 1
 
 
+@dataclass(frozen=True)
+class TexelTables:
+    """What the bake reads per chart texel that depends on the mesh's topology and UV layout
+    only, never on the person: computed once per layout (`texel_tables`)."""
+
+    raster: UVRaster
+    corners: np.ndarray  # (N,3) the texel's triangle's vertices
+    dominant: np.ndarray  # (N,) the corner it lies nearest to (per-vertex flags read per texel)
+    labels: np.ndarray  # (N,) body part (index into `part_names()`)
+    eyes: np.ndarray  # (N,) bool, the eyeballs and their sockets
+    mouth: np.ndarray  # (N,) bool, the mouth cavity and the tongue
+    tongue: np.ndarray  # (N,) bool
+    corner_weight: np.ndarray  # (V,) summed barycentric weight of all texels per vertex
+    edges: np.ndarray  # (E,2) the mesh's unique undirected edges (`_mesh_edges`)
+
+
+_TABLES_CACHE: dict[str, TexelTables] = {}
+
+
+def texel_tables(faces: np.ndarray, uv: np.ndarray, face_uv_idx: np.ndarray, raster: UVRaster) -> TexelTables:
+    """The `TexelTables` of `faces` on `raster` (which `rasterise_uv(uv, face_uv_idx)` made),
+    cached: the region fill read them several times per bake, and every bake read them anew."""
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (faces, np.ascontiguousarray(uv, np.float64), np.ascontiguousarray(face_uv_idx, np.int64)):
+        digest.update(array.tobytes())
+    key = f"{digest.hexdigest()}:{raster.size}"
+    cached = _TABLES_CACHE.get(key)
+    if cached is not None and cached.raster is raster:
+        return cached
+    if len(_TABLES_CACHE) >= 4:
+        _TABLES_CACHE.pop(next(iter(_TABLES_CACHE)))
+    _TABLES_CACHE[key] = _tables_of_labels(faces, raster, face_part_labels(uv, face_uv_idx)[raster.tri])
+    return _TABLES_CACHE[key]
+
+
 # --- geometry and visibility ------------------------------------------------------------
 
 
@@ -413,17 +452,22 @@ def visible_texels(
     camera: Camera,
     on_person: np.ndarray,
     config: TextureConfig,
+    ray: RayMeshIntersector | None = None,
+    view_cos: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which surface points the photo shows: facing the camera, on the person, unoccluded."""
+    """Which surface points the photo shows: facing the camera, on the person, unoccluded.
+    `ray`: an intersector of `mesh` already built (its scene costs a tenth of the bake);
+    `view_cos`: `_view_cosines(points, normals, camera)` when already computed."""
     centre = camera.center_world.astype(np.float32)
     view = centre - points
     dist = np.sqrt(np.einsum("nd,nd->n", view, view))
-    norm = np.sqrt(np.einsum("nd,nd->n", normals, normals))
-    cos = np.einsum("nd,nd->n", normals, view) / np.maximum(norm * dist, 1e-12)
+    if view_cos is None:
+        view_cos = _view_cosines(points, normals, camera)
+    cos = view_cos
     candidate = np.flatnonzero(on_person & (cos > config.grazing_cos))
     directions = -view[candidate] / dist[candidate, None]
     origins = np.broadcast_to(centre, directions.shape)
-    hit = RayMeshIntersector(mesh).intersects_first(origins, directions)
+    hit = (ray or RayMeshIntersector(mesh)).intersects_first(origins, directions)
     hit_dist = _plane_distance(mesh, hit, origins, directions)
     first = (hit == tri[candidate]) | (hit_dist >= dist[candidate] - config.visibility_eps_m)
     seen = np.zeros(len(points), bool)
@@ -622,14 +666,8 @@ def _dominant(corners: np.ndarray, bary: np.ndarray) -> np.ndarray:
     return corners[np.arange(len(corners)), bary.argmax(axis=1)]
 
 
-def _texel_region(layout: BodyLayout, faces: np.ndarray, raster: UVRaster) -> np.ndarray:
-    """Region (N,) of each chart texel: that of its triangle's nearest corner."""
-    corners = faces[raster.tri]
-    return layout.region[corners[np.arange(len(corners)), raster.bary.argmax(axis=1)]]
-
-
 def cast_camera(
-    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int], stride: int = 1
+    mesh: trimesh.Trimesh, camera: Camera, shape: tuple[int, int], stride: int = 1, ray: RayMeshIntersector | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """First-hit face id (h,w) (-1: nothing) and ray length (h,w) (inf) per photo pixel.
 
@@ -650,7 +688,7 @@ def cast_camera(
     directions = rays @ (camera.R.T @ np.linalg.inv(camera.K)).T  # camera -> world: R^T K^-1 p
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     origins = np.broadcast_to(camera.center_world, directions.shape)
-    hit = RayMeshIntersector(mesh).intersects_first(origins, directions)
+    hit = (ray or RayMeshIntersector(mesh)).intersects_first(origins, directions)
     dist = _plane_distance(mesh, hit, origins, directions)
     block_h, block_w = rows.shape
     ids = np.repeat(np.repeat(hit.reshape(block_h, block_w), stride, 0), stride, 1)
@@ -668,6 +706,7 @@ def occlusion_zones(
     shape: tuple[int, int],
     config: TextureConfig,
     person: np.ndarray | None = None,
+    ray: RayMeshIntersector | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per photo pixel: the fitted body's region (-1 off the body), the band around its inner
     occluding contours, and the zone around its hands.
@@ -676,7 +715,7 @@ def occlusion_zones(
     arm where the fit has chest, so both sides of the contour are left unseen. Around the hands
     the photo often shows fingers or a held object the body model does not have.
     """
-    face_id, depth = cast_camera(mesh, camera, shape, stride=config.label_stride)
+    face_id, depth = cast_camera(mesh, camera, shape, stride=config.label_stride, ray=ray)
     on_body = face_id >= 0
     face_region = vertex_region[mesh.faces[:, 0]]
     region_map = np.where(on_body, face_region[np.maximum(face_id, 0)], -1)
@@ -866,14 +905,16 @@ def _fill_by_regions(
     iris_rgb: tuple[float, float, float] | None,
     photo: PhotoEvidence | None = None,
     facing: str = "camera",
+    tables: TexelTables | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Colours (N,3) for all chart texels and the texels kept as observed (see module doc)."""
-    names = part_names()
-    eyes = np.isin(labels, [names.index(p) for p in EYE_PARTS if p in names])
-    mouth = np.isin(labels, [names.index(p) for p in MOUTH_PARTS if p in names])
+    """Colours (N,3) for all chart texels and the texels kept as observed (see module doc).
+    `tables`: the layout's `TexelTables` (`labels` must be theirs)."""
+    if tables is None:
+        tables = _tables_of_labels(mesh.faces, raster, labels)
+    eyes, mouth = tables.eyes, tables.mouth
     seen = seen & ~eyes & ~mouth
-    corners = mesh.faces[raster.tri]
-    dominant = _dominant(corners, raster.bary)  # the texel's nearest corner, for per-vertex flags
+    corners = tables.corners
+    dominant = tables.dominant  # the texel's nearest corner, for per-vertex flags
     if facing == "away":
         # a person seen from behind: what lands on the fitted face's rim is the back or side of
         # their head (hair, a cap); the face is made up (skin, procedural eyes, the hair around)
@@ -882,8 +923,9 @@ def _fill_by_regions(
     lids = layout.lids[dominant] if layout.lids is not None else np.zeros(len(seen), bool)
     seen &= ~lids
     head = layout.region == REGIONS.index("head")
-    hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head)
+    hair = crown_colour(colours, seen & deep, corners, raster.bary, layout, head, dominant)
     skin = _skin_colour(colours, seen, layout, dominant, texel_region)
+    seen &= ~_not_our_sleeves(colours, seen & deep, texel_region, skin)
     photo_crown = _crown_is_hair_in_photo(hair, skin, photo) if photo is not None else None
     crown_from_photo = photo_crown is not None
     if crown_from_photo:
@@ -895,7 +937,8 @@ def _fill_by_regions(
     long_hair = None
     if photo is not None and hair is not None:
         hair_mask = hair_in_photo(photo.image, photo.person, photo.region_map, hair, skin, config)
-        seen &= ~_covered_by_hair(hair_mask, photo.texel_pixels, seen, texel_region, _below_hairline(corners, raster.bary, layout))
+        below = _below_hairline(corners, raster.bary, layout, texel_region == REGIONS.index("head"))
+        seen &= ~_covered_by_hair(hair_mask, photo.texel_pixels, seen, texel_region, below)
         long_hair = long_hair_in_photo(hair_mask, photo.person, photo.region_map, photo.image, photo.metres_per_px, layout, config)
     texel_t = np.einsum("nk,nk->n", raster.bary, layout.axis_t[corners].astype(np.float32))
     bins = config.slice_bins
@@ -906,18 +949,26 @@ def _fill_by_regions(
     if photo is not None and photo.texel_view_cos is not None:
         # the sides are seen at an angle and darker in the photo than the garment seen face-on:
         # their statistics are lifted to the face-on shade, so the back matches the front
-        stats = colours / shading_by_view_angle(colours, seen & deep, photo.texel_view_cos, texel_region, texel_t, bins)[:, None]
-        stats = _no_brighter_than_face_on(stats, colours, seen & deep, photo.texel_view_cos, texel_region)
+        # (only the seen texels well inside the mask are read: the slice statistics' texels)
+        ids = np.flatnonzero(seen & deep)
+        cos = photo.texel_view_cos
+        shade = shading_by_view_angle(colours, seen & deep, cos, texel_region, texel_t, bins, at=ids)
+        lifted = _no_brighter_than_face_on(
+            colours[ids] / shade[:, None], colours[ids], np.ones(len(ids), bool), cos[ids], texel_region[ids]
+        )
+        stats = np.zeros(colours.shape, lifted.dtype)
+        stats[ids] = lifted
     else:
         stats = colours
     # the front's statistics from the outer half of each torso slice: a logo sits in the middle
-    sides = _outer_half(sides, texel_region, texel_t, corners, raster.bary, layout, bins)
+    outer_part = _outer_part(texel_region, texel_t, corners, raster.bary, layout, bins)
+    sides = _outer_half(sides, texel_region, outer_part)
     table, filled = _slice_medians(stats, sides, texel_region, texel_t, bins)
     # a region seen only face-on (no side slice at all) falls back to all its seen texels;
     # otherwise slices without sides are interpolated from the neighbouring side slices, so a
     # print the arms hide the sides of is not repeated either
     # the front's statistics from the outer half of each torso slice: a logo sits in the middle
-    outer = _outer_half(seen & deep, texel_region, texel_t, corners, raster.bary, layout, bins)
+    outer = _outer_half(seen & deep, texel_region, outer_part)
     front_table, front_filled = _slice_medians(stats, outer, texel_region, texel_t, bins)
     front_only = ~filled.any(axis=1)
     table[front_only] = front_table[front_only]
@@ -939,17 +990,41 @@ def _fill_by_regions(
     if crown_from_photo:
         vertex_fill[_crown_zone(layout)] = hair
     _long_hair_down_the_back(vertex_fill, layout, long_hair)
-    vertex_seen, vertex_colour = _vertex_observations(colours, seen, corners, raster.bary, len(mesh.vertices))
-    vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters)
+    vertex_seen, vertex_colour = _vertex_observations(
+        colours, seen, corners, raster.bary, len(mesh.vertices), tables.corner_weight
+    )
+    vertex_fill = _relax(vertex_fill, vertex_colour, vertex_seen, mesh.faces, config.relax_iters, tables.edges)
     out = colours.copy()
-    unseen = ~seen
-    out[unseen] = np.einsum("nk,nkd->nd", raster.bary[unseen], vertex_fill[corners[unseen]])
-    texel_xy = np.stack([raster.flat % raster.size, raster.flat // raster.size], axis=1)
-    out[eyes] = _eye_colours(texel_xy[eyes], labels[eyes], iris_rgb)
-    tongue = labels == names.index("tongue") if "tongue" in names else np.zeros_like(mouth)
+    unseen = np.flatnonzero(~seen)
+    out[unseen] = _interpolate(raster.bary[unseen], corners[unseen], vertex_fill)
+    eye_ids = np.flatnonzero(eyes)
+    texel_xy = np.stack([raster.flat[eye_ids] % raster.size, raster.flat[eye_ids] // raster.size], axis=1)
+    out[eye_ids] = _eye_colours(texel_xy, labels[eye_ids], iris_rgb)
     out[mouth] = MOUTH_CAVITY
-    out[mouth & tongue] = TONGUE
+    out[mouth & tables.tongue] = TONGUE
     return out, seen
+
+
+def _interpolate(bary: np.ndarray, corners: np.ndarray, vertex_values: np.ndarray) -> np.ndarray:
+    """Per-vertex values (V,3) at texels (N,): the barycentric sum over their corners, written
+    out (a third faster than the einsum over the gathered (N,3,3) array, the same floats)."""
+    out = bary[:, 0:1] * vertex_values[corners[:, 0]]
+    out += bary[:, 1:2] * vertex_values[corners[:, 1]]
+    out += bary[:, 2:3] * vertex_values[corners[:, 2]]
+    return out
+
+
+def _tables_of_labels(faces: np.ndarray, raster: UVRaster, labels: np.ndarray) -> TexelTables:
+    """`TexelTables` from given texel labels, computed afresh (`texel_tables` caches them)."""
+    corners = np.asarray(faces, np.int64)[raster.tri]
+    names = part_names()
+    return TexelTables(
+        raster=raster, corners=corners, dominant=_dominant(corners, raster.bary), labels=labels,
+        eyes=_has_part(labels, EYE_PARTS), mouth=_has_part(labels, MOUTH_PARTS),
+        tongue=labels == names.index("tongue") if "tongue" in names else np.zeros(len(labels), bool),
+        corner_weight=np.bincount(corners.ravel(), weights=raster.bary.ravel(), minlength=int(np.max(faces)) + 1),
+        edges=_mesh_edges(faces),
+    )  # fmt: skip
 
 
 def _view_cosines(points: np.ndarray, normals: np.ndarray, camera: Camera) -> np.ndarray:
@@ -969,14 +1044,15 @@ SHADING_COS_EDGES = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.01)
 
 
 def shading_by_view_angle(
-    colours: np.ndarray, seen: np.ndarray, cos: np.ndarray, region: np.ndarray, t: np.ndarray, bins: int
-) -> np.ndarray:
+    colours: np.ndarray, seen: np.ndarray, cos: np.ndarray, region: np.ndarray, t: np.ndarray, bins: int,
+    at: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """The photo's shade (N,) of each texel relative to the same garment seen face-on.
 
     Per region slice (one garment, one colour, mostly), the median brightness in each
     view-angle bin over that of the face-on bin; the median of these ratios over all slices
     (prints and logos are a few slices' business) is the photo's shading curve, interpolated
-    at each texel's angle. 1 where nothing can be measured.
+    at each texel's angle (or only at the texels `at`, indices). 1 where nothing can be measured.
     """
     edges = np.asarray(SHADING_COS_EDGES)
     n_bins = len(edges) - 1
@@ -1005,6 +1081,7 @@ def shading_by_view_angle(
         if len(ratios[b]) >= 3:
             curve[b] = float(np.clip(np.median(ratios[b]), MIN_SHADE, 1.0))
     centres = 0.5 * (edges[:-1] + edges[1:])
+    cos = cos if at is None else cos[at]
     return np.interp(np.clip(cos, centres[0], centres[-1]), centres, curve).astype(np.float32)
 
 
@@ -1014,37 +1091,43 @@ def _no_brighter_than_face_on(
     """`lifted` colours (N,3) dimmed where the lift made them brighter than their region seen
     face-on (median) and than they were: a side already lit (a shoulder's highlight) is not
     lifted into white."""
-    face_on = seen & (cos > 0.9)
+    face_on = np.flatnonzero(seen & (cos > 0.9))
     lum = colours.mean(axis=1)
     n = len(REGIONS)
     ref = np.full(n, 255.0)
-    for r in np.unique(region[face_on]):
-        ref[r] = float(np.median(lum[face_on & (region == r)]))
+    order = face_on[np.argsort(region[face_on], kind="stable")]  # texels grouped by region
+    bounds = np.flatnonzero(np.r_[True, region[order][1:] != region[order][:-1], True])
+    for a, b in itertools.pairwise(bounds):
+        ref[region[order[a]]] = float(np.median(lum[order[a:b]]))
     cap = np.maximum(ref[region], lum)
     scale = np.minimum(1.0, cap / np.maximum(lifted.mean(axis=1), 1e-6))
     return np.minimum(lifted * scale[:, None], 255.0)
 
 
-def _outer_half(
-    seen: np.ndarray, texel_region: np.ndarray, t: np.ndarray, corners: np.ndarray, bary: np.ndarray,
-    layout: BodyLayout, bins: int,
-) -> np.ndarray:  # fmt: skip
-    """`seen` texels (N,), but of the torso only those in the outer part of their slice (farther
-    from the midline than `OUTER_TORSO_FRAC` of the slice's half-width): prints, logos, buttons
-    and zips sit in the middle of the chest, the garment's own colour at its sides. A slice
-    whose outer part is hidden (arms crossed) is left to its neighbours. Other regions keep
-    all their seen texels."""
-    torso = texel_region == REGIONS.index("torso")
-    if not (seen & torso).any():
-        return seen
-    ids = np.flatnonzero(torso)
+def _outer_part(
+    texel_region: np.ndarray, t: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The torso's texels (M,) and which of them lie in the outer part of their slice (M,)
+    bool: farther from the midline than `OUTER_TORSO_FRAC` of the slice's half-width."""
+    ids = np.flatnonzero(texel_region == REGIONS.index("torso"))
     x = np.einsum("nk,nk->n", bary[ids], layout.rest_vertices[corners[ids], 0])
     lateral = np.abs(x - float(np.median(layout.rest_vertices[layout.region == REGIONS.index("neck"), 0])))
     key = np.clip((t[ids] * bins).astype(np.int64), 0, bins - 1)
     half_width = np.zeros(bins)
     np.maximum.at(half_width, key, lateral)
+    return ids, lateral > OUTER_TORSO_FRAC * half_width[key]
+
+
+def _outer_half(seen: np.ndarray, texel_region: np.ndarray, outer_part: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`seen` texels (N,), but of the torso only those in the outer part of their slice
+    (`_outer_part`): prints, logos, buttons and zips sit in the middle of the chest, the
+    garment's own colour at its sides. A slice whose outer part is hidden (arms crossed) is
+    left to its neighbours. Other regions keep all their seen texels."""
+    ids, outer = outer_part
+    if not seen[ids].any():
+        return seen
     out = seen.copy()
-    out[ids] &= lateral > OUTER_TORSO_FRAC * half_width[key]
+    out[ids] &= outer
     return out
 
 
@@ -1254,9 +1337,63 @@ def _hand_not_skin(
     if zone.sum() < 50:
         return np.zeros(len(seen), bool)
     skin = np.median(colours[zone], axis=0)
-    hands = seen & np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS])
-    far = np.linalg.norm(colours - skin, axis=1) > config.hand_skin_tolerance
-    return hands & far
+    hands = np.flatnonzero(seen & np.isin(texel_region, [REGIONS.index(r) for r in HAND_REGIONS]))
+    out = np.zeros(len(seen), bool)
+    out[hands] = np.linalg.norm(colours[hands] - skin, axis=1) > config.hand_skin_tolerance
+    return out
+
+
+ARM_PAIRS = (("upper_arm.L", "upper_arm.R"), ("forearm.L", "forearm.R"))
+MIN_ARM_TEXELS = 200  # seen texels an arm needs before its colour is compared with the other's
+ARM_SKIN_TOLERANCE = 60.0  # RGB distance from the face's skin within which a skin-like arm is bare
+# CIELAB distance beyond which two colours are different things, not one garment in other light:
+# a lit and a shaded sleeve of one jumper differ by 5-20, a pink dress and a green one by 50.
+OTHER_THING_DELTA_E = 30.0
+
+
+def _lab(colours: np.ndarray) -> np.ndarray:
+    """RGB colours (N,3) 0-255 in CIELAB (N,3): L 0-100, a and b about -128..127."""
+    rgb = np.clip(np.asarray(colours, np.float32).reshape(1, -1, 3) / 255.0, 0.0, 1.0)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[0]
+
+
+def _not_our_sleeves(colours: np.ndarray, seen: np.ndarray, texel_region: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Seen arm texels (N,) that show someone else. Where one arm's seen colour is another thing
+    (`OTHER_THING_DELTA_E`) than both the other arm's and the torso's, and not bare skin, while
+    the other arm is the torso's garment or skin, that arm's texels of a colour none of these
+    share are taken as another person's: a neighbour's sleeve in front of ours, which the
+    person mask let in, or a fitted arm behind a neighbour. When they are most of its texels,
+    all of them are (what is left is the arm's outline, mixed with the neighbour), and the arm
+    is made up like an unseen one, from the other. Both arms odd, or both alike, leaves all
+    seen: two sleeves of a colour the torso lacks are a jacket's, not a neighbour's."""
+    out = np.zeros(len(seen), bool)
+    torso = np.flatnonzero(seen & (texel_region == REGIONS.index("torso")))
+    if len(torso) < MIN_ARM_TEXELS:
+        return out
+    torso_lab = _lab(np.median(colours[torso], axis=0)[None])[0]
+
+    def bare(colour: np.ndarray) -> np.ndarray:  # (M,3) -> (M,)
+        return (np.linalg.norm(colour - skin, axis=1) < ARM_SKIN_TOLERANCE) & skin_like(colour)
+
+    for a, b in ARM_PAIRS:
+        ids = {r: np.flatnonzero(seen & (texel_region == REGIONS.index(r))) for r in (a, b)}
+        if min(len(v) for v in ids.values()) < MIN_ARM_TEXELS:
+            continue
+        median = {r: np.median(colours[v], axis=0) for r, v in ids.items()}
+        lab = {r: _lab(median[r][None])[0] for r in (a, b)}
+        ours = {r: np.linalg.norm(lab[r] - torso_lab) < OTHER_THING_DELTA_E or bool(bare(median[r][None])[0]) for r in (a, b)}
+        if ours[a] == ours[b] or np.linalg.norm(lab[a] - lab[b]) < OTHER_THING_DELTA_E:
+            continue
+        odd, good = (b, a) if ours[a] else (a, b)
+        texels = ids[odd]
+        texel_lab = _lab(colours[texels])
+        other = (
+            (np.linalg.norm(texel_lab - lab[good], axis=1) >= OTHER_THING_DELTA_E)
+            & (np.linalg.norm(texel_lab - torso_lab, axis=1) >= OTHER_THING_DELTA_E)
+            & ~bare(colours[texels])
+        )
+        out[texels] = True if 2 * other.sum() > len(other) else other
+    return out
 
 
 def _slice_medians(
@@ -1389,10 +1526,13 @@ def _lookup(table: np.ndarray, region: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def _vertex_observations(
-    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_vertices: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices mostly surrounded by seen texels (V,) bool and their mean seen colour (V,3)."""
-    weight_all = np.bincount(corners.ravel(), weights=bary.ravel(), minlength=n_vertices)
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, n_vertices: int,
+    weight_all: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Vertices mostly surrounded by seen texels (V,) bool and their mean seen colour (V,3).
+    `weight_all`: the texels' summed weight per vertex (`TexelTables.corner_weight`)."""
+    if weight_all is None or len(weight_all) != n_vertices:
+        weight_all = np.bincount(corners.ravel(), weights=bary.ravel(), minlength=n_vertices)
     w_seen = (bary * seen[:, None]).ravel()
     weight_seen = np.bincount(corners.ravel(), weights=w_seen, minlength=n_vertices)
     rgb = np.stack(
@@ -1417,13 +1557,17 @@ def _mesh_edges(faces: np.ndarray) -> np.ndarray:
     return _EDGE_CACHE[key]
 
 
-def _relax(fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int) -> np.ndarray:
+def _relax(
+    fill: np.ndarray, observed: np.ndarray, anchored: np.ndarray, faces: np.ndarray, iters: int,
+    edges: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
     """Screened smoothing of the made-up vertex colours, seen vertices held at their colours:
     borders between slices and regions blend over a few rings, and the fill meets the seen
     surface without a step. Between two made-up vertices of different garments (`same_garment`)
-    nothing is blended: a hem or a cuff on the unseen back stays a line, not a smear."""
+    nothing is blended: a hem or a cuff on the unseen back stays a line, not a smear.
+    `edges`: `_mesh_edges(faces)` when already known."""
     n = len(fill)
-    edges = _mesh_edges(faces)
+    edges = _mesh_edges(faces) if edges is None else edges
     both_made_up = ~anchored[edges[:, 0]] & ~anchored[edges[:, 1]]
     garment_line = both_made_up & ~_same_garments(fill[edges[:, 0]], fill[edges[:, 1]])
     edges = edges[~garment_line]
@@ -1511,20 +1655,23 @@ def _median_of_nearest(
 
 
 def crown_colour(
-    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout, head: np.ndarray
-) -> np.ndarray | None:
+    colours: np.ndarray, seen: np.ndarray, corners: np.ndarray, bary: np.ndarray, layout: BodyLayout, head: np.ndarray,
+    dominant: np.ndarray | None = None,
+) -> np.ndarray | None:  # fmt: skip
     """Median seen colour (3,) of the crown - hair, or scalp when bald - or None when the photo
-    shows too little of it. `seen` (N,) texels, `head` (V,) vertices of the head region."""
-    dominant = _dominant(corners, bary)
-    point_z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
-    top = seen & head[dominant]
-    if not top.any():
+    shows too little of it. `seen` (N,) texels, `head` (V,) vertices of the head region;
+    `dominant`: `_dominant(corners, bary)` when already known."""
+    if dominant is None:
+        dominant = _dominant(corners, bary)
+    top = np.flatnonzero(seen & head[dominant])
+    if not len(top):
         return None
+    point_z = np.einsum("nk,nk->n", bary[top], layout.rest_vertices[corners[top], 2])
     # the top of the head as far up as the photo shows it (a camera at chest height sees the
     # crown only at a grazing angle)
-    top_seen = float(point_z[top].max())
-    crown = top & (point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M))
-    return np.median(colours[crown], axis=0) if crown.sum() >= 50 else None
+    top_seen = float(point_z.max())
+    crown = top[point_z > max(layout.eye_height + CROWN_ABOVE_EYES_M, top_seen - CROWN_BAND_M)]
+    return np.median(colours[crown], axis=0) if len(crown) >= 50 else None
 
 
 # The photo's crown: the band above the top of the forehead (landmark 10), from this to this
@@ -1627,23 +1774,30 @@ def hair_in_photo(
     rows = np.flatnonzero(head.any(axis=1))
     if len(rows) < 2 or float(np.linalg.norm(hair - skin)) < config.hair_tolerance:
         return np.zeros(person.shape, bool)
-    pixels = image.astype(np.float32)
+    h = person.shape[0]
+    body_rows = np.flatnonzero((region_map >= 0).any(axis=1))
+    finger_px = HAIR_NOT_NEAR_HAND_FRAC * float(body_rows[-1] - body_rows[0] + 1)
+    # hair is looked for down to two head heights below the head: only the photo above that
+    # (and, for the hands' zone, the zone's width below it) is read
+    limit = min(h, int(rows[-1] + 2 * (rows[-1] - rows[0])))
+    reach = min(h, limit + int(np.ceil(finger_px)) + 2)
+    pixels = image[:limit].astype(np.float32)
     to_hair = _distance_to_shades(pixels, hair, 0.8, 1.2)
     # light hair varies more in the photo than dark hair does (strands, shine); skin in shadow
     # is darker skin, not brown hair
     tolerance = config.hair_tolerance + config.hair_tolerance_rel * float(np.linalg.norm(hair))
-    like = person & (to_hair < tolerance) & (to_hair < _distance_to_shades(pixels, skin, 0.4, 1.2))
-    hands = np.isin(region_map, [REGIONS.index(r) for r in HAND_REGIONS])
-    body_rows = np.flatnonzero((region_map >= 0).any(axis=1))
-    like &= ~_dilate(hands, HAIR_NOT_NEAR_HAND_FRAC * float(body_rows[-1] - body_rows[0] + 1))  # fingers
-    like[min(person.shape[0], int(rows[-1] + 2 * (rows[-1] - rows[0]))) :] = False
+    like = person[:limit] & (to_hair < tolerance) & (to_hair < _distance_to_shades(pixels, skin, 0.4, 1.2))
+    hands = np.isin(region_map[:reach], [REGIONS.index(r) for r in HAND_REGIONS])
+    like &= ~_dilate(hands, finger_px)[:limit]  # fingers
     count, label = cv2.connectedComponents(like.astype(np.uint8), connectivity=8)
     # hair beside the head (behind it, or the fit a little off) touches it, not only its crown
-    near_head = _dilate(head, HAIR_SEED_RING_FRAC * float(rows[-1] - rows[0]))
+    near_head = _dilate(head[:limit], HAIR_SEED_RING_FRAC * float(rows[-1] - rows[0]))
     touching = np.unique(label[like & near_head])
     keep = np.zeros(count, bool)
     keep[touching[touching > 0]] = True
-    return keep[label]
+    out = np.zeros(person.shape, bool)
+    out[:limit] = keep[label]
+    return out
 
 
 def _distance_to_shades(pixels: np.ndarray, colour: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -1701,12 +1855,18 @@ def long_hair_in_photo(
     )
 
 
-def _below_hairline(corners: np.ndarray, bary: np.ndarray, layout: BodyLayout) -> np.ndarray:
+def _below_hairline(
+    corners: np.ndarray, bary: np.ndarray, layout: BodyLayout, among: np.ndarray | None = None
+) -> np.ndarray:
     """Texels (N,) of the head that are skin on nearly everyone: below the eyes and not facing
-    backwards (cheeks, jaw, ears, the sides of the neck's top)."""
-    z = np.einsum("nk,nk->n", bary, layout.rest_vertices[corners, 2])
-    backward = np.einsum("nk,nk->n", bary, layout.rest_normals[corners, 1])
-    return (z < layout.eye_height - 0.02) & (backward < 0.1)
+    backwards (cheeks, jaw, ears, the sides of the neck's top). `among` (N,) bool: only these
+    texels are tested (the others are False)."""
+    ids = np.arange(len(corners)) if among is None else np.flatnonzero(among)
+    z = np.einsum("nk,nk->n", bary[ids], layout.rest_vertices[corners[ids], 2])
+    backward = np.einsum("nk,nk->n", bary[ids], layout.rest_normals[corners[ids], 1])
+    out = np.zeros(len(corners), bool)
+    out[ids] = (z < layout.eye_height - 0.02) & (backward < 0.1)
+    return out
 
 
 def _covered_by_hair(

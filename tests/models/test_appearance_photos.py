@@ -197,3 +197,29 @@ def test_hand_found_in_front_of_the_face_is_not_baked_onto_it():
     observed = occluded.observed.reshape(-1)[raster.flat]
     assert not (observed & covered).any()
     assert (observed & face_seen & ~covered).sum() > 0.5 * (face_seen & ~covered).sum()  # the rest stays
+
+
+def _arm_colours(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median texture colour (3,) of each upper arm, all its texels, and the seen share of each."""
+    baked, layout, raster, topo = _baked(name)
+    colours, dominant = _texels(baked, layout, raster, topo)
+    observed = baked.observed.reshape(-1)[raster.flat]
+    region = layout.region[dominant]
+    arms = [region == REGIONS.index(f"upper_arm.{s}") for s in "LR"]
+    medians = [np.median(colours[a], axis=0) for a in arms]
+    return medians[0], medians[1], np.array([observed[a].mean() for a in arms])
+
+
+def test_a_neighbours_sleeve_is_not_painted_on_our_arm():
+    # multi_01: the girl in pink stands behind her neighbour's dark green lace sleeve, which the
+    # person mask lets in; it was baked onto her right upper arm, front and back (CIELAB
+    # distance 50 from the other arm). Both arms are now her own pink dress.
+    left, right, _ = _arm_colours("multi_01.jpg")
+    lab = texture._lab(np.stack([left, right]))
+    assert np.linalg.norm(lab[0] - lab[1]) < texture.OTHER_THING_DELTA_E, (left, right)
+
+
+def test_arms_of_one_garment_keep_what_the_photo_shows():
+    # the demo's hoodie sleeves, one lit and one in shade: no arm is taken for someone else's
+    _, _, seen_share = _arm_colours("person_standing.png")
+    assert (seen_share > 0.2).all(), seen_share
