@@ -501,6 +501,7 @@ class GarmentConfig:
     hip_ease_m: float = 0.01  # offsets there at most this much above the region's median
     hip_fade_m: float = 0.06  # the cut fades out over the region's top this far
     flare: float = 0.12  # the hem's half-width grows by this share of the skirt's length (A-line)
+    hem_lip_m: float = 0.005  # the skirt's underside: the ring below the hem sits this far under it
     recess_reach_m: float = 0.12  # the cloth hangs from the body's widest points from this far above the crotch
 
 
@@ -783,7 +784,15 @@ def skirt_surface(
     flare = config.flare * (legs.crotch_z - hem_z) * np.arange(n_bands) / max(n_bands - 1, 1)
     half_width = half_width + flare
     half_depth = np.maximum(np.maximum.accumulate(half_depth) + flare, config.min_depth_ratio * half_width)
+    # the cloth hangs from the hips: no deeper than they are (plus the flare), on their centre,
+    # so the ellipse's front and back between the legs neither bulge out nor fall back
+    hips = (z >= legs.crotch_z) & (z <= legs.crotch_z + config.hip_reach_m) & (np.abs(rest[:, 0]) <= half_width[0])
+    if hips.sum() >= 8:
+        hip_front, hip_back = np.percentile(rest[hips, 1], [1, 99])
+        half_depth = np.minimum(half_depth, 0.5 * (hip_back - hip_front) + flare)
+        centre_y[:] = 0.5 * (hip_back + hip_front)
     pinned = np.zeros(len(rest), bool)
+    wall_side = np.zeros(len(rest), np.int8)  # on the inner wall: +1 behind the leg's axis, -1 in front
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
         idx = np.flatnonzero(sel)
@@ -797,21 +806,32 @@ def skirt_surface(
             axis_y[k] = 0.5 * (pts[:, 1].max() + pts[:, 1].min())
         u = sign * (rest[idx, 0] - axis_x[b])  # outward
         v = rest[idx, 1] - axis_y[b]
-        phi = np.arctan2(v, u)
-        # the inner walls cross the midline by `overlap_m`, so smoothing cannot open a slit
+        phi = _close_inner_wall(np.arctan2(v, u), b, 2.0 * np.arccos(config.wall_cos))
+        # the innermost vertices (`_close_inner_wall`) cross the midline by `overlap_m`, so
+        # smoothing cannot open a slit
         target_x = sign * ((half_width[b] + config.overlap_m) * np.cos(phi / 2.0) - config.overlap_m)
         target_y = centre_y[b] + half_depth[b] * np.sin(phi / 2.0)
         # blend in below the crotch (the hips already span the legs there)
         depth = (legs.crotch_z - rest[idx, 2]) / max(legs.crotch_z - hem_z, 1e-6)
         # from half way at the crotch (where the legs' gap is still closing) to fully below
-        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)[:, None]
+        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)
+        # the inner walls close the gap between the legs right from the crotch: half way there
+        # they leave a hole at the crotch's apex, seen through from the front to the back
+        inner = 1.0 - np.cos(phi / 2.0)  # 0 outermost .. 1 innermost
+        t = np.maximum(t, _smoothstep((inner - 0.5) / 0.3))[:, None]
         target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
         out[idx] = (1.0 - t) * rest[idx] + t * target
         # the inner wall stays on the midline through the smoothing (it would round off)
-        wall = idx[(np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)]
-        pinned[wall] = True
-    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay)
+        on_wall = (np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)
+        pinned[idx[on_wall]] = True
+        wall_side[idx[on_wall]] = np.where(phi[on_wall] > 0, 1, -1)
+    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay). The
+    # edges across a leg's inner wall join its front to its back once the leg is half of the
+    # skirt; smoothing over them would pull both in to the middle (a notch at the skirt's back and
+    # front between the legs), so they are left out.
     edges = mesh_edges(faces)
+    across = (wall_side[edges[:, 0]] * wall_side[edges[:, 1]]) < 0
+    edges = edges[~across]
     inner = skirt
     wall_x = out[pinned, 0].copy()
     for _ in range(config.smoothing_iters):
@@ -819,7 +839,49 @@ def skirt_surface(
         out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
         out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
         out[pinned, 0] = wall_x
-    return bridge_body_hollows(out, faces, legs, hem_z, float(half_width[0]), config)
+    out = bridge_body_hollows(out, faces, legs, hem_z, float(half_width[0]), config, edges=edges)
+    return flatten_hem_underside(out, faces, skirt, config)
+
+
+def flatten_hem_underside(surface: np.ndarray, faces: np.ndarray, skirt: np.ndarray,
+                          config: GarmentConfig = GarmentConfig()) -> np.ndarray:
+    """The first ring of leg vertices below the skirt lifted to just under its hem ring.
+
+    The faces from the hem ring (on the skirt's wide section) to the ring below (on the bare
+    leg) are the skirt's underside. Left one ring spacing tall (3-4 cm on Anny), between the
+    legs they slope down from the hem's middle to the thighs' inner sides and read from the
+    front and the back as a dark inverted V under the hem. Lifted to `hem_lip_m` under the
+    hem ring, the underside is nearly horizontal: the hem reads as one straight edge and the
+    leg keeps its shape (the ring slides up along it; the faces below it lengthen)."""
+    edges = mesh_edges(faces)
+    crossing = skirt[edges[:, 0]] != skirt[edges[:, 1]]
+    pairs = edges[crossing]
+    below = np.where(skirt[pairs[:, 0]], pairs[:, 1], pairs[:, 0])
+    above = np.where(skirt[pairs[:, 0]], pairs[:, 0], pairs[:, 1])
+    lowest_above = np.full(len(surface), np.inf)
+    np.minimum.at(lowest_above, below, surface[above, 2])
+    ring = np.flatnonzero(np.isfinite(lowest_above))
+    out = surface.copy()
+    # never lower a vertex, never above the hem ring it hangs under
+    out[ring, 2] = np.maximum(surface[ring, 2], lowest_above[ring] - config.hem_lip_m)
+    return out
+
+
+def _close_inner_wall(phi: np.ndarray, bands: np.ndarray, wall_phi: float) -> np.ndarray:
+    """Each leg's angles around its axis stretched per height band so that its innermost vertex
+    behind the axis lands at +pi and the one in front at -pi (the skirt's back and front on the
+    midline). The mesh's rings are coarse (about 20 degrees apart): unstretched, the innermost
+    vertices stop a few cm short of the midline and leave a slit between the legs, front and
+    back. Only bands whose innermost vertex is on the inner wall (beyond `wall_phi`) stretch."""
+    out = phi.copy()
+    for k in np.unique(bands):
+        for sign in (1.0, -1.0):
+            sel = (bands == k) & (sign * phi > 0)
+            if sel.any():
+                extreme = float((sign * phi[sel]).max())
+                if extreme > wall_phi:
+                    out[sel] = phi[sel] * (np.pi / extreme)
+    return out
 
 
 def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -838,21 +900,35 @@ def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.nd
     return lo, hi
 
 
+def _section_profile(x: np.ndarray, y: np.ndarray, column_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the section's front (lowest y) and back (highest y) in its column of width
+    `column_m`, read from the outline itself (so a notch stays a notch, unlike the hull), linearly
+    interpolated between the columns' centres."""
+    cols = np.floor(x / column_m).astype(np.int64)
+    keys, inverse = np.unique(cols, return_inverse=True)
+    lo, hi = np.full(len(keys), np.inf), np.full(len(keys), -np.inf)
+    np.minimum.at(lo, inverse, y)
+    np.maximum.at(hi, inverse, y)
+    centres = (keys + 0.5) * column_m
+    return np.interp(x, centres, lo), np.interp(x, centres, hi)
+
+
 def bridge_body_hollows(
     surface: np.ndarray, faces: np.ndarray, legs: _Legs, hem_z: float, half_width: float,
-    config: GarmentConfig = GarmentConfig(),
+    config: GarmentConfig = GarmentConfig(), edges: np.ndarray | None = None,
 ) -> np.ndarray:
     """The skirt hanging from the body's widest points above: below the belly in front and below
     the buttocks at the back the cloth falls straight instead of following the body in under
-    them (the fold under the buttocks). A cleft within one height band (between the buttocks)
-    is not bridged.
+    them (the fold under the buttocks), and across a notch within one height band (the cleft
+    between the buttocks, the pit where the legs meet at the crotch) it spans straight too.
 
     From `recess_reach_m` above the crotch down to the hem, in height bands, within the skirt's
     width: the section's convex hull, front and back, carried down (a front never recedes, a back
     never comes forward below where it was), is the cloth's envelope. Each vertex keeps its share
-    of the way from its section's own front to its back, so the hull goes onto the envelope and
-    the crotch's inside follows in step (nothing flips from front to back). The change fades in
-    over the top of the region; heights and widths stay."""
+    of the way from its section's own front to its back (hull or, in a notch, the outline itself),
+    so the outline goes onto the envelope and the crotch's inside follows in step (nothing flips from front to back). The change fades in
+    over the top of the region; heights and widths stay. `edges` (default: all of the mesh's)
+    are those the final smoothing runs over."""
     out = surface.copy()
     z = surface[:, 2]
     top = legs.crotch_z + config.recess_reach_m
@@ -875,16 +951,23 @@ def bridge_body_hollows(
         env_lo = np.interp(x, grid[known], front_env[known])
         env_hi = np.interp(x, grid[known], back_env[known])
         # each vertex keeps its share of the way from the section's own front to its back:
-        # hull points go onto the envelope, inner ones (the crotch's inside) follow in step
+        # hull points go onto the envelope, inner ones (the crotch's inside) follow in step. On
+        # the back half the share is the larger of the one within the hull and the one within
+        # the outline as it is (per column, `_section_profile`), on the front half the smaller:
+        # a notch's outline (the cleft between the buttocks, the pit at the crotch) then goes
+        # onto the envelope too and the notch fills, while a convex outline stays exact.
         own_lo, own_hi = _section_chains(x, y, x)
         own_lo, own_hi = np.where(np.isfinite(own_lo), own_lo, y), np.where(np.isfinite(own_hi), own_hi, y)
         share = np.clip((y - own_lo) / np.maximum(own_hi - own_lo, 1e-6), 0.0, 1.0)
+        out_lo, out_hi = _section_profile(x, y, config.band_m)
+        outline_share = np.clip((y - out_lo) / np.maximum(out_hi - out_lo, 1e-6), 0.0, 1.0)
+        share = np.where(share > 0.5, np.maximum(share, outline_share), np.minimum(share, outline_share))
         target = np.minimum(env_lo, own_lo) + share * (np.maximum(env_hi, own_hi) - np.minimum(env_lo, own_lo))
         fade = _smoothstep((top - z[idx]) / config.recess_reach_m)
         out[idx, 1] = y + fade * (target - y)
         moved[idx] = True
     # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends
-    edges = mesh_edges(faces)
+    edges = mesh_edges(faces) if edges is None else edges
     for _ in range(config.smoothing_iters // 2):
         mean = _neighbour_mean(out, edges)
         out[moved, 1] = 0.5 * out[moved, 1] + 0.5 * mean[moved, 1]

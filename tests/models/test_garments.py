@@ -243,3 +243,63 @@ def test_skirt_hangs_from_the_widest_point_above():
     assert np.abs(out[front, 1] - v[front, 1]).max() < 0.005
     below = v[:, 2] < -0.19
     assert np.array_equal(out[below], v[below])
+
+
+def _wall_cylinder():
+    mesh = trimesh.creation.cylinder(radius=0.15, height=0.4, sections=64)
+    for _ in range(3):
+        mesh = mesh.subdivide()
+    v = np.asarray(mesh.vertices, dtype=np.float64).copy()
+    return v, np.asarray(mesh.faces), np.hypot(v[:, 0], v[:, 1]) > 0.14
+
+
+def test_skirt_spans_a_notch_between_the_buttocks():
+    """A narrow notch down the back's middle (the cleft between the buttocks), within each height
+    band, is spanned: its outline goes out to the hull, the sides of the back stay where they were."""
+    from models.clothing import _Legs, bridge_body_hollows
+
+    v, faces, side = _wall_cylinder()
+    notch = side & (np.abs(v[:, 0]) < 0.03) & (v[:, 1] > 0.1) & (v[:, 2] < 0.0)
+    depth = 0.03 * (1.0 - np.abs(v[notch, 0]) / 0.03)  # a V, 3 cm deep in the middle
+    v[notch, 1] -= depth
+    none = np.zeros(len(v), bool)
+    legs = _Legs(left=none, right=none, crotch_z=-0.12, ankle_z=-0.6)
+    out = bridge_body_hollows(v, faces, legs, hem_z=-0.18, half_width=0.15, config=GarmentConfig(smoothing_iters=0))
+    spanned = notch & (v[:, 2] <= -0.12) & (v[:, 2] >= -0.18)
+    assert spanned.sum() >= 3
+    before = np.median(np.hypot(v[spanned, 0], v[spanned, 1]))
+    after = np.median(np.hypot(out[spanned, 0], out[spanned, 1]))
+    assert before < 0.135 and after > 0.145  # out to (nearly) the cylinder's 0.15
+    back_sides = side & ~notch & (v[:, 1] > 0.1) & (v[:, 2] <= -0.12) & (v[:, 2] >= -0.18)
+    assert np.abs(out[back_sides, 1] - v[back_sides, 1]).max() < 0.003
+
+
+def test_hem_underside_is_lifted_flat():
+    """The ring below the skirt moves up to just under the hem ring; nothing else moves, nothing
+    goes down, and the ring stays below the hem."""
+    from models.clothing import flatten_hem_underside
+
+    v, faces, _ = _wall_cylinder()
+    skirt = v[:, 2] >= -0.05
+    config = GarmentConfig()
+    out = flatten_hem_underside(v, faces, skirt, config)
+    moved = np.flatnonzero(np.any(out != v, axis=1))
+    assert len(moved) > 0 and not skirt[moved].any()
+    assert np.array_equal(out[:, :2], v[:, :2]) and (out[:, 2] >= v[:, 2]).all()
+    hem = v[skirt, 2].min()
+    lifted = out[moved, 2][v[moved, 2] > -0.19]  # the wall's ring (not the bottom cap's centre)
+    assert np.allclose(lifted, hem - config.hem_lip_m)
+    assert out[~skirt, 2].max() < hem
+
+
+def test_inner_wall_angles_reach_the_midline():
+    """Per band, a leg's innermost angles behind and in front of its axis stretch to +-pi when
+    they are on the inner wall; a band whose vertices stop short of it keeps its angles."""
+    from models.clothing import _close_inner_wall
+
+    phi = np.array([0.0, 1.0, 2.6, -0.5, -2.9, 0.3, 1.2, -1.0])
+    bands = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    out = _close_inner_wall(phi, bands, wall_phi=2.0)
+    assert np.isclose(out[2], np.pi) and np.isclose(out[4], -np.pi)
+    assert np.isclose(out[1], 1.0 * np.pi / 2.6) and out[0] == 0.0
+    assert np.array_equal(out[5:], phi[5:])
