@@ -265,7 +265,8 @@ def fit_clothing(
         if garment.kind != "none":
             s = even_hip_offsets(s, body.rest, legs, garment, garment_config)
             offsets = s[:, None] * body.rest_normals
-            offsets = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config) - body.rest
+            skirt = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config, naked=body.rest)
+            offsets = skirt - body.rest
     posed = body.posed + np.einsum("vij,vj->vi", body.posed_linear, offsets)
     clothed_iou = silhouette_iou(posed, faces, camera, person)
     metrics = {
@@ -496,12 +497,14 @@ class GarmentConfig:
     band_m: float = 0.01  # height bands the skirt's width is measured in
     waist_blend: float = 0.2  # share of the skirt length over which the shape blends in
     overlap_m: float = 0.015  # each leg's inner wall reaches this far past the midline plane
-    wall_cos: float = 0.35  # cos(phi/2) below this: the vertex is on the inner wall
+    axis_window_m: float = 0.02  # a leg's axis: the middle of its vertices this far above and below
+    corner_snap_rad: float = 0.2  # a vertex this near a corner (half a ring's spacing) moves onto it
     hip_reach_m: float = 0.15  # the hips the skirt hangs from reach this far above the crotch
     hip_ease_m: float = 0.01  # offsets there at most this much above the region's median
     hip_fade_m: float = 0.06  # the cut fades out over the region's top this far
     flare: float = 0.12  # the hem's half-width grows by this share of the skirt's length (A-line)
     hem_lip_m: float = 0.005  # the skirt's underside: the ring below the hem sits this far under it
+    hem_underside_share: float = 0.5  # ... and goes this share of the way out towards the hem
     recess_reach_m: float = 0.12  # the cloth hangs from the body's widest points from this far above the crotch
 
 
@@ -748,16 +751,19 @@ def skirt_surface(
     legs: _Legs,
     garment: Garment,
     config: GarmentConfig = GarmentConfig(),
+    naked: np.ndarray | None = None,
 ) -> np.ndarray:
     """The clothed rest surface (V,3) with the legs between crotch and hem reshaped into one skirt.
 
     Per height band, the skirt's half-width A is the legs' outer extent (already fitted to the
     mask by the offsets), made non-decreasing downwards (a bell or a cylinder, never a waist),
     its half-depth B at least `min_depth_ratio` A. Each leg vertex keeps its angle phi around
-    its own leg's axis; phi = 0 (outermost) goes to the skirt's side, phi = +-pi (innermost) to
-    the midline plane, so the leg becomes the half ellipse (A cos(phi/2), B sin(phi/2)) and both
-    legs together one closed section. A few Laplacian steps smooth the region; the hem ring
-    stays at its height and the legs below are untouched."""
+    its own leg's axis; phi = 0 (outermost) goes to the skirt's side, the angles up to a corner
+    (`_wall_corner`) round the half ellipse to the skirt's front and back middles, and the
+    innermost ones down the inner wall in the midline plane between them (`_leg_section`), so
+    the leg becomes a D, and both legs together one closed section. A few Laplacian steps smooth
+    the region; the hem ring stays at its height, and below it only the skirt's underside moves
+    (`flatten_hem_underside`)."""
     out = rest.copy()
     hem_z = legs.crotch_z - garment.hem_fraction * (legs.crotch_z - legs.ankle_z)
     skirt = (legs.left | legs.right) & (rest[:, 2] >= hem_z)
@@ -791,26 +797,35 @@ def skirt_surface(
         hip_front, hip_back = np.percentile(rest[hips, 1], [1, 99])
         half_depth = np.minimum(half_depth, 0.5 * (hip_back - hip_front) + flare)
         centre_y[:] = 0.5 * (hip_back + hip_front)
-    pinned = np.zeros(len(rest), bool)
-    wall_side = np.zeros(len(rest), np.int8)  # on the inner wall: +1 behind the leg's axis, -1 in front
+    # the angles round each leg are read on the naked body when given: the offsets that fit the
+    # photo's skirt push the legs' outer sides out by up to 10 cm, and round such a lopsided
+    # section the inner side would read as the front and go onto the skirt's front middle
+    ring = rest if naked is None else naked
+    # where each leg's outline meets its inner wall, per band (`_wall_corner`)
+    corner = _wall_corner(half_width + config.overlap_m, half_depth)
+    pinned = np.zeros(len(rest), bool)  # on the midline plane: stays there through the smoothing
+    wall = np.zeros(len(rest), bool)  # inside the skirt, between the corners: not smoothed over
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
         idx = np.flatnonzero(sel)
         b = bands[idx]
-        # the leg's own axis per band
+        # the leg's own axis per band, from the bands around it: one band holds only part of a
+        # slanted ring, and its middle is off the axis (the inner side read as the front)
         axis_x = np.zeros(n_bands)
         axis_y = np.zeros(n_bands)
+        leg = np.flatnonzero(side)
+        reach = max(round(config.axis_window_m / config.band_m), 0)
         for k in np.unique(b):
-            pts = rest[idx[b == k]]
+            pts = ring[leg[np.abs(bands[leg] - k) <= reach]]
             axis_x[k] = 0.5 * (pts[:, 0].max() + pts[:, 0].min())
             axis_y[k] = 0.5 * (pts[:, 1].max() + pts[:, 1].min())
-        u = sign * (rest[idx, 0] - axis_x[b])  # outward
-        v = rest[idx, 1] - axis_y[b]
-        phi = _close_inner_wall(np.arctan2(v, u), b, 2.0 * np.arccos(config.wall_cos))
-        # the innermost vertices (`_close_inner_wall`) cross the midline by `overlap_m`, so
-        # smoothing cannot open a slit
-        target_x = sign * ((half_width[b] + config.overlap_m) * np.cos(phi / 2.0) - config.overlap_m)
-        target_y = centre_y[b] + half_depth[b] * np.sin(phi / 2.0)
+        u = sign * (ring[idx, 0] - axis_x[b])  # outward
+        v = ring[idx, 1] - axis_y[b]
+        phi = _snap_corners(np.arctan2(v, u), b, corner, config.corner_snap_rad)
+        width = half_width[b] + config.overlap_m
+        target_x, target_y = _leg_section(phi, corner[b], width, half_depth[b], centre_y[b])
+        # the walls cross the midline by `overlap_m`, so no slit opens between them
+        target_x = sign * (target_x - config.overlap_m)
         # blend in below the crotch (the hips already span the legs there)
         depth = (legs.crotch_z - rest[idx, 2]) / max(legs.crotch_z - hem_z, 1e-6)
         # from half way at the crotch (where the legs' gap is still closing) to fully below
@@ -821,67 +836,140 @@ def skirt_surface(
         t = np.maximum(t, _smoothstep((inner - 0.5) / 0.3))[:, None]
         target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
         out[idx] = (1.0 - t) * rest[idx] + t * target
-        # the inner wall stays on the midline through the smoothing (it would round off)
-        on_wall = (np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)
-        pinned[idx[on_wall]] = True
-        wall_side[idx[on_wall]] = np.where(phi[on_wall] > 0, 1, -1)
+        placed = t[:, 0] > 0.5
+        pinned[idx[placed & (np.abs(phi) >= corner[b] - 1e-9)]] = True
+        wall[idx[placed & (np.abs(phi) > corner[b] + 1e-9)]] = True
     # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay). The
-    # edges across a leg's inner wall join its front to its back once the leg is half of the
-    # skirt; smoothing over them would pull both in to the middle (a notch at the skirt's back and
-    # front between the legs), so they are left out.
+    # outline's vertices next to a wall would be pulled in towards it (a notch at the skirt's
+    # front and back between the legs), so the edges between the wall's inside and the outline
+    # are left out: the outline smooths over itself and the corners, the wall over itself and
+    # the corners (along the midline plane: it evens its vertices' spacing), the corners stay.
     edges = mesh_edges(faces)
-    across = (wall_side[edges[:, 0]] * wall_side[edges[:, 1]]) < 0
-    edges = edges[~across]
-    inner = skirt
-    wall_x = out[pinned, 0].copy()
+    edges = edges[skirt[edges[:, 0]] & skirt[edges[:, 1]]]  # the bare legs below would pull the hem in
+    edges = edges[wall[edges[:, 0]] == wall[edges[:, 1]] | pinned[edges[:, 0]] | pinned[edges[:, 1]]]
+    edges = edges[~(wall[edges[:, 0]] & ~pinned[edges[:, 1]] & ~wall[edges[:, 1]])]
+    edges = edges[~(wall[edges[:, 1]] & ~pinned[edges[:, 0]] & ~wall[edges[:, 0]])]
+    corners = pinned & ~wall
+    held = out[corners, :2].copy()
+    wall_x = out[wall, 0].copy()
     for _ in range(config.smoothing_iters):
         mean = _neighbour_mean(out, edges)
-        out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
-        out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
-        out[pinned, 0] = wall_x
-    out = bridge_body_hollows(out, faces, legs, hem_z, float(half_width[0]), config, edges=edges)
+        out[skirt] = 0.5 * out[skirt] + 0.5 * mean[skirt]
+        out[skirt, 2] = rest[skirt, 2]  # heights stay: the hem and the waist do not move
+        out[corners, :2] = held
+        out[wall, 0] = wall_x
+    # the depth smoothing after the bridging runs over the whole surface but the walls' edges
+    everywhere = mesh_edges(faces)
+    outline = everywhere[~(wall[everywhere[:, 0]] | wall[everywhere[:, 1]])]
+    out = bridge_body_hollows(
+        out, faces, legs, hem_z, float(half_width[0]), config, edges=outline, inside=wall
+    )
     return flatten_hem_underside(out, faces, skirt, config)
 
 
 def flatten_hem_underside(surface: np.ndarray, faces: np.ndarray, skirt: np.ndarray,
                           config: GarmentConfig = GarmentConfig()) -> np.ndarray:
-    """The first ring of leg vertices below the skirt lifted to just under its hem ring.
+    """The first two rings of leg vertices below the skirt lifted to just under its hem ring,
+    the first one also part of the way out towards it: the skirt's underside.
 
     The faces from the hem ring (on the skirt's wide section) to the ring below (on the bare
     leg) are the skirt's underside. Left one ring spacing tall (3-4 cm on Anny), between the
     legs they slope down from the hem's middle to the thighs' inner sides and read from the
     front and the back as a dark inverted V under the hem. Lifted to `hem_lip_m` under the
-    hem ring, the underside is nearly horizontal: the hem reads as one straight edge and the
-    leg keeps its shape (the ring slides up along it; the faces below it lengthen)."""
+    hem ring, the underside is nearly horizontal: the hem reads as one straight edge. It spans
+    from the skirt's outline to the legs, up to 15 cm at the skirt's front and back middles,
+    in one face: the first ring goes `hem_underside_share` of the way out towards the hem ring
+    above it and the second is lifted to just under the first, so the underside is two flat
+    rings of faces, each half as wide, and the leg below keeps its shape (the faces from the
+    second ring down lengthen)."""
     edges = mesh_edges(faces)
-    crossing = skirt[edges[:, 0]] != skirt[edges[:, 1]]
-    pairs = edges[crossing]
-    below = np.where(skirt[pairs[:, 0]], pairs[:, 1], pairs[:, 0])
-    above = np.where(skirt[pairs[:, 0]], pairs[:, 0], pairs[:, 1])
-    lowest_above = np.full(len(surface), np.inf)
-    np.minimum.at(lowest_above, below, surface[above, 2])
-    ring = np.flatnonzero(np.isfinite(lowest_above))
+    first, lowest, reach = _ring_under(surface, edges, skirt)
     out = surface.copy()
-    # never lower a vertex, never above the hem ring it hangs under
-    out[ring, 2] = np.maximum(surface[ring, 2], lowest_above[ring] - config.hem_lip_m)
+    out[first, :2] += config.hem_underside_share * (reach[first] - surface[first, :2])
+    # never lower a vertex, never above the ring it hangs under
+    out[first, 2] = np.maximum(surface[first, 2], lowest[first] - config.hem_lip_m)
+    lifted = skirt.copy()
+    lifted[first] = True
+    second, lowest, _ = _ring_under(out, edges, lifted)
+    out[second, 2] = np.maximum(surface[second, 2], lowest[second] - config.hem_lip_m)
     return out
 
 
-def _close_inner_wall(phi: np.ndarray, bands: np.ndarray, wall_phi: float) -> np.ndarray:
-    """Each leg's angles around its axis stretched per height band so that its innermost vertex
-    behind the axis lands at +pi and the one in front at -pi (the skirt's back and front on the
-    midline). The mesh's rings are coarse (about 20 degrees apart): unstretched, the innermost
-    vertices stop a few cm short of the midline and leave a slit between the legs, front and
-    back. Only bands whose innermost vertex is on the inner wall (beyond `wall_phi`) stretch."""
+def _ring_under(
+    surface: np.ndarray, edges: np.ndarray, above: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vertices next to the region `above` but outside it, each with the lowest height and
+    the mean plan position (x, y) of its neighbours in it."""
+    crossing = above[edges[:, 0]] != above[edges[:, 1]]
+    pairs = edges[crossing]
+    below = np.where(above[pairs[:, 0]], pairs[:, 1], pairs[:, 0])
+    top = np.where(above[pairs[:, 0]], pairs[:, 0], pairs[:, 1])
+    lowest = np.full(len(surface), np.inf)
+    np.minimum.at(lowest, below, surface[top, 2])
+    plan = np.zeros((len(surface), 2))
+    count = np.zeros(len(surface))
+    np.add.at(plan, below, surface[top, :2])
+    np.add.at(count, below, 1.0)
+    ring = np.flatnonzero(count > 0)
+    plan[ring] /= count[ring, None]
+    return ring, lowest, plan
+
+
+def _wall_corner(half_width: np.ndarray, half_depth: np.ndarray) -> np.ndarray:
+    """Per band, the angle around a leg's axis at which its outline (the half ellipse of
+    half-width A, half-depth B, front middle to side to back middle) meets its inner wall (the
+    straight way back through the midline plane, 2 B long). Each takes the share of the leg's
+    ring its length has, so the ring's vertices stay evenly spaced round the whole section: the
+    wall is as finely meshed as the outline (a wall one edge wide spans the skirt's whole depth,
+    front to back, in one 25 cm edge)."""
+    a, b = half_width, half_depth
+    arc = 0.5 * np.pi * (3.0 * (a + b) - np.sqrt((3.0 * a + b) * (a + 3.0 * b)))  # Ramanujan, halved
+    return np.pi * arc / np.maximum(arc + 2.0 * b, 1e-9)
+
+
+def _snap_corners(phi: np.ndarray, bands: np.ndarray, corner: np.ndarray, reach: float) -> np.ndarray:
+    """A leg's angles around its axis, per height band, with the vertex nearest each corner
+    (+corner behind the axis, -corner in front) moved onto it and the angles on either side
+    stretched in step (order and spacing kept). The mesh's rings are coarse (about 20 degrees
+    apart): left between vertices, the corner, the skirt's front or back middle, would be cut
+    off by a face and leave a notch between the legs. Only a vertex within `reach` of the corner
+    moves: a band holds only part of a slanted ring, and a vertex further round (the leg's
+    front) pulled onto the corner would drag its faces across the skirt."""
     out = phi.copy()
     for k in np.unique(bands):
         for sign in (1.0, -1.0):
-            sel = (bands == k) & (sign * phi > 0)
-            if sel.any():
-                extreme = float((sign * phi[sel]).max())
-                if extreme > wall_phi:
-                    out[sel] = phi[sel] * (np.pi / extreme)
+            sel = np.flatnonzero((bands == k) & (sign * phi > 0))
+            if len(sel) == 0:
+                continue
+            a = sign * phi[sel]
+            near = float(a[np.argmin(np.abs(a - corner[k]))])
+            if abs(near - corner[k]) > reach or near >= np.pi:
+                continue
+            out[sel] = sign * np.interp(a, [0.0, near, np.pi], [0.0, corner[k], np.pi])
     return out
+
+
+def _leg_section(phi: np.ndarray, corner: np.ndarray, half_width: np.ndarray, half_depth: np.ndarray,
+                 centre_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A leg's angles around its axis onto its half of the skirt's section, (x outward from the
+    midline, y): |phi| <= corner on the outline (A cos(theta), centre + B sin(theta)), from the
+    front middle (theta -pi/2) to the back middle (pi/2), evenly by length (by theta, the
+    vertices would crowd the sides and leave long faces at the middles); beyond, the inner wall
+    at x = 0, from the back middle at +corner and the front middle at -corner to the centre at
+    +-pi."""
+    share = 0.5 + 0.5 * np.clip(phi / corner, -1.0, 1.0)  # 0 front middle .. 1 back middle
+    theta = np.empty(len(phi))
+    grid = np.linspace(-0.5 * np.pi, 0.5 * np.pi, 97)
+    for a, b in np.unique(np.stack([half_width, half_depth], axis=1), axis=0):
+        sel = (half_width == a) & (half_depth == b)
+        step = np.hypot(a * np.diff(np.cos(grid)), b * np.diff(np.sin(grid)))
+        length = np.concatenate([[0.0], np.cumsum(step)])
+        theta[sel] = np.interp(share[sel] * length[-1], length, grid)
+    on_wall = np.abs(phi) > corner
+    along = np.clip((np.pi - np.abs(phi)) / np.maximum(np.pi - corner, 1e-9), 0.0, 1.0)  # 1 at a corner
+    x = np.where(on_wall, 0.0, half_width * np.cos(theta))
+    y = centre_y + half_depth * np.where(on_wall, np.sign(phi) * along, np.sin(theta))
+    return x, y
 
 
 def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -900,22 +988,25 @@ def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.nd
     return lo, hi
 
 
-def _section_profile(x: np.ndarray, y: np.ndarray, column_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per point, the section's front (lowest y) and back (highest y) in its column of width
-    `column_m`, read from the outline itself (so a notch stays a notch, unlike the hull), linearly
-    interpolated between the columns' centres."""
+def _section_profile(
+    x: np.ndarray, y: np.ndarray, column_m: float, at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The section's front (lowest y) and back (highest y) per column of width `column_m`, read
+    from the outline's points (x, y) themselves (so a notch stays a notch, unlike the hull),
+    linearly interpolated between the columns' centres at the abscissae `at`."""
     cols = np.floor(x / column_m).astype(np.int64)
     keys, inverse = np.unique(cols, return_inverse=True)
     lo, hi = np.full(len(keys), np.inf), np.full(len(keys), -np.inf)
     np.minimum.at(lo, inverse, y)
     np.maximum.at(hi, inverse, y)
     centres = (keys + 0.5) * column_m
-    return np.interp(x, centres, lo), np.interp(x, centres, hi)
+    return np.interp(at, centres, lo), np.interp(at, centres, hi)
 
 
 def bridge_body_hollows(
     surface: np.ndarray, faces: np.ndarray, legs: _Legs, hem_z: float, half_width: float,
     config: GarmentConfig = GarmentConfig(), edges: np.ndarray | None = None,
+    inside: np.ndarray | None = None,
 ) -> np.ndarray:
     """The skirt hanging from the body's widest points above: below the belly in front and below
     the buttocks at the back the cloth falls straight instead of following the body in under
@@ -959,9 +1050,18 @@ def bridge_body_hollows(
         own_lo, own_hi = _section_chains(x, y, x)
         own_lo, own_hi = np.where(np.isfinite(own_lo), own_lo, y), np.where(np.isfinite(own_hi), own_hi, y)
         share = np.clip((y - own_lo) / np.maximum(own_hi - own_lo, 1e-6), 0.0, 1.0)
-        out_lo, out_hi = _section_profile(x, y, config.band_m)
-        outline_share = np.clip((y - out_lo) / np.maximum(out_hi - out_lo, 1e-6), 0.0, 1.0)
-        share = np.where(share > 0.5, np.maximum(share, outline_share), np.minimum(share, outline_share))
+        # the vertices `inside` the section (the skirt's inner walls) are no outline: they
+        # neither count in it nor go onto it (a wall's vertex read as the back of its column
+        # would go onto the back's envelope and drag its faces across the skirt)
+        ins = np.zeros(len(idx), bool) if inside is None else inside[idx]
+        if (~ins).any():
+            out_lo, out_hi = _section_profile(x[~ins], y[~ins], config.band_m, x)
+            outline_share = np.clip((y - out_lo) / np.maximum(out_hi - out_lo, 1e-6), 0.0, 1.0)
+            outward = np.where(share > 0.5, np.maximum(share, outline_share), np.minimum(share, outline_share))
+            # only near the section's front and back: a vertex well inside the hull (the
+            # crotch's inside, between the legs' tops) would read as its column's outline
+            near = _smoothstep((np.abs(share - 0.5) - 0.2) / 0.1) * ~ins
+            share = share + near * (outward - share)
         target = np.minimum(env_lo, own_lo) + share * (np.maximum(env_hi, own_hi) - np.minimum(env_lo, own_lo))
         fade = _smoothstep((top - z[idx]) / config.recess_reach_m)
         out[idx, 1] = y + fade * (target - y)
