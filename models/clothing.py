@@ -805,6 +805,8 @@ def skirt_surface(
     corner = _wall_corner(half_width + config.overlap_m, half_depth)
     pinned = np.zeros(len(rest), bool)  # on the midline plane: stays there through the smoothing
     wall = np.zeros(len(rest), bool)  # inside the skirt, between the corners: not smoothed over
+    # per vertex, the outline it was put on: its side, half axes, centre and how fully it went
+    ellipse = np.zeros((len(rest), 5))  # sign, A, B, centre y, weight
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
         idx = np.flatnonzero(sel)
@@ -837,6 +839,7 @@ def skirt_surface(
         target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
         out[idx] = (1.0 - t) * rest[idx] + t * target
         placed = t[:, 0] > 0.5
+        ellipse[idx] = np.stack([np.full(len(idx), sign), width, half_depth[b], centre_y[b], t[:, 0]], axis=1)
         pinned[idx[placed & (np.abs(phi) >= corner[b] - 1e-9)]] = True
         wall[idx[placed & (np.abs(phi) > corner[b] + 1e-9)]] = True
     # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay). The
@@ -844,6 +847,8 @@ def skirt_surface(
     # front and back between the legs), so the edges between the wall's inside and the outline
     # are left out: the outline smooths over itself and the corners, the wall over itself and
     # the corners (along the midline plane: it evens its vertices' spacing), the corners stay.
+    # The outline's vertices go back onto their ellipse after each step: smoothing alone would
+    # shrink it and leave the pinned corners standing out as a ridge down the skirt's middles.
     edges = mesh_edges(faces)
     edges = edges[skirt[edges[:, 0]] & skirt[edges[:, 1]]]  # the bare legs below would pull the hem in
     edges = edges[wall[edges[:, 0]] == wall[edges[:, 1]] | pinned[edges[:, 0]] | pinned[edges[:, 1]]]
@@ -858,13 +863,27 @@ def skirt_surface(
         out[skirt, 2] = rest[skirt, 2]  # heights stay: the hem and the waist do not move
         out[corners, :2] = held
         out[wall, 0] = wall_x
+        _onto_outline(out, skirt & ~pinned & ~wall, ellipse, config.overlap_m)
     # the depth smoothing after the bridging runs over the whole surface but the walls' edges
     everywhere = mesh_edges(faces)
     outline = everywhere[~(wall[everywhere[:, 0]] | wall[everywhere[:, 1]])]
     out = bridge_body_hollows(
-        out, faces, legs, hem_z, float(half_width[0]), config, edges=outline, inside=wall
+        out, faces, legs, hem_z, float(half_width[0]), config, edges=outline, inside=pinned
     )
     return flatten_hem_underside(out, faces, skirt, config)
+
+
+def _onto_outline(out: np.ndarray, sel: np.ndarray, ellipse: np.ndarray, overlap_m: float) -> None:
+    """The vertices `sel` moved in plan onto their leg's half ellipse (`ellipse` rows: side sign,
+    half-width A, half-depth B, centre y, weight), radially from its centre, by their weight
+    (how fully they were put on it; 0 near the crotch). In place."""
+    idx = np.flatnonzero(sel & (ellipse[:, 4] > 0.0))
+    sign, a, b, centre, weight = ellipse[idx].T
+    x = np.maximum(sign * out[idx, 0] + overlap_m, 0.0)  # from the D's straight side
+    y = out[idx, 1] - centre
+    r = np.maximum(np.hypot(x / a, y / b), 1e-9)
+    out[idx, 0] += weight * (sign * (x / r - overlap_m) - out[idx, 0])
+    out[idx, 1] += weight * (centre + y / r - out[idx, 1])
 
 
 def flatten_hem_underside(surface: np.ndarray, faces: np.ndarray, skirt: np.ndarray,
@@ -1066,11 +1085,14 @@ def bridge_body_hollows(
         fade = _smoothstep((top - z[idx]) / config.recess_reach_m)
         out[idx, 1] = y + fade * (target - y)
         moved[idx] = True
-    # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends
+    # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends.
+    # The skirt's front and back middles and its walls (`inside`) stay: smoothed with the outline
+    # beside them they would sink in, a groove down the middle.
     edges = mesh_edges(faces) if edges is None else edges
+    smoothed = moved if inside is None else moved & ~inside
     for _ in range(config.smoothing_iters // 2):
         mean = _neighbour_mean(out, edges)
-        out[moved, 1] = 0.5 * out[moved, 1] + 0.5 * mean[moved, 1]
+        out[smoothed, 1] = 0.5 * out[smoothed, 1] + 0.5 * mean[smoothed, 1]
     return out
 
 
