@@ -850,6 +850,7 @@ def skirt_surface(
     # The outline's vertices go back onto their ellipse after each step: smoothing alone would
     # shrink it and leave the pinned corners standing out as a ridge down the skirt's middles.
     edges = mesh_edges(faces)
+    _corners_inside_the_wall(out, edges, skirt, pinned, wall, ellipse)
     edges = edges[skirt[edges[:, 0]] & skirt[edges[:, 1]]]  # the bare legs below would pull the hem in
     edges = edges[wall[edges[:, 0]] == wall[edges[:, 1]] | pinned[edges[:, 0]] | pinned[edges[:, 1]]]
     edges = edges[~(wall[edges[:, 0]] & ~pinned[edges[:, 1]] & ~wall[edges[:, 1]])]
@@ -871,6 +872,22 @@ def skirt_surface(
         out, faces, legs, hem_z, float(half_width[0]), config, edges=outline, inside=pinned
     )
     return flatten_hem_underside(out, faces, skirt, config)
+
+
+def _corners_inside_the_wall(out: np.ndarray, edges: np.ndarray, skirt: np.ndarray, pinned: np.ndarray,
+                             wall: np.ndarray, ellipse: np.ndarray, share: float = 0.85) -> None:
+    """A corner vertex none of whose neighbours is on the outline moves into its wall, `share` of
+    the way from the section's centre to the corner (in place; `pinned` and `wall` updated). Every
+    face round it lies in the wall's plane: on the wall's edge, the faces would fold over each
+    other and its normal cancel to nothing (the glTF validator's non-unit normal error)."""
+    outline = skirt & ~pinned & ~wall
+    beside = np.zeros(len(out), bool)
+    np.logical_or.at(beside, edges[:, 0], outline[edges[:, 1]])
+    np.logical_or.at(beside, edges[:, 1], outline[edges[:, 0]])
+    alone = np.flatnonzero(pinned & ~wall & ~beside)
+    centre = ellipse[alone, 3]
+    out[alone, 1] = centre + share * (out[alone, 1] - centre)
+    wall[alone] = True
 
 
 def _onto_outline(out: np.ndarray, sel: np.ndarray, ellipse: np.ndarray, overlap_m: float) -> None:
