@@ -40,12 +40,12 @@ SHARED = REPO.parent / "shared" / "data" / "photos"
 # the skirt's edges may stretch this much more in `walk` than the same body's without a skirt
 # (measured: fullbody_08 2.45 vs 2.64 without the skirt, multi_01 2.84 vs 2.59)
 WALK_STRETCH_FACTOR = 1.25
-# the skirt's longest rest edge at most this many times the naked body's (measured 2.25-2.39 on
+# the skirt's longest rest edge at most this many times the naked body's (measured 1.89-2.08 on
 # the three skirt photos, 1.63-1.81 with the notch; the surface of 1 Dec with a one-face inner
 # wall: 4.96, 25.4 cm)
 LONGEST_EDGE_FACTOR = 2.5
 # the midline at most this far behind the skirt's surface 6 cm to either side (2-6 cm under the
-# crotch, front and back; measured at most 0.5 cm; 6.7-10.6 cm before the inner walls closed)
+# crotch, front and back; measured at most 0.4 cm; 6.7-10.6 cm before the inner walls closed)
 MAX_NOTCH_M = 0.015
 
 
