@@ -265,7 +265,8 @@ def fit_clothing(
         if garment.kind != "none":
             s = even_hip_offsets(s, body.rest, legs, garment, garment_config)
             offsets = s[:, None] * body.rest_normals
-            offsets = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config) - body.rest
+            skirt = skirt_surface(body.rest + offsets, faces, legs, garment, garment_config, naked=body.rest)
+            offsets = skirt - body.rest
     posed = body.posed + np.einsum("vij,vj->vi", body.posed_linear, offsets)
     clothed_iou = silhouette_iou(posed, faces, camera, person)
     metrics = {
@@ -493,14 +494,20 @@ class GarmentConfig:
     min_hem_colour_step: float = 12.0  # delta E: below this the cloth goes on past the hem
     min_depth_ratio: float = 0.75  # the skirt's depth (front-back) at least this share of its width
     smoothing_iters: int = 10  # Laplacian steps over the reshaped region (no spikes)
+    # ... over the skirt's section in plan: each step pulls the outline's vertices next to the
+    # (fixed) corners further from them (10 steps: longest face 11.6-12.2 cm, 4: 9.6-10.1 cm)
+    skirt_smoothing_iters: int = 4
     band_m: float = 0.01  # height bands the skirt's width is measured in
     waist_blend: float = 0.2  # share of the skirt length over which the shape blends in
     overlap_m: float = 0.015  # each leg's inner wall reaches this far past the midline plane
-    wall_cos: float = 0.35  # cos(phi/2) below this: the vertex is on the inner wall
+    axis_window_m: float = 0.02  # a leg's axis: the middle of its vertices this far above and below
+    corner_snap_rad: float = 0.2  # a vertex this near a corner (half a ring's spacing) moves onto it
     hip_reach_m: float = 0.15  # the hips the skirt hangs from reach this far above the crotch
     hip_ease_m: float = 0.01  # offsets there at most this much above the region's median
     hip_fade_m: float = 0.06  # the cut fades out over the region's top this far
     flare: float = 0.12  # the hem's half-width grows by this share of the skirt's length (A-line)
+    hem_lip_m: float = 0.005  # the skirt's underside: the ring below the hem sits this far under it
+    hem_underside_share: float = 0.5  # ... and goes this share of the way out towards the hem
     recess_reach_m: float = 0.12  # the cloth hangs from the body's widest points from this far above the crotch
 
 
@@ -747,16 +754,19 @@ def skirt_surface(
     legs: _Legs,
     garment: Garment,
     config: GarmentConfig = GarmentConfig(),
+    naked: np.ndarray | None = None,
 ) -> np.ndarray:
     """The clothed rest surface (V,3) with the legs between crotch and hem reshaped into one skirt.
 
     Per height band, the skirt's half-width A is the legs' outer extent (already fitted to the
     mask by the offsets), made non-decreasing downwards (a bell or a cylinder, never a waist),
     its half-depth B at least `min_depth_ratio` A. Each leg vertex keeps its angle phi around
-    its own leg's axis; phi = 0 (outermost) goes to the skirt's side, phi = +-pi (innermost) to
-    the midline plane, so the leg becomes the half ellipse (A cos(phi/2), B sin(phi/2)) and both
-    legs together one closed section. A few Laplacian steps smooth the region; the hem ring
-    stays at its height and the legs below are untouched."""
+    its own leg's axis; phi = 0 (outermost) goes to the skirt's side, the angles up to a corner
+    (`_wall_corner`) round the half ellipse to the skirt's front and back middles, and the
+    innermost ones down the inner wall in the midline plane between them (`_leg_section`), so
+    the leg becomes a D, and both legs together one closed section. A few Laplacian steps smooth
+    the region; the hem ring stays at its height, and below it only the skirt's underside moves
+    (`flatten_hem_underside`)."""
     out = rest.copy()
     hem_z = legs.crotch_z - garment.hem_fraction * (legs.crotch_z - legs.ankle_z)
     skirt = (legs.left | legs.right) & (rest[:, 2] >= hem_z)
@@ -783,43 +793,222 @@ def skirt_surface(
     flare = config.flare * (legs.crotch_z - hem_z) * np.arange(n_bands) / max(n_bands - 1, 1)
     half_width = half_width + flare
     half_depth = np.maximum(np.maximum.accumulate(half_depth) + flare, config.min_depth_ratio * half_width)
-    pinned = np.zeros(len(rest), bool)
+    # the cloth hangs from the hips: no deeper than they are (plus the flare), on their centre,
+    # so the ellipse's front and back between the legs neither bulge out nor fall back
+    hips = (z >= legs.crotch_z) & (z <= legs.crotch_z + config.hip_reach_m) & (np.abs(rest[:, 0]) <= half_width[0])
+    if hips.sum() >= 8:
+        hip_front, hip_back = np.percentile(rest[hips, 1], [1, 99])
+        half_depth = np.minimum(half_depth, 0.5 * (hip_back - hip_front) + flare)
+        centre_y[:] = 0.5 * (hip_back + hip_front)
+    # the angles round each leg are read on the naked body when given: the offsets that fit the
+    # photo's skirt push the legs' outer sides out by up to 10 cm, and round such a lopsided
+    # section the inner side would read as the front and go onto the skirt's front middle
+    ring = rest if naked is None else naked
+    # where each leg's outline meets its inner wall, per band (`_wall_corner`)
+    corner = _wall_corner(half_width + config.overlap_m, half_depth)
+    pinned = np.zeros(len(rest), bool)  # on the midline plane: stays there through the smoothing
+    wall = np.zeros(len(rest), bool)  # inside the skirt, between the corners: not smoothed over
+    # per vertex, the outline it was put on: its side, half axes, centre and how fully it went
+    ellipse = np.zeros((len(rest), 5))  # sign, A, B, centre y, weight
     for side, sign in ((legs.left, 1.0), (legs.right, -1.0)):
         sel = side & skirt
         idx = np.flatnonzero(sel)
         b = bands[idx]
-        # the leg's own axis per band
+        # the leg's own axis per band, from the bands around it: one band holds only part of a
+        # slanted ring, and its middle is off the axis (the inner side read as the front)
         axis_x = np.zeros(n_bands)
         axis_y = np.zeros(n_bands)
+        leg = np.flatnonzero(side)
+        reach = max(round(config.axis_window_m / config.band_m), 0)
         for k in np.unique(b):
-            pts = rest[idx[b == k]]
+            pts = ring[leg[np.abs(bands[leg] - k) <= reach]]
             axis_x[k] = 0.5 * (pts[:, 0].max() + pts[:, 0].min())
             axis_y[k] = 0.5 * (pts[:, 1].max() + pts[:, 1].min())
-        u = sign * (rest[idx, 0] - axis_x[b])  # outward
-        v = rest[idx, 1] - axis_y[b]
-        phi = np.arctan2(v, u)
-        # the inner walls cross the midline by `overlap_m`, so smoothing cannot open a slit
-        target_x = sign * ((half_width[b] + config.overlap_m) * np.cos(phi / 2.0) - config.overlap_m)
-        target_y = centre_y[b] + half_depth[b] * np.sin(phi / 2.0)
+        u = sign * (ring[idx, 0] - axis_x[b])  # outward
+        v = ring[idx, 1] - axis_y[b]
+        phi = _snap_corners(np.arctan2(v, u), b, corner, config.corner_snap_rad)
+        width = half_width[b] + config.overlap_m
+        target_x, target_y = _leg_section(phi, corner[b], width, half_depth[b], centre_y[b])
+        # the walls cross the midline by `overlap_m`, so no slit opens between them
+        target_x = sign * (target_x - config.overlap_m)
         # blend in below the crotch (the hips already span the legs there)
         depth = (legs.crotch_z - rest[idx, 2]) / max(legs.crotch_z - hem_z, 1e-6)
         # from half way at the crotch (where the legs' gap is still closing) to fully below
-        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)[:, None]
+        t = _smoothstep(0.5 + 0.5 * depth / config.waist_blend)
+        # the inner walls close the gap between the legs right from the crotch: half way there
+        # they leave a hole at the crotch's apex, seen through from the front to the back
+        inner = 1.0 - np.cos(phi / 2.0)  # 0 outermost .. 1 innermost
+        t = np.maximum(t, _smoothstep((inner - 0.5) / 0.3))[:, None]
         target = np.stack([target_x, target_y, rest[idx, 2]], axis=1)
         out[idx] = (1.0 - t) * rest[idx] + t * target
-        # the inner wall stays on the midline through the smoothing (it would round off)
-        wall = idx[(np.cos(phi / 2.0) < config.wall_cos) & (t[:, 0] > 0.5)]
-        pinned[wall] = True
-    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay)
+        placed = t[:, 0] > 0.5
+        ellipse[idx] = np.stack([np.full(len(idx), sign), width, half_depth[b], centre_y[b], t[:, 0]], axis=1)
+        pinned[idx[placed & (np.abs(phi) >= corner[b] - 1e-9)]] = True
+        wall[idx[placed & (np.abs(phi) > corner[b] + 1e-9)]] = True
+    # Laplacian smoothing over the skirt, hem ring included (in plan only: heights stay). The
+    # outline's vertices next to a wall would be pulled in towards it (a notch at the skirt's
+    # front and back between the legs), so the edges between the wall's inside and the outline
+    # are left out: the outline smooths over itself and the corners, the wall over itself and
+    # the corners (along the midline plane: it evens its vertices' spacing), the corners stay.
+    # The outline's vertices go back onto their ellipse after each step: smoothing alone would
+    # shrink it and leave the pinned corners standing out as a ridge down the skirt's middles.
     edges = mesh_edges(faces)
-    inner = skirt
-    wall_x = out[pinned, 0].copy()
-    for _ in range(config.smoothing_iters):
+    _corners_inside_the_wall(out, edges, skirt, pinned, wall, ellipse)
+    edges = edges[skirt[edges[:, 0]] & skirt[edges[:, 1]]]  # the bare legs below would pull the hem in
+    edges = edges[wall[edges[:, 0]] == wall[edges[:, 1]] | pinned[edges[:, 0]] | pinned[edges[:, 1]]]
+    edges = edges[~(wall[edges[:, 0]] & ~pinned[edges[:, 1]] & ~wall[edges[:, 1]])]
+    edges = edges[~(wall[edges[:, 1]] & ~pinned[edges[:, 0]] & ~wall[edges[:, 0]])]
+    corners = pinned & ~wall
+    held = out[corners, :2].copy()
+    wall_x = out[wall, 0].copy()
+    for _ in range(config.skirt_smoothing_iters):
         mean = _neighbour_mean(out, edges)
-        out[inner] = 0.5 * out[inner] + 0.5 * mean[inner]
-        out[inner, 2] = rest[inner, 2]  # heights stay: the hem and the waist do not move
-        out[pinned, 0] = wall_x
-    return bridge_body_hollows(out, faces, legs, hem_z, float(half_width[0]), config)
+        out[skirt] = 0.5 * out[skirt] + 0.5 * mean[skirt]
+        out[skirt, 2] = rest[skirt, 2]  # heights stay: the hem and the waist do not move
+        out[corners, :2] = held
+        out[wall, 0] = wall_x
+        _onto_outline(out, skirt & ~pinned & ~wall, ellipse, config.overlap_m)
+    # the depth smoothing after the bridging runs over the whole surface but the walls' edges
+    everywhere = mesh_edges(faces)
+    outline = everywhere[~(wall[everywhere[:, 0]] | wall[everywhere[:, 1]])]
+    out = bridge_body_hollows(
+        out, faces, legs, hem_z, float(half_width[0]), config, edges=outline, inside=pinned
+    )
+    return flatten_hem_underside(out, faces, skirt, config)
+
+
+def _corners_inside_the_wall(out: np.ndarray, edges: np.ndarray, skirt: np.ndarray, pinned: np.ndarray,
+                             wall: np.ndarray, ellipse: np.ndarray, share: float = 0.85) -> None:
+    """A corner vertex none of whose neighbours is on the outline moves into its wall, `share` of
+    the way from the section's centre to the corner (in place; `pinned` and `wall` updated). Every
+    face round it lies in the wall's plane: on the wall's edge, the faces would fold over each
+    other and its normal cancel to nothing (the glTF validator's non-unit normal error)."""
+    outline = skirt & ~pinned & ~wall
+    beside = np.zeros(len(out), bool)
+    np.logical_or.at(beside, edges[:, 0], outline[edges[:, 1]])
+    np.logical_or.at(beside, edges[:, 1], outline[edges[:, 0]])
+    alone = np.flatnonzero(pinned & ~wall & ~beside)
+    centre = ellipse[alone, 3]
+    out[alone, 1] = centre + share * (out[alone, 1] - centre)
+    wall[alone] = True
+
+
+def _onto_outline(out: np.ndarray, sel: np.ndarray, ellipse: np.ndarray, overlap_m: float) -> None:
+    """The vertices `sel` moved in plan onto their leg's half ellipse (`ellipse` rows: side sign,
+    half-width A, half-depth B, centre y, weight), radially from its centre, by their weight
+    (how fully they were put on it; 0 near the crotch). In place."""
+    idx = np.flatnonzero(sel & (ellipse[:, 4] > 0.0))
+    sign, a, b, centre, weight = ellipse[idx].T
+    x = np.maximum(sign * out[idx, 0] + overlap_m, 0.0)  # from the D's straight side
+    y = out[idx, 1] - centre
+    r = np.maximum(np.hypot(x / a, y / b), 1e-9)
+    out[idx, 0] += weight * (sign * (x / r - overlap_m) - out[idx, 0])
+    out[idx, 1] += weight * (centre + y / r - out[idx, 1])
+
+
+def flatten_hem_underside(surface: np.ndarray, faces: np.ndarray, skirt: np.ndarray,
+                          config: GarmentConfig = GarmentConfig()) -> np.ndarray:
+    """The first two rings of leg vertices below the skirt lifted to just under its hem ring,
+    the first one also part of the way out towards it: the skirt's underside.
+
+    The faces from the hem ring (on the skirt's wide section) to the ring below (on the bare
+    leg) are the skirt's underside. Left one ring spacing tall (3-4 cm on Anny), between the
+    legs they slope down from the hem's middle to the thighs' inner sides and read from the
+    front and the back as a dark inverted V under the hem. Lifted to `hem_lip_m` under the
+    hem ring, the underside is nearly horizontal: the hem reads as one straight edge. It spans
+    from the skirt's outline to the legs, up to 15 cm at the skirt's front and back middles,
+    in one face: the first ring goes `hem_underside_share` of the way out towards the hem ring
+    above it and the second is lifted to just under the first, so the underside is two flat
+    rings of faces, each half as wide, and the leg below keeps its shape (the faces from the
+    second ring down lengthen)."""
+    edges = mesh_edges(faces)
+    first, lowest, reach = _ring_under(surface, edges, skirt)
+    out = surface.copy()
+    out[first, :2] += config.hem_underside_share * (reach[first] - surface[first, :2])
+    # never lower a vertex, never above the ring it hangs under
+    out[first, 2] = np.maximum(surface[first, 2], lowest[first] - config.hem_lip_m)
+    lifted = skirt.copy()
+    lifted[first] = True
+    second, lowest, _ = _ring_under(out, edges, lifted)
+    out[second, 2] = np.maximum(surface[second, 2], lowest[second] - config.hem_lip_m)
+    return out
+
+
+def _ring_under(
+    surface: np.ndarray, edges: np.ndarray, above: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vertices next to the region `above` but outside it, each with the lowest height and
+    the mean plan position (x, y) of its neighbours in it."""
+    crossing = above[edges[:, 0]] != above[edges[:, 1]]
+    pairs = edges[crossing]
+    below = np.where(above[pairs[:, 0]], pairs[:, 1], pairs[:, 0])
+    top = np.where(above[pairs[:, 0]], pairs[:, 0], pairs[:, 1])
+    lowest = np.full(len(surface), np.inf)
+    np.minimum.at(lowest, below, surface[top, 2])
+    plan = np.zeros((len(surface), 2))
+    count = np.zeros(len(surface))
+    np.add.at(plan, below, surface[top, :2])
+    np.add.at(count, below, 1.0)
+    ring = np.flatnonzero(count > 0)
+    plan[ring] /= count[ring, None]
+    return ring, lowest, plan
+
+
+def _wall_corner(half_width: np.ndarray, half_depth: np.ndarray) -> np.ndarray:
+    """Per band, the angle around a leg's axis at which its outline (the half ellipse of
+    half-width A, half-depth B, front middle to side to back middle) meets its inner wall (the
+    straight way back through the midline plane, 2 B long). Each takes the share of the leg's
+    ring its length has, so the ring's vertices stay evenly spaced round the whole section: the
+    wall is as finely meshed as the outline (a wall one edge wide spans the skirt's whole depth,
+    front to back, in one 25 cm edge)."""
+    a, b = half_width, half_depth
+    arc = 0.5 * np.pi * (3.0 * (a + b) - np.sqrt((3.0 * a + b) * (a + 3.0 * b)))  # Ramanujan, halved
+    return np.pi * arc / np.maximum(arc + 2.0 * b, 1e-9)
+
+
+def _snap_corners(phi: np.ndarray, bands: np.ndarray, corner: np.ndarray, reach: float) -> np.ndarray:
+    """A leg's angles around its axis, per height band, with the vertex nearest each corner
+    (+corner behind the axis, -corner in front) moved onto it and the angles on either side
+    stretched in step (order and spacing kept). The mesh's rings are coarse (about 20 degrees
+    apart): left between vertices, the corner, the skirt's front or back middle, would be cut
+    off by a face and leave a notch between the legs. Only a vertex within `reach` of the corner
+    moves: a band holds only part of a slanted ring, and a vertex further round (the leg's
+    front) pulled onto the corner would drag its faces across the skirt."""
+    out = phi.copy()
+    for k in np.unique(bands):
+        for sign in (1.0, -1.0):
+            sel = np.flatnonzero((bands == k) & (sign * phi > 0))
+            if len(sel) == 0:
+                continue
+            a = sign * phi[sel]
+            near = float(a[np.argmin(np.abs(a - corner[k]))])
+            if abs(near - corner[k]) > reach or near >= np.pi:
+                continue
+            out[sel] = sign * np.interp(a, [0.0, near, np.pi], [0.0, corner[k], np.pi])
+    return out
+
+
+def _leg_section(phi: np.ndarray, corner: np.ndarray, half_width: np.ndarray, half_depth: np.ndarray,
+                 centre_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A leg's angles around its axis onto its half of the skirt's section, (x outward from the
+    midline, y): |phi| <= corner on the outline (A cos(theta), centre + B sin(theta)), from the
+    front middle (theta -pi/2) to the back middle (pi/2), evenly by length (by theta, the
+    vertices would crowd the sides and leave long faces at the middles); beyond, the inner wall
+    at x = 0, from the back middle at +corner and the front middle at -corner to the centre at
+    +-pi."""
+    share = 0.5 + 0.5 * np.clip(phi / corner, -1.0, 1.0)  # 0 front middle .. 1 back middle
+    theta = np.empty(len(phi))
+    grid = np.linspace(-0.5 * np.pi, 0.5 * np.pi, 97)
+    for a, b in np.unique(np.stack([half_width, half_depth], axis=1), axis=0):
+        sel = (half_width == a) & (half_depth == b)
+        step = np.hypot(a * np.diff(np.cos(grid)), b * np.diff(np.sin(grid)))
+        length = np.concatenate([[0.0], np.cumsum(step)])
+        theta[sel] = np.interp(share[sel] * length[-1], length, grid)
+    on_wall = np.abs(phi) > corner
+    along = np.clip((np.pi - np.abs(phi)) / np.maximum(np.pi - corner, 1e-9), 0.0, 1.0)  # 1 at a corner
+    x = np.where(on_wall, 0.0, half_width * np.cos(theta))
+    y = centre_y + half_depth * np.where(on_wall, np.sign(phi) * along, np.sin(theta))
+    return x, y
 
 
 def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -838,21 +1027,38 @@ def _section_chains(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> tuple[np.nd
     return lo, hi
 
 
+def _section_profile(
+    x: np.ndarray, y: np.ndarray, column_m: float, at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The section's front (lowest y) and back (highest y) per column of width `column_m`, read
+    from the outline's points (x, y) themselves (so a notch stays a notch, unlike the hull),
+    linearly interpolated between the columns' centres at the abscissae `at`."""
+    cols = np.floor(x / column_m).astype(np.int64)
+    keys, inverse = np.unique(cols, return_inverse=True)
+    lo, hi = np.full(len(keys), np.inf), np.full(len(keys), -np.inf)
+    np.minimum.at(lo, inverse, y)
+    np.maximum.at(hi, inverse, y)
+    centres = (keys + 0.5) * column_m
+    return np.interp(at, centres, lo), np.interp(at, centres, hi)
+
+
 def bridge_body_hollows(
     surface: np.ndarray, faces: np.ndarray, legs: _Legs, hem_z: float, half_width: float,
-    config: GarmentConfig = GarmentConfig(),
+    config: GarmentConfig = GarmentConfig(), edges: np.ndarray | None = None,
+    inside: np.ndarray | None = None,
 ) -> np.ndarray:
     """The skirt hanging from the body's widest points above: below the belly in front and below
     the buttocks at the back the cloth falls straight instead of following the body in under
-    them (the fold under the buttocks). A cleft within one height band (between the buttocks)
-    is not bridged.
+    them (the fold under the buttocks), and across a notch within one height band (the cleft
+    between the buttocks, the pit where the legs meet at the crotch) it spans straight too.
 
     From `recess_reach_m` above the crotch down to the hem, in height bands, within the skirt's
     width: the section's convex hull, front and back, carried down (a front never recedes, a back
     never comes forward below where it was), is the cloth's envelope. Each vertex keeps its share
-    of the way from its section's own front to its back, so the hull goes onto the envelope and
-    the crotch's inside follows in step (nothing flips from front to back). The change fades in
-    over the top of the region; heights and widths stay."""
+    of the way from its section's own front to its back (hull or, in a notch, the outline itself),
+    so the outline goes onto the envelope and the crotch's inside follows in step (nothing flips from front to back). The change fades in
+    over the top of the region; heights and widths stay. `edges` (default: all of the mesh's)
+    are those the final smoothing runs over."""
     out = surface.copy()
     z = surface[:, 2]
     top = legs.crotch_z + config.recess_reach_m
@@ -875,19 +1081,38 @@ def bridge_body_hollows(
         env_lo = np.interp(x, grid[known], front_env[known])
         env_hi = np.interp(x, grid[known], back_env[known])
         # each vertex keeps its share of the way from the section's own front to its back:
-        # hull points go onto the envelope, inner ones (the crotch's inside) follow in step
+        # hull points go onto the envelope, inner ones (the crotch's inside) follow in step. On
+        # the back half the share is the larger of the one within the hull and the one within
+        # the outline as it is (per column, `_section_profile`), on the front half the smaller:
+        # a notch's outline (the cleft between the buttocks, the pit at the crotch) then goes
+        # onto the envelope too and the notch fills, while a convex outline stays exact.
         own_lo, own_hi = _section_chains(x, y, x)
         own_lo, own_hi = np.where(np.isfinite(own_lo), own_lo, y), np.where(np.isfinite(own_hi), own_hi, y)
         share = np.clip((y - own_lo) / np.maximum(own_hi - own_lo, 1e-6), 0.0, 1.0)
+        # the vertices `inside` the section (the skirt's inner walls) are no outline: they
+        # neither count in it nor go onto it (a wall's vertex read as the back of its column
+        # would go onto the back's envelope and drag its faces across the skirt)
+        ins = np.zeros(len(idx), bool) if inside is None else inside[idx]
+        if (~ins).any():
+            out_lo, out_hi = _section_profile(x[~ins], y[~ins], config.band_m, x)
+            outline_share = np.clip((y - out_lo) / np.maximum(out_hi - out_lo, 1e-6), 0.0, 1.0)
+            outward = np.where(share > 0.5, np.maximum(share, outline_share), np.minimum(share, outline_share))
+            # only near the section's front and back: a vertex well inside the hull (the
+            # crotch's inside, between the legs' tops) would read as its column's outline
+            near = _smoothstep((np.abs(share - 0.5) - 0.2) / 0.1) * ~ins
+            share = share + near * (outward - share)
         target = np.minimum(env_lo, own_lo) + share * (np.maximum(env_hi, own_hi) - np.minimum(env_lo, own_lo))
         fade = _smoothstep((top - z[idx]) / config.recess_reach_m)
         out[idx, 1] = y + fade * (target - y)
         moved[idx] = True
-    # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends
-    edges = mesh_edges(faces)
+    # a few smoothing steps in depth only over the lifted vertices: no ridge where the lift ends.
+    # The skirt's front and back middles and its walls (`inside`) stay: smoothed with the outline
+    # beside them they would sink in, a groove down the middle.
+    edges = mesh_edges(faces) if edges is None else edges
+    smoothed = moved if inside is None else moved & ~inside
     for _ in range(config.smoothing_iters // 2):
         mean = _neighbour_mean(out, edges)
-        out[moved, 1] = 0.5 * out[moved, 1] + 0.5 * mean[moved, 1]
+        out[smoothed, 1] = 0.5 * out[smoothed, 1] + 0.5 * mean[smoothed, 1]
     return out
 
 

@@ -40,6 +40,13 @@ SHARED = REPO.parent / "shared" / "data" / "photos"
 # the skirt's edges may stretch this much more in `walk` than the same body's without a skirt
 # (measured: fullbody_08 2.45 vs 2.64 without the skirt, multi_01 2.84 vs 2.59)
 WALK_STRETCH_FACTOR = 1.25
+# the skirt's longest rest edge at most this many times the naked body's (measured 1.89-2.08 on
+# the three skirt photos, 1.63-1.81 with the notch; the surface of 1 Dec with a one-face inner
+# wall: 4.96, 25.4 cm)
+LONGEST_EDGE_FACTOR = 2.5
+# the midline at most this far behind the skirt's surface 6 cm to either side (2-6 cm under the
+# crotch, front and back; measured at most 0.4 cm; 6.7-10.6 cm before the inner walls closed)
+MAX_NOTCH_M = 0.015
 
 
 def _path(name: str) -> Path:
@@ -110,6 +117,43 @@ def test_skirt_is_detected_and_one_closed_section(name):
     assert section_regions(clothed.rest_vertices, faces, z) == 1
     # without the garment step the same fit has two trouser legs there
     assert section_regions(_clothing(name, garments=False).rest_vertices, faces, z) == 2
+
+
+def _notch_depth(vertices: np.ndarray, faces: np.ndarray, crotch_z: float, side: float) -> float:
+    """How far the midline lies behind the surface 6 cm to either side, seen from the front
+    (side -1) or the back (+1), the worst of the heights 2-6 cm under the crotch (ray cast)."""
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    worst = -np.inf
+    for dz in (0.02, 0.03, 0.04, 0.05, 0.06):
+        xs = np.array([-0.06, 0.0, 0.06])
+        origins = np.stack([xs, np.full(3, side), np.full(3, crotch_z - dz)], axis=1)
+        towards = np.tile([0.0, -side, 0.0], (3, 1))
+        hits, rays, _ = mesh.ray.intersects_location(origins, towards, multiple_hits=False)
+        depth = np.full(3, np.nan)
+        depth[rays] = side * hits[:, 1]
+        worst = max(worst, 0.5 * (depth[0] + depth[2]) - depth[1])
+    return float(worst)
+
+
+@pytest.mark.parametrize("name", ["fullbody_08.png", "multi_01.jpg", "occlusion_02.jpg"])
+def test_skirt_closes_between_the_legs_with_no_long_faces(name):
+    """The skirt's front and back run straight across between the legs (no notch where the two
+    legs' halves meet), and its faces stay within a small factor of the body's: the inner walls
+    that close it are meshed like the rest (the mesh gate fails above 25 cm)."""
+    from models.clothing import mesh_edges
+
+    fit, _, _ = _fit(name)
+    model = load_anny()
+    topo = anny_topology(model)
+    body = evaluate_body(model, fit.phenotype, fit.pose_parameters, topo["faces"])
+    legs = leg_vertices(body.rest, topo["faces"], topo["uv"], topo["face_uv_idx"])
+    clothed = _clothing(name).rest_vertices
+    for side in (-1.0, 1.0):
+        assert _notch_depth(clothed, topo["faces"], legs.crotch_z, side) < MAX_NOTCH_M
+    e = mesh_edges(topo["faces"])
+    longest = np.linalg.norm(clothed[e[:, 0]] - clothed[e[:, 1]], axis=1).max()
+    naked = np.linalg.norm(body.rest[e[:, 0]] - body.rest[e[:, 1]], axis=1).max()
+    assert longest < min(LONGEST_EDGE_FACTOR * naked, 0.25)
 
 
 def test_no_skirt_leaves_the_mesh_unchanged():
@@ -243,3 +287,100 @@ def test_skirt_hangs_from_the_widest_point_above():
     assert np.abs(out[front, 1] - v[front, 1]).max() < 0.005
     below = v[:, 2] < -0.19
     assert np.array_equal(out[below], v[below])
+
+
+def _wall_cylinder():
+    mesh = trimesh.creation.cylinder(radius=0.15, height=0.4, sections=64)
+    for _ in range(3):
+        mesh = mesh.subdivide()
+    v = np.asarray(mesh.vertices, dtype=np.float64).copy()
+    return v, np.asarray(mesh.faces), np.hypot(v[:, 0], v[:, 1]) > 0.14
+
+
+def test_skirt_spans_a_notch_between_the_buttocks():
+    """A narrow notch down the back's middle (the cleft between the buttocks), within each height
+    band, is spanned: its outline goes out to the hull, the sides of the back stay where they were."""
+    from models.clothing import _Legs, bridge_body_hollows
+
+    v, faces, side = _wall_cylinder()
+    notch = side & (np.abs(v[:, 0]) < 0.03) & (v[:, 1] > 0.1) & (v[:, 2] < 0.0)
+    depth = 0.03 * (1.0 - np.abs(v[notch, 0]) / 0.03)  # a V, 3 cm deep in the middle
+    v[notch, 1] -= depth
+    none = np.zeros(len(v), bool)
+    legs = _Legs(left=none, right=none, crotch_z=-0.12, ankle_z=-0.6)
+    out = bridge_body_hollows(v, faces, legs, hem_z=-0.18, half_width=0.15, config=GarmentConfig(smoothing_iters=0))
+    spanned = notch & (v[:, 2] <= -0.12) & (v[:, 2] >= -0.18)
+    assert spanned.sum() >= 3
+    before = np.median(np.hypot(v[spanned, 0], v[spanned, 1]))
+    after = np.median(np.hypot(out[spanned, 0], out[spanned, 1]))
+    assert before < 0.135 and after > 0.145  # out to (nearly) the cylinder's 0.15
+    back_sides = side & ~notch & (v[:, 1] > 0.1) & (v[:, 2] <= -0.12) & (v[:, 2] >= -0.18)
+    assert np.abs(out[back_sides, 1] - v[back_sides, 1]).max() < 0.003
+
+
+def test_hem_underside_is_two_flat_rings():
+    """Under a wide skirt on a narrow leg, the first ring below the hem goes up to just under it
+    and half way out towards it, the second up to just under the first; nothing else moves,
+    nothing goes down, and the underside's widest face is about half as wide as before."""
+    from models.clothing import flatten_hem_underside, mesh_edges
+
+    v, faces, _ = _wall_cylinder()
+    skirt = v[:, 2] >= -0.05
+    v[skirt, :2] *= 1.6  # the skirt's section, 24 cm across a 15 cm leg
+    config = GarmentConfig()
+    out = flatten_hem_underside(v, faces, skirt, config)
+    moved = np.any(out != v, axis=1)
+    assert moved.any() and not skirt[moved].any() and (out[:, 2] >= v[:, 2]).all()
+    hem = v[skirt, 2].min()
+    wall = np.hypot(v[:, 0], v[:, 1]) > 0.14  # the side, not the caps
+    first = moved & wall & np.isclose(out[:, 2], hem - config.hem_lip_m)
+    second = moved & wall & np.isclose(out[:, 2], hem - 2.0 * config.hem_lip_m)
+    assert first.sum() >= 32 and second.sum() >= 32
+    radius = np.hypot(out[first, 0], out[first, 1])
+    assert np.all((radius > 0.18) & (radius < 0.21))  # half way from the leg's 0.15 to the skirt's 0.24
+    assert np.array_equal(out[second, :2], v[second, :2])
+    e = mesh_edges(faces)
+    under = skirt[e[:, 0]] != skirt[e[:, 1]]
+    before = np.linalg.norm(v[e[under, 0], :2] - v[e[under, 1], :2], axis=1).max()
+    after = np.linalg.norm(out[e[under, 0], :2] - out[e[under, 1], :2], axis=1).max()
+    assert after < 0.6 * before
+
+
+def _ring_section(phi: np.ndarray):
+    """One leg's ring (angles around its axis) on a 20 x 13 cm half section."""
+    from models.clothing import _leg_section, _snap_corners, _wall_corner
+
+    width, depth = np.array([0.20]), np.array([0.13])
+    corner = _wall_corner(width, depth)
+    bands = np.zeros(len(phi), np.int64)
+    snapped = _snap_corners(phi, bands, corner, 0.2)
+    x, y = _leg_section(snapped, corner[bands], width[bands], depth[bands], np.zeros(len(phi)))
+    return corner[0], snapped, x, y
+
+
+def test_inner_wall_is_meshed_as_finely_as_the_outline():
+    """A leg's ring of 18 vertices, 20 degrees apart, onto its half of the skirt's section: a
+    vertex lands on each corner (the skirt's front and back middles, on the midline plane), the
+    innermost ones go down the wall between them, and consecutive vertices are evenly spaced all
+    round, wall included (a wall one face wide spans the section's 26 cm depth in one edge)."""
+    phi = np.radians(np.arange(-170.0, 181.0, 20.0)) + 0.05  # off the corners by a few degrees
+    corner, snapped, x, y = _ring_section(phi)
+    assert 0.55 * np.pi < corner < 0.75 * np.pi
+    on_corner = np.isclose(np.abs(snapped), corner)
+    assert on_corner.sum() == 2
+    assert np.allclose(x[on_corner], 0.0) and np.allclose(np.sort(y[on_corner]), [-0.13, 0.13])
+    wall = np.abs(snapped) > corner
+    assert wall.sum() >= 4 and np.allclose(x[wall], 0.0) and np.all(np.abs(y[wall]) < 0.13)
+    order = np.argsort(snapped)
+    step = np.hypot(np.diff(x[order], append=x[order][0]), np.diff(y[order], append=y[order][0]))
+    assert step.max() < 1.6 * step.min()
+    assert step.max() < 0.06  # 18 edges round a 0.78 m section: 4.3 cm each
+
+
+def test_a_vertex_far_from_a_corner_is_not_snapped_onto_it():
+    """A band holding only part of a ring: its vertex nearest the corner is 40 degrees away and
+    stays where its angle puts it (pulled onto the corner, it would drag its faces across)."""
+    phi = np.radians(np.array([-60.0, -20.0, 20.0, 80.0]))
+    _, snapped, x, _ = _ring_section(phi)
+    assert np.array_equal(snapped, phi)
+    assert np.all(x > 0.02)
