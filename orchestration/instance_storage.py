@@ -1,0 +1,98 @@
+"""The embedded Dagster instance's SQLite storage, with the event log's connections kept open.
+
+Dagster's `SqliteEventLogStorage` opens a new SQLite connection (a new engine with `NullPool`)
+for every write and closes it afterwards. A warm `avatarpipe run` stores about 50 events, which
+is about 330 connections. Closing the last connection to a WAL database checkpoints the WAL into
+the database and syncs it, so each event costs about 15 ms of wall time on this machine's disk:
+seconds per run, more than some of the steps.
+
+`PooledSqliteStorage` is Dagster's `DagsterSqliteStorage` (the same files, directories and
+schema: `$DAGSTER_HOME/history/runs.db`, `history/runs/<run id>.db` and `index.db`,
+`schedules/`) with one change: the event log keeps one engine with a small connection pool per
+database it writes, so a write is an insert and a commit. The durability is unchanged: SQLite's
+default `synchronous=FULL` still syncs every commit, and the WAL is still checkpointed, by
+SQLite's automatic checkpoint. Only the most recently used ``MAX_OPEN_SHARDS`` run databases
+keep an engine, so a long-lived webserver or daemon does not collect one per run. A forked child
+(the CLI's batch) drops its parent's connections unclosed and opens its own: an SQLite
+connection must not cross a fork.
+
+dagster.yaml names it as the instance's storage (`storage: custom:`), so every process that
+loads the instance (the CLI, `dagster dev`, the daemon, a run worker) uses the same storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.engine import Connection, Engine
+
+MAX_OPEN_SHARDS = 8  # run databases with an open engine (plus the index), least recently used dropped
+SQLITE_BUSY_TIMEOUT_S = 120  # as Dagster's SQLITE_BUSY_TIMEOUT_SECONDS for the event log
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """`SqliteEventLogStorage` whose connections to each database are pooled, not reopened."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines_pid = os.getpid()
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Any) -> PooledSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Engine:
+        """The shard's engine (made on first use); called with ``_db_lock`` held."""
+        if self._engines_pid != os.getpid():  # forked: the parent's connections are not ours
+            for engine in self._engines.values():
+                engine.dispose(close=False)
+            self._engines.clear()
+            self._engines_pid = os.getpid()
+        engine = self._engines.pop(shard, None)
+        if engine is None:
+            engine = create_engine(self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        self._engines[shard] = engine  # the most recently used last
+        runs = [name for name in self._engines if name != INDEX_SHARD_NAME]  # the least recently used first
+        for name in runs[: max(len(runs) - MAX_OPEN_SHARDS, 0)]:
+            self._engines.pop(name).dispose()
+        return engine
+
+    @contextlib.contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        """Dagster's `_connect` (one lock, the shard's schema made once, one transaction) on the
+        shard's kept engine instead of a new one."""
+        with self._db_lock:
+            engine = self._engine(str(shard))
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        with self._db_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+        super().dispose()
+
+
+class PooledSqliteStorage(DagsterSqliteStorage):
+    """`DagsterSqliteStorage` (`storage: sqlite:` in dagster.yaml) with the pooled event log."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        super().__init__(base_dir, inst_data)
+        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Any) -> PooledSqliteStorage:  # ty: ignore[invalid-method-override]
+        return cls.from_local(inst_data=inst_data, **config_value)
