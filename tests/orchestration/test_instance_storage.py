@@ -74,7 +74,8 @@ def test_the_repos_instance_keeps_dagsters_sqlite_files_and_opens_far_fewer_conn
         assert len(stock.get_records_for_run(run.run_id).records) == len(records)
         _connections_of_a_run(stock)
         stock_connections = _connections_of_a_run(stock)
-    assert pooled * 3 < stock_connections, (pooled, stock_connections)
+    assert pooled <= 2, pooled  # the new run's database, at most one more
+    assert stock_connections >= 10, stock_connections
 
 
 def _entry(run_id: str, message: str) -> EventLogEntry:
