@@ -31,6 +31,7 @@ import trimesh
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from models.gltf_load import load_glb
 from models.gltf_read import GlbReadError, read_accessor
 from models.skinning import lbs
 
@@ -351,9 +352,9 @@ def glb_metrics(glb: bytes, validator: ValidatorReport | None = None, node_modul
         "gltf_validator_warning_count": validator.warning_count,
     }
     try:
-        gltf = pygltflib.GLTF2.load_from_bytes(glb)
+        gltf = load_glb(glb)  # pygltflib's objects, read faster
         if MESHOPT_EXTENSION in (gltf.extensionsUsed or []):
-            gltf = pygltflib.GLTF2.load_from_bytes(decode_meshopt_glb(glb, node_modules))
+            gltf = load_glb(decode_meshopt_glb(glb, node_modules))
         blob = gltf.binary_blob() or b""
         return _glb_metrics(gltf, blob, common)
     except (GlbReadError, ValueError, KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as exc:
@@ -546,36 +547,22 @@ def clients_node_modules() -> Path:
 VALIDATE_SCRIPT = REPO_ROOT / "clients" / "validate.mjs"
 
 
-def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: float = 120.0) -> ValidatorReport:
-    """Run the Khronos glTF validator (npm `gltf-validator`) on the GLB in a node subprocess.
-
-    Never passes silently: without node or the package the status is `unavailable`, and a
-    crash or timeout is `failed`, each with the reason in `detail`.
-    """
+def gltf_validator_unavailable(node_modules: Path | None, script: Path = VALIDATE_SCRIPT) -> ValidatorReport | None:
+    """Why the validator cannot run here (node, the npm package or ``script`` missing), as an
+    `unavailable` report; None when it can run."""
     package = (node_modules or clients_node_modules()) / GLTF_VALIDATOR_PACKAGE
-    node = shutil.which("node")
-    if node is None:
+    if shutil.which("node") is None:
         return ValidatorReport(status="unavailable", detail="node is not on PATH")
     if not (package / "package.json").is_file():
         return ValidatorReport(status="unavailable", detail=f"npm package {GLTF_VALIDATOR_PACKAGE} not found at {package}")
-    if not VALIDATE_SCRIPT.is_file():
-        return ValidatorReport(status="unavailable", detail=f"the validator script {VALIDATE_SCRIPT} is missing")
-    try:
-        proc = subprocess.run(
-            [node, str(VALIDATE_SCRIPT), "--package", str(package), "-"],
-            input=glb,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return ValidatorReport(status="failed", detail=f"validator timed out after {timeout_s:.0f} s")
-    if proc.returncode not in (0, 1):  # 1: it ran and found errors
-        return ValidatorReport(status="failed", detail=proc.stderr.decode(errors="replace")[-500:])
-    try:
-        issues = json.loads(proc.stdout)["-"]
-    except (ValueError, KeyError) as exc:
-        return ValidatorReport(status="failed", detail=f"unreadable validator output ({exc})")
+    if not script.is_file():
+        return ValidatorReport(status="unavailable", detail=f"the validator script {script} is missing")
+    return None
+
+
+def validator_report(issues: dict) -> ValidatorReport:
+    """The report of the validator's issue summary (`numErrors`, …, `messages` worst first), as
+    both `clients/validate.mjs` and the long-lived `clients/validate_server.mjs` print it."""
     messages = [
         {k: m.get(k) for k in ("code", "message", "severity", "pointer")} for m in issues.get("messages", [])[:20]
     ]
@@ -586,6 +573,34 @@ def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: 
         info_count=int(issues["numInfos"]),
         messages=messages,
     )
+
+
+def run_gltf_validator(glb: bytes, node_modules: Path | None = None, timeout_s: float = 120.0) -> ValidatorReport:
+    """Run the Khronos glTF validator (npm `gltf-validator`) on the GLB in a node subprocess.
+
+    Never passes silently: without node or the package the status is `unavailable`, and a
+    crash or timeout is `failed`, each with the reason in `detail`.
+    """
+    unavailable = gltf_validator_unavailable(node_modules)
+    if unavailable is not None:
+        return unavailable
+    package = (node_modules or clients_node_modules()) / GLTF_VALIDATOR_PACKAGE
+    try:
+        proc = subprocess.run(
+            [str(shutil.which("node")), str(VALIDATE_SCRIPT), "--package", str(package), "-"],
+            input=glb,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return ValidatorReport(status="failed", detail=f"validator timed out after {timeout_s:.0f} s")
+    if proc.returncode not in (0, 1):  # 1: it ran and found errors
+        return ValidatorReport(status="failed", detail=proc.stderr.decode(errors="replace")[-500:])
+    try:
+        return validator_report(json.loads(proc.stdout)["-"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return ValidatorReport(status="failed", detail=f"unreadable validator output ({exc})")
 
 
 # ---------------------------------------------------------------------------------------------

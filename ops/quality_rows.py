@@ -5,15 +5,21 @@ mesh, the fit and person mask it was made from) with `models.quality`. No Dagste
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ops.steps import decode_mask
 from storage.keys import ObjectStore
 from storage.metadata_store import MetadataStore
+
+if TYPE_CHECKING:
+    from models.quality import ValidatorReport
 
 
 @dataclass(frozen=True)
@@ -51,16 +57,43 @@ def _mesh_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> Art
     return ArtifactMetrics(mesh_glb_metrics(store.get_bytes(doc["key"]), silhouette).row(), {})
 
 
+_LONG_LIVED_VALIDATOR = False  # set in a warm worker: `keep_validator_running`
+
+
+def keep_validator_running(node_modules: Path) -> None:
+    """From now on this process validates GLBs with one long-lived node validator
+    (`ops.gltf_validator_process`) instead of one node process per check; started now, so the
+    first check does not pay its start. For a long-lived process (the warm worker)."""
+    global _LONG_LIVED_VALIDATOR
+    from ops.gltf_validator_process import shared_validator
+
+    _LONG_LIVED_VALIDATOR = True
+    if shutil.which("node") is not None:
+        with contextlib.suppress(Exception):  # it is started again, or replaced, at the first check
+            shared_validator(node_modules).start()
+
+
+def _validate_glb(glb: bytes, node_modules: Path) -> ValidatorReport:
+    from models.quality import run_gltf_validator
+
+    if _LONG_LIVED_VALIDATOR:
+        from ops.gltf_validator_process import shared_validator
+
+        return shared_validator(node_modules).validate(glb)
+    return run_gltf_validator(glb, node_modules)
+
+
 def _rigged_glb_metrics(doc: dict, store: ObjectStore, metadata: MetadataStore) -> ArtifactMetrics:
-    from models.quality import glb_metrics, run_gltf_validator
+    from models.quality import glb_metrics
     from orchestration.config import load_config
 
     node_modules = load_config().node_modules  # AVATARPIPE_NODE_MODULES, else clients/node_modules
     glb = store.get_bytes(doc["key"])
-    # The validator is a node process of its own (about a second): it runs while this thread
-    # reads the GLB for the metrics, and its verdict then goes into the row's validator fields.
+    # The validator is a node process (one per check, or a warm worker's long-lived one): it
+    # runs while this thread reads the GLB for the metrics, and its verdict then goes into the
+    # row's validator fields.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gltf-validator") as pool:
-        validating = pool.submit(run_gltf_validator, glb, node_modules)
+        validating = pool.submit(_validate_glb, glb, node_modules)
         metrics = glb_metrics(glb, None, node_modules)
         report = validating.result()
     metrics = replace(

@@ -103,7 +103,16 @@ def warm_up() -> dict[str, float]:
     timed("science", science_modules)
     timed("body_model", body)
     timed("great_expectations", _import_gx)
+    timed("gltf_validator", _start_validator)
     return seconds
+
+
+def _start_validator() -> None:
+    """The rigged-GLB gate's glTF validator: one node process for this worker's life."""
+    from ops.quality_rows import keep_validator_running
+    from orchestration.config import load_config
+
+    keep_validator_running(load_config().node_modules)
 
 
 def _import_gx() -> None:

@@ -65,7 +65,7 @@ def start(settings: Settings, slots: int | None) -> Reply:
     except PipelineError as exc:
         text = f"{exc.code.value}: {exc.message}"
         return Reply(1, {"error": exc.to_dict()}, lambda _a: text, human_on_stderr=True)
-    return Reply(0, _answer(status), _human)
+    return Reply(0, _answer(status), lambda _a: _human(status))
 
 
 @worker.command("stop", help="stop the warm workers (each finishes its step first)")

@@ -264,3 +264,35 @@ def test_a_whole_run_in_warm_mode_keeps_the_science_and_gx_out_of_the_run_proces
         warm(tmp_path / "home" / "worker", workers=1).warm_pool().stop()
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer == {"status": "ready", "heavy": []}
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def test_a_worker_keeps_one_validator_process_that_never_outlives_it(tmp_path) -> None:
+    from tests.quality.test_glb_quality import VALIDATOR_INSTALLED, _missing
+
+    if not VALIDATOR_INSTALLED:
+        _missing("npm gltf-validator is not installed in clients/node_modules")
+    pool = warm(tmp_path / "worker", workers=1).warm_pool()
+    (slot,) = pool.start()
+    validators = [pid for pid, cmd in _children(slot.pid) if "validate_server.mjs" in cmd]
+    assert len(validators) == 1, _children(slot.pid)  # started at the warm-up, before any check
+    os.kill(slot.pid, signal.SIGKILL)  # no clean exit: the validator sees its stdin close
+    deadline = time.monotonic() + 30
+    while _pid_alive(validators[0]):
+        assert time.monotonic() < deadline, "the validator outlived its worker"
+        time.sleep(0.1)
