@@ -485,9 +485,11 @@ class GarmentConfig:
     min_gap_px: float = 3.0  # the naked legs' gap in a row must be this wide to count as evidence
     filled_fraction: float = 0.9  # share of that gap the mask must cover: cloth spans the legs
     open_fraction: float = 0.5  # below this share the legs are apart: the hem is above
-    min_length: float = 0.15  # a bridged run shorter than this share of the leg is no garment
+    min_length: float = 0.12  # a bridged run shorter than this share of the leg is no garment
     min_hem_gap_m: float = 0.0  # the gap the hem spans, wider than two trouser legs' looseness
-    max_transition: float = 0.45  # the legs must be seen apart within this share of the leg rows below the hem
+    # below the hem, at most this share of the leg rows may show the gap between the naked legs
+    # partly filled (trousers fading out as the legs part); rows where they touch do not count
+    max_transition: float = 0.45
     dress_hem: float = 0.55  # a hem lower than this share of the leg makes a long garment
     ankle_length: float = 0.85  # a hem this low may end out of the frame (a maxi dress)
     hem_band: float = 0.05  # rows compared above and below the hem, share of the leg rows
@@ -704,10 +706,12 @@ def detect_garment(
     evidence = int((run <= hem_i).sum()) / max(hem_row - rows[0] + 1, 1)
     # Trousers fill a gap only as wide as their looseness, and the fill fades over many rows
     # as the naked legs part (the crotch's inverted V); a hem ends the fill across a wide gap
-    # within a few rows.
+    # within a few rows. Rows where the naked legs touch (thighs together below a short skirt)
+    # are no evidence of a fade: only rows with a gap that is partly filled count.
     depth = float(np.median(camera.to_camera(body.posed[on_row])[:, 2]))
     hem_gap_m = float(gaps[: hem_i + 1].max() * depth / camera.K[0, 0])
-    transition = float((first_open - run.max()) / max(len(rows), 1))
+    below_hem = slice(int(run.max()) + 1, first_open)
+    transition = float(((state[below_hem] == 0) & (gaps[below_hem] > 0)).sum() / max(len(rows), 1))
     # no legs seen apart inside the image: the frame cuts the body (a jacket, not a skirt)
     legs_cut_by_frame = first_open == len(rows) and bottom_unclipped > h - 1
     if (
