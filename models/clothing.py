@@ -487,8 +487,8 @@ class GarmentConfig:
     open_fraction: float = 0.5  # below this share the legs are apart: the hem is above
     min_length: float = 0.12  # a bridged run shorter than this share of the leg is no garment
     min_hem_gap_m: float = 0.0  # the gap the hem spans, wider than two trouser legs' looseness
-    # below the hem, at most this share of the leg rows may show the gap between the naked legs
-    # partly filled (trousers fading out as the legs part); rows where they touch do not count
+    # the legs must be seen apart within this share of the leg rows below the hem; where the
+    # colour confirms the hem, only rows with a partly filled gap between them count
     max_transition: float = 0.45
     dress_hem: float = 0.55  # a hem lower than this share of the leg makes a long garment
     ankle_length: float = 0.85  # a hem this low may end out of the frame (a maxi dress)
@@ -706,12 +706,16 @@ def detect_garment(
     evidence = int((run <= hem_i).sum()) / max(hem_row - rows[0] + 1, 1)
     # Trousers fill a gap only as wide as their looseness, and the fill fades over many rows
     # as the naked legs part (the crotch's inverted V); a hem ends the fill across a wide gap
-    # within a few rows. Rows where the naked legs touch (thighs together below a short skirt)
-    # are no evidence of a fade: only rows with a gap that is partly filled count.
+    # within a few rows.
     depth = float(np.median(camera.to_camera(body.posed[on_row])[:, 2]))
     hem_gap_m = float(gaps[: hem_i + 1].max() * depth / camera.K[0, 0])
     below_hem = slice(int(run.max()) + 1, first_open)
-    transition = float(((state[below_hem] == 0) & (gaps[below_hem] > 0)).sum() / max(len(rows), 1))
+    if colour_step is not None and colour_step >= config.min_hem_colour_step:
+        # the colour shows where the cloth ends: below it, rows where the naked legs touch are
+        # legs, and only a partly filled gap would be trousers fading out
+        transition = float(((state[below_hem] == 0) & (gaps[below_hem] > 0)).sum() / max(len(rows), 1))
+    else:  # no colour evidence: a long stretch of touching legs cannot be told from trousers
+        transition = float((first_open - run.max()) / max(len(rows), 1))
     # no legs seen apart inside the image: the frame cuts the body (a jacket, not a skirt)
     legs_cut_by_frame = first_open == len(rows) and bottom_unclipped > h - 1
     if (
