@@ -6,7 +6,7 @@
 // Exit status: 0 when every file has zero errors, 1 otherwise, 2 on usage / read errors,
 // 3 when the validator itself fails.
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
+import { loadValidator, worstFirst } from "./gltf_validator.mjs";
 
 const args = process.argv.slice(2);
 let packagePath = "gltf-validator";
@@ -18,13 +18,7 @@ if (args.length === 0 || !packagePath) {
   console.error("usage: node validate.mjs [--package DIR] FILE...");
   process.exit(2);
 }
-let validator;
-try {
-  validator = createRequire(import.meta.url)(packagePath);
-} catch (error) {
-  console.error(`cannot load ${packagePath}: ${error.message}`);
-  process.exit(3);
-}
+const validator = loadValidator(packagePath);
 
 async function readStdin() {
   const chunks = [];
@@ -60,7 +54,7 @@ for (const file of args) {
     numWarnings: issues.numWarnings,
     numInfos: issues.numInfos,
     numHints: issues.numHints,
-    messages: [...issues.messages].sort((a, b) => a.severity - b.severity).slice(0, 20),  // the worst first
+    messages: worstFirst(issues.messages),
     errors: issues.messages.filter((m) => m.severity === 0).slice(0, 20),
     warnings: issues.messages.filter((m) => m.severity === 1).slice(0, 20),
     extensionsUsed: report.info?.extensionsUsed ?? [],

@@ -8,20 +8,11 @@
 // The first line, before any request, is {"ready": true} (or the process exits 3: cannot load).
 // It exits 0 when stdin ends (its worker went away), so it never outlives the worker.
 // The one-shot path (validate.mjs, one process per GLB) stays for the other placements.
-import { createRequire } from "node:module";
+import { loadValidator, worstFirst } from "./gltf_validator.mjs";
 
 const [flag, packageDir] = process.argv.slice(2);
 const packagePath = flag === "--package" && packageDir ? packageDir : "gltf-validator";
 
-/** The validator package, or exit 3 (the Python side then falls back to the one-shot path). */
-function loadValidator(path) {
-  try {
-    return createRequire(import.meta.url)(path);
-  } catch (error) {
-    process.stderr.write(`cannot load ${path}: ${error.message}\n`);
-    return process.exit(3);
-  }
-}
 const validator = loadValidator(packagePath);
 
 const answer = (value) => process.stdout.write(`${JSON.stringify(value)}\n`);
@@ -31,8 +22,7 @@ async function validate(bytes) {
     // the container is detected from the bytes, as validate.mjs does for stdin
     const report = await validator.validateBytes(new Uint8Array(bytes), { maxIssues: 200 });
     const issues = report.issues;
-    const worstFirst = [...issues.messages].sort((a, b) => a.severity - b.severity).slice(0, 20);
-    answer({ ok: true, issues: { ...issues, messages: worstFirst } });
+    answer({ ok: true, issues: { ...issues, messages: worstFirst(issues.messages) } });
   } catch (error) {
     answer({ ok: false, error: String(error?.stack ?? error).slice(0, 500) });
   }
